@@ -1,0 +1,75 @@
+"""The ``kala`` command line: one dispatcher, sub-commands registered by their own modules.
+
+Each sub-command module exposes ``register(subparsers)`` which adds its parser and sets
+``func`` (a callable taking the parsed args and returning an exit code). Errors a user can
+act on are raised as ``CLIError``/``ValueError``/``FileNotFoundError`` and printed without a
+traceback (exit 2); ``KALA_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# module -> what it provides; each has register(subparsers)
+SUBCOMMAND_MODULES = [
+    "kala_engine.data.cli",  # kala data generate|validate|import|stats
+    "kala_engine.cli_doctor",  # kala doctor
+    "kala_engine.cli_train",  # kala train, kala demo
+    "kala_engine.cli_chat",  # kala chat
+    "kala_engine.cli_eval",  # kala eval
+]
+
+
+class CLIError(Exception):
+    """An error to print as it is, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kala",
+        description="KALA Studio command line: data, training, chat and evaluation of constitutional models.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # that sub-command is not built (yet)
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(version("kala-studio"))
+        except PackageNotFoundError:
+            print("kala-studio (not installed)")
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        if os.environ.get("KALA_DEBUG"):
+            raise
+        print(f"kala {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

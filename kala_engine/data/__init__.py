@@ -1,0 +1,1 @@
+"""Constitutional data: generation, import, validation, tokenization and targets."""
