@@ -1,0 +1,141 @@
+"""Chat history in SQLite: survives restarts and kills, exports every token's scores."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from kala_app.chat_store import COMPLETE, INTERRUPTED, ChatStore, StoredToken
+from kala_engine.constitution import load_constitution
+
+
+def _tok(i: int, text: str, low: float = 0.9, layers: int | None = 2) -> StoredToken:
+    scores = (0.95, low, 0.9, 0.97, 0.99)
+    lay = None if layers is None else tuple(tuple(s - 0.01 * j for s in scores) for j in range(layers))
+    return StoredToken(i, 100 + i, text, scores, lay)
+
+
+def test_chat_survives_a_new_store_on_the_same_file(tmp_path: Path) -> None:
+    store = ChatStore(tmp_path / "chats.sqlite3")
+    cid = store.create_chat("First", model="/runs/a/final", settings={"threshold": 0.6})
+    store.add_user_message(cid, "Hello there", assessment={"law_scores": [0.9, 0.8, 0.9, 0.9, 0.9]})
+    rid = store.begin_reply(cid, model="/runs/a/final")
+    store.append_tokens(rid, [_tok(0, "Hi"), _tok(1, " you", low=0.3)])
+    store.commit()
+    store.finish_reply(rid, status=COMPLETE, stop={"kind": "eos", "message": "end of text"})
+    store.rename_chat(cid, "Greeting")
+    store.close()
+
+    again = ChatStore(tmp_path / "chats.sqlite3")
+    chats = again.list_chats()
+    assert [c.title for c in chats] == ["Greeting"]
+    assert chats[0].settings["threshold"] == 0.6 and chats[0].message_count == 2
+    msgs = again.messages(cid)
+    assert [m.role for m in msgs] == ["user", "assistant"]
+    assert msgs[0].content == "Hello there"
+    assert msgs[0].assessment["law_scores"][1] == pytest.approx(0.8)
+    assert msgs[1].content == "Hi you" and msgs[1].status == COMPLETE
+    assert msgs[1].tokens[1].law_scores[1] == pytest.approx(0.3)
+    assert msgs[1].tokens[1].layer_scores[1][1] == pytest.approx(0.29, abs=1e-6)
+    assert again.history(cid) == [{"role": "user", "content": "Hello there"},
+                                  {"role": "assistant", "content": "Hi you"}]
+    again.delete_chat(cid)
+    assert again.list_chats() == []
+    # deleting the chat removed its tokens too (foreign keys with cascade)
+    assert again._db.execute("SELECT COUNT(*) FROM tokens").fetchone()[0] == 0
+    assert again._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_rename_to_empty_is_refused(tmp_path: Path) -> None:
+    store = ChatStore(tmp_path)
+    cid = store.create_chat()
+    with pytest.raises(ValueError, match="empty"):
+        store.rename_chat(cid, "   ")
+
+
+def test_exports_hold_every_token_score(tmp_path: Path) -> None:
+    store = ChatStore(tmp_path)
+    cid = store.create_chat("Export me")
+    store.add_user_message(cid, "Question | with pipe")
+    rid = store.begin_reply(cid)
+    store.append_tokens(rid, [_tok(i, f" t{i}", low=0.1 * i) for i in range(5)])
+    store.finish_reply(rid, status="stopped",
+                       stop={"kind": "ethics", "law": 1, "message": "Law 1 fell to 0.20 < 0.50"})
+    data = json.loads(json.dumps(store.export_json(cid)))
+    reply = data["messages"][1]
+    assert len(reply["tokens"]) == 5
+    assert reply["tokens"][3]["law_scores"][1] == pytest.approx(0.3)
+    assert len(reply["tokens"][3]["layer_scores"]) == 2
+    assert [law["title"] for law in data["laws"]] == [law.title for law in load_constitution()]
+    md = store.export_markdown(cid)
+    assert "Law 1 fell to 0.20" in md
+    assert md.count("| `") == 5  # one table row per token
+    assert "0.300" in md
+    out = store.save_export(cid, tmp_path / "chat.md")
+    assert out.read_text(encoding="utf-8") == md
+    with pytest.raises(ValueError, match=r"\.md"):
+        store.save_export(cid, tmp_path / "chat.txt")
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from kala_app.chat_store import ChatStore, StoredToken
+    store = ChatStore(sys.argv[1])
+    cid = store.create_chat("Crash test")
+    store.add_user_message(cid, "Tell me about rivers")
+    rid = store.begin_reply(cid)
+    i = 0
+    while True:
+        store.append_tokens(rid, [StoredToken(i, i, f" w{i}", (0.9, 0.9, 0.9, 0.9, 0.9))])
+        i += 1
+        if i % 8 == 0:
+            store.commit()
+            if i == 64:
+                print("STREAMING", flush=True)
+        time.sleep(0.001)
+    """
+)
+
+
+def test_kill_mid_reply_leaves_a_readable_database_with_the_user_message(tmp_path: Path) -> None:
+    db = tmp_path / "chats.sqlite3"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "STREAMING", line
+        time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+
+    # a plain sqlite3 reader sees a consistent database
+    raw = sqlite3.connect(db)
+    assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    raw.close()
+
+    store = ChatStore(db)
+    assert store.recovered == 1
+    (chat,) = store.list_chats()
+    user, reply = store.messages(chat.id)
+    assert user.role == "user" and user.content == "Tell me about rivers"
+    assert reply.status == INTERRUPTED
+    assert len(reply.tokens) >= 64  # everything committed before the kill is there
+    assert len(reply.tokens) % 8 == 0  # whole batches only
+    assert reply.content.startswith(" w0 w1 w2")
