@@ -1,0 +1,81 @@
+"""What every page gets: the engine worker, settings, per-user folders and the constitution.
+
+Folders come from :mod:`platformdirs` (nothing is written beside the installed program). The
+environment variable ``KALA_STUDIO_HOME`` puts both the data and the config folder under one
+directory instead (used by tests, the self-test and the screenshot script).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+from PySide6.QtCore import QSettings
+
+from kala_engine.constitution import Constitution, load_constitution
+
+from .worker import EngineWorker
+
+APP_NAME = "KALA Studio"
+APP_AUTHOR = "KALA"
+
+
+def default_dirs() -> tuple[Path, Path]:
+    """(data dir, config dir) for this user."""
+    if home := os.environ.get("KALA_STUDIO_HOME"):
+        base = Path(home)
+        return base / "data", base / "config"
+    return (
+        Path(platformdirs.user_data_dir(APP_NAME, APP_AUTHOR)),
+        Path(platformdirs.user_config_dir(APP_NAME, APP_AUTHOR)),
+    )
+
+
+@dataclass
+class AppContext:
+    """Shared state handed to every page as ``Page(ctx)``."""
+
+    worker: EngineWorker
+    settings: QSettings
+    data_dir: Path
+    config_dir: Path
+    constitution: Constitution
+    #: Pages register themselves here by name ("data", "train", ...) so they can reach each other
+    #: (e.g. the quickstart hands the generated dataset to the Train page).
+    pages: dict = field(default_factory=dict)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def chats_dir(self) -> Path:
+        return self.data_dir / "chats"
+
+    @classmethod
+    def create(
+        cls,
+        data_dir: str | Path | None = None,
+        config_dir: str | Path | None = None,
+        worker: EngineWorker | None = None,
+    ) -> AppContext:
+        """Make the folders, open the settings file (INI in the config folder) and a worker."""
+        d_data, d_conf = default_dirs()
+        data = Path(data_dir) if data_dir is not None else d_data
+        conf = Path(config_dir) if config_dir is not None else d_conf
+        for p in (data / "runs", data / "datasets", data / "chats", conf):
+            p.mkdir(parents=True, exist_ok=True)
+        settings = QSettings(str(conf / "settings.ini"), QSettings.Format.IniFormat)
+        return cls(
+            worker=worker or EngineWorker(),
+            settings=settings,
+            data_dir=data,
+            config_dir=conf,
+            constitution=load_constitution(),
+        )

@@ -1,0 +1,460 @@
+"""The one place where the app calls into ``kala_engine``.
+
+Every engine function a page uses goes through this module, so that when an engine name or
+signature changes only this file changes. Engine modules are imported lazily (torch is heavy);
+a missing engine piece raises :class:`EngineUnavailable` with a message naming it.
+The app never imports torch itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from kala_engine.jobs import Emit, JobControl, LogLine, Progress
+
+#: How many examples the quickstart generates.
+QUICKSTART_COUNT = 2000
+
+
+class EngineUnavailable(RuntimeError):
+    """The installed engine lacks a piece the app needs (message names it)."""
+
+
+def _module(name: str):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and (e.name == name or name.startswith(e.name + ".")):
+            raise EngineUnavailable(
+                f"{name} is not part of this installation of KALA Studio; reinstall or update it"
+            ) from e
+        raise
+
+
+def _attr(module: str, *names: str):
+    mod = _module(module)
+    for n in names:
+        if hasattr(mod, n):
+            return getattr(mod, n)
+    raise EngineUnavailable(f"{module} has none of {', '.join(names)}; the app and the engine do not match")
+
+
+def _call_with_supported(fn: Callable, **kwargs):
+    """Call ``fn`` with only the keyword arguments it accepts."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return fn(**kwargs)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return fn(**kwargs)
+    return fn(**{k: v for k, v in kwargs.items() if k in params})
+
+
+# ================================================================== device
+
+
+def device_summary() -> str:
+    """One line for the status bar: the compute device the engine would use."""
+    try:
+        doctor = _module("kala_engine.doctor")
+    except EngineUnavailable:
+        doctor = None
+    if doctor is not None:
+        for name in ("device_summary", "describe_device"):
+            if hasattr(doctor, name):
+                return str(getattr(doctor, name)())
+    import kala_engine  # noqa: F401 - torch is imported by the engine, never by the app
+
+    torch = importlib.import_module("torch")
+    if torch.cuda.is_available():
+        i = torch.cuda.current_device()
+        cap = ".".join(map(str, torch.cuda.get_device_capability(i)))
+        return f"CUDA {torch.cuda.get_device_name(i)} (sm {cap})"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+# ================================================================== data
+
+
+def data_kinds() -> list[str]:
+    """The example kinds the generator knows."""
+    for mod in ("kala_engine.data.schema", "kala_engine.data.generate", "kala_engine.data"):
+        try:
+            m = _module(mod)
+        except EngineUnavailable:
+            continue
+        for name in ("KINDS", "kinds"):
+            v = getattr(m, name, None)
+            if v is not None:
+                v = v() if callable(v) else v
+                return [getattr(k, "value", k) for k in v]
+    raise EngineUnavailable("kala_engine.data.schema has no KINDS; the app and the engine do not match")
+
+
+def import_formats() -> list[str]:
+    """Formats ``kala data import`` understands (``kala`` first)."""
+    try:
+        fmts = _attr("kala_engine.data.importers", "FORMATS", "IMPORTERS")
+        fmts = list(fmts.keys()) if isinstance(fmts, dict) else list(fmts)
+    except EngineUnavailable:
+        fmts = ["hh-rlhf", "pku-saferlhf", "beavertails"]
+    return ["kala"] + [f for f in fmts if f != "kala"]
+
+
+def record_kind(rec: dict) -> str:
+    return str(rec.get("kind", "?"))
+
+
+def record_laws(rec: dict) -> list[float] | None:
+    """The five per-law labels of a record (1.0 = satisfied), or None if it has none."""
+    for key in ("laws", "labels", "law_scores", "law_labels"):
+        v = rec.get(key)
+        if isinstance(v, (list, tuple)) and len(v) == 5:
+            try:
+                return [float(x) for x in v]
+            except (TypeError, ValueError):
+                return None
+        if isinstance(v, dict):
+            from kala_engine.constitution import load_constitution
+
+            keys = [law.key for law in load_constitution()]
+            if all(k in v for k in keys):
+                return [float(v[k]) for k in keys]
+    return None
+
+
+def record_text(rec: dict) -> tuple[str, str]:
+    """(prompt-ish text, response-ish text) of a record, for the preview table."""
+    first = ""
+    for k in ("prompt", "request", "input", "instruction", "text", "critique"):
+        if isinstance(rec.get(k), str):
+            first = rec[k]
+            break
+    second = ""
+    for k in ("response", "revision", "completion", "output", "answer"):
+        if isinstance(rec.get(k), str):
+            second = rec[k]
+            break
+    return first, second
+
+
+@dataclass
+class LoadedData:
+    """Records of a JSONL file plus the problems found, by 1-based line number."""
+
+    path: Path
+    records: list[dict] = field(default_factory=list)
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    summary: Any = None
+
+
+def validate_record(rec: Any) -> list[str]:
+    """Problems with one record ([] if none), via kala_engine.data.schema.validate_record."""
+    fn = _attr("kala_engine.data.schema", "validate_record")
+    try:
+        out = fn(rec)
+    except (ValueError, TypeError, KeyError) as e:
+        return [str(e)]
+    if out is None or out is True:
+        return []
+    if out is False:
+        return ["invalid record"]
+    if isinstance(out, str):
+        return [out]
+    return [str(x) for x in out]
+
+
+def load_and_validate(path: str | Path, emit: Emit | None = None, control: JobControl | None = None) -> LoadedData:
+    """Read a KALA JSONL file line by line; every bad line is reported as (line, reason)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; choose an existing .jsonl file")
+    out = LoadedData(path=path)
+    size = max(1, path.stat().st_size)
+    done = 0
+    with path.open("r", encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, start=1):
+            done += len(line.encode("utf-8", errors="replace"))
+            if control is not None and lineno % 2000 == 0:
+                control.checkpoint()
+                if emit:
+                    emit(Progress(min(done, size), size, f"read {lineno} lines"))
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                out.errors.append((lineno, f"not valid JSON: {e.msg} (column {e.colno})"))
+                continue
+            if not isinstance(rec, dict):
+                out.errors.append((lineno, f"expected a JSON object, got {type(rec).__name__}"))
+                continue
+            problems = validate_record(rec)
+            if problems:
+                out.errors.extend((lineno, p) for p in problems)
+            else:
+                out.records.append(rec)
+    if emit:
+        emit(Progress(size, size, f"{len(out.records)} valid records, {len(out.errors)} problems"))
+    return out
+
+
+def load_job(path: str | Path) -> Callable:
+    """A job that reads and validates ``path``; its result is a :class:`LoadedData`."""
+
+    def job(emit: Emit, control: JobControl) -> LoadedData:
+        emit(LogLine(f"validating {path}"))
+        return load_and_validate(path, emit, control)
+
+    return job
+
+
+def generate_job(out: str | Path, count: int, seed: int, kinds: Iterable[str] | None = None) -> Callable:
+    """A job that writes a generated data set to ``out`` and returns its :class:`LoadedData`.
+
+    When ``kinds`` is a subset of :func:`data_kinds`, only those kinds are kept (the generator is
+    asked for them if it supports a ``kinds`` argument, otherwise its output is filtered).
+    """
+    out = Path(out)
+    kinds = list(kinds) if kinds is not None else None
+
+    def job(emit: Emit, control: JobControl) -> LoadedData:
+        write = _attr("kala_engine.data.generate", "write_dataset")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        emit(Progress(0, count, f"generating {count} examples (seed {seed})"))
+        supports_kinds = "kinds" in inspect.signature(write).parameters
+        kw = {"kinds": kinds} if (kinds is not None and supports_kinds) else {}
+        write(out, count, seed, **kw)
+        control.checkpoint()
+        if kinds is not None and not supports_kinds:
+            keep = set(kinds)
+            lines = [ln for ln in out.read_text(encoding="utf-8").splitlines()
+                     if ln.strip() and json.loads(ln).get("kind") in keep]
+            out.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+        emit(Progress(count, count, "validating"))
+        data = load_and_validate(out, None, control)
+        data.summary = summarize(data.records)
+        emit(LogLine(f"wrote {len(data.records)} examples to {out}"))
+        return data
+
+    return job
+
+
+def import_job(src: str | Path, fmt: str, out: str | Path) -> Callable:
+    """A job that converts ``src`` (format ``fmt``) into KALA JSONL at ``out`` and loads it."""
+
+    def job(emit: Emit, control: JobControl) -> LoadedData:
+        if fmt == "kala":
+            return load_and_validate(src, emit, control)
+        mod = _module("kala_engine.data.importers")
+        fn = None
+        for name in ("import_dataset", "convert", "import_file"):
+            fn = getattr(mod, name, None)
+            if fn is not None:
+                break
+        if fn is None:
+            raise EngineUnavailable("kala_engine.data.importers has no import_dataset()")
+        emit(LogLine(f"importing {src} ({fmt})"))
+        _call_with_supported(fn, src=Path(src), path=Path(src), fmt=fmt, format=fmt, out=Path(out))
+        data = load_and_validate(out, emit, control)
+        data.summary = summarize(data.records)
+        return data
+
+    return job
+
+
+def coverage(records: Iterable[dict], kinds: list[str], threshold: float = 0.5) -> list[list[int]]:
+    """counts[kind][law]: how many records of each kind have the law violated (label < threshold).
+
+    A last column counts records of that kind that violate no law.
+    """
+    idx = {k: i for i, k in enumerate(kinds)}
+    counts = [[0] * 6 for _ in kinds]
+    for rec in records:
+        i = idx.get(record_kind(rec))
+        if i is None:
+            continue
+        laws = record_laws(rec)
+        hit = False
+        if laws is not None:
+            for j, v in enumerate(laws):
+                if v < threshold:
+                    counts[i][j] += 1
+                    hit = True
+        if not hit:
+            counts[i][5] += 1
+    return counts
+
+
+def summarize(records: list[dict]) -> Any:
+    try:
+        fn = _attr("kala_engine.data.generate", "summarize")
+    except EngineUnavailable:
+        return None
+    return fn(records)
+
+
+# ================================================================== models, doctor, training
+
+
+def base_presets() -> list[str]:
+    """Names of the model presets, the embedded tiny model first."""
+    try:
+        presets = _attr("kala_engine.presets", "PRESETS", "presets")
+    except EngineUnavailable:
+        return ["kala-tiny"]
+    if callable(presets):
+        presets = presets()
+    if isinstance(presets, dict):
+        names = list(presets.keys())
+    else:
+        names = [p["name"] if isinstance(p, dict) else getattr(p, "name", str(p)) for p in presets]
+    names.sort(key=lambda n: (n != "kala-tiny", n))
+    return names
+
+
+@dataclass
+class DoctorReport:
+    """What the Train page's doctor panel shows."""
+
+    device: str = "?"
+    compute_capability: str = "-"
+    kernels: str = "-"
+    precision: str = "-"
+    mode: str = "-"
+    estimate_bytes: float = float("nan")
+    available_bytes: float = float("nan")
+    fits: bool | None = None
+    reason: str = ""
+    lines: list[str] = field(default_factory=list)
+
+
+def _get(obj: Any, *names: str, default: Any = None) -> Any:
+    for n in names:
+        if isinstance(obj, dict) and n in obj:
+            return obj[n]
+        if hasattr(obj, n):
+            return getattr(obj, n)
+    return default
+
+
+def doctor(base: str) -> DoctorReport:
+    """Run ``kala_engine.doctor.diagnose(base)`` and normalise its plan for the panel."""
+    diagnose = _attr("kala_engine.doctor", "diagnose")
+    plan = diagnose(base)
+    dev = _get(plan, "device_info", "device", default=plan)
+    rep = DoctorReport()
+    rep.device = str(_get(dev, "name", "device_name", default=_get(plan, "device", default="?")))
+    cc = _get(dev, "compute_capability", "capability", default=None)
+    rep.compute_capability = ".".join(map(str, cc)) if isinstance(cc, (tuple, list)) else str(cc or "-")
+    k = _get(dev, "kernels_present", "kernels", "arch_list", default=None)
+    if isinstance(k, bool):
+        rep.kernels = "present" if k else "MISSING for this GPU"
+    elif isinstance(k, (list, tuple)):
+        rep.kernels = ", ".join(map(str, k)) or "-"
+    elif k is not None:
+        rep.kernels = str(k)
+    rep.precision = str(_get(plan, "precision", "dtype", default="-"))
+    rep.mode = str(_get(plan, "mode", "strategy", "method", default="-"))
+    est = _get(plan, "estimate_bytes", "memory_estimate_bytes", "estimated_bytes", "memory_bytes", default=None)
+    if est is None and (gb := _get(plan, "estimate_gb", "memory_estimate_gb", default=None)) is not None:
+        est = float(gb) * 1024**3
+    avail = _get(plan, "available_bytes", "memory_available_bytes", default=None)
+    if avail is None:
+        avail = _get(dev, "available_bytes", "memory_bytes", "total_memory", default=None)
+    if avail is None and (gb := _get(plan, "available_gb", default=None)) is not None:
+        avail = float(gb) * 1024**3
+    rep.estimate_bytes = float(est) if est is not None else float("nan")
+    rep.available_bytes = float(avail) if avail is not None else float("nan")
+    fits = _get(plan, "fits", default=None)
+    if fits is None and not (math.isnan(rep.estimate_bytes) or math.isnan(rep.available_bytes)):
+        fits = rep.estimate_bytes <= rep.available_bytes
+    rep.fits = fits
+    rep.reason = str(_get(plan, "reason", "why", default="") or "")
+    text = _get(plan, "lines", "report", default=None)
+    if isinstance(text, str):
+        rep.lines = text.splitlines()
+    elif isinstance(text, (list, tuple)):
+        rep.lines = [str(x) for x in text]
+    return rep
+
+
+def train_config_fields() -> list[str]:
+    return [f.name for f in fields(_attr("kala_engine.training", "TrainConfig"))]
+
+
+def make_train_config(**kwargs) -> Any:
+    """A ``kala_engine.training.TrainConfig`` from the fields it has (unknown ones are dropped)."""
+    cls = _attr("kala_engine.training", "TrainConfig")
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in kwargs.items() if k in names})
+
+
+def train_job(config: Any) -> Callable:
+    """The engine's training job for ``config``."""
+    return _attr("kala_engine.training", "train_job")(config)
+
+
+# ================================================================== run folders
+
+
+def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
+    """(train lines, validation lines) of a run's metrics.jsonl; a torn last line is skipped."""
+    train: list[dict] = []
+    val: list[dict] = []
+    p = Path(path)
+    if not p.is_file():
+        return train, val
+    with p.open("r", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(d, dict):
+                continue
+            (val if d.get("split") == "validation" else train).append(d)
+    return train, val
+
+
+# ================================================================== self-test
+
+
+def self_test_job(workdir: Path) -> tuple[Callable, str]:
+    """A job: train a tiny model for one step, then generate one token. Returns (job, description)."""
+    data_path = workdir / "data.jsonl"
+    run_dir = workdir / "run"
+
+    def job(emit: Emit, control: JobControl) -> dict:
+        write = _attr("kala_engine.data.generate", "write_dataset")
+        write(data_path, 64, 0)
+        emit(LogLine(f"generated 64 examples in {data_path}"))
+        cfg = make_train_config(
+            base="kala-tiny", data=str(data_path), run_dir=str(run_dir), max_steps=1, batch_size=2,
+            eval_every=0, save_every=0,
+        )
+        train = train_job(cfg)
+        result = train(emit, control)
+        emit(LogLine(f"trained one step into {run_dir}"))
+        model_dir = run_dir / "final"
+        gen = _module("kala_engine.generation")
+        stream = _attr("kala_engine.generation", "generate_job", "chat_job")
+        gjob = _call_with_supported(
+            stream, model=str(model_dir), model_dir=str(model_dir), prompt="Hello", max_new_tokens=1,
+            max_tokens=1,
+        )
+        del gen
+        gresult = gjob(emit, control)
+        return {"train": result, "generate": gresult}
+
+    return job, "generate 64 examples, train kala-tiny for 1 step, generate 1 token"

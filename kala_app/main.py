@@ -1,0 +1,119 @@
+"""``kala-studio``: the desktop app's entry point.
+
+* ``kala-studio`` opens the main window.
+* ``kala-studio --self-test`` runs offscreen: builds a tiny model, runs one training step through
+  the engine worker and generates one token, prints what it did and exits 0 (1 on failure). The
+  installer uses it to check an installation.
+* ``kala-studio --screenshot-dir DIR`` renders every page at 1280x800 offscreen into DIR and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="kala-studio", description="KALA Studio, the desktop app.")
+    p.add_argument("--self-test", action="store_true", help="check the installation offscreen and exit")
+    p.add_argument("--screenshot-dir", metavar="DIR", help="render one PNG per page into DIR and exit")
+    p.add_argument("--data-dir", metavar="DIR", help="use DIR instead of the per-user data folder")
+    return p.parse_args(argv)
+
+
+def self_test(out=sys.stdout) -> int:
+    """Offscreen end-to-end check: tiny model, one training step through the worker, one token."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtWidgets import QApplication
+
+    from . import engine_api
+    from .worker import EngineWorker
+
+    app = QApplication.instance() or QApplication(["kala-studio"])
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[self-test {time.perf_counter() - t0:6.1f}s] {msg}", file=out, flush=True)
+
+    worker = EngineWorker()
+    try:
+        with tempfile.TemporaryDirectory(prefix="kala-self-test-") as tmp:
+            say(f"device: {engine_api.device_summary()}")
+            job, describe = engine_api.self_test_job(Path(tmp))
+            say(f"job: {describe}")
+            seen: dict = {"steps": [], "tokens": [], "failed": None, "finished": None}
+            worker.step.connect(lambda ev: seen["steps"].append(ev))
+            worker.token.connect(lambda ev: seen["tokens"].append(ev))
+            worker.log.connect(lambda m: say(f"  {m}"))
+            worker.failed.connect(lambda m, tb: seen.__setitem__("failed", (m, tb)))
+            worker.finished.connect(lambda ev: seen.__setitem__("finished", ev))
+            worker.start(job, "self-test")
+            if not worker.wait_idle(timeout_s=300):
+                say("FAILED: the job did not finish within 300 s")
+                return 1
+            app.processEvents()
+            if seen["failed"]:
+                msg, tb = seen["failed"]
+                say(f"FAILED: {msg}")
+                if tb:
+                    print(tb, file=out)
+                return 1
+            for ev in seen["steps"]:
+                m = ev.metrics
+                say(
+                    f"training step {ev.step}/{ev.total_steps}: lm_loss={m.get('lm_loss', float('nan')):.4f} "
+                    f"ethics_loss={m.get('ethics_loss', float('nan')):.4f}"
+                )
+            for ev in seen["tokens"]:
+                scores = ", ".join(f"{s:.2f}" for s in ev.law_scores)
+                say(f"generated token {ev.index}: id={ev.token_id} text={ev.text!r} law scores=[{scores}]")
+            if not seen["steps"] or not seen["tokens"]:
+                say(f"FAILED: expected at least one training step and one token, got "
+                    f"{len(seen['steps'])} steps and {len(seen['tokens'])} tokens")
+                return 1
+            say("OK")
+            return 0
+    except Exception as e:  # noqa: BLE001 - a self-test reports every failure
+        say(f"FAILED: {type(e).__name__}: {e}")
+        traceback.print_exc(file=out)
+        return 1
+    finally:
+        worker.shutdown(timeout_s=30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.self_test:
+        return self_test()
+    if args.screenshot_dir:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if args.data_dir:
+        os.environ["KALA_STUDIO_HOME"] = str(Path(args.data_dir).resolve())
+
+    from PySide6.QtWidgets import QApplication
+
+    from .context import AppContext
+    from .main_window import MainWindow
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("KALA Studio")
+    app.setOrganizationName("KALA")
+    if args.screenshot_dir:
+        from .screenshots import render_all
+
+        paths = render_all(Path(args.screenshot_dir))
+        for p in paths:
+            print(p)
+        return 0
+    win = MainWindow(AppContext.create())
+    win.show()
+    return app.exec()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

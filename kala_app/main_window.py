@@ -1,0 +1,284 @@
+"""The main window: a side list of pages, a stack of page widgets, and a status bar.
+
+Pages: Data, Train, Chat, Evaluate, Runs (one module each under ``kala_app.pages``). The status
+bar shows the compute device and the running job. Window geometry is saved in QSettings and
+restored. On first start a banner offers the quickstart (the demo flow: generate a small data
+set, train ``kala-tiny`` on it, then chat with the result).
+
+Closing the window while a job runs asks first; if the user agrees the job is cancelled (the
+training job writes a checkpoint when it is cancelled, so the run can be resumed), the worker
+thread is stopped and joined, and only then does the window close.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
+from PySide6.QtGui import QCloseEvent
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMessageBox,
+    QPushButton,
+    QStackedWidget,
+    QStyle,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import engine_api
+from .context import AppContext
+from .error_dialog import show_error
+from .pages import PlaceholderPage
+
+#: (key, title, module, class) of every page, in side-list order.
+PAGES = [
+    ("data", "Data", "kala_app.pages.data", "DataPage"),
+    ("train", "Train", "kala_app.pages.train", "TrainPage"),
+    ("chat", "Chat", "kala_app.pages.chat", "ChatPage"),
+    ("evaluate", "Evaluate", "kala_app.pages.evaluate", "EvaluatePage"),
+    ("runs", "Runs", "kala_app.pages.runs", "RunsPage"),
+]
+#: Pages written separately that may be missing from a build; only these fall back to a placeholder.
+OPTIONAL_PAGE_MODULES = {"kala_app.pages.chat", "kala_app.pages.evaluate"}
+
+PAGE_ICONS = {
+    "data": QStyle.StandardPixmap.SP_DirIcon,
+    "train": QStyle.StandardPixmap.SP_MediaPlay,
+    "chat": QStyle.StandardPixmap.SP_MessageBoxQuestion,
+    "evaluate": QStyle.StandardPixmap.SP_DialogApplyButton,
+    "runs": QStyle.StandardPixmap.SP_FileDialogDetailedView,
+}
+
+
+def load_page_class(module: str, cls: str):
+    """The page class, or None when an optional page's module does not exist."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if module in OPTIONAL_PAGE_MODULES and e.name == module:
+            return None
+        raise
+    return getattr(mod, cls)
+
+
+class _DeviceProbe(QObject):
+    """Finds the compute device off the UI thread (importing torch takes a second or two)."""
+
+    found = Signal(str)
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="kala-device-probe", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            text = engine_api.device_summary()
+        except Exception as e:  # noqa: BLE001 - shown in the status bar, not fatal
+            text = f"device unknown ({type(e).__name__})"
+        self.found.emit(text)
+
+
+class QuickstartBanner(QFrame):
+    """A dismissable banner offering the demo flow on first start."""
+
+    run_clicked = Signal()
+    dismissed = Signal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setObjectName("quickstartBanner")
+        self.setStyleSheet(
+            "#quickstartBanner { background: #e8f0fe; border: 1px solid #aac4f0; border-radius: 6px; }"
+        )
+        lay = QHBoxLayout(self)
+        text = QLabel(
+            "<b>New here?</b> The quickstart generates a small constitutional data set, trains "
+            "the tiny KALA model on it (a few minutes on a CPU) and opens a chat with it."
+        )
+        text.setWordWrap(True)
+        lay.addWidget(text, 1)
+        self.run_button = QPushButton("Run the quickstart")
+        self.run_button.clicked.connect(self.run_clicked)
+        close = QPushButton("Not now")
+        close.clicked.connect(self.dismissed)
+        lay.addWidget(self.run_button)
+        lay.addWidget(close)
+
+
+class MainWindow(QMainWindow):
+    """KALA Studio's main window."""
+
+    def __init__(self, ctx: AppContext | None = None, *, show_quickstart: bool | None = None):
+        super().__init__()
+        self.ctx = ctx or AppContext.create()
+        self.setWindowTitle("KALA Studio")
+        self.setMinimumSize(960, 640)
+        self._closing = False
+
+        self.nav = QListWidget()
+        self.nav.setObjectName("pageList")
+        self.nav.setFixedWidth(150)
+        self.nav.setIconSize(self.nav.iconSize() * 1.2)
+        self.nav.setStyleSheet("QListWidget#pageList::item { padding: 10px 6px; }")
+        self.stack = QStackedWidget()
+        self.pages: dict[str, QWidget] = {}
+        for key, title, module, cls_name in PAGES:
+            cls = load_page_class(module, cls_name)
+            page = cls(self.ctx) if cls is not None else PlaceholderPage(self.ctx, title)
+            page.setObjectName(f"{key}Page")
+            self.pages[key] = page
+            self.ctx.pages[key] = page
+            self.stack.addWidget(page)
+            item = QListWidgetItem(self.style().standardIcon(PAGE_ICONS[key]), title)
+            item.setData(Qt.ItemDataRole.UserRole, key)
+            self.nav.addItem(item)
+        self.nav.currentRowChanged.connect(self.stack.setCurrentIndex)
+
+        self.banner = QuickstartBanner()
+        self.banner.run_clicked.connect(self.run_quickstart)
+        self.banner.dismissed.connect(self._dismiss_quickstart)
+        if show_quickstart is None:
+            show_quickstart = not self._bool_setting("quickstart/offered", False)
+        self.banner.setVisible(show_quickstart)
+
+        right = QVBoxLayout()
+        right.setContentsMargins(0, 0, 0, 0)
+        right.addWidget(self.banner)
+        right.addWidget(self.stack, 1)
+        central = QWidget()
+        lay = QHBoxLayout(central)
+        lay.setContentsMargins(6, 6, 6, 0)
+        lay.addWidget(self.nav)
+        lay.addLayout(right, 1)
+        self.setCentralWidget(central)
+
+        # status bar: device (left), running job (right)
+        self.device_label = QLabel("device: probing…")
+        self.job_label = QLabel("idle")
+        self.job_label.setObjectName("jobLabel")
+        self.statusBar().addWidget(self.device_label, 1)
+        self.statusBar().addPermanentWidget(self.job_label)
+        w = self.ctx.worker
+        w.started.connect(lambda name: self.job_label.setText(f"running: {name}"))
+        w.busy_changed.connect(self._on_busy)
+        w.progress.connect(self._on_progress)
+        w.failed.connect(self._on_failed)
+        self._probe = _DeviceProbe()
+        self._probe.found.connect(self._on_device)
+        QTimer.singleShot(0, self._probe.start)
+
+        self._restore_geometry()
+        self.show_page(str(self.ctx.settings.value("window/page", "data")))
+
+    # ------------------------------------------------------------ navigation
+
+    def show_page(self, key: str) -> QWidget:
+        keys = [p[0] for p in PAGES]
+        if key not in keys:
+            key = "data"
+        self.nav.setCurrentRow(keys.index(key))
+        return self.pages[key]
+
+    def current_page_key(self) -> str:
+        return PAGES[self.stack.currentIndex()][0]
+
+    # ------------------------------------------------------------ status bar
+
+    def _on_device(self, text: str) -> None:
+        self.device_label.setText(f"device: {text}")
+
+    def _on_busy(self, busy: bool) -> None:
+        if not busy:
+            self.job_label.setText("idle")
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        name = self.ctx.worker.job_name
+        if name:
+            pct = f" {100 * done // total}%" if total > 0 else ""
+            self.job_label.setText(f"running: {name}{pct}")
+
+    def _on_failed(self, message: str, traceback: str) -> None:
+        # A page may already show this failure itself; only report the ones no page claims.
+        page = self.stack.currentWidget()
+        if getattr(page, "handles_job_errors", False) and page.isVisible():
+            return
+        show_error(self, "The job failed", message, traceback)
+
+    # ------------------------------------------------------------ quickstart
+
+    def _bool_setting(self, key: str, default: bool) -> bool:
+        v = self.ctx.settings.value(key, default)
+        return v in (True, "true", "1", 1)
+
+    def _dismiss_quickstart(self) -> None:
+        self.banner.hide()
+        self.ctx.settings.setValue("quickstart/offered", True)
+
+    def run_quickstart(self) -> None:
+        """The demo flow: Data page generates, then the Train page trains kala-tiny on it."""
+        self._dismiss_quickstart()
+        data = self.pages["data"]
+        train = self.pages["train"]
+        if not hasattr(data, "generate") or not hasattr(train, "start_quickstart"):
+            return
+        self.show_page("data")
+
+        def after_generate(path):
+            self.show_page("train")
+            train.start_quickstart(path)
+
+        data.generate(count=engine_api.QUICKSTART_COUNT, seed=0, then=after_generate)
+
+    # ------------------------------------------------------------ geometry and closing
+
+    def _restore_geometry(self) -> None:
+        geo = self.ctx.settings.value("window/geometry")
+        if geo is not None and not self.restoreGeometry(geo):
+            geo = None
+        if geo is None:
+            self.resize(1280, 800)
+        state = self.ctx.settings.value("window/state")
+        if state is not None:
+            self.restoreState(state)
+
+    def save_settings(self) -> None:
+        s = self.ctx.settings
+        s.setValue("window/geometry", self.saveGeometry())
+        s.setValue("window/state", self.saveState())
+        s.setValue("window/page", self.current_page_key())
+        for page in self.pages.values():
+            if hasattr(page, "save_settings"):
+                page.save_settings()
+        s.sync()
+
+    def ask_to_stop_job(self) -> bool:
+        """Ask whether to stop the running job; separate so tests can replace it."""
+        name = self.ctx.worker.job_name
+        answer = QMessageBox.question(
+            self,
+            "A job is running",
+            f"'{name}' is still running. Stop it and quit?\n\n"
+            "A training run saves a checkpoint first and can be resumed from the Train page.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+        worker = self.ctx.worker
+        if worker.is_busy() and not self.ask_to_stop_job():
+            event.ignore()
+            return
+        self.job_label.setText("stopping…")
+        self.save_settings()
+        for page in self.pages.values():
+            if hasattr(page, "shutdown"):
+                page.shutdown()
+        worker.shutdown(timeout_s=60.0)
+        event.accept()

@@ -1,0 +1,10 @@
+"""The Runs page (being built)."""
+
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+
+class RunsPage(QWidget):
+    def __init__(self, ctx):
+        super().__init__()
+        self.ctx = ctx
+        QVBoxLayout(self).addWidget(QLabel("Runs"))

@@ -1,0 +1,212 @@
+"""The engine worker: runs one ``kala_engine`` job at a time on a background QThread.
+
+The UI talks to :class:`EngineWorker` (it lives in the UI thread); the job itself runs inside a
+private :class:`_JobRunner` QObject that is moved to a :class:`QThread`. Events the job emits are
+put on a thread-safe queue; the worker drains that queue on the UI thread (one wake-up per burst,
+a time budget per drain) and re-emits every event as a Qt signal. So a job that emits thousands
+of events a second never floods the UI event loop with one posted event per token, and the UI
+thread never spends more than ~8 ms at a time delivering them.
+
+Signals (all delivered on the UI thread, in the order the job emitted the events):
+
+* ``started(str)`` - the job's name, right after :meth:`EngineWorker.start`.
+* ``event(object)`` - every event, including the terminal Finished/Failed.
+* ``token(object)`` / ``step(object)`` / ``validation(object)`` / ``checkpoint_saved(object)``
+  - TokenEvent / TrainStep / Validation / CheckpointSaved events.
+* ``log(str)`` - the message of each LogLine.
+* ``progress(int, int, str)`` - done, total, message of each Progress event.
+* ``failed(str, str)`` - message and traceback (empty for a JobError meant for the user).
+* ``finished(object)`` - the :class:`kala_engine.jobs.Finished` event; fires **exactly once per
+  job**: after success, after cancel (``cancelled=True``), and after a failure (right after
+  ``failed``, with ``result=None, cancelled=False``), so clean-up code belongs here.
+* ``busy_changed(bool)`` - True when a job starts, False once its ``finished`` was delivered.
+
+Pause/resume/cancel reach the job through its :class:`kala_engine.jobs.JobControl`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
+
+from kala_engine.jobs import (
+    CheckpointSaved,
+    Failed,
+    Finished,
+    JobControl,
+    LogLine,
+    Progress,
+    TokenEvent,
+    TrainStep,
+    Validation,
+    run_job,
+)
+
+#: How long one drain of the event queue may run on the UI thread before yielding (seconds).
+DRAIN_BUDGET_S = 0.008
+
+
+class _JobRunner(QObject):
+    """Lives in the worker thread; runs the job it is handed, pushing events to ``sink``."""
+
+    wake = Signal()  # emitted (from the worker thread) when the queue went from empty to non-empty
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._queue: deque = deque()
+        self._wake_pending = False
+
+    def push(self, ev: Any) -> None:
+        """The ``emit`` callback handed to the job: cheap, thread-safe, never blocks on the UI."""
+        with self._lock:
+            self._queue.append(ev)
+            need_wake = not self._wake_pending
+            self._wake_pending = True
+        if need_wake:
+            self.wake.emit()
+
+    def take(self) -> list:
+        """Called on the UI thread: everything queued so far."""
+        with self._lock:
+            items = list(self._queue)
+            self._queue.clear()
+            self._wake_pending = False
+        return items
+
+    @Slot(object, object)
+    def run(self, job: Any, control: JobControl) -> None:
+        run_job(job, self.push, control)
+
+
+class EngineWorker(QObject):
+    """Runs one engine job at a time on a background thread and re-emits its events as signals."""
+
+    started = Signal(str)
+    event = Signal(object)
+    token = Signal(object)
+    step = Signal(object)
+    validation = Signal(object)
+    checkpoint_saved = Signal(object)
+    log = Signal(str)
+    progress = Signal(int, int, str)
+    finished = Signal(object)
+    failed = Signal(str, str)
+    busy_changed = Signal(bool)
+
+    _run_requested = Signal(object, object)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._thread = QThread()
+        self._thread.setObjectName("kala-engine-worker")
+        self._runner = _JobRunner()
+        self._runner.moveToThread(self._thread)
+        self._run_requested.connect(self._runner.run)  # queued: runs in the worker thread
+        self._runner.wake.connect(self._drain)  # queued: drains on the UI thread
+        self._thread.start()
+        self._control: JobControl | None = None
+        self._name = ""
+        self._pending: deque = deque()  # taken from the runner, not yet delivered
+        self._shut_down = False
+
+    # ------------------------------------------------------------ control from the UI
+
+    def start(self, job: Any, name: str = "job") -> None:
+        """Run ``job(emit, control)`` on the worker thread. Raises RuntimeError while busy."""
+        if self._shut_down:
+            raise RuntimeError("the engine worker was shut down")
+        if self._control is not None:
+            raise RuntimeError(f"'{self._name}' is still running; cancel it or wait for it to finish")
+        self._control = JobControl()
+        self._name = name
+        self.busy_changed.emit(True)
+        self.started.emit(name)
+        self._run_requested.emit(job, self._control)
+
+    def pause(self) -> None:
+        if self._control is not None:
+            self._control.pause()
+
+    def resume(self) -> None:
+        if self._control is not None:
+            self._control.resume()
+
+    def cancel(self) -> None:
+        if self._control is not None:
+            self._control.cancel()
+
+    def is_busy(self) -> bool:
+        return self._control is not None
+
+    def is_paused(self) -> bool:
+        return self._control is not None and self._control.paused
+
+    @property
+    def job_name(self) -> str:
+        """Name of the running job ('' when idle)."""
+        return self._name if self._control is not None else ""
+
+    def wait_idle(self, timeout_s: float = 30.0) -> bool:
+        """Process events until the running job's ``finished`` was delivered (for tests, shutdown)."""
+        from PySide6.QtCore import QCoreApplication
+
+        deadline = time.monotonic() + timeout_s
+        while self._control is not None and time.monotonic() < deadline:
+            QCoreApplication.processEvents()
+            self._drain()
+            time.sleep(0.005)
+        return self._control is None
+
+    def shutdown(self, timeout_s: float = 30.0) -> bool:
+        """Cancel any job, wait for it, stop the thread. Returns False if the thread hung."""
+        if self._shut_down:
+            return True
+        self.cancel()
+        self.wait_idle(timeout_s)
+        self._shut_down = True
+        self._thread.quit()
+        ok = self._thread.wait(int(timeout_s * 1000))
+        return bool(ok)
+
+    # ------------------------------------------------------------ delivery on the UI thread
+
+    @Slot()
+    def _drain(self) -> None:
+        self._pending.extend(self._runner.take())
+        t0 = time.perf_counter()
+        while self._pending:
+            self._deliver(self._pending.popleft())
+            if time.perf_counter() - t0 > DRAIN_BUDGET_S and self._pending:
+                QTimer.singleShot(0, self._drain)  # let paint and input events run first
+                return
+
+    def _deliver(self, ev: Any) -> None:
+        self.event.emit(ev)
+        if isinstance(ev, TokenEvent):
+            self.token.emit(ev)
+        elif isinstance(ev, TrainStep):
+            self.step.emit(ev)
+        elif isinstance(ev, Validation):
+            self.validation.emit(ev)
+        elif isinstance(ev, CheckpointSaved):
+            self.checkpoint_saved.emit(ev)
+        elif isinstance(ev, LogLine):
+            self.log.emit(ev.message)
+        elif isinstance(ev, Progress):
+            self.progress.emit(int(ev.done), int(ev.total), ev.message)
+        elif isinstance(ev, Failed):
+            self.failed.emit(ev.message, ev.traceback)
+            self._finish(Finished(result=None, cancelled=False))
+        elif isinstance(ev, Finished):
+            self._finish(ev)
+
+    def _finish(self, ev: Finished) -> None:
+        self._control = None
+        self.finished.emit(ev)
+        self._name = ""
+        self.busy_changed.emit(False)
