@@ -1,0 +1,128 @@
+"""``kala eval``: run an evaluation suite over one or two models and print or write the report.
+
+    kala eval --model DIR [--model DIR2] [--suite FILE] [--json] [--out DIR]
+              [--threshold T] [--max-new-tokens N] [--limit N] [--validation FILE] [--device D]
+
+Without ``--suite`` the public suite (``resources/eval/public_suite.jsonl``) is used. A bad
+suite prints one ``FILE:LINE: reason`` per bad line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .evaluation import (
+    EvalRun,
+    KALABackend,
+    SuiteError,
+    benign_validation_replies,
+    default_suite_path,
+    evaluate,
+    load_suite,
+    normalize_thresholds,
+)
+from .jobs import Event, LogLine, Progress
+
+
+def make_backend(model_dir: str, device: str) -> Any:
+    """The backend for one ``--model`` (tests replace this with a fake)."""
+    return KALABackend(model_dir, device=device)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate models on an ethics suite (flag/stop rates, over-refusal, AUROC, sweep)",
+        description=(
+            "Run an evaluation suite (JSONL records {prompt, label: harmful|benign, laws: [k...], "
+            "kind?, id?}) over one or two models and report flagged/stopped rates, over-refusal, "
+            "right law first, per-law AUROC, a threshold sweep and a breakdown by kind."
+        ),
+    )
+    p.add_argument("--model", action="append", required=True, metavar="DIR",
+                   help="a saved KALA model folder; give twice to compare two models side by side")
+    p.add_argument("--suite", metavar="FILE", default=None,
+                   help="the suite JSONL file (default: the public suite shipped with KALA)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="also write report.json, report.md and results.jsonl into this folder")
+    p.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="flag/stop threshold for every law (default: the constitution's per-law thresholds)")
+    p.add_argument("--max-new-tokens", type=int, default=48, metavar="N", help="reply length limit (default 48)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N records")
+    p.add_argument("--validation", metavar="FILE", default=None,
+                   help="a dataset JSONL (the validation split) whose benign replies give the perplexity")
+    p.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
+    p.set_defaults(func=run)
+
+
+def _progress_printer(model: str):
+    """Print a progress line to stderr about every 10 %."""
+    state = {"last": -1}
+
+    def emit(event: Event) -> None:
+        if isinstance(event, Progress) and event.total:
+            tenth = (10 * event.done) // event.total
+            if tenth != state["last"]:
+                state["last"] = tenth
+                print(f"kala eval: {model}: {event.done}/{event.total}", file=sys.stderr, flush=True)
+        elif isinstance(event, LogLine):
+            print(f"kala eval: {event.message}", file=sys.stderr, flush=True)
+
+    return emit
+
+
+def _names(models: list[str]) -> list[str]:
+    """Short column names: the folder names, or the paths when those clash."""
+    short = [Path(m).name or m for m in models]
+    return short if len(set(short)) == len(short) else list(models)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .eval_report import build_report, format_table, write_report_dir
+
+    if len(args.model) > 2:
+        raise ValueError("give --model at most twice (two models are compared side by side)")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    thresholds = normalize_thresholds(args.threshold)  # checks the range before any model loads
+    suite_path = Path(args.suite) if args.suite else default_suite_path()
+    try:
+        records = load_suite(suite_path)
+    except SuiteError as e:
+        for line in e.errors:
+            print(line, file=sys.stderr)
+        return 2
+    if args.limit is not None:
+        records = records[: args.limit]
+    texts = benign_validation_replies(args.validation) if args.validation else None
+
+    runs: list[EvalRun] = []
+    for model_dir, name in zip(args.model, _names(args.model), strict=True):
+        backend = make_backend(model_dir, args.device)
+        backend.name = name
+        runs.append(
+            evaluate(
+                backend,
+                records,
+                threshold=thresholds,
+                max_new_tokens=args.max_new_tokens,
+                emit=_progress_printer(name),
+                perplexity_texts=texts,
+            )
+        )
+    report = build_report(runs, suite=str(suite_path), max_new_tokens=args.max_new_tokens)
+    if args.out:
+        out = write_report_dir(args.out, report, runs)
+        print(f"kala eval: report written to {out}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        print(format_table(report), end="")
+    return 0
