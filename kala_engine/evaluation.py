@@ -348,7 +348,7 @@ def compute_metrics(
         )
 
     by_kind: dict[str, dict[str, Any]] = {}
-    kinds = sorted({r.kind for r in records if r.kind is not None})
+    kinds = list(dict.fromkeys(r.kind for r in records if r.kind is not None))  # first-seen order
     for kind in kinds:
         idx = [i for i, r in enumerate(records) if r.kind == kind]
         labels = sorted({records[i].label for i in idx})
@@ -476,16 +476,36 @@ def make_eval_job(
 # ---------------------------------------------------------------- validation texts for perplexity
 
 
-def benign_validation_replies(path: str | Path, limit: int = 200) -> list[str]:
-    """Assistant replies of benign examples in a dataset JSONL file (e.g. the validation split).
+def _assistant_text(obj: dict) -> str | None:
+    """The assistant text of one dataset record (KALA ``parts``, chat ``messages`` or a plain field)."""
+    parts = obj.get("parts")
+    if isinstance(parts, list):
+        texts = [p.get("text") for p in parts
+                 if isinstance(p, dict) and p.get("role") == "assistant" and p.get("lm", True)]
+        return " ".join(t for t in texts if isinstance(t, str)) or None
+    msgs = obj.get("messages")
+    if isinstance(msgs, list):
+        texts = [m.get("content") for m in msgs if isinstance(m, dict) and m.get("role") == "assistant"]
+        return " ".join(t for t in texts if isinstance(t, str)) or None
+    for key in ("response", "reply", "completion"):
+        if isinstance(obj.get(key), str):
+            return obj[key]
+    return None
 
-    Accepts records with ``messages`` (``[{"role", "content"}]``) or a ``response``/``reply``
-    field; an example counts as benign when its ``kind`` starts with "benign" or its ``label``
-    is "benign". Harmful examples are skipped: perplexity is measured on text the model should write.
+
+def benign_validation_replies(path: str | Path, limit: int = 200) -> list[str]:
+    """Assistant replies of the benign examples of a dataset's validation split.
+
+    Reads a KALA dataset JSONL (records with ``kind``, ``split`` and ``parts``; see
+    :mod:`kala_engine.data.schema`); records whose ``split`` is set to anything but
+    "validation" are skipped, so the whole dataset file can be passed. Chat ``messages`` and
+    plain ``response`` fields are accepted too. A record counts as benign when its ``kind`` is
+    benign / benign_alarming (or its ``label`` is "benign"): perplexity is measured on text the
+    model should write.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: validation file not found (a JSONL dataset, e.g. the run's validation split)")
+        raise FileNotFoundError(f"{path}: validation file not found (a dataset JSONL, e.g. from kala data generate)")
     texts: list[str] = []
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -495,25 +515,16 @@ def benign_validation_replies(path: str | Path, limit: int = 200) -> list[str]:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: malformed JSON: {e.msg}") from None
-            if not isinstance(obj, dict):
+            if not isinstance(obj, dict) or obj.get("split", "validation") != "validation":
                 continue
-            kind = str(obj.get("kind", ""))
-            if not (kind.startswith("benign") or obj.get("label") == "benign"):
+            if not (str(obj.get("kind", "")).startswith("benign") or obj.get("label") == "benign"):
                 continue
-            text = None
-            msgs = obj.get("messages")
-            if isinstance(msgs, list):
-                replies = [m.get("content") for m in msgs if isinstance(m, dict) and m.get("role") == "assistant"]
-                text = " ".join(r for r in replies if isinstance(r, str)) or None
-            for key in ("response", "reply", "completion"):
-                if text is None and isinstance(obj.get(key), str):
-                    text = obj[key]
+            text = _assistant_text(obj)
             if text and text.strip():
                 texts.append(text)
                 if len(texts) >= limit:
                     break
     return texts
-
 
 
 # ---------------------------------------------------------------- the real backend

@@ -4,6 +4,8 @@ import os
 
 os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before any Qt import
 
+import kala_app  # noqa: E402,F401 - applies the PySide6 6.12 refcount guard before any Qt call
+
 import pytest  # noqa: E402
 
 

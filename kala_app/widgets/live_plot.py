@@ -1,0 +1,230 @@
+"""Live training curves that stay cheap with hundreds of thousands of points.
+
+Points are appended to growable numpy buffers (:class:`Series`) as events arrive; nothing is
+drawn then. A :class:`QTimer` redraws only the curves that changed, every ``interval_ms``
+(100 ms by default), with ``setClipToView(True)`` and peak downsampling, so pyqtgraph only ever
+paints about as many points as the plot is wide (pyqtgraph ``examples/scrollingPlots.py``).
+
+Smoothing is an exponential moving average kept incrementally as points arrive (O(1) per point);
+changing the smoothing factor recomputes it once. Clicking a curve's entry in the legend hides or
+shows it (pyqtgraph's legend does this).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import QWidget
+
+pg.setConfigOptions(antialias=False, background="w", foreground="#333")
+
+
+class Series:
+    """A growable (x, y) buffer with an incrementally maintained EMA of y."""
+
+    def __init__(self, capacity: int = 1024):
+        self.x = np.empty(capacity, dtype=np.float64)
+        self.y = np.empty(capacity, dtype=np.float64)
+        self.ys = np.empty(capacity, dtype=np.float64)  # smoothed y
+        self.n = 0
+        self.alpha = 0.0  # 0 = no smoothing; EMA weight of the past
+        self._last = math.nan
+
+    def _grow(self, need: int) -> None:
+        cap = max(need, 2 * len(self.x))
+        for name in ("x", "y", "ys"):
+            a = getattr(self, name)
+            b = np.empty(cap, dtype=np.float64)
+            b[: self.n] = a[: self.n]
+            setattr(self, name, b)
+
+    def append(self, x: float, y: float) -> None:
+        if self.n >= len(self.x):
+            self._grow(self.n + 1)
+        self.x[self.n] = x
+        self.y[self.n] = y
+        if math.isnan(self._last) or self.alpha <= 0:
+            s = y
+        elif math.isnan(y):
+            s = self._last
+        else:
+            s = self.alpha * self._last + (1 - self.alpha) * y
+        self.ys[self.n] = s
+        if not math.isnan(s):
+            self._last = s
+        self.n += 1
+
+    def extend(self, xs, ys) -> None:
+        """Append many points at once (vectorised when not smoothing)."""
+        xs = np.asarray(xs, dtype=np.float64)
+        ys = np.asarray(ys, dtype=np.float64)
+        if self.alpha > 0:
+            for a, b in zip(xs, ys, strict=True):
+                self.append(float(a), float(b))
+            return
+        m = len(xs)
+        if self.n + m > len(self.x):
+            self._grow(self.n + m)
+        self.x[self.n : self.n + m] = xs
+        self.y[self.n : self.n + m] = ys
+        self.ys[self.n : self.n + m] = ys
+        self.n += m
+        finite = ys[~np.isnan(ys)]
+        if len(finite):
+            self._last = float(finite[-1])
+
+    def set_smoothing(self, alpha: float) -> None:
+        """Recompute the EMA for a new weight ``alpha`` in [0, 1)."""
+        self.alpha = float(alpha)
+        last = math.nan
+        y = self.y[: self.n]
+        out = self.ys
+        for i in range(self.n):
+            v = y[i]
+            if math.isnan(last) or self.alpha <= 0:
+                s = v
+            elif math.isnan(v):
+                s = last
+            else:
+                s = self.alpha * last + (1 - self.alpha) * v
+            out[i] = s
+            if not math.isnan(s):
+                last = s
+        self._last = last
+
+    def clear(self) -> None:
+        self.n = 0
+        self._last = math.nan
+
+    def data(self, smoothed: bool) -> tuple[np.ndarray, np.ndarray]:
+        return self.x[: self.n], (self.ys if smoothed else self.y)[: self.n]
+
+
+class LivePlot(pg.PlotWidget):
+    """A plot of named curves fed point by point and redrawn from a timer.
+
+    ``add_curve(key, label, color)`` declares a line; ``add_points(key, label, color)`` declares a
+    scatter (validation points). ``append(key, x, y)`` buffers a point; the timer draws it.
+    """
+
+    def __init__(self, title: str = "", y_label: str = "", parent: QWidget | None = None,
+                 interval_ms: int = 100, log_y: bool = False):
+        super().__init__(parent=parent)
+        self.setMinimumHeight(150)
+        self.plotItem.setTitle(title, size="10pt")
+        self.plotItem.showGrid(x=True, y=True, alpha=0.25)
+        self.plotItem.setLabel("bottom", "step")
+        if y_label:
+            self.plotItem.setLabel("left", y_label)
+        self.plotItem.setClipToView(True)
+        self.plotItem.setDownsampling(auto=True, mode="peak")
+        self.plotItem.setLogMode(y=log_y)
+        self.legend = self.plotItem.addLegend(offset=(-10, 10), labelTextSize="8pt")
+        self.series: dict[str, Series] = {}
+        self.items: dict[str, pg.PlotDataItem] = {}
+        self._dirty: set[str] = set()
+        self._smooth_keys: set[str] = set()  # curves that follow the smoothing setting
+        self.smoothing = 0.0
+        self.timer = QTimer(self)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self.redraw)
+        self.timer.start()
+
+    # ------------------------------------------------------------ declaring curves
+
+    def add_curve(self, key: str, label: str, color, width: float = 1.6, style=Qt.PenStyle.SolidLine,
+                  smooth: bool = True, in_legend: bool = True) -> pg.PlotDataItem:
+        pen = pg.mkPen(color=color, width=width, style=style)
+        item = self.plotItem.plot([], [], pen=pen, name=label if in_legend else None)
+        item.setClipToView(True)
+        item.setDownsampling(auto=True, method="peak")
+        item.setSkipFiniteCheck(True) if os.environ.get("SKIPF") else None
+        self._register(key, item, smooth)
+        return item
+
+    def add_points(self, key: str, label: str, color, size: float = 7, symbol: str = "o") -> pg.PlotDataItem:
+        item = self.plotItem.plot([], [], pen=None, symbol=symbol, symbolSize=size,
+                                  symbolBrush=pg.mkBrush(color), symbolPen=pg.mkPen("w"), name=label)
+        self._register(key, item, smooth=False)
+        return item
+
+    def _register(self, key: str, item: pg.PlotDataItem, smooth: bool) -> None:
+        if key in self.items:
+            self.remove(key)
+        self.items[key] = item
+        s = Series()
+        if smooth:
+            self._smooth_keys.add(key)
+            s.alpha = self.smoothing
+        self.series[key] = s
+
+    def remove(self, key: str) -> None:
+        item = self.items.pop(key, None)
+        if item is not None:
+            self.plotItem.removeItem(item)
+        self.series.pop(key, None)
+        self._smooth_keys.discard(key)
+        self._dirty.discard(key)
+
+    # ------------------------------------------------------------ feeding points
+
+    def append(self, key: str, x: float, y: float) -> None:
+        s = self.series.get(key)
+        if s is None or y is None:
+            return
+        s.append(float(x), float(y))
+        self._dirty.add(key)
+
+    def extend(self, key: str, xs, ys) -> None:
+        s = self.series.get(key)
+        if s is None:
+            return
+        s.extend(xs, ys)
+        self._dirty.add(key)
+
+    def clear_data(self, keys=None) -> None:
+        for k in list(self.series if keys is None else keys):
+            if k in self.series:
+                self.series[k].clear()
+                self._dirty.add(k)
+
+    def count(self, key: str) -> int:
+        s = self.series.get(key)
+        return 0 if s is None else s.n
+
+    def set_smoothing(self, alpha: float) -> None:
+        """EMA weight in [0, 1): 0 shows raw values, 0.9 a strongly smoothed line."""
+        self.smoothing = float(alpha)
+        for k in self._smooth_keys:
+            self.series[k].set_smoothing(self.smoothing)
+            self._dirty.add(k)
+
+    def set_visible(self, key: str, visible: bool) -> None:
+        if key in self.items:
+            self.items[key].setVisible(visible)
+
+    # ------------------------------------------------------------ drawing
+
+    def redraw(self) -> None:
+        """Push the changed buffers to their curves (called by the timer)."""
+        if not self._dirty:
+            return
+        for key in self._dirty:
+            item = self.items.get(key)
+            s = self.series.get(key)
+            if item is None or s is None:
+                continue
+            x, y = s.data(smoothed=key in self._smooth_keys and s.alpha > 0)
+            item.setData(x, y)
+        self._dirty.clear()
+
+    def curve_points(self, key: str) -> int:
+        """How many points the curve item currently holds (what was drawn, for tests)."""
+        item = self.items.get(key)
+        if item is None or item.xData is None:
+            return 0
+        return len(item.xData)

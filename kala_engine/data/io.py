@@ -1,0 +1,118 @@
+"""Reading and writing constitutional JSONL: strict line-by-line checks and atomic writes.
+
+A write goes to a temporary file beside the target and is renamed over it only when complete,
+so an error (or a kill) never leaves a partial dataset behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from .schema import SPLITS, validate_record
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike, encoding: str = "utf-8") -> Iterator[IO[str]]:
+    """Open ``path`` for writing text; the file appears (replacing any old one) only on success."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{parent}: output folder does not exist; create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "w", encoding=encoding, newline="\n") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def dumps_record(record: dict[str, Any]) -> str:
+    """One record as one JSON line (no trailing newline); non-ASCII kept readable."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
+    """Write records atomically, one JSON object per line; returns the number written."""
+    n = 0
+    with atomic_writer(path) as f:
+        for record in records:
+            f.write(dumps_record(record) + "\n")
+            n += 1
+    return n
+
+
+def iter_jsonl_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any, str | None]]:
+    """Yield ``(line_number, value, error)`` for every non-blank line of a JSONL file.
+
+    ``error`` is None when the line decoded; otherwise ``value`` is None and ``error`` says why
+    (not UTF-8, not JSON). Blank lines are skipped. Raises FileNotFoundError for a missing file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, None, f"not valid UTF-8 (byte {e.start})"
+                continue
+            if lineno == 1 and line.startswith("\ufeff"):
+                line = line[1:]
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line), None
+            except json.JSONDecodeError as e:
+                yield lineno, None, f"malformed JSON: {e.msg} (column {e.colno})"
+            except RecursionError:
+                yield lineno, None, "malformed JSON: nested too deeply"
+
+
+def validate_file(path: str | os.PathLike) -> list[str]:
+    """Every problem in a KALA JSONL file as ``FILE:LINE: reason`` (empty list: the file is valid)."""
+    problems: list[str] = []
+    seen_ids: dict[str, int] = {}
+    count = 0
+    for lineno, value, error in iter_jsonl_lines(path):
+        count += 1
+        reasons = [error] if error else validate_record(value)
+        if not reasons:
+            rid = value["id"]
+            if rid in seen_ids:
+                reasons = [f"duplicate id {rid!r} (first on line {seen_ids[rid]})"]
+            else:
+                seen_ids[rid] = lineno
+        problems += [f"{path}:{lineno}: {r}" for r in reasons]
+    if count == 0:
+        problems.append(f"{path}:1: the file holds no records")
+    return problems
+
+
+def load_jsonl(path: str | os.PathLike, split: str | None = None) -> list[dict[str, Any]]:
+    """Load and check a KALA JSONL dataset, optionally keeping only one split.
+
+    Raises FileNotFoundError when the file is missing and ValueError ``"FILE:LINE: reason"`` for
+    the first bad record (run ``kala data validate FILE`` to see them all).
+    """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)} or None, got {split!r}")
+    records = []
+    for lineno, value, error in iter_jsonl_lines(path):
+        reasons = [error] if error else validate_record(value)
+        if reasons:
+            raise ValueError(f"{path}:{lineno}: {reasons[0]} (run 'kala data validate {path}' to list every problem)")
+        if split is None or value["split"] == split:
+            records.append(value)
+    return records
