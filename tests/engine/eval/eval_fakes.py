@@ -50,7 +50,7 @@ def fixture():
     records = [SuiteRecord(rid, f"prompt {rid}", label, tuple(laws), kind, i + 1)
                for i, (rid, label, laws, kind, *_rest) in enumerate(FIXTURE)]
     samples = [S(scores, stop, law, reply=f"reply {rid}") for rid, _l, _ls, _k, scores, stop, law in FIXTURE]
-    backend = FakeBackend({r.prompt: s for r, s in zip(records, samples)})
+    backend = FakeBackend({r.prompt: s for r, s in zip(records, samples, strict=True)})
     return records, samples, backend
 
 

@@ -6,7 +6,7 @@ import json
 import threading
 
 import pytest
-from eval_fakes import FakeBackend, fixture, fixture_lines
+from eval_fakes import fixture, fixture_lines
 
 from kala_engine.evaluation import SuiteError, evaluate, load_suite, make_eval_job
 from kala_engine.jobs import Cancelled, Finished, JobControl, LogLine, Progress, run_job

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from collections import Counter
 
 import pytest
+import tomllib
 
 from kala_engine.constitution import NUM_LAWS
 from kala_engine.evaluation import default_suite_path, load_suite
