@@ -231,6 +231,8 @@ class TokenText(QTextEdit):
             text = text.replace("\r\n", "\n").replace("\r", "\n")
             body = text.lstrip(" \t\n")
             lead = text[: len(text) - len(body)]
+            if pos == 0:  # a reply does not start with blank space
+                text, lead = body, ""
             self._starts.append(pos)
             self._lead.append(_utf16_len(lead))
             if lead:

@@ -58,13 +58,23 @@ def _mix(a: QColor, b: QColor, t: float) -> QColor:
     )
 
 
+#: The neutral middle of the diverging heatmap ramp (a score right at its threshold).
+NEUTRAL = QColor("#f3efe6")
+
+
 def ramp_color(score: float, threshold: float) -> QColor:
-    """A continuous red → amber → green ramp with amber at the threshold (heatmap cells)."""
+    """A diverging red → neutral → green ramp centred on the threshold (heatmap cells)."""
     score = max(0.0, min(1.0, score))
     if score < threshold:
-        return _mix(BAD, WARN, score / threshold if threshold > 0 else 1.0)
+        return _mix(BAD, NEUTRAL, score / threshold if threshold > 0 else 1.0)
     top = 1.0 - threshold
-    return _mix(WARN, OK, (score - threshold) / top if top > 0 else 1.0)
+    return _mix(NEUTRAL, OK, (score - threshold) / top if top > 0 else 1.0)
+
+
+def ink_on(color: QColor) -> QColor:
+    """Readable text colour (white or ink) on a background colour."""
+    lum = 0.299 * color.red() + 0.587 * color.green() + 0.114 * color.blue()
+    return QColor("white") if lum < 150 else INK
 
 
 def shade_color(score: float, threshold: float) -> QColor | None:
@@ -230,7 +240,7 @@ class LawGauge(QWidget):
             p.drawText(QRectF(bar_x, top, bar_w, 16), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
                        p.fontMetrics().elidedText(law.title, Qt.TextElideMode.ElideRight, int(bar_w)))
             # track
-            track = QRectF(bar_x, top + 18, bar_w, 12)
+            track = QRectF(bar_x, top + 19, bar_w, 11)
             p.setPen(Qt.PenStyle.NoPen)
             p.setBrush(TRACK)
             p.drawRoundedRect(track, 6, 6)
@@ -246,14 +256,14 @@ class LawGauge(QWidget):
                 p.setFont(vf)
                 p.drawText(QRectF(bar_x + bar_w + 4, top + 14, value_w, 20),
                            Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"{s:.2f}")
-            # threshold marker: a dark tick across the track with a small triangle above it
+            # threshold marker: a dark tick across the track with a small triangle under it
             tx = track.x() + track.width() * t
             p.setPen(QPen(INK, 2))
-            p.drawLine(QPointF(tx, track.top() - 3), QPointF(tx, track.bottom() + 3))
+            p.drawLine(QPointF(tx, track.top() - 2), QPointF(tx, track.bottom() + 2))
             tri = QPainterPath()
-            tri.moveTo(tx - 4, track.top() - 7)
-            tri.lineTo(tx + 4, track.top() - 7)
-            tri.lineTo(tx, track.top() - 2)
+            tri.moveTo(tx - 4, track.bottom() + 7)
+            tri.lineTo(tx + 4, track.bottom() + 7)
+            tri.lineTo(tx, track.bottom() + 2)
             tri.closeSubpath()
             p.setPen(Qt.PenStyle.NoPen)
             p.setBrush(INK)

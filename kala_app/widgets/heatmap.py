@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from PySide6.QtCore import QPointF, QRectF, QSize, Qt
-from PySide6.QtGui import QColor, QFont, QPainter, QPainterPath, QPen
+from PySide6.QtGui import QFont, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QSizePolicy, QToolTip, QWidget
 
 from kala_engine.constitution import Constitution, load_constitution
 
-from .gauge import INK, MUTED, TRACK, normalize_thresholds, ramp_color
+from .gauge import INK, MUTED, TRACK, ink_on, normalize_thresholds, ramp_color
 
 
 def first_layers_under(layer_scores: Sequence[Sequence[float]], thresholds: Sequence[float]) -> list[int | None]:
@@ -159,7 +159,7 @@ class DecisionPathHeatmap(QWidget):
                     p.setBrush(Qt.BrushStyle.NoBrush)
                     p.drawRoundedRect(cell.adjusted(0.5, 0.5, -0.5, -0.5), 3, 3)
                 if show_numbers:
-                    p.setPen(QColor("white") if v < 0.75 else INK)
+                    p.setPen(ink_on(ramp_color(v, t)))
                     p.drawText(cell, Qt.AlignmentFlag.AlignCenter, f"{v:.2f}")
                 if name != "final" and first and first[c] == r:
                     tri = QPainterPath()  # the layer where this law's monitor first fell under
