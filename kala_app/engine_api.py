@@ -131,18 +131,18 @@ def record_laws(rec: dict) -> list[float] | None:
 
 
 def record_text(rec: dict) -> tuple[str, str]:
-    """(prompt-ish text, response-ish text) of a record, for the preview table."""
-    first = ""
-    for k in ("prompt", "request", "input", "instruction", "text", "critique"):
-        if isinstance(rec.get(k), str):
-            first = rec[k]
-            break
-    second = ""
-    for k in ("response", "revision", "completion", "output", "answer"):
-        if isinstance(rec.get(k), str):
-            second = rec[k]
-            break
-    return first, second
+    """(first user text, first assistant text) of a record, for the preview table."""
+    user = assistant = ""
+    parts = rec.get("parts")
+    if isinstance(parts, list):
+        for part in parts:
+            if not isinstance(part, dict) or not isinstance(part.get("text"), str):
+                continue
+            if part.get("role") == "user" and not user:
+                user = part["text"]
+            elif part.get("role") == "assistant" and not assistant:
+                assistant = part["text"]
+    return user, assistant
 
 
 @dataclass
@@ -172,37 +172,34 @@ def validate_record(rec: Any) -> list[str]:
 
 
 def load_and_validate(path: str | Path, emit: Emit | None = None, control: JobControl | None = None) -> LoadedData:
-    """Read a KALA JSONL file line by line; every bad line is reported as (line, reason)."""
+    """Read a KALA JSONL file; every bad line is reported as (line, reason), like ``kala data validate``."""
+    iter_lines = _attr("kala_engine.data.io", "iter_jsonl_lines")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; choose an existing .jsonl file")
     out = LoadedData(path=path)
-    size = max(1, path.stat().st_size)
-    done = 0
-    with path.open("r", encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, start=1):
-            done += len(line.encode("utf-8", errors="replace"))
-            if control is not None and lineno % 2000 == 0:
-                control.checkpoint()
-                if emit:
-                    emit(Progress(min(done, size), size, f"read {lineno} lines"))
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                out.errors.append((lineno, f"not valid JSON: {e.msg} (column {e.colno})"))
-                continue
-            if not isinstance(rec, dict):
-                out.errors.append((lineno, f"expected a JSON object, got {type(rec).__name__}"))
-                continue
-            problems = validate_record(rec)
-            if problems:
-                out.errors.extend((lineno, p) for p in problems)
+    seen_ids: dict[str, int] = {}
+    lineno = 0
+    for lineno, value, error in iter_lines(path):
+        if control is not None and lineno % 2000 == 0:
+            control.checkpoint()
+            if emit:
+                emit(Progress(lineno, 0, f"read {lineno} lines"))
+        reasons = [error] if error else validate_record(value)
+        if not reasons:
+            rid = value["id"]
+            if rid in seen_ids:
+                reasons = [f"duplicate id {rid!r} (first on line {seen_ids[rid]})"]
             else:
-                out.records.append(rec)
+                seen_ids[rid] = lineno
+        if reasons:
+            out.errors.extend((lineno, r) for r in reasons)
+        else:
+            out.records.append(value)
+    if lineno == 0:
+        out.errors.append((1, "the file holds no records"))
     if emit:
-        emit(Progress(size, size, f"{len(out.records)} valid records, {len(out.errors)} problems"))
+        emit(Progress(1, 1, f"{len(out.records)} valid records, {len(out.errors)} problems"))
     return out
 
 

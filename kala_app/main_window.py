@@ -204,9 +204,8 @@ class MainWindow(QMainWindow):
             self.job_label.setText(f"running: {name}{pct}")
 
     def _on_failed(self, message: str, traceback: str) -> None:
-        # A page may already show this failure itself; only report the ones no page claims.
-        page = self.stack.currentWidget()
-        if getattr(page, "handles_job_errors", False) and page.isVisible():
+        # The page that started the job may show the failure itself; report the ones nobody claims.
+        if getattr(self.ctx.worker.owner, "handles_job_errors", False):
             return
         show_error(self, "The job failed", message, traceback)
 

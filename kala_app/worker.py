@@ -111,19 +111,27 @@ class EngineWorker(QObject):
         self._thread.start()
         self._control: JobControl | None = None
         self._name = ""
+        self._owner: Any = None
         self._pending: deque = deque()  # taken from the runner, not yet delivered
         self._shut_down = False
 
     # ------------------------------------------------------------ control from the UI
 
-    def start(self, job: Any, name: str = "job") -> None:
-        """Run ``job(emit, control)`` on the worker thread. Raises RuntimeError while busy."""
+    def start(self, job: Any, name: str = "job", owner: Any = None) -> None:
+        """Run ``job(emit, control)`` on the worker thread. Raises RuntimeError while busy.
+
+        ``owner`` (usually the page that started the job) is kept in :attr:`owner` until the
+        job's ``finished`` was delivered, so a page can tell its own job's events from others'.
+        An owner whose ``handles_job_errors`` is true shows failures itself; otherwise the main
+        window shows them.
+        """
         if self._shut_down:
             raise RuntimeError("the engine worker was shut down")
         if self._control is not None:
             raise RuntimeError(f"'{self._name}' is still running; cancel it or wait for it to finish")
         self._control = JobControl()
         self._name = name
+        self._owner = owner
         self.busy_changed.emit(True)
         self.started.emit(name)
         self._run_requested.emit(job, self._control)
@@ -145,6 +153,12 @@ class EngineWorker(QObject):
 
     def is_paused(self) -> bool:
         return self._control is not None and self._control.paused
+
+    @property
+    def owner(self) -> Any:
+        """Whoever started the running job (None when idle or not given); still set while its
+        ``finished`` signal is being delivered."""
+        return self._owner
 
     @property
     def job_name(self) -> str:
@@ -209,4 +223,5 @@ class EngineWorker(QObject):
         self._control = None
         self.finished.emit(ev)
         self._name = ""
+        self._owner = None
         self.busy_changed.emit(False)

@@ -278,6 +278,7 @@ class ChatPage(QWidget):
         self._user_widget: UserMessageWidget | None = None
         self._reply_id: int | None = None
         self._user_id: int | None = None
+        self._finish_event: Any = None  # Finished that arrived while tokens were still buffered
         self._pinned: TokenInfo | None = None
         self._last: Any = None  # newest token of the streaming reply
         self._started_at = 0.0
@@ -764,6 +765,8 @@ class ChatPage(QWidget):
     def _flush(self) -> None:
         """Move buffered tokens into the view and the store, within a time budget."""
         if not self._buffer or self._reply is None:
+            if self._finish_event is not None:
+                self._end_reply(self._finish_event)
             return
         t0 = time.perf_counter()
         while self._buffer:
@@ -785,9 +788,15 @@ class ChatPage(QWidget):
     def _on_finished(self, ev: Any) -> None:
         if not self._active:
             return
+        if self._buffer:  # tokens still waiting: the flush timer ends the reply once they are drawn
+            self._finish_event = ev
+            return
+        self._end_reply(ev)
+
+    def _end_reply(self, ev: Any) -> None:
+        """The job ended and every token is drawn and stored: close the reply."""
         self._flush_timer.stop()
-        while self._buffer:
-            self._flush()
+        self._finish_event = None
         self._active = False
         reply, rid = self._reply, self._reply_id
         thresholds = [self.threshold_spin.value()] * len(self.constitution)
@@ -820,6 +829,7 @@ class ChatPage(QWidget):
         self._flush_timer.stop()
         while self._buffer:
             self._flush()
+        self._finish_event = None
         self._active = False
         if self._reply_id is not None:
             self.store.finish_reply(self._reply_id, status=ERROR, stop={"kind": "error", "message": message})

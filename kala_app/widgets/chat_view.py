@@ -525,7 +525,8 @@ class ChatView(QScrollArea):
         super().__init__(parent)
         self._constitution = constitution or load_constitution()
         self._thresholds = tuple(self._constitution.thresholds)
-        self._items: list[QWidget] = []
+        self._items: list[QWidget] = []  # row holders in the column
+        self._messages: list[QWidget] = []  # the message widgets, in order
         self._selected: TokenInfo | None = None
         self._stick = True
         self.setWidgetResizable(True)
@@ -562,6 +563,7 @@ class ChatView(QScrollArea):
             self._col.removeWidget(w)
             w.deleteLater()
         self._items.clear()
+        self._messages.clear()
         self._selected = None
         self._stick = True
         self._placeholder.setVisible(bool(self._placeholder.text()))
@@ -578,6 +580,7 @@ class ChatView(QScrollArea):
             row.addSpacing(40)
         self._col.insertWidget(self._col.count() - 1, holder)
         self._items.append(holder)
+        self._messages.append(widget)
         self._placeholder.hide()
 
     def add_user_message(self, text: str, assessment: Sequence[float] | None = None) -> UserMessageWidget:
@@ -598,10 +601,12 @@ class ChatView(QScrollArea):
         return w
 
     def replies(self) -> list[ReplyWidget]:
-        return [w for w in self.findChildren(ReplyWidget)]
+        """The replies shown, oldest first."""
+        return [w for w in self._messages if isinstance(w, ReplyWidget)]
 
     def user_messages(self) -> list[UserMessageWidget]:
-        return [w for w in self.findChildren(UserMessageWidget)]
+        """The user messages shown, oldest first."""
+        return [w for w in self._messages if isinstance(w, UserMessageWidget)]
 
     def selected(self) -> TokenInfo | None:
         return self._selected

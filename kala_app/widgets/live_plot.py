@@ -2,8 +2,14 @@
 
 Points are appended to growable numpy buffers (:class:`Series`) as events arrive; nothing is
 drawn then. A :class:`QTimer` redraws only the curves that changed, every ``interval_ms``
-(100 ms by default), with ``setClipToView(True)`` and peak downsampling, so pyqtgraph only ever
-paints about as many points as the plot is wide (pyqtgraph ``examples/scrollingPlots.py``).
+(100 ms by default), in the spirit of pyqtgraph ``examples/scrollingPlots.py``.
+
+Each series keeps a *peak decimation* of itself up to date incrementally (:class:`PeakCache`:
+min and max of fixed-size blocks, the block size doubling whenever there are too many blocks), so
+a redraw hands pyqtgraph at most a few thousand points however long the run is, and costs the
+same at step 100 as at step 1,000,000. When the user zooms into part of the curve, that part is
+decimated from the raw points instead, so no detail is lost. The curve items still use
+``setClipToView(True)`` and pyqtgraph's own peak downsampling for the final fit to the pixels.
 
 Smoothing is an exponential moving average kept incrementally as points arrive (O(1) per point);
 changing the smoothing factor recomputes it once. Clicking a curve's entry in the legend hides or
@@ -13,7 +19,6 @@ shows it (pyqtgraph's legend does this).
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pyqtgraph as pg
@@ -21,6 +26,70 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QWidget
 
 pg.setConfigOptions(antialias=False, background="w", foreground="#333")
+
+#: At most this many min/max blocks per curve are handed to pyqtgraph (about 2x as many points).
+MAX_BLOCKS = 1024
+
+
+def peak_decimate(x: np.ndarray, y: np.ndarray, max_blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max of each of at most ``max_blocks`` blocks, interleaved (pyqtgraph's 'peak')."""
+    n = len(x)
+    if n <= 2 * max_blocks:
+        return x, y
+    b = -(-n // max_blocks)  # block size
+    m = n // b
+    ys = y[: m * b].reshape(m, b)
+    out_x = np.repeat(x[: m * b : b], 2)
+    out_y = np.empty(2 * m)
+    out_y[0::2] = np.fmin.reduce(ys, axis=1)
+    out_y[1::2] = np.fmax.reduce(ys, axis=1)
+    return np.concatenate([out_x, x[m * b :]]), np.concatenate([out_y, y[m * b :]])
+
+
+class PeakCache:
+    """Incremental min/max decimation of a growing series (block size doubles as it grows)."""
+
+    def __init__(self, max_blocks: int = 1024):
+        self.max_blocks = max_blocks
+        self.reset()
+
+    def reset(self) -> None:
+        self.block = 1
+        self.done = 0  # complete blocks summarised
+        self.bx = np.empty(0)
+        self.bmin = np.empty(0)
+        self.bmax = np.empty(0)
+
+    def update(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decimated (x, y) of the first ``len(x)`` points; only new blocks are computed."""
+        n = len(x)
+        while n // self.block > 2 * self.max_blocks:  # too many blocks: merge pairs
+            k = self.done // 2
+            self.bx = self.bx[0 : 2 * k : 2]
+            self.bmin = np.fmin(self.bmin[0 : 2 * k : 2], self.bmin[1 : 2 * k : 2])
+            self.bmax = np.fmax(self.bmax[0 : 2 * k : 2], self.bmax[1 : 2 * k : 2])
+            self.done = k
+            self.block *= 2
+        full = n // self.block
+        if full > self.done:
+            b = self.block
+            seg = y[self.done * b : full * b].reshape(-1, b)
+            self.bx = np.concatenate([self.bx, x[self.done * b : full * b : b]])
+            self.bmin = np.concatenate([self.bmin, np.fmin.reduce(seg, axis=1)])
+            self.bmax = np.concatenate([self.bmax, np.fmax.reduce(seg, axis=1)])
+            self.done = full
+        if self.block == 1:
+            return x, y
+        m = self.done
+        out_x = np.empty(2 * m + (n - m * self.block))
+        out_y = np.empty_like(out_x)
+        out_x[0 : 2 * m : 2] = self.bx
+        out_x[1 : 2 * m : 2] = self.bx
+        out_y[0 : 2 * m : 2] = self.bmin
+        out_y[1 : 2 * m : 2] = self.bmax
+        out_x[2 * m :] = x[m * self.block :]
+        out_y[2 * m :] = y[m * self.block :]
+        return out_x, out_y
 
 
 class Series:
@@ -33,6 +102,8 @@ class Series:
         self.n = 0
         self.alpha = 0.0  # 0 = no smoothing; EMA weight of the past
         self._last = math.nan
+        self.cache = PeakCache(MAX_BLOCKS)
+        self._cache_smoothed: bool | None = None
 
     def _grow(self, need: int) -> None:
         cap = max(need, 2 * len(self.x))
@@ -95,13 +166,28 @@ class Series:
             if not math.isnan(s):
                 last = s
         self._last = last
+        self.cache.reset()
 
     def clear(self) -> None:
         self.n = 0
         self._last = math.nan
+        self.cache.reset()
 
     def data(self, smoothed: bool) -> tuple[np.ndarray, np.ndarray]:
         return self.x[: self.n], (self.ys if smoothed else self.y)[: self.n]
+
+    def display(self, smoothed: bool, x_range: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """At most ~2*MAX_BLOCKS points to draw: the whole series, or the zoomed ``x_range``."""
+        x, y = self.data(smoothed)
+        if self._cache_smoothed is not smoothed:
+            self.cache.reset()
+            self._cache_smoothed = smoothed
+        if x_range is not None and self.n > 2 * MAX_BLOCKS:
+            i0, i1 = np.searchsorted(x, x_range, side="left")
+            i0, i1 = max(0, int(i0) - 1), min(self.n, int(i1) + 1)
+            if i1 - i0 < self.n // 2:  # zoomed in: decimate only what is visible, from raw points
+                return peak_decimate(x[i0:i1], y[i0:i1], MAX_BLOCKS)
+        return self.cache.update(x, y)
 
 
 class LivePlot(pg.PlotWidget):
@@ -116,7 +202,7 @@ class LivePlot(pg.PlotWidget):
         super().__init__(parent=parent)
         self.setMinimumHeight(150)
         self.plotItem.setTitle(title, size="10pt")
-        self.plotItem.showGrid(x=True, y=True, alpha=0.25)
+        # no grid: in the raster paint engine it costs more than all the curves together
         self.plotItem.setLabel("bottom", "step")
         if y_label:
             self.plotItem.setLabel("left", y_label)
@@ -129,6 +215,9 @@ class LivePlot(pg.PlotWidget):
         self._dirty: set[str] = set()
         self._smooth_keys: set[str] = set()  # curves that follow the smoothing setting
         self.smoothing = 0.0
+        self._zoomed: tuple[float, float] | None = None
+        self.plotItem.getViewBox().sigRangeChangedManually.connect(self._on_manual_range)
+        self.plotItem.getViewBox().sigStateChanged.connect(self._on_view_state)
         self.timer = QTimer(self)
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(self.redraw)
@@ -136,13 +225,12 @@ class LivePlot(pg.PlotWidget):
 
     # ------------------------------------------------------------ declaring curves
 
-    def add_curve(self, key: str, label: str, color, width: float = 1.6, style=Qt.PenStyle.SolidLine,
+    def add_curve(self, key: str, label: str, color, width: float = 1.0, style=Qt.PenStyle.SolidLine,
                   smooth: bool = True, in_legend: bool = True) -> pg.PlotDataItem:
         pen = pg.mkPen(color=color, width=width, style=style)
         item = self.plotItem.plot([], [], pen=pen, name=label if in_legend else None)
         item.setClipToView(True)
         item.setDownsampling(auto=True, method="peak")
-        item.setSkipFiniteCheck(True) if os.environ.get("SKIPF") else None
         self._register(key, item, smooth)
         return item
 
@@ -218,9 +306,20 @@ class LivePlot(pg.PlotWidget):
             s = self.series.get(key)
             if item is None or s is None:
                 continue
-            x, y = s.data(smoothed=key in self._smooth_keys and s.alpha > 0)
+            x, y = s.display(key in self._smooth_keys and s.alpha > 0, self._zoomed)
             item.setData(x, y)
         self._dirty.clear()
+
+    def _on_manual_range(self, *_args) -> None:
+        """The user zoomed or panned: redraw every curve from the points now visible."""
+        vb = self.plotItem.getViewBox()
+        self._zoomed = None if vb.autoRangeEnabled()[0] else tuple(vb.viewRange()[0])
+        self._dirty.update(self.items)
+
+    def _on_view_state(self, *_args) -> None:
+        if self._zoomed is not None and self.plotItem.getViewBox().autoRangeEnabled()[0]:
+            self._zoomed = None  # back to auto range ("A" button): show everything again
+            self._dirty.update(self.items)
 
     def curve_points(self, key: str) -> int:
         """How many points the curve item currently holds (what was drawn, for tests)."""

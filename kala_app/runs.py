@@ -1,0 +1,157 @@
+"""Reading run folders for the Runs and Train pages (no Qt here).
+
+A run folder (written by ``kala_engine.training``) holds ``run.json`` (its config and, when the
+engine records it, a status), ``metrics.jsonl`` (one JSON object per optimizer step; validation
+lines carry ``"split": "validation"``), ``checkpoints/step-N/`` and, once training completed,
+``final/``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import engine_api
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class RunInfo:
+    path: Path
+    name: str
+    status: str  # "finished" | "interrupted" | "running" | "failed" | "cancelled" | "new"
+    base: str = ""
+    data: str = ""
+    steps_done: int = 0
+    total_steps: int = 0
+    final_lm_loss: float | None = None
+    final_ethics_loss: float | None = None
+    last_checkpoint: Path | None = None
+    modified: float = 0.0
+    config: dict = field(default_factory=dict)
+
+    @property
+    def final_dir(self) -> Path:
+        return self.path / "final"
+
+    @property
+    def can_resume(self) -> bool:
+        return self.status in ("interrupted", "cancelled") and self.last_checkpoint is not None
+
+
+def _read_json(p: Path) -> dict:
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    best: tuple[int, Path] | None = None
+    ck = run_dir / "checkpoints"
+    if ck.is_dir():
+        for p in ck.iterdir():
+            m = _STEP_DIR.match(p.name)
+            if m and p.is_dir() and (best is None or int(m.group(1)) > best[0]):
+                best = (int(m.group(1)), p)
+    return best[1] if best else None
+
+
+def _last_line(path: Path) -> dict:
+    """The last complete JSON line of a (possibly large) metrics file, read from its end."""
+    if not path.is_file():
+        return {}
+    with path.open("rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - 65536))
+        tail = f.read().decode("utf-8", errors="replace").splitlines()
+    for line in reversed(tail):
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(d, dict) and d.get("split") != "validation":
+            return d
+    return {}
+
+
+def read_run(run_dir: str | Path, active: Path | None = None) -> RunInfo:
+    """What a run folder says about itself. ``active`` is the run dir of the running job, if any."""
+    run_dir = Path(run_dir)
+    meta = _read_json(run_dir / "run.json")
+    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else meta
+    last = _last_line(run_dir / "metrics.jsonl")
+    ck = last_checkpoint(run_dir)
+    final = (run_dir / "final").is_dir()
+    if active is not None and run_dir.resolve() == Path(active).resolve():
+        status = "running"
+    elif final:
+        status = "finished"
+    elif isinstance(meta.get("status"), str) and meta["status"] not in ("running", "finished"):
+        status = meta["status"]
+    elif ck is not None or last:
+        status = "interrupted"  # has progress but no final model and nobody is running it
+    else:
+        status = "new"
+    total = int(cfg.get("max_steps") or meta.get("total_steps") or last.get("total_steps") or 0)
+    try:
+        modified = max(p.stat().st_mtime for p in [run_dir, *run_dir.glob("*")] if p.exists())
+    except (OSError, ValueError):
+        modified = 0.0
+    return RunInfo(
+        path=run_dir,
+        name=run_dir.name,
+        status=status,
+        base=str(cfg.get("base", "")),
+        data=str(cfg.get("data", "")),
+        steps_done=int(last.get("step", 0) or 0),
+        total_steps=total,
+        final_lm_loss=last.get("lm_loss"),
+        final_ethics_loss=last.get("ethics_loss"),
+        last_checkpoint=ck,
+        modified=modified,
+        config=dict(cfg),
+    )
+
+
+def list_runs(runs_dir: str | Path, active: Path | None = None) -> list[RunInfo]:
+    """Every run folder under ``runs_dir``, newest first."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    runs = [read_run(p, active) for p in runs_dir.iterdir()
+            if p.is_dir() and ((p / "run.json").exists() or (p / "metrics.jsonl").exists())]
+    runs.sort(key=lambda r: r.modified, reverse=True)
+    return runs
+
+
+def load_curves(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
+    """(train lines, validation lines) of a run's metrics."""
+    return engine_api.read_metrics(Path(run_dir) / "metrics.jsonl")
+
+
+def delete_run(run: RunInfo | Path, runs_dir: Path) -> None:
+    """Remove a run folder; refuses anything outside ``runs_dir``."""
+    path = Path(run.path if isinstance(run, RunInfo) else run).resolve()
+    root = Path(runs_dir).resolve()
+    if root not in path.parents:
+        raise ValueError(f"{path} is not inside the runs folder {root}; not deleting it")
+    shutil.rmtree(path)
+
+
+def new_run_dir(runs_dir: Path, base: str) -> Path:
+    """A fresh, unused run folder name: ``YYYYmmdd-HHMMSS-<base>``."""
+    stem = time.strftime("%Y%m%d-%H%M%S") + "-" + re.sub(r"[^A-Za-z0-9._-]+", "_", Path(base).name or "run")
+    p = runs_dir / stem
+    i = 2
+    while p.exists():
+        p = runs_dir / f"{stem}-{i}"
+        i += 1
+    return p

@@ -1,0 +1,233 @@
+"""The Chat page end to end with a fake generation job on the real EngineWorker thread.
+
+The fake job follows the engine's contract (kala_engine.jobs): it emits one TokenEvent per
+token (five law scores and per-layer scores) and returns a result with the stop reason, the
+prompt assessment and the explanation; it stops on ethics when a law falls under the threshold.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+from PySide6.QtCore import QElapsedTimer, Qt, QTimer  # noqa: E402
+
+from kala_app.chat_store import CANCELLED, COMPLETE, STOPPED  # noqa: E402
+from kala_engine.constitution import load_constitution  # noqa: E402
+from kala_engine.jobs import TokenEvent  # noqa: E402
+
+LAYERS = 4
+
+
+def _scores(i: int, low_law: int | None = None, low: float = 0.3) -> tuple[float, ...]:
+    s = [0.9 - 0.01 * ((i + k) % 7) for k in range(5)]
+    if low_law is not None:
+        s[low_law] = low
+    return tuple(round(v, 4) for v in s)
+
+
+def fake_factory(words: list[str], scores: list[tuple[float, ...]] | None = None, delay: float = 0.0,
+                 prompt_scores=(0.95, 0.2, 0.9, 0.9, 0.9), newline_every: int = 0):
+    """A job factory ``(model, messages, settings) -> job`` emitting ``words`` as tokens."""
+    calls = []
+
+    def factory(model, messages, settings):
+        calls.append((model, messages, settings))
+        th = settings["threshold"]
+
+        def job(emit, control):
+            text = []
+            for i, w in enumerate(words):
+                control.checkpoint()
+                s = scores[i] if scores else _scores(i)
+                t = w + ("\n\n" if newline_every and i % newline_every == newline_every - 1 else "")
+                layers = tuple(tuple(min(1.0, v + 0.05 * (LAYERS - 1 - j)) for v in s) for j in range(LAYERS))
+                emit(TokenEvent(i, 1000 + i, t, s, layers))
+                text.append(t)
+                if delay:
+                    time.sleep(delay)
+                under = [k for k, v in enumerate(s) if v < th]
+                if under:
+                    k = under[0]
+                    return {"text": "".join(text),
+                            "stop": {"kind": "ethics", "law": k, "score": s[k], "threshold": th},
+                            "prompt_assessment": {"law_scores": list(prompt_scores)},
+                            "explanation": {"violated": [{"law": j, "score": s[j]} for j in under]}}
+            return {"text": "".join(text), "stop": {"kind": "length" if len(words) >= settings["max_tokens"] else "eos"},
+                    "prompt_assessment": {"law_scores": list(prompt_scores)}}
+
+        return job
+
+    factory.calls = calls
+    return factory
+
+
+@pytest.fixture
+def make_page(qtbot, ctx):
+    """Build a ChatPage on the shared context with a model folder to pick."""
+    from kala_app.pages.chat import ChatPage
+
+    model = ctx.runs_dir / "run-1" / "final"
+    model.mkdir(parents=True, exist_ok=True)
+    pages = []
+
+    def make(factory, size=(1100, 760)):
+        page = ChatPage(ctx, job_factory=factory)
+        qtbot.addWidget(page)
+        page.resize(*size)
+        page.show()
+        qtbot.waitExposed(page)
+        pages.append(page)
+        return page
+
+    yield make
+    for p in pages:
+        p.store.close()
+
+
+def _wait_reply(qtbot, page, timeout=15000):
+    qtbot.waitUntil(lambda: not page.is_generating(), timeout=timeout)
+
+
+def test_model_picker_lists_final_and_checkpoints(make_page, ctx) -> None:
+    (ctx.runs_dir / "run-1" / "checkpoints" / "step-20").mkdir(parents=True)
+    (ctx.runs_dir / "run-1" / "checkpoints" / "step-100").mkdir(parents=True)
+    page = make_page(fake_factory(["x"]))
+    labels = [page.model_combo.itemText(i) for i in range(page.model_combo.count())]
+    assert labels == ["run-1 · final", "run-1 · step-100", "run-1 · step-20"]
+
+
+def test_tokens_appear_one_by_one_and_a_click_sets_the_gauge(qtbot, make_page) -> None:
+    words = ["Rivers", " carry", " water", " from", " hills", " to", " the", " sea", "."]
+    page = make_page(fake_factory(words, delay=0.06))
+    seen: list[int] = []
+    probe = QTimer()
+    probe.timeout.connect(lambda: page.current_reply() and seen.append(page.current_reply().token_count()))
+    probe.start(5)
+    assert page.send("How do rivers form?")
+    _wait_reply(qtbot, page)
+    probe.stop()
+    reply = page.current_reply()
+    assert reply.text() == "".join(words)
+    # the view grew token by token: it showed (nearly) every intermediate length
+    distinct = sorted(set(seen) - {0})
+    assert len(distinct) >= len(words) - 2, distinct
+    assert distinct[0] <= 2
+    # the live gauge ended on the newest token
+    assert page.gauge.scores() == pytest.approx(_scores(len(words) - 1))
+    # the prompt assessment arrived with the result and names the flagged law
+    (user,) = page.view.user_messages()
+    assert user.mini.scores() == pytest.approx((0.95, 0.2, 0.9, 0.9, 0.9))
+    assert load_constitution()[1].title in user.assessment_text()
+    # clicking a token sets the gauge to its five scores and the heatmap to its layers
+    qtbot.waitUntil(lambda: reply.token_point(8).x() > reply.token_point(0).x())
+    for i in (3, 0, 6):
+        qtbot.mouseClick(reply.text_view.viewport(), Qt.MouseButton.LeftButton, pos=reply.token_point(i))
+        assert page.gauge.scores() == pytest.approx(_scores(i))
+        assert page.heatmap.layer_scores()[-1] == pytest.approx(_scores(i))
+        assert f"#{i}" in page.gauge.caption()
+    assert page.store.messages(page.chat_id)[1].status == COMPLETE
+
+
+def test_threshold_one_stops_with_a_banner_naming_a_law(qtbot, make_page) -> None:
+    page = make_page(fake_factory(["I", " will", " not"]))
+    page.set_settings(threshold=1.0)
+    assert page.send("Anything at all")
+    _wait_reply(qtbot, page)
+    reply = page.current_reply()
+    assert reply.banner.isVisible()
+    banner = reply.banner.text()
+    con = load_constitution()
+    # every score is under 1.0: the highest-priority law (Law 0) is the one named
+    assert con[0].title in banner and "< 1.00" in banner
+    assert reply.token_count() == 1
+    msg = page.store.messages(page.chat_id)[1]
+    assert msg.status == STOPPED and msg.stop["law"] == 0
+
+
+def test_chats_survive_a_restart(qtbot, make_page, ctx) -> None:
+    words = ["Hello", " there", ",", " friend"]
+    scores = [_scores(0), _scores(1, low_law=4, low=0.42), _scores(2), _scores(3)]
+    page = make_page(fake_factory(words, scores=scores))
+    page.set_settings(threshold=0.35, temperature=0.0, max_tokens=77)
+    assert page.send("Say hello")
+    _wait_reply(qtbot, page)
+    first_id = page.chat_id
+    page.new_chat()
+    assert page.send("Second chat")
+    _wait_reply(qtbot, page)
+    page.rename_chat(first_id, "Greetings")
+    page.store.close()
+
+    again = make_page(fake_factory(["unused"]))  # a new page with a new store on the same file
+    titles = [again.chat_list.item(i).text() for i in range(again.chat_list.count())]
+    assert sorted(titles) == ["Greetings", "Second chat"]
+    again.open_chat(first_id)
+    assert again.threshold_spin.value() == pytest.approx(0.35)
+    assert again.max_tokens_spin.value() == 77
+    (user,) = again.view.user_messages()
+    assert user.text() == "Say hello"
+    (reply,) = again.view.replies()
+    assert reply.text() == "".join(words)
+    qtbot.waitUntil(lambda: reply.token_point(3).x() > reply.token_point(0).x())
+    qtbot.mouseClick(reply.text_view.viewport(), Qt.MouseButton.LeftButton, pos=reply.token_point(1))
+    assert again.gauge.scores() == pytest.approx(scores[1])
+
+
+def test_stop_button_keeps_the_tokens_so_far(qtbot, make_page) -> None:
+    page = make_page(fake_factory([f" w{i}" for i in range(400)], delay=0.01))
+    assert page.send("Talk for a long time")
+    qtbot.waitUntil(lambda: page.current_reply().token_count() >= 5)
+    assert page.stop_button.isEnabled()
+    qtbot.mouseClick(page.stop_button, Qt.MouseButton.LeftButton)
+    _wait_reply(qtbot, page)
+    n = page.current_reply().token_count()
+    assert 5 <= n < 400
+    msg = page.store.messages(page.chat_id)[1]
+    assert msg.status == CANCELLED and len(msg.tokens) == n
+    assert "stopped by you" in page.current_reply().status.text()
+    assert not page.stop_button.isEnabled() and page.send_button.isEnabled()
+
+
+def test_export_holds_every_token(qtbot, make_page, tmp_path) -> None:
+    page = make_page(fake_factory(["a", "b", "c"]))
+    page.send("export me")
+    _wait_reply(qtbot, page)
+    import json
+
+    data = json.loads(page.export_chat(tmp_path / "c.json").read_text(encoding="utf-8"))
+    assert [t["law_scores"] for t in data["messages"][1]["tokens"]] == [list(_scores(i)) for i in range(3)]
+    assert "| 2 | `c` |" in page.export_chat(tmp_path / "c.md").read_text(encoding="utf-8")
+
+
+def test_ui_thread_never_stalls_while_a_reply_streams_at_full_speed(qtbot, make_page) -> None:
+    n_tokens = 4000
+    words = [f" word{i % 97}" for i in range(n_tokens)]
+    page = make_page(fake_factory(words, newline_every=60))
+    page.set_settings(max_tokens=n_tokens)
+    clock = QElapsedTimer()
+    clock.start()
+    beats: list[int] = []
+    heart = QTimer()
+    heart.setTimerType(Qt.TimerType.PreciseTimer)
+    heart.timeout.connect(lambda: beats.append(clock.nsecsElapsed()))
+    heart.start(5)
+    qtbot.wait(50)
+    assert page.send("Write a lot")
+    t0 = time.perf_counter()
+    _wait_reply(qtbot, page, timeout=60000)
+    stream_s = time.perf_counter() - t0
+    qtbot.wait(50)
+    heart.stop()
+    assert page.current_reply().token_count() == n_tokens
+    gaps_ms = [(b - a) / 1e6 for a, b in zip(beats, beats[1:], strict=False)]
+    q = statistics.quantiles(gaps_ms, n=100)
+    print(f"\nheartbeat while streaming {n_tokens} tokens in {stream_s:.2f} s: "
+          f"p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms, max {max(gaps_ms):.1f} ms over {len(gaps_ms)} beats")
+    assert max(gaps_ms) < 50, max(gaps_ms)
+    assert len(page.store.messages(page.chat_id)[1].tokens) == n_tokens
