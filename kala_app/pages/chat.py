@@ -59,9 +59,11 @@ from ..widgets.gauge import MUTED, LawGauge
 from ..widgets.heatmap import DecisionPathHeatmap, first_layers_under
 
 #: How often buffered tokens are moved into the view and the store (ms).
-FLUSH_MS = 40
-#: At most this long per flush on the UI thread (s); the rest waits for the next tick.
-FLUSH_BUDGET_S = 0.012
+FLUSH_MS = 30
+#: At most about this long per flush on the UI thread (s); the rest waits for the next tick.
+FLUSH_BUDGET_S = 0.008
+#: Tokens handed to the view and the store at a time within one flush.
+FLUSH_CHUNK = 48
 
 # ====================================================================== engine (one place)
 
@@ -295,6 +297,7 @@ class ChatPage(QWidget):
         w.failed.connect(self._on_failed)
         w.busy_changed.connect(self._update_buttons)
 
+        self._warm_up()
         self.refresh_models()
         self._reload_chat_list()
         chats = self.store.list_chats()
@@ -453,6 +456,19 @@ class ChatPage(QWidget):
         split.setStretchFactor(1, 1)
         split.setStretchFactor(2, 0)
         split.setSizes([200, 640, 330])
+
+    def _warm_up(self) -> None:
+        """Build one message of each kind off screen and drop it.
+
+        PySide6 creates some Python types (enums) lazily on first use, which costs tens of
+        milliseconds; paying that at start-up keeps the first Send from stalling the UI.
+        """
+        probe = ChatView(self.constitution)
+        probe.add_user_message("warm-up").set_assessment([1.0] * len(self.constitution))
+        reply = probe.begin_reply()
+        reply.append_tokens([TokenEvent(0, 0, "warm-up", (1.0,) * len(self.constitution))])
+        reply.show_stop("warm-up", ["warm-up"])
+        probe.deleteLater()
 
     def _spin(self, box: QDoubleSpinBox, lo: float, hi: float, step: float, dec: int, tip: str) -> QDoubleSpinBox:
         box.setRange(lo, hi)
@@ -770,8 +786,8 @@ class ChatPage(QWidget):
             return
         t0 = time.perf_counter()
         while self._buffer:
-            chunk = self._buffer[:256]
-            del self._buffer[:256]
+            chunk = self._buffer[:FLUSH_CHUNK]
+            del self._buffer[:FLUSH_CHUNK]
             self._reply.append_tokens(chunk)
             if self._reply_id is not None:
                 self.store.append_tokens(self._reply_id, chunk)
