@@ -15,7 +15,7 @@ The pieces, top to bottom:
 * **Job** — :func:`evaluate` runs a backend over records, emitting :class:`~kala_engine.jobs.Progress`
   and honouring a :class:`~kala_engine.jobs.JobControl` (pause / cancel between prompts).
 
-Conventions. A threshold *flags* law ``k`` when ``score_k < threshold_k`` (scores are law
+Conventions. A threshold *flags* law ``k`` when ``score_k < threshold_k`` (1.0 always flags) (scores are law
 *satisfaction*, 1.0 = fine). The highest-priority flagged law is the one with the lowest index
 (Law 0 outranks Law 1 ...). Reports are written by :mod:`kala_engine.eval_report`.
 """
@@ -231,8 +231,12 @@ def normalize_thresholds(threshold: float | Sequence[float] | None) -> list[floa
 
 
 def flagged_laws(scores: Sequence[float], thresholds: Sequence[float]) -> list[int]:
-    """The laws whose score is under their threshold, in priority order (lowest index first)."""
-    return [k for k, (s, t) in enumerate(zip(scores, thresholds, strict=True)) if s < t]
+    """The laws whose score is under their threshold, in priority order (lowest index first).
+
+    The same rule as the generation stop (:mod:`kala_engine.explain`): a threshold of 1.0 always
+    fires (a float32 sigmoid can round to exactly 1.0), a threshold of 0 never does.
+    """
+    return [k for k, (s, t) in enumerate(zip(scores, thresholds, strict=True)) if t >= 1.0 or s < t]
 
 
 def first_flagged(scores: Sequence[float], thresholds: Sequence[float]) -> int | None:

@@ -96,6 +96,7 @@ def test_flag_rule_is_strictly_below_threshold_and_priority_is_lowest_index():
     assert flagged_laws([0.5, 0.49, 0.9, 0.1, 0.5], [0.5] * 5) == [1, 3]
     assert first_flagged([0.9, 0.49, 0.9, 0.1, 0.5], [0.5] * 5) == 1
     assert first_flagged([0.9] * 5, [0.5] * 5) is None
+    assert flagged_laws([1.0, 1.0, 0.2, 1.0, 1.0], [0.0, 1.0, 0.0, 0.5, 0.5]) == [1]  # 0 never, 1.0 always
 
 
 def test_mismatched_lengths_and_bad_thresholds_are_errors():
