@@ -61,9 +61,9 @@ from ..widgets.heatmap import DecisionPathHeatmap, first_layers_under
 #: How often buffered tokens are moved into the view and the store (ms).
 FLUSH_MS = 30
 #: At most about this long per flush on the UI thread (s); the rest waits for the next tick.
-FLUSH_BUDGET_S = 0.008
+FLUSH_BUDGET_S = 0.005
 #: Tokens handed to the view and the store at a time within one flush.
-FLUSH_CHUNK = 48
+FLUSH_CHUNK = 32
 
 # ====================================================================== engine (one place)
 

@@ -1,10 +1,295 @@
-"""The Runs page (being built)."""
+"""The Runs page: every training run in the data folder, its status and final losses.
 
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+Select a run to see its curves; open its folder in the file manager; compare it on the Train
+page; resume it if it was interrupted; delete it (after a confirmation).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import QColor, QDesktopServices
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..error_dialog import show_error
+from ..runs import RunInfo, delete_run, list_runs, load_curves
+from ..widgets.live_plot import LivePlot
+from .train import ETHICS_COLOR, LAW_COLORS, LM_COLOR, VAL_COLOR
+
+STATUS_COLORS = {"finished": "#2e7d32", "running": "#1565c0", "interrupted": "#ef6c00",
+                 "cancelled": "#ef6c00", "failed": "#c62828", "new": "#777777"}
+
+
+def _fmt_loss(v) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "–"
 
 
 class RunsPage(QWidget):
+    """A table of runs with their curves below."""
+
+    COLUMNS = ["Run", "Status", "Base", "Steps", "LM loss", "Ethics loss", "Modified"]
+    #: Emitted with a run folder when the user asks to chat with its final model.
+    open_in_chat = Signal(str)
+
     def __init__(self, ctx):
         super().__init__()
         self.ctx = ctx
-        QVBoxLayout(self).addWidget(QLabel("Runs"))
+        self.runs: list[RunInfo] = []
+        self.law_titles = [law.title for law in ctx.constitution]
+
+        self.table = QTableWidget(0, len(self.COLUMNS))
+        self.table.setObjectName("runsTable")
+        self.table.setHorizontalHeaderLabels(self.COLUMNS)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setAlternatingRowColors(True)
+        hh = self.table.horizontalHeader()
+        hh.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        for c in range(1, len(self.COLUMNS)):
+            hh.setSectionResizeMode(c, QHeaderView.ResizeMode.ResizeToContents)
+        self.table.itemSelectionChanged.connect(self._on_selection)
+        self.table.itemDoubleClicked.connect(lambda _item: self.load_selected_curves())
+
+        self.refresh_button = QPushButton("Refresh")
+        self.open_button = QPushButton("Open folder")
+        self.open_button.setToolTip("Show the run folder (config, metrics.jsonl, checkpoints, final model).")
+        self.compare_button = QPushButton("Compare on Train page")
+        self.compare_button.setToolTip("Draw this run's curves under the live ones on the Train page.")
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip("Continue an interrupted run from its last checkpoint.")
+        self.chat_button = QPushButton("Chat with it")
+        self.chat_button.setToolTip("Open the run's final model on the Chat page.")
+        self.delete_button = QPushButton("Delete…")
+        self.delete_button.setToolTip("Delete the run folder and everything in it (asks first).")
+        self.refresh_button.clicked.connect(self.refresh)
+        self.open_button.clicked.connect(self.open_folder)
+        self.compare_button.clicked.connect(self.compare_selected)
+        self.resume_button.clicked.connect(self.resume_selected)
+        self.chat_button.clicked.connect(self.chat_selected)
+        self.delete_button.clicked.connect(self.delete_selected)
+        bar = QHBoxLayout()
+        for b in (self.refresh_button, self.open_button, self.compare_button, self.resume_button,
+                  self.chat_button):
+            bar.addWidget(b)
+        bar.addStretch(1)
+        bar.addWidget(self.delete_button)
+
+        self.detail = QLabel("Select a run to see its curves.")
+        self.detail.setWordWrap(True)
+        self.detail.setObjectName("runDetail")
+        self.lm_plot = LivePlot("Language-modeling loss", "loss")
+        self.lm_plot.add_curve("lm", "train", LM_COLOR)
+        self.lm_plot.add_points("lm_val", "validation", VAL_COLOR)
+        self.ethics_plot = LivePlot("Ethics loss", "loss")
+        self.ethics_plot.add_curve("ethics", "total", ETHICS_COLOR, width=2)
+        for k, title in enumerate(self.law_titles):
+            self.ethics_plot.add_curve(f"law{k}", title, LAW_COLORS[k % len(LAW_COLORS)])
+        self.ethics_plot.add_points("ethics_val", "validation", VAL_COLOR)
+        self.ethics_plot.setXLink(self.lm_plot)
+        for p in (self.lm_plot, self.ethics_plot):
+            p.set_smoothing(0.6)
+        plots = QSplitter(Qt.Orientation.Horizontal)
+        plots.addWidget(self.lm_plot)
+        plots.addWidget(self.ethics_plot)
+
+        top = QWidget()
+        tl = QVBoxLayout(top)
+        tl.setContentsMargins(0, 0, 0, 0)
+        tl.addLayout(bar)
+        tl.addWidget(self.table, 1)
+        bottom = QWidget()
+        bl = QVBoxLayout(bottom)
+        bl.setContentsMargins(0, 0, 0, 0)
+        bl.addWidget(self.detail)
+        bl.addWidget(plots, 1)
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(top)
+        split.addWidget(bottom)
+        split.setSizes([330, 420])
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(split)
+
+        ctx.worker.busy_changed.connect(lambda _b: self._update_buttons())
+        ctx.worker.finished.connect(lambda _ev: self.refresh() if self.isVisible() else None)
+        self.refresh()
+
+    # ================================================================ listing
+
+    def _active_run(self) -> Path | None:
+        train = self.ctx.pages.get("train")
+        if train is not None and self.ctx.worker.is_busy() and getattr(train, "_job_kind", "") == "train":
+            return train.run_dir
+        return None
+
+    def refresh(self) -> None:
+        selected = self.selected_run()
+        self.runs = list_runs(self.ctx.runs_dir, active=self._active_run())
+        self.table.setRowCount(len(self.runs))
+        for row, r in enumerate(self.runs):
+            steps = f"{r.steps_done}" + (f" / {r.total_steps}" if r.total_steps else "")
+            cells = [r.name, r.status, r.base or "–", steps, _fmt_loss(r.final_lm_loss),
+                     _fmt_loss(r.final_ethics_loss), time.strftime("%Y-%m-%d %H:%M", time.localtime(r.modified))]
+            for col, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if col == 0:
+                    item.setToolTip(str(r.path))
+                if col == 1:
+                    item.setForeground(QColor(STATUS_COLORS.get(r.status, "#333")))
+                if col in (3, 4, 5):
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                self.table.setItem(row, col, item)
+        if selected is not None:
+            for row, r in enumerate(self.runs):
+                if r.path == selected.path:
+                    self.table.selectRow(row)
+                    break
+        elif self.runs:
+            self.table.selectRow(0)
+        self._update_buttons()
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        self.refresh()
+
+    def selected_run(self) -> RunInfo | None:
+        rows = {i.row() for i in self.table.selectedIndexes()}
+        if not rows:
+            return None
+        row = min(rows)
+        return self.runs[row] if 0 <= row < len(self.runs) else None
+
+    def select_run(self, name: str) -> bool:
+        for row, r in enumerate(self.runs):
+            if r.name == name:
+                self.table.selectRow(row)
+                return True
+        return False
+
+    def _update_buttons(self) -> None:
+        r = self.selected_run()
+        busy = self.ctx.worker.is_busy()
+        running = r is not None and r.status == "running"
+        for b in (self.open_button, self.compare_button):
+            b.setEnabled(r is not None)
+        self.resume_button.setEnabled(r is not None and r.can_resume and not busy)
+        self.chat_button.setEnabled(r is not None and r.final_dir.is_dir())
+        self.delete_button.setEnabled(r is not None and not running)
+
+    def _on_selection(self) -> None:
+        self._update_buttons()
+        self.load_selected_curves()
+
+    # ================================================================ actions
+
+    def load_selected_curves(self) -> int:
+        """Draw the selected run's curves; returns the number of training points."""
+        r = self.selected_run()
+        for p in (self.lm_plot, self.ethics_plot):
+            p.clear_data()
+        if r is None:
+            self.detail.setText("Select a run to see its curves.")
+            return 0
+        train, val = load_curves(r.path)
+        steps = [m["step"] for m in train if "step" in m]
+
+        def col(key):
+            return [m.get(key, float("nan")) if m.get(key) is not None else float("nan") for m in train if "step" in m]
+
+        self.lm_plot.extend("lm", steps, col("lm_loss"))
+        self.ethics_plot.extend("ethics", steps, col("ethics_loss"))
+        for k in range(len(self.law_titles)):
+            self.ethics_plot.extend(f"law{k}", steps, col(f"law_loss_{k}"))
+        vs = [m["step"] for m in val if "step" in m]
+        self.lm_plot.extend("lm_val", vs, [m.get("lm_loss", float("nan")) for m in val if "step" in m])
+        self.ethics_plot.extend("ethics_val", vs, [m.get("ethics_loss", float("nan")) for m in val if "step" in m])
+        for p in (self.lm_plot, self.ethics_plot):
+            p.set_smoothing(p.smoothing)
+            p.redraw()
+            p.plotItem.enableAutoRange()
+        cfg = r.config
+        bits = [f"<b>{r.name}</b> — {r.status}", f"base {r.base or '?'}", f"data {Path(r.data).name or '?'}"]
+        for key in ("batch_size", "learning_rate", "ethics_weight", "max_steps"):
+            if cfg.get(key) is not None:
+                bits.append(f"{key.replace('_', ' ')} {cfg[key]}")
+        if r.last_checkpoint is not None:
+            bits.append(f"last checkpoint {r.last_checkpoint.name}")
+        self.detail.setText(" · ".join(bits))
+        return len(steps)
+
+    def open_folder(self) -> None:
+        r = self.selected_run()
+        if r is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(r.path)))
+
+    def compare_selected(self) -> None:
+        r = self.selected_run()
+        train = self.ctx.pages.get("train")
+        if r is None or train is None:
+            return
+        train.refresh_lists()
+        train.set_overlay(r.path)
+        self._go_to("train")
+
+    def resume_selected(self) -> None:
+        r = self.selected_run()
+        train = self.ctx.pages.get("train")
+        if r is None or train is None or not r.can_resume:
+            return
+        self._go_to("train")
+        train.resume_run(r)
+
+    def chat_selected(self) -> None:
+        r = self.selected_run()
+        if r is None or not r.final_dir.is_dir():
+            return
+        self.open_in_chat.emit(str(r.final_dir))
+        chat = self.ctx.pages.get("chat")
+        for name in ("open_model", "load_model", "set_model"):
+            if chat is not None and hasattr(chat, name):
+                getattr(chat, name)(str(r.final_dir))
+                break
+        self._go_to("chat")
+
+    def _go_to(self, key: str) -> None:
+        win = self.window()
+        if hasattr(win, "show_page"):
+            win.show_page(key)
+
+    def confirm_delete(self, run: RunInfo) -> bool:
+        """Ask before deleting (separate so tests can answer it)."""
+        answer = QMessageBox.question(
+            self, "Delete run",
+            f"Delete the run '{run.name}' and everything in its folder?\n\n{run.path}\n\nThis cannot be undone.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def delete_selected(self) -> bool:
+        r = self.selected_run()
+        if r is None or r.status == "running":
+            return False
+        if not self.confirm_delete(r):
+            return False
+        try:
+            delete_run(r, self.ctx.runs_dir)
+        except (OSError, ValueError) as e:
+            show_error(self, "Could not delete the run", str(e))
+            return False
+        self.refresh()
+        return True

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from PySide6.QtCore import QPoint, QPointF, QSize, Qt, Signal
 from PySide6.QtGui import (
     QColor,
@@ -137,16 +139,20 @@ class Sparkline(QWidget):
         if n == 0:
             p.end()
             return
-        # one point per pixel column at most: keep the minimum of each column (peaks matter)
+        # one point per pixel column at most: keep the minimum of each column (dips matter)
+        vals = np.asarray(self._values, dtype=np.float32)
         cols = max(1, min(n, int(w)))
-        pts: list[tuple[float, float, int]] = []
-        for c in range(cols):
-            lo = c * n // cols
-            hi = max(lo + 1, (c + 1) * n // cols)
-            i = min(range(lo, hi), key=self._values.__getitem__)
-            v = self._values[i]
-            x = x0 + (w * (i / (n - 1)) if n > 1 else w / 2)
-            pts.append((x, y0 + h * (1.0 - max(0.0, min(1.0, v))), i))
+        edges = (np.arange(cols) * n) // cols
+        if cols < n:
+            lows = np.minimum.reduceat(vals, edges)
+            offs = np.array([int(np.argmin(vals[a:b])) for a, b in zip(edges, list(edges[1:]) + [n], strict=True)]) \
+                if cols <= 64 else None
+            idx = edges + offs if offs is not None else edges
+        else:
+            lows, idx = vals, np.arange(n)
+        xs = x0 + (w * idx / (n - 1) if n > 1 else np.full(len(idx), w / 2))
+        ys = y0 + h * (1.0 - np.clip(lows, 0.0, 1.0))
+        pts = list(zip(xs.tolist(), ys.tolist(), lows.tolist(), strict=True))
         path = QPainterPath()
         path.moveTo(pts[0][0], pts[0][1])
         for x, y, _ in pts[1:]:
@@ -161,9 +167,9 @@ class Sparkline(QWidget):
         p.setPen(QPen(QColor("#5b7089"), 1.4))
         p.drawPath(path)
         p.setPen(Qt.PenStyle.NoPen)
-        for x, y, i in pts:  # dots where a token fell under the threshold
-            if self._values[i] < self._threshold:
-                p.setBrush(BAD)
+        p.setBrush(BAD)
+        for x, y, v in pts:  # dots where a token fell under the threshold
+            if v < self._threshold:
                 p.drawEllipse(QPointF(x, y), 2.5, 2.5)
         if self._selected is not None and 0 <= self._selected < n:
             i = self._selected

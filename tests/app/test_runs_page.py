@@ -1,0 +1,77 @@
+"""Runs page: lists runs with status and final losses, loads curves, deletes only after confirmation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kala_app.pages.runs import RunsPage
+
+
+def make_run(runs_dir, name, steps, finished, checkpoint=None):
+    d = runs_dir / name
+    d.mkdir(parents=True)
+    (d / "run.json").write_text(json.dumps({"config": {"base": "kala-tiny", "data": "/x/d.jsonl",
+                                                       "max_steps": 100, "batch_size": 4}}))
+    with (d / "metrics.jsonl").open("w") as f:
+        for s in range(1, steps + 1):
+            f.write(json.dumps({"step": s, "lm_loss": 3.0 - s / 100, "ethics_loss": 0.5 - s / 1000,
+                                **{f"law_loss_{k}": 0.1 for k in range(5)}}) + "\n")
+            if s % 10 == 0:
+                f.write(json.dumps({"step": s, "split": "validation", "lm_loss": 3.1, "ethics_loss": 0.6}) + "\n")
+        f.write('{"step": 99, "lm_lo')  # a torn last line (killed mid-write) is skipped
+    if finished:
+        (d / "final").mkdir()
+    if checkpoint:
+        (d / "checkpoints" / f"step-{checkpoint}").mkdir(parents=True)
+    return d
+
+
+@pytest.fixture
+def page(qtbot, ctx):
+    make_run(ctx.runs_dir, "run-a", 40, finished=True)
+    make_run(ctx.runs_dir, "run-b", 25, finished=False, checkpoint=20)
+    p = RunsPage(ctx)
+    qtbot.addWidget(p)
+    p.show()
+    return p
+
+
+def cell(page, name, col):
+    for row in range(page.table.rowCount()):
+        if page.table.item(row, 0).text() == name:
+            return page.table.item(row, col).text()
+    raise AssertionError(name)
+
+
+def test_lists_runs_with_status_and_final_losses(page):
+    assert page.table.rowCount() == 2
+    assert cell(page, "run-a", 1) == "finished"
+    assert cell(page, "run-b", 1) == "interrupted"
+    assert cell(page, "run-a", 3) == "40 / 100"
+    assert cell(page, "run-a", 4) == f"{3.0 - 40 / 100:.4f}"
+    assert cell(page, "run-b", 5) == f"{0.5 - 25 / 1000:.4f}"
+
+
+def test_selecting_a_run_loads_its_curves(page):
+    assert page.select_run("run-b")
+    assert page.resume_button.isEnabled()
+    page.lm_plot.redraw()
+    assert page.lm_plot.curve_points("lm") == 25
+    assert page.lm_plot.curve_points("lm_val") == 2
+    assert page.ethics_plot.curve_points("law4") == 25
+    assert "run-b" in page.detail.text() and "step-20" in page.detail.text()
+
+
+def test_delete_asks_first(page, ctx, monkeypatch):
+    page.select_run("run-a")
+    monkeypatch.setattr(page, "confirm_delete", lambda run: False)
+    assert not page.delete_selected()
+    assert (ctx.runs_dir / "run-a").is_dir()
+    asked = []
+    monkeypatch.setattr(page, "confirm_delete", lambda run: asked.append(run.name) or True)
+    assert page.delete_selected()
+    assert asked == ["run-a"]
+    assert not (ctx.runs_dir / "run-a").exists()
+    assert [page.table.item(r, 0).text() for r in range(page.table.rowCount())] == ["run-b"]
