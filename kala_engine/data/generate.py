@@ -1,0 +1,500 @@
+"""The constitutional dataset generator: prompt banks + paraphrase slots -> labelled JSONL records.
+
+Every record follows :mod:`kala_engine.data.schema`. Kinds and their targets:
+
+- ``harmful_request``: a harmful request (its tokens carry the request's law vector, no LM
+  loss) and an ethical reply that declines, names the law(s) in plain words from the
+  constitution and offers a safe alternative (1.0 everywhere, LM loss).
+- ``critique_revision``: request, a flawed draft that starts to comply (low-ish targets, no
+  LM loss), a critique citing the law and a revision (both 1.0, LM loss).
+- ``law_specific``: scenarios per law, including conflicts resolved by the hierarchy and
+  cases where helping is right.
+- ``benign`` / ``benign_alarming``: real questions with correct answers, the latter worded with
+  alarming words ("kill a stuck process") so the heads learn not to over-refuse (1.0).
+- ``harmful_completion``: the request followed by a completion that goes along with it (low
+  targets and **no LM loss**): negatives to recognise, never to learn.
+- ``multi_turn``: escalation after a benign opening, or pressure after a refusal.
+
+Generation is deterministic for a seed, removes duplicates, and splits by template family:
+about 12 % of the families of every group (harmful topics of each law, benign topics, alarming
+families, scenarios) go to validation, chosen by a stable hash of the family name, so the split
+does not depend on the seed or the count and validation measures unseen wordings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..constitution import NUM_LAWS, Constitution, load_constitution
+from .banks import Banks, Scenario, Topic, load_banks
+from .io import write_jsonl
+from .schema import BENIGN_KINDS, HARMFUL_KINDS, KINDS, violated_laws
+
+#: Share of each kind in a generated set (benign kinds together 44 %).
+KIND_WEIGHTS = {
+    "benign": 0.30,
+    "benign_alarming": 0.14,
+    "harmful_request": 0.20,
+    "critique_revision": 0.09,
+    "law_specific": 0.10,
+    "harmful_completion": 0.10,
+    "multi_turn": 0.07,
+}
+#: Target on the law a request is built around, on the other laws it violates, on law 2 when
+#: the request also demands blind obedience, and on a flawed draft's violated laws.
+PRIMARY_TARGET = 0.05
+SECONDARY_TARGET = 0.25
+PRESSURE_TARGET = 0.3
+DRAFT_TARGET = 0.3
+OBEDIENCE_LAW = 2  # the law a demand of blind obedience violates
+VALIDATION_SHARE = 0.12
+PRESSURE_RATE = 0.2
+SYSTEM_RATE = 0.25
+ONES = [1.0] * NUM_LAWS
+
+_PRONOUNS = {"my": "your", "myself": "yourself", "me": "you", "i": "you", "i'm": "you're", "mine": "yours"}
+_PRONOUN_RE = re.compile(r"\b(my|myself|me|I|I'm|mine)\b")
+
+
+def _second_person(text: str) -> str:
+    """'get into my ex's email' -> 'get into your ex's email' (for replies quoting a request)."""
+    return _PRONOUN_RE.sub(lambda m: _PRONOUNS[m.group(0).lower()], text)
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _stable_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def family_groups(banks: Banks) -> dict[str, list[str]]:
+    """Families grouped so that each group gets its own share of validation families."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for t in banks.topics:
+        groups[f"harmful.law{t.law}"].append(t.id)
+    for s in banks.scenarios:
+        groups["law_specific"].append(s.id)
+    for qa in banks.benign:
+        groups[qa.family.rsplit(".", 1)[0]].append(qa.family)
+    for qa in banks.alarming:
+        groups["alarming"].append(qa.family)
+    return {k: sorted(set(v)) for k, v in groups.items()}
+
+
+def validation_families(banks: Banks, share: float = VALIDATION_SHARE) -> frozenset[str]:
+    """The held-out families: round(share * n) of each group (at least 1 when n >= 4), by hash."""
+    held = set()
+    for fams in family_groups(banks).values():
+        n_val = round(share * len(fams))
+        if n_val == 0 and len(fams) >= 4:
+            n_val = 1
+        held.update(sorted(fams, key=_stable_hash)[:n_val])
+    return frozenset(held)
+
+
+class _Renderer:
+    """Builds the records of one generation run (one RNG, one constitution, one set of banks)."""
+
+    def __init__(self, banks: Banks, constitution: Constitution, rng: random.Random):
+        self.b = banks
+        self.c = constitution
+        self.rng = rng
+        self.t = banks.templates
+        self.law_fields = {}
+        for law in constitution.laws:
+            self.law_fields[f"law{law.index}"] = law.title
+            self.law_fields[f"short{law.index}"] = law.short
+
+    # ------------------------------------------------------------------ helpers
+    def pick(self, seq: Sequence[str]) -> str:
+        return seq[self.rng.randrange(len(seq))]
+
+    def slots(self) -> dict[str, str]:
+        """One value per slot for this record (the same value wherever the slot appears)."""
+        values = {name: self.pick(options) for name, options in self.b.slots.items()}
+        values.update({f"{k}_cap": _cap(v) for k, v in list(values.items())})
+        values.update(self.law_fields)
+        return values
+
+    def fill(self, template: str, values: dict[str, str]) -> str:
+        return template.format_map(values)
+
+    def law_vector(self, primary: int, others: Sequence[int] = ()) -> list[float]:
+        labels = list(ONES)
+        for k in others:
+            labels[k] = min(labels[k], SECONDARY_TARGET)
+        labels[primary] = PRIMARY_TARGET
+        return labels
+
+    def law_words(self, template: str, law: int, **extra: str) -> str:
+        lw = self.c[law]
+        return template.format(law=lw.title, short=lw.short, **extra)
+
+    def system_part(self) -> list[dict[str, Any]]:
+        if self.rng.random() < SYSTEM_RATE:
+            return [part("system", self.pick(self.t["system"]["prompt"]), ONES, lm=False)]
+        return []
+
+    # ------------------------------------------------------------------ requests and replies
+    def request(self, topic: Topic, values: dict[str, str], pressure: bool) -> tuple[str, str]:
+        """(request text, the bare ask) for a topic, wrapped in paraphrase slots."""
+        ask = self.fill(self.pick(topic.ask), values)
+        req = self.t["request"]
+        if pressure:
+            template = self.pick(req["pressure"])
+        else:
+            pool = req["common"] + req[topic.style] if topic.style != "command" else req["command"]
+            template = self.pick(pool)
+        body = template.format(ask=ask, ask_cap=_cap(ask))
+        persona = self.pick(req["persona"]) if topic.style != "command" and not pressure else ""
+        text = self.pick(req["opener"]) + persona + body + self.pick(req["closer"])
+        return _cap(text.strip()), ask
+
+    def request_labels(self, topic: Topic, pressure: bool) -> list[float]:
+        labels = self.law_vector(topic.law, topic.also)
+        if pressure:
+            labels[OBEDIENCE_LAW] = min(labels[OBEDIENCE_LAW], PRESSURE_TARGET)
+        return labels
+
+    def ethical_reply(self, topic: Topic, values: dict[str, str], pressure: bool) -> str:
+        """Decline, name the law(s) in plain words, offer the safe alternative."""
+        r = self.t["response"]
+        decline = self.pick(r["care"] if topic.care else r["decline"])
+        harm = self.fill(topic.harm, values)
+        reason = self.law_words(self.pick(r["reason"]), topic.law, harm=harm)
+        extra = [self.law_words(self.pick(r["also"]), k) for k in sorted(topic.also)]
+        if pressure and topic.law != OBEDIENCE_LAW:
+            extra.append(self.law_words(self.pick(r["pressure_reply"]), OBEDIENCE_LAW))
+        alt = self.pick(r["alternative"]).format(alt=self.fill(topic.alt, values))
+        if topic.care or self.rng.random() < 0.7:
+            sentences = [decline, reason, *extra, alt]
+        else:
+            sentences = [reason, decline, *extra, alt]
+        return " ".join(sentences)
+
+    def harmful_text(self, topic: Topic, values: dict[str, str], ask: str) -> str:
+        """A completion that goes along with the request: harmful in intent, never operational."""
+        generic = self.t["completion"]["generic"]
+        if topic.style != "command" and not topic.care and self.rng.random() < 0.35:
+            return self.pick(generic).format(ask=_second_person(ask))
+        return self.fill(self.pick(topic.bad), values)
+
+    # ------------------------------------------------------------------ kinds
+    def harmful_request(self, topic: Topic) -> list[dict]:
+        v = self.slots()
+        pressure = self._pressure(topic)
+        text, _ = self.request(topic, v, pressure)
+        return self.system_part() + [
+            part("user", text, self.request_labels(topic, pressure), lm=False),
+            part("assistant", self.ethical_reply(topic, v, pressure), ONES, lm=True),
+        ]
+
+    def harmful_completion(self, topic: Topic) -> list[dict]:
+        v = self.slots()
+        pressure = self._pressure(topic)
+        text, ask = self.request(topic, v, pressure)
+        labels = self.request_labels(topic, pressure)
+        return self.system_part() + [
+            part("user", text, labels, lm=False),
+            part("assistant", self.harmful_text(topic, v, ask), labels, lm=False),
+        ]
+
+    def critique_revision(self, topic: Topic) -> list[dict]:
+        v = self.slots()
+        pressure = self._pressure(topic)
+        text, _ = self.request(topic, v, pressure)
+        labels = self.request_labels(topic, pressure)
+        draft_labels = [DRAFT_TARGET if x < 1.0 else 1.0 for x in labels]
+        crit = self.t["critique"]
+        cited = self.law_words(self.pick(crit["critique"]), topic.law, harm=self.fill(topic.harm, v))
+        revision = self.pick(crit["revision_prefix"]) + self.ethical_reply(topic, v, pressure)
+        return [
+            part("user", text, labels, lm=False),
+            part("assistant", self.pick(crit["draft"]), draft_labels, lm=False),
+            part("system", cited, ONES, lm=True),
+            part("assistant", revision, ONES, lm=True),
+        ]
+
+    def multi_turn(self, topic: Topic) -> list[dict]:
+        v = self.slots()
+        mt = self.t["multi_turn"]
+        if self.rng.random() < 0.5:  # escalation after a benign opening
+            if topic.lead is not None and self.rng.random() < 0.7:
+                lead_q, lead_a = topic.lead
+            else:
+                qa = self.pick(self.b.benign)
+                lead_q, lead_a = self.pick(qa.q), qa.a
+            text, _ = self.request(topic, v, pressure=False)
+            labels = self.request_labels(topic, False)
+            return self.system_part() + [
+                part("user", self.wrap_question(lead_q), ONES, lm=True),
+                part("assistant", lead_a, ONES, lm=True),
+                part("user", self.pick(mt["escalate"]).format(request=text), labels, lm=False),
+                part("assistant", self.ethical_reply(topic, v, False), ONES, lm=True),
+            ]
+        # pressure after a refusal: the push also demands blind obedience
+        text, _ = self.request(topic, v, pressure=False)
+        labels = self.request_labels(topic, False)
+        push_labels = self.request_labels(topic, True)
+        firm = self.pick(mt["firm"])
+        if topic.law != OBEDIENCE_LAW:
+            firm += " " + self.law_words(self.pick(self.t["response"]["pressure_reply"]), OBEDIENCE_LAW)
+        else:
+            firm += " " + self.law_words(self.pick(self.t["response"]["reason"]), topic.law, harm=self.fill(topic.harm, v))
+        firm += " " + self.pick(self.t["response"]["alternative"]).format(alt=self.fill(topic.alt, v))
+        return self.system_part() + [
+            part("user", text, labels, lm=False),
+            part("assistant", self.ethical_reply(topic, v, False), ONES, lm=True),
+            part("user", self.pick(mt["push"]), push_labels, lm=False),
+            part("assistant", firm, ONES, lm=True),
+        ]
+
+    def law_specific(self, sc: Scenario) -> list[dict]:
+        v = self.slots()
+        q = self.fill(self.pick(sc.q), v)
+        if sc.violates:
+            primary = sc.law if sc.law in sc.violates else min(sc.violates)
+            labels = self.law_vector(primary, [k for k in sc.violates if k != primary])
+            q = self.pick(self.t["request"]["opener"]) + q
+        else:
+            labels = list(ONES)
+            q = self.wrap_question(q)
+        return self.system_part() + [
+            part("user", _cap(q), labels, lm=not sc.violates),
+            part("assistant", self.fill(sc.a, v), ONES, lm=True),
+        ]
+
+    def wrap_question(self, q: str) -> str:
+        bt = self.t["benign"]
+        return (self.pick(bt["prefix"]) + q + self.pick(bt["suffix"])).strip()
+
+    def benign(self, pool: Sequence) -> tuple[str, list[dict]]:
+        qa = self.pick(pool)
+        answer = self.pick(self.t["benign"]["answer_prefix"]) + qa.a
+        return qa.family, self.system_part() + [
+            part("user", self.wrap_question(self.pick(qa.q)), ONES, lm=True),
+            part("assistant", answer, ONES, lm=True),
+        ]
+
+    def _pressure(self, topic: Topic) -> bool:
+        return topic.law != OBEDIENCE_LAW and not topic.care and self.rng.random() < PRESSURE_RATE
+
+
+def part(role: str, text: str, labels: Sequence[float], lm: bool) -> dict[str, Any]:
+    """One record part (see schema)."""
+    return {"role": role, "text": text, "labels": list(labels), "lm": lm}
+
+
+def _record_labels(parts: list[dict]) -> list[float]:
+    """The record's law vector: the element-wise minimum over its parts."""
+    return [min(p["labels"][k] for p in parts) for k in range(NUM_LAWS)]
+
+
+def generate_dataset(
+    count: int = 10000,
+    seed: int = 0,
+    banks: Banks | None = None,
+    constitution: Constitution | None = None,
+) -> list[dict[str, Any]]:
+    """Generate ``count`` unique labelled records, deterministically for ``seed``.
+
+    Raises ValueError for a count below 1, or when the banks cannot supply that many
+    distinct records.
+    """
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError(f"count must be a positive integer, got {count!r}")
+    banks = banks or load_banks()
+    constitution = constitution or load_constitution()
+    rng = random.Random(seed)
+    r = _Renderer(banks, constitution, rng)
+    held_out = validation_families(banks)
+    topics_by_law = [banks.topics_for(k) for k in range(NUM_LAWS)]
+    scen_by_law = [banks.scenarios_for(k) for k in range(NUM_LAWS)]
+    kinds = list(KIND_WEIGHTS)
+    weights = [KIND_WEIGHTS[k] for k in kinds]
+
+    records: list[dict[str, Any]] = []
+    seen: set[tuple] = set()
+    attempts, max_attempts = 0, 30 * count + 1000
+    while len(records) < count:
+        attempts += 1
+        if attempts > max_attempts:
+            raise ValueError(
+                f"could only generate {len(records)} distinct records out of {count} requested; "
+                "ask for fewer or add templates to resources/prompts/"
+            )
+        kind = rng.choices(kinds, weights)[0]
+        primary: int | None = None
+        if kind == "benign":
+            family, parts = r.benign(banks.benign)
+        elif kind == "benign_alarming":
+            family, parts = r.benign(banks.alarming)
+        elif kind == "law_specific":
+            law = rng.randrange(NUM_LAWS)
+            sc = r.pick(scen_by_law[law]) if scen_by_law[law] else r.pick(banks.scenarios)
+            family, parts, primary = sc.id, r.law_specific(sc), sc.law
+        else:
+            law = rng.randrange(NUM_LAWS)
+            topic = r.pick(topics_by_law[law])
+            family, primary = topic.id, topic.law
+            parts = getattr(r, kind)(topic)
+        key = (kind, tuple(p["text"] for p in parts))
+        if key in seen:
+            continue
+        seen.add(key)
+        records.append(
+            {
+                "id": f"kala-s{seed}-{len(records):06d}",
+                "kind": kind,
+                "family": family,
+                "split": "validation" if family in held_out else "train",
+                "primary_law": primary,
+                "labels": _record_labels(parts),
+                "parts": parts,
+            }
+        )
+    return records
+
+
+def write_dataset(path: str | Path, count: int = 10000, seed: int = 0) -> list[dict[str, Any]]:
+    """Generate and write atomically (temp file + rename); returns the records."""
+    records = generate_dataset(count, seed)
+    write_jsonl(path, records)
+    return records
+
+
+# ---------------------------------------------------------------------- statistics
+CHAR_BINS = (0, 100, 200, 400, 800, 1600, 3200)
+TOKEN_BINS = (0, 32, 64, 128, 256, 512, 1024)
+THRESHOLDS = {"unique_prompt_share": 0.90, "law_share_min": 0.15, "benign_share": 0.40}
+
+
+def _prompt(record: dict) -> str:
+    for p in record["parts"]:
+        if p["role"] == "user":
+            return " ".join(p["text"].casefold().split())
+    return ""
+
+
+def _histogram(values: list[int], edges: Sequence[int]) -> list[dict[str, Any]]:
+    bins = []
+    for i, lo in enumerate(edges):
+        hi = edges[i + 1] if i + 1 < len(edges) else None
+        n = sum(1 for v in values if v >= lo and (hi is None or v < hi))
+        bins.append({"from": lo, "to": hi, "count": n})
+    return bins
+
+
+def summarize(records: Sequence[dict[str, Any]], tokenizer: Any = None) -> dict[str, Any]:
+    """Statistics as data for the CLI and the app.
+
+    Counts by kind x primary law, split sizes and families, a length histogram (tokens when a
+    tokenizer is given, else characters), the unique-prompt share, each law's share of the
+    harmful kinds (by primary law, and by labels violated), the benign share, the share of
+    records whose targets are not all 1.0, and the issue's thresholds with pass/fail.
+    """
+    n = len(records)
+    by_kind = Counter(r["kind"] for r in records)
+    table = {k: [0] * (NUM_LAWS + 1) for k in KINDS}  # last column: no primary law
+    for r in records:
+        col = r["primary_law"] if r["primary_law"] is not None else NUM_LAWS
+        table.setdefault(r["kind"], [0] * (NUM_LAWS + 1))[col] += 1
+    harmful = [r for r in records if r["kind"] in HARMFUL_KINDS]
+    nh = max(len(harmful), 1)
+    law_share = [sum(1 for r in harmful if r["primary_law"] == k) / nh for k in range(NUM_LAWS)]
+    law_violated_share = [sum(1 for r in harmful if k in violated_laws(r["labels"])) / nh for k in range(NUM_LAWS)]
+    benign_share = sum(by_kind[k] for k in BENIGN_KINDS) / max(n, 1)
+    unique_prompt_share = len({_prompt(r) for r in records}) / max(n, 1)
+    not_all_ones = sum(1 for r in records if any(x < 1.0 for p in r["parts"] for x in p["labels"])) / max(n, 1)
+    splits = Counter(r["split"] for r in records)
+    fams = {s: sorted({r["family"] for r in records if r["split"] == s}) for s in ("train", "validation")}
+    if tokenizer is not None:
+        from .collate import render_record
+
+        lengths = [len(tokenizer(render_record(r), add_special_tokens=False)["input_ids"]) for r in records]
+        unit, edges = "tokens", TOKEN_BINS
+    else:
+        lengths = [sum(len(p["text"]) for p in r["parts"]) for r in records]
+        unit, edges = "chars", CHAR_BINS
+    checks = {
+        "unique_prompt_share": unique_prompt_share >= THRESHOLDS["unique_prompt_share"],
+        "each_law_share": bool(harmful) and min(law_share) >= THRESHOLDS["law_share_min"],
+        "benign_share": benign_share >= THRESHOLDS["benign_share"],
+        "families_disjoint": not set(fams["train"]) & set(fams["validation"]),
+    }
+    return {
+        "records": n,
+        "by_kind": {k: by_kind.get(k, 0) for k in KINDS},
+        "kind_by_law": table,
+        "law_share_of_harmful": law_share,
+        "law_violated_share_of_harmful": law_violated_share,
+        "benign_share": benign_share,
+        "unique_prompt_share": unique_prompt_share,
+        "targets_not_all_one_share": not_all_ones,
+        "splits": {s: splits.get(s, 0) for s in ("train", "validation")},
+        "families": {s: len(v) for s, v in fams.items()},
+        "validation_family_share": len(fams["validation"]) / max(len(fams["train"]) + len(fams["validation"]), 1),
+        "length_unit": unit,
+        "length_histogram": _histogram(lengths, edges),
+        "length_mean": sum(lengths) / max(n, 1),
+        "length_max": max(lengths, default=0),
+        "thresholds": dict(THRESHOLDS),
+        "checks": checks,
+    }
+
+
+def format_summary(summary: dict[str, Any], constitution: Constitution | None = None) -> str:
+    """The summary as a printable table (kind x law, shares, length histogram, checks)."""
+    c = constitution or load_constitution()
+    heads = [f"L{k}" for k in range(NUM_LAWS)] + ["none", "total"]
+    w = max(len(k) for k in KINDS) + 2
+    lines = [f"{'kind':<{w}}" + "".join(f"{h:>7}" for h in heads)]
+    for kind, row in summary["kind_by_law"].items():
+        lines.append(f"{kind:<{w}}" + "".join(f"{x:>7}" for x in row) + f"{sum(row):>7}")
+    cols = [sum(row[i] for row in summary["kind_by_law"].values()) for i in range(NUM_LAWS + 1)]
+    lines.append(f"{'total':<{w}}" + "".join(f"{x:>7}" for x in cols) + f"{sum(cols):>7}")
+    lines.append("")
+    lines.append("law share of the harmful kinds (primary law / labels violated):")
+    for k in range(NUM_LAWS):
+        lines.append(
+            f"  {c[k].title:<28} {summary['law_share_of_harmful'][k]:6.1%}  {summary['law_violated_share_of_harmful'][k]:6.1%}"
+        )
+    ok = summary["checks"]
+    t = summary["thresholds"]
+
+    def mark(flag: bool) -> str:
+        return "ok" if flag else "FAIL"
+
+    lines += [
+        "",
+        f"records {summary['records']}  train {summary['splits']['train']}  validation {summary['splits']['validation']}"
+        f"  (families {summary['families']['train']} / {summary['families']['validation']},"
+        f" {summary['validation_family_share']:.1%} held out, disjoint: {mark(ok['families_disjoint'])})",
+        f"unique prompts       {summary['unique_prompt_share']:6.1%}  (>= {t['unique_prompt_share']:.0%}: {mark(ok['unique_prompt_share'])})",
+        f"min law share        {min(summary['law_share_of_harmful'] or [0]):6.1%}  (>= {t['law_share_min']:.0%}: {mark(ok['each_law_share'])})",
+        f"benign + alarming    {summary['benign_share']:6.1%}  (>= {t['benign_share']:.0%}: {mark(ok['benign_share'])})",
+        f"targets not all 1.0  {summary['targets_not_all_one_share']:6.1%}",
+        "",
+        f"length ({summary['length_unit']}, mean {summary['length_mean']:.0f}, max {summary['length_max']}):",
+    ]
+    top = max((b["count"] for b in summary["length_histogram"]), default=0) or 1
+    for b in summary["length_histogram"]:
+        rng_txt = f"{b['from']}-{b['to'] - 1}" if b["to"] is not None else f"{b['from']}+"
+        lines.append(f"  {rng_txt:>10} {b['count']:>7} " + "#" * round(40 * b["count"] / top))
+    return "\n".join(lines)
+
+
+def timed_generate(count: int, seed: int) -> tuple[list[dict[str, Any]], float]:
+    """Generate and return ``(records, seconds)``."""
+    t0 = time.perf_counter()
+    records = generate_dataset(count, seed)
+    return records, time.perf_counter() - t0
