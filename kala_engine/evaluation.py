@@ -23,6 +23,7 @@ Conventions. A threshold *flags* law ``k`` when ``score_k < threshold_k`` (1.0 a
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -535,10 +536,10 @@ def benign_validation_replies(path: str | Path, limit: int = 200) -> list[str]:
 
 
 class KALABackend:
-    """Evaluates a saved KALA model folder through ``kala_engine.generation`` (imported lazily).
+    """Evaluates a saved KALA model folder through :mod:`kala_engine.generation` (imported lazily).
 
-    The adapter is deliberately thin: everything model-specific lives here, so the metrics and
-    the CLI never touch torch.
+    Replies are greedy (temperature 0), so a report is reproducible. The model loads on first use.
+    Everything torch-specific lives here, so the metrics, reports and the CLI never touch torch.
     """
 
     def __init__(self, model_dir: str | Path, device: str = "cpu") -> None:
@@ -548,9 +549,61 @@ class KALABackend:
         self.device = device
         self.name = self.model_dir.name or str(self.model_dir)
         self.law_names = load_constitution().names
-        self._loaded: Any = None
+        self._model: Any = None
+        self._tokenizer: Any = None
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._model is None:
+            from .generation import load_chat_model
+
+            self._model, self._tokenizer = load_chat_model(self.model_dir, device=self.device)
+        return self._model, self._tokenizer
 
     def assess_and_reply(
         self, prompt: str, *, threshold: float | list[float], max_new_tokens: int
     ) -> EvalSample:
-        raise NotImplementedError("kala_engine.generation is not wired yet")
+        from .generation import generate_with_ethics
+
+        model, tokenizer = self._load()
+        res = generate_with_ethics(
+            model, tokenizer, prompt, max_new_tokens=max_new_tokens, thresholds=threshold, temperature=0.0
+        )
+        return EvalSample(
+            prompt_scores=tuple(float(x) for x in res.prompt_assessment.law_scores),
+            reply=res.text,
+            stop_kind=res.stop.kind,
+            stop_law=res.stop.law,
+            token_min_scores=res.min_scores,
+            stop_message=res.stop.message,
+            reply_tokens=len(res.token_ids),
+        )
+
+    def perplexity(self, texts: Sequence[str]) -> float | None:
+        """exp(mean NLL per token) of each text as an assistant turn (``<|assistant|>text<|end|>``).
+
+        Only the reply's tokens (and its closing ``<|end|>``) are scored; over-long texts are cut
+        to the model's context.
+        """
+        import torch
+
+        from .chat import ASSISTANT, END
+
+        model, tokenizer = self._load()
+        ctx = int(model.config.max_position_embeddings)
+        device = next(model.parameters()).device
+        nll, count = 0.0, 0
+        with torch.inference_mode():
+            for text in texts:
+                head = tokenizer(ASSISTANT, add_special_tokens=False)["input_ids"]
+                body = tokenizer(text + END, add_special_tokens=False)["input_ids"]
+                ids = (head + body)[:ctx]
+                if len(ids) <= len(head):
+                    continue
+                x = torch.tensor([ids], device=device)
+                logits = model(x, use_cache=False).logits[0, :-1].float()
+                targets = x[0, 1:]
+                logp = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
+                scored = logp[len(head) - 1 :]  # predictions of the reply tokens only
+                nll -= float(scored.sum())
+                count += int(scored.numel())
+        return math.exp(nll / count) if count else None
