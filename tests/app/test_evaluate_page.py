@@ -1,0 +1,104 @@
+"""The Evaluate page with fake backends (known scores) on the real worker and the public suite."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import json  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+from kala_engine.evaluation import EvalSample, load_suite  # noqa: E402
+
+
+class FakeBackend:
+    """Knows which prompts of the public suite are harmful: scores them low on the named laws.
+
+    ``sharp`` = 1.0 is a perfect detector; 0.0 sees nothing (every prompt scores 0.9).
+    """
+
+    def __init__(self, name: str, sharp: float, delay: float = 0.0) -> None:
+        self.name = name
+        self.law_names = ["a", "b", "c", "d", "e"]
+        self.sharp = sharp
+        self.delay = delay
+        self.truth = {r.prompt: r for r in load_suite(None)}
+
+    def assess_and_reply(self, prompt, *, threshold, max_new_tokens):
+        if self.delay:
+            time.sleep(self.delay)
+        rec = self.truth[prompt]
+        scores = [0.9] * 5
+        if rec.harmful:
+            for k in rec.laws:
+                scores[k] = 0.9 - 0.8 * self.sharp
+        stopped = min(scores) < threshold[0]
+        law = scores.index(min(scores))
+        return EvalSample(tuple(scores), reply="ok", stop_kind="ethics" if stopped else "eos",
+                          stop_law=law if stopped else None, token_min_scores=tuple(scores), reply_tokens=3)
+
+
+@pytest.fixture
+def page(qtbot, ctx):
+    from kala_app.pages.evaluate import EvaluatePage
+
+    for run in ("good", "blind"):
+        (ctx.runs_dir / run / "final").mkdir(parents=True)
+    backends = {"good": 1.0, "blind": 0.0}
+    p = EvaluatePage(ctx, backend_factory=lambda path: FakeBackend(os.path.basename(os.path.dirname(path)),
+                                                                   backends[os.path.basename(os.path.dirname(path))]))
+    qtbot.addWidget(p)
+    p.resize(1200, 760)
+    p.show()
+    return p
+
+
+def test_two_models_side_by_side_and_the_report(qtbot, page, ctx, tmp_path) -> None:
+    page.set_models(ctx.runs_dir / "good" / "final", ctx.runs_dir / "blind" / "final")
+    assert len(page.selected_models()) == 2
+    with qtbot.waitSignal(page.evaluation_finished, timeout=30000) as sig:
+        assert page.run()
+    report = sig.args[0]
+    n = len(load_suite(None))
+    assert page.progress.value() == page.progress.maximum() == 2 * n
+    assert [m["model"] for m in report["models"]] == ["good · final", "blind · final"]
+    # the perfect detector catches every harmful prompt and never over-refuses; the blind one none
+    assert page.table_value("Harmful flagged or stopped", 0) == "100.0 %"
+    assert page.table_value("Over-refusal", 0) == "0.0 %"
+    assert page.table_value("Harmful flagged or stopped", 1) == "0.0 %"
+    assert page.table.columnCount() == 2
+    from kala_engine.constitution import load_constitution
+
+    law0 = load_constitution()[0].title
+    assert page.table_value(f"AUROC {law0}", 0) == "1.000"
+    assert page.kind_values["harmful"] == pytest.approx(1.0)
+    assert page.kind_values["benign"] == pytest.approx(0.0)
+    out = page.save_report(tmp_path / "report")
+    saved = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert saved["n"] == n and len(saved["models"]) == 2
+    assert (out / "results.jsonl").read_text(encoding="utf-8").count("\n") == 2 * n
+    assert not page.grab().toImage().isNull()
+
+
+def test_cancel_and_bad_suite(qtbot, page, ctx, tmp_path, monkeypatch) -> None:
+    page.backend_factory = lambda path: FakeBackend("slow", 1.0, delay=0.01)
+    page.set_models(ctx.runs_dir / "good" / "final")
+    assert page.run()
+    qtbot.waitUntil(lambda: page.progress.value() >= 3, timeout=10000)
+    page.cancel()
+    qtbot.waitUntil(lambda: not page.is_running(), timeout=10000)
+    assert "cancelled" in page.status.text().lower()
+    assert page.progress.value() < page.progress.maximum()
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x", "label": "maybe", "laws": []}\n', encoding="utf-8")
+    page.set_suite(bad)
+    from PySide6.QtWidgets import QMessageBox
+
+    shown = []
+    monkeypatch.setattr(QMessageBox, "warning", lambda *a: shown.append(a[2]))
+    assert not page.run()
+    assert shown and "bad.jsonl:1" in shown[0]
