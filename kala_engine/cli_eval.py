@@ -1,7 +1,7 @@
 """``kala eval``: run an evaluation suite over one or two models and print or write the report.
 
     kala eval --model DIR [--model DIR2] [--suite FILE] [--json] [--out DIR]
-              [--threshold T] [--max-new-tokens N] [--limit N] [--validation FILE] [--device D]
+              [--threshold T] [--max-new-tokens N] [--limit N] [--validation FILE] [--batch-size N] [--device D]
 
 Without ``--suite`` the public suite (``resources/eval/public_suite.jsonl``) is used. A bad
 suite prints one ``FILE:LINE: reason`` per bad line and exits 2.
@@ -56,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N records")
     p.add_argument("--validation", metavar="FILE", default=None,
                    help="a dataset JSONL (the validation split) whose benign replies give the perplexity")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="prompts generated together (default 8; greedy replies are the same as one by one)")
     p.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
     p.set_defaults(func=run)
 
@@ -89,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give --model at most twice (two models are compared side by side)")
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
     thresholds = normalize_thresholds(args.threshold)  # checks the range before any model loads
@@ -115,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
                 max_new_tokens=args.max_new_tokens,
                 emit=_progress_printer(name),
                 perplexity_texts=texts,
+                batch_size=args.batch_size,
             )
         )
     report = build_report(runs, suite=str(suite_path), max_new_tokens=args.max_new_tokens)

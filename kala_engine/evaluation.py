@@ -434,29 +434,43 @@ def evaluate(
     emit: Emit | None = None,
     control: JobControl | None = None,
     perplexity_texts: Sequence[str] | None = None,
+    batch_size: int = 8,
 ) -> EvalRun:
     """Run ``backend`` over ``records`` and compute the metrics.
 
-    Emits ``Progress(done, total, message)`` after every prompt and calls
-    ``control.checkpoint()`` before each one, so a caller can pause or cancel (``Cancelled``
-    propagates; :func:`kala_engine.jobs.run_job` turns it into a cancelled Finished event).
+    Calls ``control.checkpoint()`` before each prompt (or batch), so a caller can pause or
+    cancel (``Cancelled`` propagates; :func:`kala_engine.jobs.run_job` turns it into a cancelled
+    Finished event), and emits ``Progress(done, total, message)`` after each. With
+    ``batch_size > 1`` a backend that offers ``assess_and_reply_many(prompts, *, threshold,
+    max_new_tokens)`` gets the prompts that many at a time (much faster on a GPU); other
+    backends are asked one prompt at a time.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if not records:
         raise ValueError("no records to evaluate")
     th = normalize_thresholds(threshold)
     emit = emit or (lambda _e: None)
     control = control or JobControl()
     name = getattr(backend, "name", type(backend).__name__)
+    many = getattr(backend, "assess_and_reply_many", None) if batch_size > 1 else None
+    step = batch_size if many is not None else 1
     samples: list[EvalSample] = []
     total = len(records)
     emit(Progress(0, total, f"{name}: evaluating {total} prompts"))
-    for i, rec in enumerate(records):
+    for start in range(0, total, step):
         control.checkpoint()
-        sample = backend.assess_and_reply(rec.prompt, threshold=list(th), max_new_tokens=max_new_tokens)
-        samples.append(sample)
-        emit(Progress(i + 1, total, f"{name}: {rec.id}"))
+        chunk = records[start : start + step]
+        if many is not None:
+            got = list(many([r.prompt for r in chunk], threshold=list(th), max_new_tokens=max_new_tokens))
+            if len(got) != len(chunk):
+                raise RuntimeError(f"{name}: assess_and_reply_many returned {len(got)} samples for {len(chunk)} prompts")
+        else:
+            got = [backend.assess_and_reply(chunk[0].prompt, threshold=list(th), max_new_tokens=max_new_tokens)]
+        samples.extend(got)
+        emit(Progress(len(samples), total, f"{name}: {chunk[-1].id}"))
     ppl = None
     if perplexity_texts:
         control.checkpoint()
@@ -568,6 +582,24 @@ class KALABackend:
         res = generate_with_ethics(
             model, tokenizer, prompt, max_new_tokens=max_new_tokens, thresholds=threshold, temperature=0.0
         )
+        return self._sample(res)
+
+    def assess_and_reply_many(
+        self, prompts: Sequence[str], *, threshold: float | list[float], max_new_tokens: int
+    ) -> list[EvalSample]:
+        """Several prompts in one left-padded batch (greedy: the same replies as one by one)."""
+        from .generation import generate_batch
+
+        model, tokenizer = self._load()
+        results = generate_batch(
+            model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, thresholds=threshold,
+            temperature=0.0, batch_size=len(prompts),
+        )
+        return [self._sample(r) for r in results]
+
+    @staticmethod
+    def _sample(res: Any) -> EvalSample:
+        """An EvalSample from a ``kala_engine.generation.GenerationResult``."""
         return EvalSample(
             prompt_scores=tuple(float(x) for x in res.prompt_assessment.law_scores),
             reply=res.text,

@@ -57,6 +57,16 @@ def test_kala_eval_on_a_real_model_folder(model_dir, tmp_path, capsys):
     assert all(r["flagged"] == bool(flagged_laws(r["prompt_scores"], m["thresholds"])) for r in rows)
 
 
+def test_batched_replies_equal_one_by_one(model_dir):
+    b = KALABackend(model_dir)
+    prompts = [r.prompt for r in load_suite()[:3]]
+    one = [b.assess_and_reply(p, threshold=0.5, max_new_tokens=4) for p in prompts]
+    many = b.assess_and_reply_many(prompts, threshold=0.5, max_new_tokens=4)
+    for a, c in zip(one, many, strict=True):
+        assert (a.reply, a.stop_kind, a.stop_law) == (c.reply, c.stop_kind, c.stop_law)
+        assert a.prompt_scores == pytest.approx(c.prompt_scores, abs=1e-4)
+
+
 def test_not_a_model_folder_is_a_user_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli.main(["eval", "--model", str(tmp_path / "empty"), "--limit", "1"]) == 2

@@ -6,7 +6,7 @@ import json
 import threading
 
 import pytest
-from eval_fakes import fixture, fixture_lines
+from eval_fakes import FakeBackend, fixture, fixture_lines
 
 from kala_engine.evaluation import SuiteError, evaluate, load_suite, make_eval_job
 from kala_engine.jobs import Cancelled, Finished, JobControl, LogLine, Progress, run_job
@@ -158,3 +158,42 @@ def test_evaluate_rejects_nonsense():
         evaluate(backend, records, max_new_tokens=0)
     with pytest.raises(ValueError, match="no records"):
         evaluate(backend, [], max_new_tokens=4)
+
+
+class BatchFake(FakeBackend):
+    """A fake that also answers several prompts at once."""
+
+    def __init__(self, samples):
+        super().__init__(samples)
+        self.batches: list[int] = []
+
+    def assess_and_reply_many(self, prompts, *, threshold, max_new_tokens):
+        self.batches.append(len(prompts))
+        return [self.samples[p] for p in prompts]
+
+
+def test_batched_backend_gets_chunks_and_gives_the_same_metrics():
+    records, _, one = fixture()
+    batched = BatchFake(one.samples)
+    events = []
+    run_b = evaluate(batched, records, threshold=0.5, batch_size=3, emit=events.append)
+    run_1 = evaluate(one, records, threshold=0.5, batch_size=3)  # no batch method: one by one
+    assert batched.batches == [3, 3, 2] and batched.calls == [] and len(one.calls) == 8
+    assert [e.done for e in events if isinstance(e, Progress)] == [0, 3, 6, 8]
+    assert run_b.metrics == run_1.metrics and run_b.samples == run_1.samples
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate(one, records, batch_size=0)
+
+
+def test_cancel_between_batches():
+    records, _, one = fixture()
+    batched = BatchFake(one.samples)
+    control = JobControl()
+
+    def emit(e):
+        if isinstance(e, Progress) and e.done == 4:
+            control.cancel()
+
+    with pytest.raises(Cancelled):
+        evaluate(batched, records, threshold=0.5, batch_size=4, emit=emit, control=control)
+    assert batched.batches == [4]
