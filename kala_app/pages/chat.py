@@ -81,31 +81,29 @@ def _call_with_supported(fn: Callable, **kwargs: Any) -> Any:
 
 
 def generation_job(model_dir: str, messages: list[dict[str, str]], settings: dict[str, Any]) -> Callable:
-    """The engine's streaming generation job for a conversation (``job(emit, control) -> result``)."""
+    """The engine's streaming generation job for a conversation (``job(emit, control) -> result``).
+
+    ``kala_engine.generation.chat_job`` loads the model folder inside the job (off the UI
+    thread), fits the conversation into the context, emits one TokenEvent per token (with the
+    per-layer scores the heatmap shows) and returns a GenerationResult.
+    """
     try:
         gen = importlib.import_module("kala_engine.generation")
     except ModuleNotFoundError as e:
         raise GenerationUnavailable(
             "kala_engine.generation is not part of this installation; update KALA Studio") from e
-    for name in ("chat_job", "generation_job", "generate_job"):
-        fn = getattr(gen, name, None)
-        if fn is not None:
-            break
-    else:
+    fn = getattr(gen, "chat_job", None)
+    if fn is None:
         raise GenerationUnavailable("kala_engine.generation offers no chat_job(); the app and the engine do not match")
-    from kala_engine.chat import format_conversation
-
-    threshold = float(settings.get("threshold", DEFAULT_SETTINGS["threshold"]))
-    max_tokens = int(settings.get("max_tokens", DEFAULT_SETTINGS["max_tokens"]))
     return _call_with_supported(
         fn,
-        model=model_dir, model_dir=model_dir,
-        messages=messages, prompt=format_conversation(messages),
-        threshold=threshold, ethics_threshold=threshold,
+        model=model_dir,
+        prompt=list(messages),
+        thresholds=float(settings.get("threshold", DEFAULT_SETTINGS["threshold"])),
         temperature=float(settings.get("temperature", DEFAULT_SETTINGS["temperature"])),
         top_p=float(settings.get("top_p", DEFAULT_SETTINGS["top_p"])),
-        max_new_tokens=max_tokens, max_tokens=max_tokens,
-        layer_scores=True, return_layer_scores=True, with_layer_scores=True,
+        max_new_tokens=int(settings.get("max_tokens", DEFAULT_SETTINGS["max_tokens"])),
+        output_layer_scores=True,
     )
 
 
@@ -232,8 +230,9 @@ def read_outcome(result: Any, constitution: Any, thresholds: Sequence[float]) ->
         if isinstance(expl, str):
             out.explanation_text = expl
         else:
-            out.explanation_text = str(_get(expl, "text", "message", "summary", default="") or "")
-            items = _get(expl, "violated", "violations", "laws", default=[])
+            text = _get(expl, "text", "message", "summary", default="")
+            out.explanation_text = str((text() if callable(text) else text) or "")
+            items = _get(expl, "findings", "violated", "violations", "laws", default=[])
             first = _get(expl, "first_layers", "first_layer", default=None)
             for item in items or []:
                 if isinstance(item, int):
@@ -817,7 +816,8 @@ class ChatPage(QWidget):
         reply, rid = self._reply, self._reply_id
         thresholds = [self.threshold_spin.value()] * len(self.constitution)
         if ev.cancelled:
-            out = Outcome(stop_kind="cancelled", stop_message="stopped by the user")
+            out = read_outcome(ev.result, self.constitution, thresholds)
+            out.stop_kind, out.stop_message = "cancelled", "stopped by the user"
             status = CANCELLED
         else:
             out = read_outcome(ev.result, self.constitution, thresholds)
@@ -907,7 +907,7 @@ class ChatPage(QWidget):
                     bits.append(f"first under the threshold at layer {int(v['first_layer'])}")
                 lines.append("• " + ", ".join(bits))
             text = (expl or {}).get("text") or ""
-            if text:
+            if text and not (expl or {}).get("violated"):
                 lines.append(text)
             elif stop.get("message") and stop.get("message") not in title:
                 lines.append(str(stop["message"]))
