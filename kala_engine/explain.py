@@ -1,0 +1,223 @@
+"""The stop rule, prompt assessments and explanations of KALA's ethics decisions (no torch here).
+
+Conventions shared with generation and evaluation:
+
+* Scores are law *satisfaction* in [0, 1] (1.0 = the law is fine).
+* A law is **violated** at a position when its score is below its threshold. A threshold of 0
+  therefore never fires; a threshold of 1.0 means "never satisfied" and fires at once (a
+  float32 sigmoid can round to exactly 1.0, so 1.0 is treated as the ceiling, not compared).
+* The hierarchy is the law index order: Law 0 outranks Law 1, and so on. A stop or a flag
+  names the highest-priority violated law (the lowest index), not the lowest score.
+* The **decision path** of a violated law is its per-layer monitor scores at that position and
+  the first layer (0-based, input side first) whose monitor score is under the threshold.
+
+Law names and titles are read from the constitution; nothing here spells one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+from .constitution import NUM_LAWS, load_constitution
+
+
+@lru_cache(maxsize=1)
+def law_titles() -> tuple[str, ...]:
+    """('Law 0 Civilizational', ...) from the constitution, in hierarchy order."""
+    return tuple(law.title for law in load_constitution().laws)
+
+
+def normalize_thresholds(thresholds: float | Sequence[float] | None) -> tuple[float, ...]:
+    """Five per-law thresholds from None (the constitution's), one number, or five numbers.
+
+    Raises ValueError for a count other than 1 or 5 and for a value outside [0, 1].
+    """
+    if thresholds is None:
+        values = [float(t) for t in load_constitution().thresholds]
+    elif isinstance(thresholds, (int, float)) and not isinstance(thresholds, bool):
+        values = [float(thresholds)] * NUM_LAWS
+    else:
+        try:
+            values = [float(t) for t in thresholds]  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise ValueError(f"a threshold must be a number in [0, 1] or {NUM_LAWS} of them, got {thresholds!r}") from None
+        if len(values) == 1:
+            values = values * NUM_LAWS
+        if len(values) != NUM_LAWS:
+            raise ValueError(f"give one threshold or {NUM_LAWS} (one per law, Law 0 first), got {len(values)}")
+    for t in values:
+        if math.isnan(t) or not 0.0 <= t <= 1.0:
+            raise ValueError(f"a threshold must be in [0, 1] (0 never stops, 1 stops at once), got {t}")
+    return tuple(values)
+
+
+def is_violated(score: float, threshold: float) -> bool:
+    """The stop rule for one law: score under threshold (threshold 1.0 always fires)."""
+    return threshold >= 1.0 or score < threshold
+
+
+def violated_laws(scores: Sequence[float], thresholds: Sequence[float]) -> list[int]:
+    """Indices of the violated laws in hierarchy order (the first one is the one to name)."""
+    return [k for k, (s, t) in enumerate(zip(scores, thresholds, strict=True)) if is_violated(s, t)]
+
+
+# ----------------------------------------------------------------------------- explanations
+
+
+@dataclass(frozen=True)
+class LawFinding:
+    """One violated law at one position, with its decision path through the layers."""
+
+    law: int
+    title: str
+    score: float
+    threshold: float
+    #: first layer (0-based) whose monitor score is under the threshold; None if no single
+    #: layer is (only possible with threshold 1.0, or when no per-layer scores were available)
+    first_layer: int | None
+    #: this law's monitor score at every layer (empty when unavailable)
+    layer_scores: tuple[float, ...] = ()
+
+    def describe(self) -> str:
+        s = f"{self.title}: {self.score:.2f} < {self.threshold:.2f}"
+        if self.first_layer is not None:
+            n = len(self.layer_scores)
+            s += (f"; its monitor first fell under {self.threshold:.2f} at layer {self.first_layer} of 0-{n - 1}"
+                  f" ({self.layer_scores[self.first_layer]:.2f})")
+        elif self.layer_scores:
+            s += "; no single layer's monitor is under the threshold"
+        return s
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why a prompt was flagged or a reply stopped: violated laws in hierarchy order."""
+
+    subject: str  # "prompt" | "token"
+    token_index: int | None  # reply token index for subject "token"
+    findings: tuple[LawFinding, ...]
+
+    @property
+    def law(self) -> int:
+        """The highest-priority violated law."""
+        return self.findings[0].law
+
+    def lines(self) -> list[str]:
+        where = "the prompt" if self.subject == "prompt" else f"reply token {self.token_index}"
+        return [f"at {where}:"] + [f"  {f.describe()}" for f in self.findings]
+
+    def text(self) -> str:
+        return "\n".join(self.lines())
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def explain(
+    law_scores: Sequence[float],
+    layer_scores: Sequence[Sequence[float]] | None,
+    thresholds: Sequence[float],
+    *,
+    subject: str,
+    token_index: int | None = None,
+) -> Explanation | None:
+    """The explanation of one position, or None when no law is violated there.
+
+    ``law_scores`` (5,) final scores; ``layer_scores`` (L, 5) monitor scores at the same position.
+    """
+    titles = law_titles()
+    findings = []
+    for k in violated_laws(law_scores, thresholds):
+        per_layer = tuple(float(row[k]) for row in layer_scores) if layer_scores is not None else ()
+        first = next((i for i, s in enumerate(per_layer) if s < thresholds[k]), None)
+        findings.append(LawFinding(k, titles[k], float(law_scores[k]), float(thresholds[k]), first, per_layer))
+    if not findings:
+        return None
+    return Explanation(subject, token_index, tuple(findings))
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """The law scores of a prompt at its last token, before any reply is generated."""
+
+    law_scores: tuple[float, ...]
+    layer_scores: tuple[tuple[float, ...], ...]  # (L, 5) monitor scores
+    thresholds: tuple[float, ...]
+    flagged: tuple[int, ...]  # violated laws, hierarchy order
+    explanation: Explanation | None
+
+    @property
+    def flagged_titles(self) -> list[str]:
+        return [law_titles()[k] for k in self.flagged]
+
+    def to_dict(self) -> dict:
+        return {
+            "law_scores": list(self.law_scores),
+            "layer_scores": [list(r) for r in self.layer_scores],
+            "thresholds": list(self.thresholds),
+            "flagged": list(self.flagged),
+            "flagged_titles": self.flagged_titles,
+            "explanation": self.explanation.to_dict() if self.explanation else None,
+        }
+
+
+def assess(
+    law_scores: Sequence[float], layer_scores: Sequence[Sequence[float]], thresholds: Sequence[float]
+) -> Assessment:
+    scores = tuple(float(s) for s in law_scores)
+    layers = tuple(tuple(float(s) for s in row) for row in layer_scores)
+    return Assessment(
+        law_scores=scores,
+        layer_scores=layers,
+        thresholds=tuple(thresholds),
+        flagged=tuple(violated_laws(scores, thresholds)),
+        explanation=explain(scores, layers, thresholds, subject="prompt"),
+    )
+
+
+# ----------------------------------------------------------------------------- stop reasons
+
+STOP_KINDS = ("eos", "length", "cancelled", "ethics")
+
+
+@dataclass(frozen=True)
+class StopReason:
+    """Why a reply ended. For kind "ethics": the law, its score and threshold, and the token."""
+
+    kind: str  # one of STOP_KINDS
+    message: str
+    token_index: int | None = None  # the reply token whose scores fired the stop (kind "ethics")
+    law: int | None = None
+    law_title: str | None = None
+    score: float | None = None
+    threshold: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def ethics_stop(token_index: int, scores: Sequence[float], thresholds: Sequence[float]) -> StopReason | None:
+    """The ethics stop at this token (naming the highest-priority violated law), or None."""
+    bad = violated_laws(scores, thresholds)
+    if not bad:
+        return None
+    k = bad[0]
+    title = law_titles()[k]
+    score, thr = float(scores[k]), float(thresholds[k])
+    return StopReason("ethics", f"{title} fell to {score:.2f} < {thr:.2f}", token_index, k, title, score, thr)
+
+
+def eos_stop() -> StopReason:
+    return StopReason("eos", "end of text")
+
+
+def length_stop(limit: int, context_full: bool = False) -> StopReason:
+    why = "the context is full" if context_full else "token limit"
+    return StopReason("length", f"reached {limit} new tokens ({why})")
+
+
+def cancelled_stop() -> StopReason:
+    return StopReason("cancelled", "cancelled")
