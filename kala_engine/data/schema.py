@@ -47,6 +47,15 @@ FIELDS = ("id", "kind", "family", "split", "primary_law", "labels", "parts")
 VIOLATION = 0.5
 
 
+def _encodable(text: str) -> bool:
+    """False for strings JSON can hold but UTF-8 cannot (lone surrogates such as "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -80,6 +89,8 @@ def validate_record(obj: Any) -> list[str]:
     for name in ("id", "family"):
         if name in obj and (not isinstance(obj[name], str) or not obj[name].strip()):
             errors.append(f"field '{name}' must be a non-empty string")
+        elif name in obj and not _encodable(obj[name]):
+            errors.append(f"field '{name}' holds an unpaired surrogate (not valid UTF-8 text)")
     kind = obj.get("kind")
     if "kind" in obj and kind not in KINDS:
         errors.append(f"field 'kind' = {kind!r} is not one of {', '.join(KINDS)}")
@@ -126,6 +137,8 @@ def _validate_part(part: Any, where: str) -> list[str]:
             errors.append(f"{where}.text must be a string")
         elif not text.strip():
             errors.append(f"{where}.text is empty")
+        elif not _encodable(text):
+            errors.append(f"{where}.text holds an unpaired surrogate (not valid UTF-8 text)")
     label_errors = check_labels(part["labels"], f"{where}.labels") if "labels" in part else []
     errors += label_errors
     if "lm" in part and not isinstance(part["lm"], bool):

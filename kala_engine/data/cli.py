@@ -1,0 +1,105 @@
+"""``kala data``: generate, validate, import and summarise constitutional JSONL datasets.
+
+    kala data generate --out FILE [--count N] [--seed S]
+    kala data validate FILE
+    kala data import FILE --format {kala,hh-rlhf,pku-saferlhf,beavertails} --out FILE
+    kala data stats FILE [--json]
+
+Errors a user can fix print without a traceback and exit 2 (handled by kala_engine.cli).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def register(subparsers) -> None:
+    from .importers import ALL_FORMATS
+
+    data = subparsers.add_parser("data", help="generate, validate, import and summarise constitutional datasets")
+    sub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
+
+    gen = sub.add_parser("generate", help="write a generated constitutional JSONL dataset and print its summary")
+    gen.add_argument("--out", required=True, type=Path, help="output .jsonl file (written atomically)")
+    gen.add_argument("--count", type=_positive_int, default=10000, help="number of records (default 10000)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same file")
+    gen.set_defaults(func=cmd_generate)
+
+    val = sub.add_parser("validate", help="check a dataset: exit 0, or exit 2 listing FILE:LINE: reason")
+    val.add_argument("file", type=Path)
+    val.set_defaults(func=cmd_validate)
+
+    imp = sub.add_parser("import", help="convert a local copy of a well-known dataset to KALA JSONL")
+    imp.add_argument("file", type=Path, help="input JSONL file")
+    imp.add_argument("--format", required=True, choices=ALL_FORMATS, dest="fmt")
+    imp.add_argument("--out", required=True, type=Path, help="output .jsonl file (written atomically)")
+    imp.set_defaults(func=cmd_import)
+
+    st = sub.add_parser("stats", help="print a dataset's summary (kind x law, lengths, shares)")
+    st.add_argument("file", type=Path)
+    st.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    st.set_defaults(func=cmd_stats)
+
+
+def cmd_generate(args) -> int:
+    from .generate import format_summary, generate_dataset, summarize
+    from .io import write_jsonl
+
+    t0 = time.perf_counter()
+    records = generate_dataset(args.count, args.seed)
+    t_gen = time.perf_counter() - t0
+    write_jsonl(args.out, records)
+    t_all = time.perf_counter() - t0
+    print(format_summary(summarize(records)))
+    print(f"\nwrote {len(records)} records to {args.out} (seed {args.seed}) in {t_all:.2f} s "
+          f"(generation {t_gen:.2f} s)")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .io import validate_file
+
+    problems = validate_file(args.file)
+    if problems:
+        for p in problems:
+            print(p)
+        print(f"{args.file}: {len(problems)} problem(s)")
+        return 2
+    with args.file.open("rb") as f:
+        n = sum(1 for line in f if line.strip())
+    print(f"{args.file}: {n} records, all valid")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .importers import import_dataset
+
+    report = import_dataset(args.file, args.fmt, args.out)
+    print(report.format())
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from .generate import format_summary, summarize
+    from .io import load_jsonl
+
+    summary = summarize(load_jsonl(args.file))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(format_summary(summary))
+    return 0
