@@ -64,6 +64,9 @@ FLUSH_MS = 30
 FLUSH_BUDGET_S = 0.005
 #: Tokens handed to the view and the store at a time within one flush.
 FLUSH_CHUNK = 32
+#: The live gauge, heatmap and sparkline follow a streaming reply at this interval (s): each
+#: repaint is a Python call that must take the GIL from the generating thread.
+DECOR_S = 0.1
 
 # ====================================================================== engine (one place)
 
@@ -280,6 +283,7 @@ class ChatPage(QWidget):
         self._reply_id: int | None = None
         self._user_id: int | None = None
         self._finish_event: Any = None  # Finished that arrived while tokens were still buffered
+        self._last_decor = 0.0  # when the inspector last followed the stream
         self._pinned: TokenInfo | None = None
         self._last: Any = None  # newest token of the streaming reply
         self._started_at = 0.0
@@ -291,7 +295,6 @@ class ChatPage(QWidget):
 
         w = ctx.worker
         w.token.connect(self._on_token)
-        w.event.connect(self._on_event)
         w.finished.connect(self._on_finished)
         w.failed.connect(self._on_failed)
         w.busy_changed.connect(self._update_buttons)
@@ -765,18 +768,6 @@ class ChatPage(QWidget):
         if self._active:
             self._buffer.append(ev)  # only buffered here: the flush timer draws and stores
 
-    def _on_event(self, ev: Any) -> None:
-        """A prompt assessment sent before the reply (any event carrying prompt law scores)."""
-        if not self._active or isinstance(ev, TokenEvent) or self._user_widget is None:
-            return
-        name = type(ev).__name__.lower()
-        if "assess" in name or "prompt" in name:
-            scores = _floats(_get(ev, "law_scores", "scores"))
-            if scores is not None and len(scores) == len(self.constitution):
-                self._user_widget.set_assessment(scores)
-                self.store.set_assessment(self._user_id, {
-                    "law_scores": scores, "layer_scores": _matrix(_get(ev, "layer_scores"))})
-
     def _flush(self) -> None:
         """Move buffered tokens into the view and the store, within a time budget."""
         if not self._buffer or self._reply is None:
@@ -784,16 +775,20 @@ class ChatPage(QWidget):
                 self._end_reply(self._finish_event)
             return
         t0 = time.perf_counter()
+        decorate = not self._active or self._finish_event is not None or t0 - self._last_decor >= DECOR_S
         while self._buffer:
             chunk = self._buffer[:FLUSH_CHUNK]
             del self._buffer[:FLUSH_CHUNK]
-            self._reply.append_tokens(chunk)
+            self._reply.append_tokens(chunk, repaint_sparkline=decorate)
             if self._reply_id is not None:
                 self.store.append_tokens(self._reply_id, chunk)
             self._last = chunk[-1]
             if time.perf_counter() - t0 > FLUSH_BUDGET_S:
                 break
         self.store.commit()  # one small batch per tick: a crash loses at most this moment
+        if not decorate:
+            return
+        self._last_decor = t0
         if self._pinned is None and self._last is not None:
             self._show_token(self._reply.token(self._reply.token_count() - 1), "Newest token")
         n = self._reply.token_count()
@@ -814,6 +809,7 @@ class ChatPage(QWidget):
         self._finish_event = None
         self._active = False
         reply, rid = self._reply, self._reply_id
+        reply.sparkline.update()
         thresholds = [self.threshold_spin.value()] * len(self.constitution)
         if ev.cancelled:
             out = read_outcome(ev.result, self.constitution, thresholds)

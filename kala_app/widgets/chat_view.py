@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QPoint, QPointF, QSize, Qt, Signal
+from PySide6.QtCore import QPoint, QPointF, Qt, Signal
 from PySide6.QtGui import (
     QColor,
     QFont,
@@ -99,9 +99,10 @@ class Sparkline(QWidget):
     def values(self) -> list[float]:
         return list(self._values)
 
-    def append(self, values: Iterable[float]) -> None:
+    def append(self, values: Iterable[float], repaint: bool = True) -> None:
         self._values.extend(float(v) for v in values)
-        self.update()
+        if repaint:
+            self.update()
 
     def set_selected(self, index: int | None) -> None:
         self._selected = index
@@ -256,13 +257,6 @@ class TokenText(QTextEdit):
         h = int(self.document().size().height()) + 2 * self.frameWidth() + 2
         if h != self.height():
             self.setFixedHeight(h)
-
-    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
-        super().resizeEvent(event)
-        self._fit_height()
-
-    def sizeHint(self) -> QSize:
-        return QSize(400, self.height())
 
     def token_at(self, point: QPoint | QPointF) -> int | None:
         """Index of the token under a viewport position, or None."""
@@ -465,8 +459,12 @@ class ReplyWidget(QFrame):
         self.sparkline.clicked.connect(self._on_click)
 
     # -- data ---------------------------------------------------------------
-    def append_tokens(self, tokens: Iterable[Any]) -> None:
-        """Append token events (anything with ``text``, ``law_scores`` and optional ``layer_scores``)."""
+    def append_tokens(self, tokens: Iterable[Any], repaint_sparkline: bool = True) -> None:
+        """Append token events (anything with ``text``, ``law_scores`` and optional ``layer_scores``).
+
+        While a reply streams the page repaints the sparkline only every ~100 ms
+        (``repaint_sparkline=False`` in between) to keep the UI thread light.
+        """
         batch = []
         lows = []
         for t in tokens:
@@ -479,7 +477,7 @@ class ReplyWidget(QFrame):
             batch.append((t.text, low))
             lows.append(low)
         self.text_view.append_tokens(batch)
-        self.sparkline.append(lows)
+        self.sparkline.append(lows, repaint=repaint_sparkline)
 
     def token_count(self) -> int:
         return len(self._tokens)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from PySide6.QtCore import QPointF, QRectF, QSize, Qt
+from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QFont, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QSizePolicy, QToolTip, QWidget
 
@@ -92,9 +92,6 @@ class DecisionPathHeatmap(QWidget):
         cell_h = max(self.MIN_CELL_H, min(self.MAX_CELL_H, avail_h / rows))
         cell_w = (self.width() - self.LABEL_W - 4) / cols
         return self.LABEL_W, self.HEADER_H, cell_w, cell_h
-
-    def sizeHint(self) -> QSize:
-        return QSize(300, 260)
 
     def mouseMoveEvent(self, event) -> None:  # noqa: N802 - Qt override
         rows = self._rows()

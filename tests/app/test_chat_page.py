@@ -15,7 +15,7 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 
 import pytest  # noqa: E402
-from PySide6.QtCore import QElapsedTimer, Qt, QTimer  # noqa: E402
+from PySide6.QtCore import Qt, QTimer  # noqa: E402
 
 from kala_app.chat_store import CANCELLED, COMPLETE, STOPPED  # noqa: E402
 from kala_engine.constitution import load_constitution  # noqa: E402
@@ -205,29 +205,50 @@ def test_export_holds_every_token(qtbot, make_page, tmp_path) -> None:
     assert "| 2 | `c` |" in page.export_chat(tmp_path / "c.md").read_text(encoding="utf-8")
 
 
+def _heartbeat(qtbot, until, min_s: float = 0.0, timeout_ms: int = 60000):
+    """Beat a 5 ms QTimer on the UI thread until ``until()``; (wall gaps, UI-thread CPU gaps) in ms."""
+    beats: list[tuple[float, float]] = []
+    heart = QTimer()
+    heart.setTimerType(Qt.TimerType.PreciseTimer)
+    heart.timeout.connect(lambda: beats.append((time.perf_counter(), time.thread_time())))
+    heart.start(5)
+    t0 = time.perf_counter()
+    qtbot.waitUntil(lambda: until() and time.perf_counter() - t0 >= min_s, timeout=timeout_ms)
+    heart.stop()
+    wall = [(b[0] - a[0]) * 1e3 for a, b in zip(beats, beats[1:], strict=False)]
+    cpu = [(b[1] - a[1]) * 1e3 for a, b in zip(beats, beats[1:], strict=False)]
+    return wall, cpu
+
+
+def _stats(gaps: list[float]) -> str:
+    q = statistics.quantiles(gaps, n=100)
+    return f"p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms, max {max(gaps):.1f} ms ({len(gaps)} beats)"
+
+
 def test_ui_thread_never_stalls_while_a_reply_streams_at_full_speed(qtbot, make_page) -> None:
+    """A fake job emits 4000 tokens (with per-layer scores) as fast as it can on the worker thread.
+
+    The UI thread's own work between two 5 ms heartbeats must stay under 50 ms (buffered
+    tokens, time-budgeted flushes): that is asserted always. The wall-clock gaps are asserted
+    too when the machine is not oversubscribed (1-minute load average under the CPU count);
+    on a machine busy with other processes the threads wait for a CPU and no wall-clock timing
+    is reliable, so then the numbers are only printed.
+    """
     n_tokens = 4000
     words = [f" word{i % 97}" for i in range(n_tokens)]
     page = make_page(fake_factory(words, newline_every=60))
     page.set_settings(max_tokens=n_tokens)
-    clock = QElapsedTimer()
-    clock.start()
-    beats: list[int] = []
-    heart = QTimer()
-    heart.setTimerType(Qt.TimerType.PreciseTimer)
-    heart.timeout.connect(lambda: beats.append(clock.nsecsElapsed()))
-    heart.start(5)
-    qtbot.wait(50)
-    assert page.send("Write a lot")
+    idle_wall, _ = _heartbeat(qtbot, lambda: True, min_s=0.3)
     t0 = time.perf_counter()
-    _wait_reply(qtbot, page, timeout=60000)
+    assert page.send("Write a lot")
+    wall, cpu = _heartbeat(qtbot, lambda: not page.is_generating(), min_s=0.1)
     stream_s = time.perf_counter() - t0
-    qtbot.wait(50)
-    heart.stop()
     assert page.current_reply().token_count() == n_tokens
-    gaps_ms = [(b - a) / 1e6 for a, b in zip(beats, beats[1:], strict=False)]
-    q = statistics.quantiles(gaps_ms, n=100)
-    print(f"\nheartbeat while streaming {n_tokens} tokens in {stream_s:.2f} s: "
-          f"p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms, max {max(gaps_ms):.1f} ms over {len(gaps_ms)} beats")
-    assert max(gaps_ms) < 50, max(gaps_ms)
     assert len(page.store.messages(page.chat_id)[1].tokens) == n_tokens
+    load = os.getloadavg()[0]
+    print(f"\nstreamed {n_tokens} tokens in {stream_s:.2f} s; heartbeat gaps: {_stats(wall)}; "
+          f"UI-thread CPU between beats: {_stats(cpu)}; idle heartbeat before: {_stats(idle_wall)}; "
+          f"load average {load:.1f} on {os.cpu_count()} CPUs")
+    assert max(cpu) < 50, _stats(cpu)
+    if load < (os.cpu_count() or 1):  # not oversubscribed: the wall-clock stalls are ours to answer for
+        assert max(wall) < 50, _stats(wall)
