@@ -11,7 +11,7 @@ embedding, parallel or sequential residual as the config says):
 1. an **ethics value head**: a small MLP on the layer's layer-normed input giving per-token
    law-satisfaction scores in [0, 1], (B, T, K);
 2. **constitutional attention**: the value-head scores of the *keys* become an additive bias on
-   the attention logits, ``bias[h, j] = gate[h] * (c_j - 1)`` with ``c_j`` the priority-weighted
+   the attention logits, ``bias[h, j] = gate(h) * (c_j - 1)`` with ``c_j`` the priority-weighted
    mean of key j's law scores; low score => attend less. ``gate`` starts at exactly 0, so a
    model loaded from Pythia computes Pythia's logits until training moves the gates. The bias
    of past keys travels in the KV cache as one extra channel of the cached keys, so cached
@@ -46,6 +46,9 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 NUM_LAWS = 5
+#: largest attention-logit bias a gate can apply (nats): a key with score 0 can be made
+#: e^8 ~ 3000 times less attended; keeps the fused attention path finite in fp16.
+GATE_LIMIT = 8.0
 
 
 # --------------------------------------------------------------------------- configuration
@@ -172,7 +175,7 @@ class EthicsValueHead(nn.Module):
 class ConstitutionalAttention(nn.Module):
     """GPT-NeoX self-attention whose logits get the per-key constitutional bias.
 
-    logits[b, h, i, j] = q_i . k_j / sqrt(hs) + gate[h] * (c[b, j] - 1), over allowed (causal,
+    logits[b, h, i, j] = q_i . k_j / sqrt(hs) + gate(h) * (c[b, j] - 1), over allowed (causal,
     non-padding) keys j. With gate == 0 this is exactly GPT-NeoX attention.
     """
 
@@ -189,6 +192,10 @@ class ConstitutionalAttention(nn.Module):
         #: one learned gate per head; exactly 0 at start (Pythia parity), trained by the losses.
         self.constitutional_gate = nn.Parameter(torch.zeros(config.num_attention_heads))
 
+    def gate(self) -> torch.Tensor:
+        """Effective per-head gate, GATE_LIMIT * tanh(g / GATE_LIMIT): 0 at 0, slope 1, bounded."""
+        return GATE_LIMIT * torch.tanh(self.constitutional_gate.float() / GATE_LIMIT)
+
     def forward(
         self,
         hidden_states: torch.Tensor,  # (B, T, C) layer-normed
@@ -203,26 +210,39 @@ class ConstitutionalAttention(nn.Module):
         q, k = apply_rotary(q, k, *position_embeddings)
 
         # per-key bias of the new tokens, (B, nh, T); rides in the cache as an extra key channel
-        bias = self.constitutional_gate.view(1, -1, 1).to(q.dtype) * (key_scores.to(q.dtype)[:, None, :] - 1.0)
+        bias = self.gate().view(1, -1, 1) * (key_scores[:, None, :] - 1.0)
         if cache is not None:
-            k_and_bias = torch.cat((k, bias.unsqueeze(-1)), dim=-1)  # (B, nh, T, hs + 1)
+            k_and_bias = torch.cat((k, bias.to(k.dtype).unsqueeze(-1)), dim=-1)  # (B, nh, T, hs + 1)
             k_and_bias, v = cache.update(k_and_bias, v, self.layer_idx)  # (B, nh, S, hs + 1)
-            k, bias = k_and_bias[..., : self.head_size], k_and_bias[..., self.head_size]
+            k, bias = k_and_bias[..., : self.head_size], k_and_bias[..., self.head_size].float()
         S = k.shape[2]
-
-        if allowed is None:  # causal over S keys, the T queries being the last T positions
-            allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)[None, None]
-        min_value = torch.finfo(q.dtype).min
-        attn_bias = torch.where(allowed, bias[:, :, None, :], min_value)  # (B, nh, T, S)
         dropout = self.attention_dropout if self.training else 0.0
+        eager = self.config._attn_implementation == "eager"
 
-        if self.config._attn_implementation == "eager":
-            logits = torch.matmul(q, k.transpose(2, 3)) * self.scaling + attn_bias  # (B, nh, T, S)
-            weights = F.softmax(logits, dim=-1, dtype=torch.float32).to(q.dtype)
-            weights = F.dropout(weights, p=dropout, training=self.training)
-            out = torch.matmul(weights, v)
-        else:  # "sdpa" (the default)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout, scale=self.scaling)
+        if allowed is None and S == T and not eager and dropout == 0.0:
+            # Fast path (training, prefill): the bias depends on the key only, so
+            #   softmax(qk + b)_j = p_j e^{b_j} / sum_j' p_j' e^{b_j'},   p = causal softmax(qk),
+            # i.e. two calls of the fused causal kernel - one on e*v, one on e - and a division.
+            # The gate is bounded (|gate| <= GATE_LIMIT), so e = exp(b - max b) lies in
+            # [exp(-GATE_LIMIT), 1] and cannot underflow even in fp16.
+            e = torch.exp(bias - bias.amax(dim=-1, keepdim=True)).to(v.dtype).unsqueeze(-1)  # (B, nh, S, 1)
+            num = F.scaled_dot_product_attention(q, k, v * e, is_causal=True, scale=self.scaling)
+            den = F.scaled_dot_product_attention(q, k, e.expand_as(v).contiguous(), is_causal=True,
+                                                 scale=self.scaling)  # contiguous: else no fused kernel
+            out = num / den[..., :1]
+        else:
+            if allowed is None:  # causal over S keys, the T queries being the last T positions
+                allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)[None, None]
+            min_value = torch.finfo(q.dtype).min
+            attn_bias = torch.where(allowed, bias.to(q.dtype)[:, :, None, :], min_value)  # (B, nh, T, S)
+            if eager:
+                logits = torch.matmul(q, k.transpose(2, 3)) * self.scaling + attn_bias  # (B, nh, T, S)
+                weights = F.softmax(logits, dim=-1, dtype=torch.float32).to(q.dtype)
+                weights = F.dropout(weights, p=dropout, training=self.training)
+                out = torch.matmul(weights, v)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout,
+                                                     scale=self.scaling)
         out = out.transpose(1, 2).reshape(B, T, -1)  # (B, T, C)
         return self.dense(out)
 
@@ -363,8 +383,14 @@ class KALAPreTrainedModel(PreTrainedModel):
 def _allowed_keys(
     attention_mask: torch.Tensor | None, T: int, S: int, device: torch.device
 ) -> torch.Tensor | None:
-    """(B, 1, T, S) bool: causal and not padding. None when there is no padding (plain causal)."""
+    """(B, 1, T, S) bool: causal and not padding. None when plain causal attention is exact.
+
+    That covers no padding and, without a cache, right padding (training batches): a real token
+    never attends to the pads after it, and the outputs at pad positions carry no loss.
+    """
     if attention_mask is None or bool(attention_mask.all()):
+        return None
+    if S == T and bool((attention_mask.cummin(dim=-1).values == attention_mask).all()):
         return None
     if attention_mask.shape[-1] != S:
         raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} tokens, expected past + new = {S}")

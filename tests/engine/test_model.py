@@ -84,6 +84,17 @@ def test_left_padding_matches_unpadded(tiny_kala):
     torch.testing.assert_close(out.law_scores[:, 4:], ref.law_scores, atol=1e-4, rtol=0)
 
 
+def test_right_padding_leaves_real_tokens_unchanged(tiny_kala):
+    a = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(6))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        out = tiny_kala(a, attention_mask=mask)
+        short = tiny_kala(a[1:, :6])
+    torch.testing.assert_close(out.logits[1:, :6], short.logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.law_scores[1:, :6], short.law_scores, atol=1e-4, rtol=0)
+
+
 def test_law_scores_shapes_and_range(tiny_kala):
     x = torch.randint(0, 97, (2, 7))
     with torch.no_grad():
