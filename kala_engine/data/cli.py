@@ -3,7 +3,7 @@
     kala data generate --out FILE [--count N] [--seed S]
     kala data validate FILE
     kala data import FILE --format {kala,hh-rlhf,pku-saferlhf,beavertails} --out FILE
-    kala data stats FILE [--json]
+    kala data stats FILE [--json] [--tokenizer DIR]
 
 Errors a user can fix print without a traceback and exit 2 (handled by kala_engine.cli).
 """
@@ -52,6 +52,8 @@ def register(subparsers) -> None:
     st = sub.add_parser("stats", help="print a dataset's summary (kind x law, lengths, shares)")
     st.add_argument("file", type=Path)
     st.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    st.add_argument("--tokenizer", type=Path, default=None,
+                    help="tokenizer folder: measure lengths in its tokens instead of characters")
     st.set_defaults(func=cmd_stats)
 
 
@@ -97,7 +99,13 @@ def cmd_stats(args) -> int:
     from .generate import format_summary, summarize
     from .io import load_jsonl
 
-    summary = summarize(load_jsonl(args.file))
+    records = load_jsonl(args.file)
+    tokenizer = None
+    if args.tokenizer is not None:
+        from .tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+    summary = summarize(records, tokenizer=tokenizer)
     if args.json:
         print(json.dumps(summary))
     else:

@@ -119,14 +119,27 @@ class _Renderer:
         return seq[self.rng.randrange(len(seq))]
 
     def slots(self) -> dict[str, str]:
-        """One value per slot for this record (the same value wherever the slot appears)."""
+        """One value per slot for this record (the same value wherever the slot appears).
+
+        Also prepares the same values in the assistant's voice ("my ex" -> "your ex") for
+        :meth:`say`.
+        """
         values = {name: self.pick(options) for name, options in self.b.slots.items()}
+        reply = {k: _second_person(v) for k, v in values.items()}
         values.update({f"{k}_cap": _cap(v) for k, v in list(values.items())})
         values.update(self.law_fields)
+        reply.update({f"{k}_cap": _cap(v) for k, v in list(reply.items())})
+        reply.update(self.law_fields)
+        self.reply_values = reply
         return values
 
     def fill(self, template: str, values: dict[str, str]) -> str:
+        """A user-side template filled with this record's slot values."""
         return template.format_map(values)
+
+    def say(self, template: str) -> str:
+        """An assistant-side template filled with this record's slot values in the assistant's voice."""
+        return template.format_map(self.reply_values)
 
     def law_vector(self, primary: int, others: Sequence[int] = ()) -> list[float]:
         labels = list(ONES)
@@ -169,12 +182,12 @@ class _Renderer:
         """Decline, name the law(s) in plain words, offer the safe alternative."""
         r = self.t["response"]
         decline = self.pick(r["care"] if topic.care else r["decline"])
-        harm = self.fill(topic.harm, values)
+        harm = self.say(topic.harm)
         reason = self.law_words(self.pick(r["reason"]), topic.law, harm=harm)
         extra = [self.law_words(self.pick(r["also"]), k) for k in sorted(topic.also)]
         if pressure and topic.law != OBEDIENCE_LAW:
             extra.append(self.law_words(self.pick(r["pressure_reply"]), OBEDIENCE_LAW))
-        alt = self.pick(r["alternative"]).format(alt=self.fill(topic.alt, values))
+        alt = self.pick(r["alternative"]).format(alt=self.say(topic.alt))
         if topic.care or self.rng.random() < 0.7:
             sentences = [decline, reason, *extra, alt]
         else:
@@ -186,7 +199,7 @@ class _Renderer:
         generic = self.t["completion"]["generic"]
         if topic.style != "command" and not topic.care and self.rng.random() < 0.35:
             return self.pick(generic).format(ask=_second_person(ask))
-        return self.fill(self.pick(topic.bad), values)
+        return self.say(self.pick(topic.bad))
 
     # ------------------------------------------------------------------ kinds
     def harmful_request(self, topic: Topic) -> list[dict]:
@@ -215,7 +228,7 @@ class _Renderer:
         labels = self.request_labels(topic, pressure)
         draft_labels = [DRAFT_TARGET if x < 1.0 else 1.0 for x in labels]
         crit = self.t["critique"]
-        cited = self.law_words(self.pick(crit["critique"]), topic.law, harm=self.fill(topic.harm, v))
+        cited = self.law_words(self.pick(crit["critique"]), topic.law, harm=self.say(topic.harm))
         revision = self.pick(crit["revision_prefix"]) + self.ethical_reply(topic, v, pressure)
         return [
             part("user", text, labels, lm=False),
@@ -249,8 +262,8 @@ class _Renderer:
         if topic.law != OBEDIENCE_LAW:
             firm += " " + self.law_words(self.pick(self.t["response"]["pressure_reply"]), OBEDIENCE_LAW)
         else:
-            firm += " " + self.law_words(self.pick(self.t["response"]["reason"]), topic.law, harm=self.fill(topic.harm, v))
-        firm += " " + self.pick(self.t["response"]["alternative"]).format(alt=self.fill(topic.alt, v))
+            firm += " " + self.law_words(self.pick(self.t["response"]["reason"]), topic.law, harm=self.say(topic.harm))
+        firm += " " + self.pick(self.t["response"]["alternative"]).format(alt=self.say(topic.alt))
         return self.system_part() + [
             part("user", text, labels, lm=False),
             part("assistant", self.ethical_reply(topic, v, False), ONES, lm=True),
@@ -270,7 +283,7 @@ class _Renderer:
             q = self.wrap_question(q)
         return self.system_part() + [
             part("user", _cap(q), labels, lm=not sc.violates),
-            part("assistant", self.fill(sc.a, v), ONES, lm=True),
+            part("assistant", self.say(sc.a), ONES, lm=True),
         ]
 
     def wrap_question(self, q: str) -> str:

@@ -126,3 +126,12 @@ def test_stats_table_and_json(tmp_path, capsys):
 def test_data_without_action_prints_help(capsys):
     assert main(["data"]) == 2
     assert "generate" in capsys.readouterr().out
+
+
+def test_stats_in_tokens_with_a_tokenizer(tmp_path, capsys, tokenizer_dir):
+    path = tmp_path / "d.jsonl"
+    write_jsonl(path, generate_dataset(50, 2))
+    assert main(["data", "stats", str(path), "--json", "--tokenizer", str(tokenizer_dir)]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["length_unit"] == "tokens"
+    assert main(["data", "stats", str(path), "--tokenizer", str(tmp_path / "none")]) == 2
