@@ -778,9 +778,9 @@ def load_chat_model(path: str | Path, device: str | torch.device = "cpu", dtype:
             f"{p}: no tokenizer files (tokenizer.json); save the tokenizer into the model folder "
             f"(tokenizer.save_pretrained('{p}'))"
         )
-    from .modeling_kala import KALAForCausalLM
-
     from transformers.utils import logging as hf_logging
+
+    from .modeling_kala import KALAForCausalLM
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of a chat
@@ -919,12 +919,14 @@ def chat_job(
     repetition_penalty: float = 1.0,
     seed: int | None = None,
     output_layer_scores: bool = False,
+    stop_token_ids: Iterable[int] | None = None,
 ) -> Callable[[Emit, JobControl], GenerationResult]:
     """A :mod:`kala_engine.jobs` job that emits one TokenEvent per token and returns the GenerationResult.
 
     ``model`` is a loaded KALA model (with ``tokenizer``) or a model folder (loaded in the job
     with :func:`load_chat_model`; ``model_dir`` is an alias). With ``session`` the prompt is the
-    next user message of that conversation and the reply joins its transcript. A cancel ends
+    next user message of that conversation and the reply joins its transcript (``stop_token_ids``
+    applies without a session: None = the chat template's end tokens). A cancel ends
     the reply within one token with stop kind "cancelled" (the partial reply is the result).
     """
     if isinstance(model, (str, Path)):
@@ -943,7 +945,8 @@ def chat_job(
             stream = session.stream(prompt, control=control, **settings.__dict__)  # type: ignore[arg-type]
         else:
             m, tok = (model, tokenizer) if model is not None else load_chat_model(model_dir, device=device)
-            stream = generate_with_ethics_events(m, tok, prompt, control=control, **settings.__dict__)
+            stream = generate_with_ethics_events(m, tok, prompt, control=control, stop_token_ids=stop_token_ids,
+                                                 **settings.__dict__)
         result = None
         for item in stream:
             if isinstance(item, TokenEvent):
