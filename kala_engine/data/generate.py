@@ -280,7 +280,8 @@ class _Renderer:
             q = self.pick(self.t["request"]["opener"]) + q
         else:
             labels = list(ONES)
-            q = self.wrap_question(q)
+            # questions take the benign wrappers; instructions ("Reply in French") stay bare
+            q = self.wrap_question(q) if q.rstrip().endswith("?") else self.pick(self.t["request"]["opener"]) + q
         return self.system_part() + [
             part("user", _cap(q), labels, lm=not sc.violates),
             part("assistant", self.say(sc.a), ONES, lm=True),
