@@ -26,6 +26,7 @@ Pause/resume/cancel reach the job through its :class:`kala_engine.jobs.JobContro
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import deque
@@ -48,6 +49,13 @@ from kala_engine.jobs import (
 
 #: How long one drain of the event queue may run on the UI thread before yielding (seconds).
 DRAIN_BUDGET_S = 0.008
+#: After a drain used its whole budget, the next one waits this long (ms), so timers, painting
+#: and input always get the UI thread back even when a job emits faster than the UI can take.
+DRAIN_PAUSE_MS = 8
+#: The interpreter's GIL switch interval while the app runs (seconds). Qt calls release and
+#: re-take the GIL; with Python's default 5 ms, a busy job thread makes the UI thread wait up to
+#: 5 ms for *each* of them. 1 ms keeps the UI responsive at a negligible cost to the job.
+GIL_SWITCH_INTERVAL_S = 0.001
 
 
 class _JobRunner(QObject):
@@ -113,6 +121,9 @@ class EngineWorker(QObject):
         self._name = ""
         self._owner: Any = None
         self._pending: deque = deque()  # taken from the runner, not yet delivered
+        self._drain_scheduled = False
+        if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
+            sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self._shut_down = False
 
     # ------------------------------------------------------------ control from the UI
@@ -196,8 +207,14 @@ class EngineWorker(QObject):
         while self._pending:
             self._deliver(self._pending.popleft())
             if time.perf_counter() - t0 > DRAIN_BUDGET_S and self._pending:
-                QTimer.singleShot(0, self._drain)  # let paint and input events run first
+                if not self._drain_scheduled:
+                    self._drain_scheduled = True
+                    QTimer.singleShot(DRAIN_PAUSE_MS, self._scheduled_drain)  # paint and input first
                 return
+
+    def _scheduled_drain(self) -> None:
+        self._drain_scheduled = False
+        self._drain()
 
     def _deliver(self, ev: Any) -> None:
         self.event.emit(ev)

@@ -126,18 +126,24 @@ class RecordsModel(QAbstractTableModel):
         return [k for k, v in enumerate(laws) if v < 0.5] if laws else []
 
 
-class CoverageChart(pg.PlotWidget):
-    """Horizontal grouped bars: for each kind, how many records violate each law (and none)."""
+class CoverageChart(pg.GraphicsLayoutWidget):
+    """Horizontal grouped bars: for each kind, how many records violate each law (and none).
+
+    The legend sits in its own row under the plot, so it never covers a bar.
+    """
 
     def __init__(self, law_titles: list[str]):
         super().__init__()
         self.law_titles = law_titles
         self.setMinimumHeight(200)
+        self.plotItem = self.addPlot(row=0, col=0)
         self.plotItem.setTitle("Coverage: records of each kind violating each law", size="10pt")
         self.plotItem.setLabel("bottom", "records")
         self.plotItem.setMouseEnabled(x=False, y=False)
         self.plotItem.hideButtons()
-        self.legend = self.plotItem.addLegend(offset=(-5, 5), labelTextSize="8pt")
+        self.plotItem.getViewBox().invertY(True)
+        self.legend = pg.LegendItem(labelTextSize="8pt", verSpacing=-6, colCount=2)
+        self.addItem(self.legend, row=1, col=0)
         self.counts: list[list[int]] = []
         self.kinds: list[str] = []
 
@@ -150,17 +156,15 @@ class CoverageChart(pg.PlotWidget):
         names = self.law_titles + ["no law violated"]
         colors = LAW_COLORS + [NO_VIOLATION_COLOR]
         for j in range(n_series):
-            ys = [i + 0.4 - (j + 0.5) * h for i in range(len(kinds))]
+            ys = [i - 0.4 + (j + 0.5) * h for i in range(len(kinds))]
             widths = [c[j] for c in counts]
             bars = pg.BarGraphItem(x0=[0] * len(kinds), y=ys, height=h * 0.95, width=widths,
-                                   brush=colors[j % len(colors)], pen=None, name=names[j])
+                                   brush=colors[j % len(colors)], pen=None)
             self.plotItem.addItem(bars)
             self.legend.addItem(bars, names[j])
-        axis = self.plotItem.getAxis("left")
-        axis.setTicks([[(i, k.replace("_", " ")) for i, k in enumerate(kinds)]])
-        self.plotItem.getViewBox().invertY(True)
+        self.plotItem.getAxis("left").setTicks([[(i, k.replace("_", " ")) for i, k in enumerate(kinds)]])
         top = max([max(c) for c in counts if c] + [1])
-        self.plotItem.setXRange(0, top * 1.35, padding=0)
+        self.plotItem.setXRange(0, top * 1.05, padding=0)
         self.plotItem.setYRange(-0.5, max(0.5, len(kinds) - 0.5), padding=0.02)
 
 
@@ -250,7 +254,7 @@ class DataPage(QWidget):
         llay.addWidget(self.progress)
         llay.addWidget(self.summary)
         llay.addStretch(1)
-        left.setFixedWidth(340)
+        left.setFixedWidth(370)
 
         # ---------------- preview
         self.model = RecordsModel(law_short)
@@ -268,7 +272,7 @@ class DataPage(QWidget):
         hh = self.table.horizontalHeader()
         hh.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         hh.setStretchLastSection(True)
-        for col, w in enumerate([56, 130, 72, 150, 340]):
+        for col, w in enumerate([52, 125, 70, 150, 270]):
             self.table.setColumnWidth(col, w)
 
         self.kind_filter = QComboBox()
@@ -300,7 +304,7 @@ class DataPage(QWidget):
         bottom = QSplitter(Qt.Orientation.Horizontal)
         bottom.addWidget(self.chart)
         bottom.addWidget(self.problems_box)
-        bottom.setSizes([620, 300])
+        bottom.setSizes([720, 220])
         table_box = QWidget()
         tlay = QVBoxLayout(table_box)
         tlay.setContentsMargins(0, 0, 0, 0)
@@ -334,8 +338,11 @@ class DataPage(QWidget):
         """Generate a data set on the worker; ``then(path)`` runs once it loaded without problems."""
         if self.worker.is_busy():
             return False
-        count = self.count_spin.value() if count is None else int(count)
-        seed = self.seed_spin.value() if seed is None else int(seed)
+        if count is not None:
+            self.count_spin.setValue(int(count))
+        if seed is not None:
+            self.seed_spin.setValue(int(seed))
+        count, seed = self.count_spin.value(), self.seed_spin.value()
         kinds = self.selected_kinds()
         if kinds == []:
             show_error(self, "No kinds chosen", "Tick at least one kind of example to generate.")

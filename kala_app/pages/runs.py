@@ -96,12 +96,13 @@ class RunsPage(QWidget):
         self.lm_plot = LivePlot("Language-modeling loss", "loss")
         self.lm_plot.add_curve("lm", "train", LM_COLOR)
         self.lm_plot.add_points("lm_val", "validation", VAL_COLOR)
-        self.ethics_plot = LivePlot("Ethics loss", "loss")
+        self.ethics_plot = LivePlot("Ethics loss", "loss", legend_columns=2)
         self.ethics_plot.add_curve("ethics", "total", ETHICS_COLOR, width=2)
         for k, title in enumerate(self.law_titles):
             self.ethics_plot.add_curve(f"law{k}", title, LAW_COLORS[k % len(LAW_COLORS)])
         self.ethics_plot.add_points("ethics_val", "validation", VAL_COLOR)
-        self.ethics_plot.setXLink(self.lm_plot)
+        # not x-linked: a linked view turns auto-range off, and with clip-to-view the curves then
+        # stay clipped to the old range
         for p in (self.lm_plot, self.ethics_plot):
             p.set_smoothing(0.6)
         plots = QSplitter(Qt.Orientation.Horizontal)

@@ -316,17 +316,17 @@ class TrainPage(QWidget):
         self.lm_plot = LivePlot("Language-modeling loss", "loss")
         self.lm_plot.add_curve("lm", "train", LM_COLOR)
         self.lm_plot.add_points("lm_val", "validation", VAL_COLOR)
-        self.ethics_plot = LivePlot("Ethics loss (click a legend entry to hide it)", "loss")
+        self.ethics_plot = LivePlot("Ethics loss (click a legend entry to hide it)", "loss", phase_ms=33,
+                                    legend_columns=2)
         self.ethics_plot.add_curve("ethics", "total", ETHICS_COLOR, width=2)
         for k, title in enumerate(self.law_titles):
             self.ethics_plot.add_curve(f"law{k}", title, LAW_COLORS[k % len(LAW_COLORS)])
         self.ethics_plot.add_points("ethics_val", "validation", VAL_COLOR)
-        self.lr_plot = LivePlot("Learning rate", "lr")
+        self.lr_plot = LivePlot("Learning rate", "lr", phase_ms=66)
         self.lr_plot.add_curve("lr", "learning rate", "#444", smooth=False)
         self.lr_plot.setMaximumHeight(170)
         self.plots = [self.lm_plot, self.ethics_plot, self.lr_plot]
-        self.ethics_plot.setXLink(self.lm_plot)
-        self.lr_plot.setXLink(self.lm_plot)
+        # Not x-linked: a link makes every plot repaint whenever one redraws (3 paints in one go).
 
         self.smooth_slider = QSlider(Qt.Orientation.Horizontal)
         self.smooth_slider.setRange(0, 99)
@@ -689,10 +689,10 @@ class TrainPage(QWidget):
         if self._is_my_training():
             self.log_view.appendPlainText(f"checkpoint saved at step {ev.step}: {ev.path}")
 
-    def _refresh_progress(self) -> None:
+    def _refresh_progress(self, force: bool = False) -> None:
         """Progress bar and stat labels from the newest step (10 Hz)."""
         m = self._latest
-        if m is None or not self._is_my_training():
+        if m is None or not (force or self._is_my_training()):
             return
         step = int(m.get("step", 0))
         total = self._total_steps or 0
@@ -747,11 +747,7 @@ class TrainPage(QWidget):
         self._update_buttons()
 
     def _refresh_progress_final(self, ev) -> None:
-        self._job_kind = "train"
-        try:
-            self._refresh_progress()
-        finally:
-            self._job_kind = ""
+        self._refresh_progress(force=True)
         for p in self.plots:
             p.redraw()
         if ev.cancelled:

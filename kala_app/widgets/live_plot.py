@@ -23,7 +23,7 @@ import math
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import QWidget
+from PySide6.QtWidgets import QGraphicsItem, QWidget
 
 pg.setConfigOptions(antialias=False, background="w", foreground="#333")
 
@@ -198,7 +198,7 @@ class LivePlot(pg.PlotWidget):
     """
 
     def __init__(self, title: str = "", y_label: str = "", parent: QWidget | None = None,
-                 interval_ms: int = 100, log_y: bool = False):
+                 interval_ms: int = 100, log_y: bool = False, phase_ms: int = 0, legend_columns: int = 1):
         super().__init__(parent=parent)
         self.setMinimumHeight(150)
         self.plotItem.setTitle(title, size="10pt")
@@ -209,7 +209,11 @@ class LivePlot(pg.PlotWidget):
         self.plotItem.setClipToView(True)
         self.plotItem.setDownsampling(auto=True, mode="peak")
         self.plotItem.setLogMode(y=log_y)
-        self.legend = self.plotItem.addLegend(offset=(-10, 10), labelTextSize="8pt")
+        self.plotItem.getAxis("left").enableAutoSIPrefix(False)  # "loss (x0.001)" reads badly
+        self.legend = self.plotItem.addLegend(offset=(-10, 4), labelTextSize="8pt", colCount=legend_columns,
+                                              brush=pg.mkBrush(255, 255, 255, 200), verSpacing=-6)
+        # the legend rarely changes: paint it from a cached pixmap instead of re-rendering its text
+        self.legend.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
         self.series: dict[str, Series] = {}
         self.items: dict[str, pg.PlotDataItem] = {}
         self._dirty: set[str] = set()
@@ -220,8 +224,15 @@ class LivePlot(pg.PlotWidget):
         self.plotItem.getViewBox().sigStateChanged.connect(self._on_view_state)
         self.timer = QTimer(self)
         self.timer.setInterval(interval_ms)
+        # precise: Qt aligns coarse timers to common boundaries, which would undo the phases
+        self.timer.setTimerType(Qt.TimerType.PreciseTimer)
         self.timer.timeout.connect(self.redraw)
-        self.timer.start()
+        # Plots of one page get different phases so their repaints land in different event-loop
+        # iterations instead of one long paint of all of them.
+        if phase_ms:
+            QTimer.singleShot(phase_ms, self.timer.start)
+        else:
+            self.timer.start()
 
     # ------------------------------------------------------------ declaring curves
 

@@ -1,10 +1,9 @@
 """App tests run offscreen with their own data/config folders."""
 
-import os
+import kala_app  # noqa: F401 - applies the PySide6 6.12 refcount guard before any Qt call
+from kala_app.offscreen import use_offscreen
 
-os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before any Qt import
-
-import kala_app  # noqa: E402,F401 - applies the PySide6 6.12 refcount guard before any Qt call
+use_offscreen(1920, 1080)  # QT_QPA_PLATFORM=offscreen with a desktop-sized screen, before any QApplication
 
 import pytest  # noqa: E402
 

@@ -1,0 +1,111 @@
+"""Main window: five pages, status bar, geometry restored, quickstart offered once, closing during training."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import QSize
+
+from kala_app.context import AppContext
+from kala_app.main_window import PAGES, MainWindow, load_page_class
+from tests.app.fakes import fake_config, fake_train_job
+
+
+@pytest.fixture
+def make_window(qtbot, studio_home):
+    made = []
+
+    def make(**kw):
+        ctx = AppContext.create()
+        w = MainWindow(ctx, **kw)
+        qtbot.addWidget(w)
+        w.show()
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.ctx.worker.shutdown(timeout_s=10)
+
+
+def test_pages_and_navigation(make_window):
+    w = make_window()
+    assert [w.nav.item(i).text() for i in range(w.nav.count())] == [t for _k, t, _m, _c in PAGES]
+    for key, _title, _mod, cls in PAGES:
+        page = w.show_page(key)
+        assert w.stack.currentWidget() is page
+        assert w.current_page_key() == key
+        if load_page_class(_mod, cls) is not None:
+            assert type(page).__name__ == cls
+    assert w.ctx.pages["train"] is w.pages["train"]
+
+
+def test_optional_page_missing_gives_placeholder_but_other_errors_raise(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def fake_import(name, *a):
+        if name == "kala_app.pages.evaluate":
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+        if name == "kala_app.pages.chat":
+            raise ModuleNotFoundError("No module named 'somelib'", name="somelib")
+        return real(name, *a)
+
+    monkeypatch.setattr(importlib, "import_module", fake_import)
+    assert load_page_class("kala_app.pages.evaluate", "EvaluatePage") is None
+    with pytest.raises(ModuleNotFoundError, match="somelib"):
+        load_page_class("kala_app.pages.chat", "ChatPage")
+
+
+def test_geometry_page_and_quickstart_are_remembered(qtbot, make_window):
+    w = make_window()
+    assert w.banner.isVisible(), "first start offers the quickstart"
+    w.resize(1111, 777)
+    w.show_page("runs")
+    w.banner.dismissed.emit()
+    assert not w.banner.isVisible()
+    w.close()
+    w2 = make_window()
+    assert w2.size() == QSize(1111, 777)
+    assert w2.current_page_key() == "runs"
+    assert not w2.banner.isVisible()
+
+
+def test_status_bar_shows_device_and_running_job(qtbot, make_window):
+    w = make_window(show_quickstart=False)
+    qtbot.waitUntil(lambda: "probing" not in w.device_label.text(), timeout=30000)
+    assert w.device_label.text().startswith("device: ")
+    assert "CPU" in w.device_label.text() or "CUDA" in w.device_label.text()
+
+
+def _start_fake_training(w, tmp_path, step_sleep=0.01):
+    train = w.show_page("train")
+    data = w.ctx.datasets_dir / "d.jsonl"
+    data.write_text("{}\n")
+    train.config_factory = fake_config
+    train.job_factory = lambda cfg: fake_train_job(cfg, step_sleep=step_sleep)
+    train.refresh_lists()
+    train.set_data_path(data)
+    train.hp["max_steps"].setValue(1_000_000)
+    assert train.start_training()
+    return train
+
+
+def test_closing_during_training_asks_then_checkpoints_and_stops(qtbot, make_window, tmp_path, monkeypatch):
+    w = make_window(show_quickstart=False)
+    train = _start_fake_training(w, tmp_path)
+    qtbot.waitUntil(lambda: train.lm_plot.count("lm") > 3, timeout=5000)
+    assert w.job_label.text().startswith("running: training")
+
+    asked = []
+    monkeypatch.setattr(w, "ask_to_stop_job", lambda: asked.append(1) or False)
+    w.close()
+    assert asked and w.isVisible() and w.ctx.worker.is_busy(), "answering No keeps the run going"
+
+    monkeypatch.setattr(w, "ask_to_stop_job", lambda: asked.append(2) or True)
+    w.close()
+    assert asked == [1, 2]
+    assert not w.isVisible()
+    assert not w.ctx.worker.is_busy()
+    assert not w.ctx.worker._thread.isRunning(), "the worker thread was not joined"
+    assert list((train.run_dir / "checkpoints").iterdir()), "no checkpoint written on close"

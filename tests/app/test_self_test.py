@@ -1,0 +1,24 @@
+"""``kala-studio --self-test`` trains one step through the worker and generates one token, exit 0."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_self_test_exits_zero_and_says_what_it_did(tmp_path):
+    pytest.importorskip("kala_engine.training", reason="the training engine is not in this checkout yet")
+    env = dict(os.environ, KALA_STUDIO_HOME=str(tmp_path), QT_QPA_PLATFORM="offscreen")
+    proc = subprocess.run([sys.executable, "-m", "kala_app.main", "--self-test"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "training step 1/" in out
+    assert "generated token 0" in out
+    assert out.rstrip().endswith("OK")

@@ -1,0 +1,122 @@
+"""EngineWorker: one job at a time, events in order as signals, finished exactly once, clean shutdown."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from kala_app.worker import EngineWorker
+from kala_engine.jobs import JobError, LogLine, Progress, TokenEvent, TrainStep
+
+
+@pytest.fixture
+def worker(qtbot):
+    w = EngineWorker()
+    yield w
+    assert w.shutdown(timeout_s=10)
+
+
+def collect(worker):
+    got = {"finished": [], "failed": [], "tokens": [], "steps": [], "logs": [], "progress": [], "busy": []}
+    worker.finished.connect(got["finished"].append)
+    worker.failed.connect(lambda m, tb: got["failed"].append((m, tb)))
+    worker.token.connect(got["tokens"].append)
+    worker.step.connect(got["steps"].append)
+    worker.log.connect(got["logs"].append)
+    worker.progress.connect(lambda d, t, m: got["progress"].append((d, t, m)))
+    worker.busy_changed.connect(got["busy"].append)
+    return got
+
+
+def test_events_arrive_in_order_on_the_ui_thread(qtbot, worker):
+    got = collect(worker)
+    threads = set()
+    worker.token.connect(lambda ev: threads.add(threading.current_thread() is threading.main_thread()))
+
+    def job(emit, control):
+        emit(LogLine("hello"))
+        for i in range(5000):  # a burst far faster than the UI could take one posted event each
+            control.checkpoint()
+            emit(TokenEvent(index=i, token_id=i, text="x", law_scores=(1.0,) * 5))
+        emit(Progress(1, 2, "half"))
+        emit(TrainStep(step=1, total_steps=1, metrics={"lm_loss": 1.0}))
+        return 42
+
+    with qtbot.waitSignal(worker.finished, timeout=10000):
+        worker.start(job, "burst")
+        assert worker.is_busy() and worker.job_name == "burst"
+        with pytest.raises(RuntimeError, match="still running"):
+            worker.start(job, "second")
+    assert [ev.index for ev in got["tokens"]] == list(range(5000))
+    assert threads == {True}
+    assert got["logs"] == ["hello"] and got["progress"] == [(1, 2, "half")] and len(got["steps"]) == 1
+    assert len(got["finished"]) == 1 and got["finished"][0].result == 42 and not got["finished"][0].cancelled
+    assert got["busy"] == [True, False]
+    assert not worker.is_busy()
+
+
+def test_cancel_while_paused_finishes_once_with_cancelled_flag(qtbot, worker):
+    got = collect(worker)
+    at_step = []
+
+    def job(emit, control):
+        for i in range(10_000):
+            control.checkpoint()
+            at_step.append(i)
+            emit(TrainStep(step=i, total_steps=10_000, metrics={}))
+            threading.Event().wait(0.002)
+
+    worker.start(job, "long")
+    qtbot.waitUntil(lambda: len(got["steps"]) > 3, timeout=5000)
+    worker.pause()
+    assert worker.is_paused()
+    qtbot.wait(100)
+    n = len(at_step)
+    qtbot.wait(150)
+    assert len(at_step) == n
+    with qtbot.waitSignal(worker.finished, timeout=5000):
+        worker.cancel()
+    qtbot.wait(50)
+    assert len(got["finished"]) == 1 and got["finished"][0].cancelled
+    assert got["failed"] == []
+
+
+def test_failure_reports_message_and_traceback_then_finished(qtbot, worker):
+    got = collect(worker)
+
+    def bad(emit, control):
+        raise KeyError("boom")
+
+    def user_error(emit, control):
+        raise JobError("the data file is empty; generate one first")
+
+    with qtbot.waitSignal(worker.finished, timeout=5000):
+        worker.start(bad, "bad")
+    assert got["failed"][0][0] == "KeyError: 'boom'"
+    assert "Traceback" in got["failed"][0][1]
+    with qtbot.waitSignal(worker.finished, timeout=5000):
+        worker.start(user_error, "user")
+    assert got["failed"][1] == ("the data file is empty; generate one first", "")
+    assert len(got["finished"]) == 2
+
+
+def test_shutdown_cancels_a_running_job_and_joins_the_thread(qtbot):
+    w = EngineWorker()
+    stopped = threading.Event()
+
+    def job(emit, control):
+        try:
+            while True:
+                control.checkpoint()
+                threading.Event().wait(0.01)
+        finally:
+            stopped.set()
+
+    w.start(job, "forever")
+    qtbot.wait(50)
+    assert w.shutdown(timeout_s=5)
+    assert stopped.is_set()
+    assert not w._thread.isRunning()
+    with pytest.raises(RuntimeError):
+        w.start(job, "after")
