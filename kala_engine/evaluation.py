@@ -443,7 +443,8 @@ def evaluate(
     Finished event), and emits ``Progress(done, total, message)`` after each. With
     ``batch_size > 1`` a backend that offers ``assess_and_reply_many(prompts, *, threshold,
     max_new_tokens)`` gets the prompts that many at a time (much faster on a GPU); other
-    backends are asked one prompt at a time.
+    backends are asked one prompt at a time. A backend with a ``control`` attribute gets the
+    job's control, so it can pause or cancel inside a reply.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -455,6 +456,8 @@ def evaluate(
     emit = emit or (lambda _e: None)
     control = control or JobControl()
     name = getattr(backend, "name", type(backend).__name__)
+    if hasattr(backend, "control"):  # a backend that can stop mid-reply (pause/cancel within a token)
+        backend.control = control
     many = getattr(backend, "assess_and_reply_many", None) if batch_size > 1 else None
     step = batch_size if many is not None else 1
     samples: list[EvalSample] = []
@@ -471,6 +474,7 @@ def evaluate(
             got = [backend.assess_and_reply(chunk[0].prompt, threshold=list(th), max_new_tokens=max_new_tokens)]
         samples.extend(got)
         emit(Progress(len(samples), total, f"{name}: {chunk[-1].id}"))
+    control.checkpoint()  # a cancel that cut the last replies short must not produce a report
     ppl = None
     if perplexity_texts:
         control.checkpoint()
@@ -565,6 +569,8 @@ class KALABackend:
         self.law_names = load_constitution().names
         self._model: Any = None
         self._tokenizer: Any = None
+        #: set by :func:`evaluate`: generation pauses/cancels within a reply through it
+        self.control: JobControl | None = None
 
     def _load(self) -> tuple[Any, Any]:
         if self._model is None:
@@ -580,7 +586,8 @@ class KALABackend:
 
         model, tokenizer = self._load()
         res = generate_with_ethics(
-            model, tokenizer, prompt, max_new_tokens=max_new_tokens, thresholds=threshold, temperature=0.0
+            model, tokenizer, prompt, max_new_tokens=max_new_tokens, thresholds=threshold, temperature=0.0,
+            control=self.control,
         )
         return self._sample(res)
 
@@ -593,7 +600,7 @@ class KALABackend:
         model, tokenizer = self._load()
         results = generate_batch(
             model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, thresholds=threshold,
-            temperature=0.0, batch_size=len(prompts),
+            temperature=0.0, batch_size=len(prompts), control=self.control,
         )
         return [self._sample(r) for r in results]
 

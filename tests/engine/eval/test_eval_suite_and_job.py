@@ -197,3 +197,22 @@ def test_cancel_between_batches():
     with pytest.raises(Cancelled):
         evaluate(batched, records, threshold=0.5, batch_size=4, emit=emit, control=control)
     assert batched.batches == [4]
+
+
+def test_backend_with_control_gets_it_and_a_cut_short_last_batch_gives_no_report():
+    records, _, one = fixture()
+
+    class Stoppable(BatchFake):
+        control = None
+
+        def assess_and_reply_many(self, prompts, **kw):
+            out = super().assess_and_reply_many(prompts, **kw)
+            if len(self.batches) == 2:  # the job is cancelled while the last batch generates
+                self.control.cancel()
+            return out
+
+    b = Stoppable(one.samples)
+    control = JobControl()
+    with pytest.raises(Cancelled):
+        evaluate(b, records, threshold=0.5, batch_size=4, control=control)
+    assert b.control is control and b.batches == [4, 4]
