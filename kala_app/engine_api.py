@@ -444,13 +444,10 @@ def self_test_job(workdir: Path) -> tuple[Callable, str]:
         result = train(emit, control)
         emit(LogLine(f"trained one step into {run_dir}"))
         model_dir = run_dir / "final"
-        gen = _module("kala_engine.generation")
-        stream = _attr("kala_engine.generation", "generate_job", "chat_job")
+        stream = _attr("kala_engine.generation", "chat_job")
         gjob = _call_with_supported(
             stream, model=str(model_dir), model_dir=str(model_dir), prompt="Hello", max_new_tokens=1,
-            max_tokens=1,
         )
-        del gen
         gresult = gjob(emit, control)
         return {"train": result, "generate": gresult}
 
