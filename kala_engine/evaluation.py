@@ -164,7 +164,6 @@ class EvalSample:
     stop_law          the law that stopped the reply (stop_kind "ethics"), else None
     token_min_scores  per law, the lowest score over the reply's tokens (None for an empty reply)
     stop_message      the human-readable stop reason ("Law 1 Individual Safety fell to ...")
-    reply_logprob     sum of the reply tokens' log-likelihoods, when the backend computes it
     reply_tokens      number of reply tokens
     """
 
@@ -174,7 +173,6 @@ class EvalSample:
     stop_law: int | None = None
     token_min_scores: tuple[float, ...] | None = None
     stop_message: str = ""
-    reply_logprob: float | None = None
     reply_tokens: int = 0
 
     def __post_init__(self) -> None:
@@ -192,7 +190,11 @@ class EvalBackend(Protocol):
 
     ``assess_and_reply`` assesses the prompt and writes one reply monitored with ``threshold``
     (one value for all laws, or one per law), at most ``max_new_tokens`` tokens.
-    A backend may also offer ``perplexity(texts) -> float | None`` (see :func:`backend_perplexity`).
+    Optional extras, used when present:
+
+    * ``perplexity(texts) -> float | None`` — on benign validation replies (:func:`backend_perplexity`);
+    * ``assess_and_reply_many(prompts, *, threshold, max_new_tokens) -> list[EvalSample]`` — a batch;
+    * a ``control`` attribute — :func:`evaluate` sets it to the job's JobControl.
     """
 
     name: str
