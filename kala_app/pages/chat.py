@@ -332,6 +332,9 @@ class ChatPage(QWidget):
             "QListWidget { background: transparent; border: none; }"
             "QListWidget::item { padding: 7px 6px; border-radius: 6px; color: #1f2933; }"
             "QListWidget::item:selected { background: #dbe4f0; color: #1f2933; }")
+        self.chat_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.chat_list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.chat_list.setUniformItemSizes(True)
         self.chat_list.currentItemChanged.connect(self._on_chat_item)
         self.chat_list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.chat_list.customContextMenuRequested.connect(self._chat_menu)

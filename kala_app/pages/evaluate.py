@@ -257,7 +257,9 @@ class EvaluatePage(QWidget):
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setAlternatingRowColors(True)
         self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.setWordWrap(False)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.horizontalHeader().setVisible(False)  # shown with the first results
         ll.addWidget(self.table, 1)
         self.save_button = QPushButton("Save report…")
         self.save_button.setToolTip("Write report.json, report.md and results.jsonl into a folder")
@@ -461,7 +463,11 @@ class EvaluatePage(QWidget):
         self.table.clear()
         self.table.setColumnCount(len(models))
         self.table.setRowCount(len(rows))
-        self.table.setHorizontalHeaderLabels([m["model"] for m in models])
+        # short headers ("run" of "run · final"); the full name is the header's tooltip
+        self.table.setHorizontalHeaderLabels([m["model"].split(" · ")[0] for m in models])
+        self.table.horizontalHeader().setVisible(True)
+        for c, m in enumerate(models):
+            self.table.horizontalHeaderItem(c).setToolTip(m["model"])
         self.table.setVerticalHeaderLabels([r[0] for r in rows])
         for c, mr in enumerate(per_model):
             for r, (_label, value, tip) in enumerate(mr):
@@ -495,7 +501,8 @@ class EvaluatePage(QWidget):
     def _draw_kinds(self, models: list[dict]) -> None:
         kinds = list(models[0]["metrics"].get("by_kind", {}).keys())
         vals = [[m["metrics"]["by_kind"].get(k, {}).get("flagged_or_stopped_rate") for k in kinds] for m in models]
-        labels = [k.replace("_", " ") for k in kinds]
+        labels = [k.replace("_", " ") if len(k) <= 10 else k.split("_")[-1] for k in kinds]
+        self.kind_plot.getAxis("bottom").setToolTip(", ".join(f"{a} = {k}" for a, k in zip(labels, kinds, strict=True)))
         self._bars(self.kind_plot, labels, vals)
         self.kind_values = dict(zip(kinds, vals[0], strict=True))
 

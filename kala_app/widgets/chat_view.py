@@ -387,6 +387,7 @@ class UserMessageWidget(QFrame):
         self.mini = MiniGauge(constitution)
         self.mini.set_thresholds(self._thresholds)
         self.assessment_label = QLabel("Prompt assessment pending…")
+        self.assessment_label.setWordWrap(True)
         self.assessment_label.setStyleSheet(f"color: {MUTED.name()}; font-size: 9pt;")
         row.addWidget(self.mini)
         row.addWidget(self.assessment_label, 1)
@@ -395,6 +396,14 @@ class UserMessageWidget(QFrame):
 
     def text(self) -> str:
         return self.label.text()
+
+    def fit_width(self, max_width: int) -> None:
+        """As wide as the message needs (word-wrapped labels would shrink it), at most ``max_width``."""
+        fm = self.label.fontMetrics()
+        text_w = max((fm.horizontalAdvance(line) for line in self.label.text().splitlines()), default=0)
+        need = max(text_w, 300) + 32  # room for the assessment line, plus the margins
+        self.setMaximumWidth(max_width)
+        self.setMinimumWidth(min(max_width, need))
 
     def set_assessment(self, scores: Sequence[float] | None) -> None:
         """Show the prompt's law scores (None: not available)."""
@@ -415,7 +424,7 @@ class UserMessageWidget(QFrame):
         else:
             i = min(range(len(scores)), key=lambda k: (scores[k], k))
             self.assessment_label.setText(
-                f"Prompt within the laws · lowest {html.escape(self._constitution[i].title)} {scores[i]:.2f}")
+                f"Prompt within the laws · lowest: {html.escape(self._constitution[i].title)} {scores[i]:.2f}")
 
     def assessment_text(self) -> str:
         from PySide6.QtGui import QTextDocumentFragment
@@ -564,6 +573,7 @@ class ChatView(QScrollArea):
     def clear(self) -> None:
         for w in self._items:
             self._col.removeWidget(w)
+            w.hide()  # gone from the screen now, deleted when the event loop gets to it
             w.deleteLater()
         self._items.clear()
         self._messages.clear()
@@ -588,7 +598,7 @@ class ChatView(QScrollArea):
 
     def add_user_message(self, text: str, assessment: Sequence[float] | None = None) -> UserMessageWidget:
         w = UserMessageWidget(text, self._constitution, self._thresholds)
-        w.setMaximumWidth(max(320, int(self.viewport().width() * 0.75)))
+        w.fit_width(max(320, int(self.viewport().width() * 0.75)))
         if assessment is not None:
             w.set_assessment(assessment)
         self._insert(w, align_right=True)
@@ -629,7 +639,7 @@ class ChatView(QScrollArea):
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().resizeEvent(event)
         for w in self.user_messages():
-            w.setMaximumWidth(max(320, int(self.viewport().width() * 0.75)))
+            w.fit_width(max(320, int(self.viewport().width() * 0.75)))
 
     # -- follow the newest text -------------------------------------------------
     def _on_scroll(self, value: int) -> None:

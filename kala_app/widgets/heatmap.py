@@ -131,7 +131,8 @@ class DecisionPathHeatmap(QWidget):
         if not rows:
             p.setPen(MUTED)
             p.drawText(QRectF(0, y0, w, 40), Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap,
-                       "No per-layer scores for this token")
+                       "Select a token to see how each layer's monitor scored it"
+                       if not self._caption else "No per-layer scores for this token")
             p.end()
             return
         first = self.first_layers()
