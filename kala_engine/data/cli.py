@@ -4,6 +4,7 @@
     kala data validate FILE
     kala data import FILE --format {kala,hh-rlhf,pku-saferlhf,beavertails} --out FILE
     kala data stats FILE [--json] [--tokenizer DIR]
+    kala data cai --model DIR --out FILE [--count N] [--seed S]   (model drafts, critiques, revises)
 
 Errors a user can fix print without a traceback and exit 2 (handled by kala_engine.cli).
 """
@@ -55,6 +56,14 @@ def register(subparsers) -> None:
     st.add_argument("--tokenizer", type=Path, default=None,
                     help="tokenizer folder: measure lengths in its tokens instead of characters")
     st.set_defaults(func=cmd_stats)
+
+    cai = sub.add_parser("cai", help="Constitutional-AI mode: a saved model drafts, critiques and revises replies")
+    cai.add_argument("--model", required=True, type=Path, help="folder with the model and its tokenizer")
+    cai.add_argument("--out", required=True, type=Path, help="output .jsonl file (written atomically)")
+    cai.add_argument("--count", type=_positive_int, default=100, help="harmful requests to process (default 100)")
+    cai.add_argument("--seed", type=int, default=0)
+    cai.add_argument("--max-new-tokens", type=_positive_int, default=96)
+    cai.set_defaults(func=cmd_cai)
 
 
 def cmd_generate(args) -> int:
@@ -110,4 +119,21 @@ def cmd_stats(args) -> int:
         print(json.dumps(summary))
     else:
         print(format_summary(summary))
+    return 0
+
+
+def cmd_cai(args) -> int:
+    from .constitutional_ai import cai_from_model_dir
+    from .io import write_jsonl
+
+    if not args.model.is_dir():
+        raise FileNotFoundError(f"{args.model}: no such model folder")
+    t0 = time.perf_counter()
+    records, skipped = cai_from_model_dir(str(args.model), args.count, args.seed, args.max_new_tokens)
+    for reason, n in sorted(skipped.items()):
+        print(f"skipped: {reason}: {n}")
+    if not records:
+        raise ValueError(f"{args.model}: the model produced no usable draft/critique/revision; nothing written")
+    write_jsonl(args.out, records)
+    print(f"wrote {len(records)} critique_revision records to {args.out} in {time.perf_counter() - t0:.1f} s")
     return 0
