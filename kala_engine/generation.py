@@ -811,6 +811,35 @@ def _load_tokenizer(p: Path):
 # ----------------------------------------------------------------------------- chat sessions
 
 
+def default_reserve(max_new_tokens: int, context: int) -> int:
+    """Room kept for the reply when fitting a conversation: max_new_tokens, at most a quarter of the context."""
+    return min(int(max_new_tokens), max(1, context // 4))
+
+
+def fit_conversation(tokenizer, messages: Sequence[Mapping[str, str]], context: int, reserve: int
+                     ) -> tuple[list[int], int]:
+    """Prompt ids of ``messages`` that leave ``reserve`` tokens of the context for the reply.
+
+    When the whole conversation does not fit, the oldest messages after the system message are
+    dropped (a user message together with the reply that follows it) until it does, or until
+    only the last message is left. Returns ``(ids, number of messages dropped)``; raises
+    ValueError when the last message alone fills the context.
+    """
+    messages = list(messages)
+    head = messages[:1] if messages and messages[0].get("role") == "system" else []
+    rest = messages[len(head):]
+    dropped = 0
+    while True:
+        ids = encode_prompt(tokenizer, head + rest[dropped:])
+        if len(ids) + reserve <= context:
+            return ids, dropped
+        if dropped >= len(rest) - 1:  # only the newest message is left
+            _check_prompt_fits(len(ids), context)  # raises when it alone fills the context
+            return ids, dropped
+        pair = rest[dropped].get("role") == "user" and dropped + 2 <= len(rest) - 1
+        dropped += 2 if pair else 1
+
+
 class ChatSession:
     """A multi-turn conversation with one model, rendered with the shared chat template.
 
@@ -846,24 +875,15 @@ class ChatSession:
 
     def _fit(self) -> tuple[list[int], int]:
         """Prompt ids of the conversation, dropping the oldest messages until a reply fits."""
-        ctx = context_length(self.model)
-        reserve = self.reserve_tokens
-        if reserve is None:
-            reserve = min(int(self.settings.max_new_tokens), max(1, ctx // 4))
-        dropped = 0
-        system = self._system()
-        while True:
-            window = system + self.messages[self.context_start :]
-            ids = encode_prompt(self.tokenizer, window)
-            if len(ids) + reserve <= ctx:
-                return ids, dropped
-            if self.context_start >= len(self.messages) - 1:  # only the new user message is left
-                _check_prompt_fits(len(ids), ctx)  # raises when it alone fills the context
-                return ids, dropped
-            step = 2 if (self.messages[self.context_start]["role"] == "user"
-                         and self.context_start + 2 <= len(self.messages) - 1) else 1
-            self.context_start += step
-            dropped += step
+        ids, dropped = fit_conversation(self.tokenizer, self._system() + self.messages[self.context_start :],
+                                        context_length(self.model), self._reserve())
+        self.context_start += dropped
+        return ids, dropped
+
+    def _reserve(self) -> int:
+        if self.reserve_tokens is not None:
+            return int(self.reserve_tokens)
+        return default_reserve(int(self.settings.max_new_tokens), context_length(self.model))
 
     def stream(self, text: str, *, control: JobControl | None = None, **overrides
                ) -> Generator[TokenEvent | GenerationResult, None, GenerationResult]:
@@ -903,6 +923,29 @@ class ChatSession:
 # ----------------------------------------------------------------------------- the app's job
 
 
+_LOADED: dict[tuple[str, str], tuple[float, Any, Any]] = {}
+
+
+def _cached_load(model_dir: str | Path, device: str):
+    """load_chat_model, keeping the last model loaded (a chat sends many replies to one model).
+
+    The entry is reused while the folder's config.json and weights keep their modification time.
+    """
+    p = Path(model_dir)
+    key = (str(p.resolve()), str(device))
+    try:
+        stamp = max(f.stat().st_mtime for f in [p / "config.json", *p.glob("*.safetensors")])
+    except (OSError, ValueError):
+        stamp = -1.0
+    hit = _LOADED.get(key)
+    if hit is not None and hit[0] == stamp and stamp >= 0:
+        return hit[1], hit[2]
+    model, tokenizer = load_chat_model(p, device=device)
+    _LOADED.clear()  # one model at a time: memory matters more than a second cache entry
+    _LOADED[key] = (stamp, model, tokenizer)
+    return model, tokenizer
+
+
 def chat_job(
     model: Any,
     tokenizer: Any = None,
@@ -924,7 +967,9 @@ def chat_job(
     """A :mod:`kala_engine.jobs` job that emits one TokenEvent per token and returns the GenerationResult.
 
     ``model`` is a loaded KALA model (with ``tokenizer``) or a model folder (loaded in the job
-    with :func:`load_chat_model`; ``model_dir`` is an alias). With ``session`` the prompt is the
+    with :func:`load_chat_model` and kept for the next job on the same folder; ``model_dir`` is
+    an alias). ``prompt`` is a user message, or the whole conversation as chat messages: it is
+    fitted into the context by dropping its oldest turns (the result's ``dropped_turns``). With ``session`` the prompt is the
     next user message of that conversation and the reply joins its transcript (``stop_token_ids``
     applies without a session: None = the chat template's end tokens). A cancel ends
     the reply within one token with stop kind "cancelled" (the partial reply is the result).
@@ -944,8 +989,13 @@ def chat_job(
         if session is not None:
             stream = session.stream(prompt, control=control, **settings.__dict__)  # type: ignore[arg-type]
         else:
-            m, tok = (model, tokenizer) if model is not None else load_chat_model(model_dir, device=device)
-            stream = generate_with_ethics_events(m, tok, prompt, control=control, stop_token_ids=stop_token_ids,
+            m, tok = (model, tokenizer) if model is not None else _cached_load(model_dir, device)
+            dropped = 0
+            ids: Prompt = prompt
+            if not isinstance(prompt, (str, torch.Tensor)) and prompt and isinstance(prompt[0], Mapping):
+                ids, dropped = fit_conversation(tok, prompt, context_length(m),
+                                                default_reserve(max_new_tokens, context_length(m)))
+            stream = generate_with_ethics_events(m, tok, ids, control=control, stop_token_ids=stop_token_ids,
                                                  **settings.__dict__)
         result = None
         for item in stream:
@@ -953,6 +1003,8 @@ def chat_job(
                 emit(item)
             else:
                 result = item
+        if session is None:
+            result.dropped_turns = dropped
         return result
 
     return job

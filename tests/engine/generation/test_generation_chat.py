@@ -93,6 +93,21 @@ def test_chat_job_emits_token_events_and_returns_the_result(model_dir):
     assert isinstance(events[-1], Finished) and events[-1].result is result and not events[-1].cancelled
 
 
+def test_chat_job_fits_a_long_conversation_into_the_context(chat_model, chat_tokenizer):
+    turn = "Please help me write a short poem about the sea and the sky. "
+    messages = [{"role": "system", "content": "Be kind."}]
+    for _ in range(5):
+        messages += [{"role": "user", "content": turn * 2}, {"role": "assistant", "content": turn}]
+    messages.append({"role": "user", "content": "And now one about the hills?"})
+    result = run_job(chat_job(chat_model, chat_tokenizer, messages, max_new_tokens=4, thresholds=0.0), lambda e: None)
+    assert result.dropped_turns > 0 and result.dropped_turns % 2 == 0  # whole user/assistant turns
+    assert result.prompt_tokens + 4 <= 128
+    kept = [messages[0], *messages[1 + result.dropped_turns:]]
+    from kala_engine.generation import encode_prompt
+
+    assert result.prompt_tokens == len(encode_prompt(chat_tokenizer, kept))
+
+
 def test_chat_job_cancel_keeps_the_partial_reply(chat_model, chat_tokenizer):
     control = JobControl()
     events = []
