@@ -111,7 +111,12 @@ def generation_job(model_dir: str, messages: list[dict[str, str]], settings: dic
 
 
 def find_models(runs_dir: Path) -> list[tuple[str, Path]]:
-    """(label, folder) of every model under the runs folder: each run's final/ and checkpoints."""
+    """(label, folder) of every model under the runs folder: each run's final/ and its checkpoints.
+
+    A checkpoint is listed when it is a loadable model folder (it has a ``config.json``);
+    training checkpoints that hold only the trained tensors and the optimizer state (for
+    resuming) are not, until the engine can load them as a chat model.
+    """
     out: list[tuple[str, Path]] = []
     if not runs_dir.is_dir():
         return out
@@ -126,7 +131,8 @@ def find_models(runs_dir: Path) -> list[tuple[str, Path]]:
             out.append((f"{run.name} · final", run / "final"))
         ck = run / "checkpoints"
         if ck.is_dir():
-            for d in sorted((d for d in ck.iterdir() if d.is_dir() and not d.name.startswith(".")),
+            for d in sorted((d for d in ck.iterdir()
+                             if d.is_dir() and not d.name.startswith(".") and (d / "config.json").is_file()),
                             key=step_of, reverse=True):
                 out.append((f"{run.name} · {d.name}", d))
     return out

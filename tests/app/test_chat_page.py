@@ -95,8 +95,11 @@ def _wait_reply(qtbot, page, timeout=15000):
 
 
 def test_model_picker_lists_final_and_checkpoints(make_page, ctx) -> None:
-    (ctx.runs_dir / "run-1" / "checkpoints" / "step-20").mkdir(parents=True)
-    (ctx.runs_dir / "run-1" / "checkpoints" / "step-100").mkdir(parents=True)
+    for step in (20, 100, 7):
+        d = ctx.runs_dir / "run-1" / "checkpoints" / f"step-{step}"
+        d.mkdir(parents=True)
+        if step != 7:  # step-7 holds only training state (no config.json): not a chat model
+            (d / "config.json").write_text("{}", encoding="utf-8")
     page = make_page(fake_factory(["x"]))
     labels = [page.model_combo.itemText(i) for i in range(page.model_combo.count())]
     assert labels == ["run-1 · final", "run-1 · step-100", "run-1 · step-20"]
@@ -131,6 +134,11 @@ def test_tokens_appear_one_by_one_and_a_click_sets_the_gauge(qtbot, make_page) -
         assert page.gauge.scores() == pytest.approx(_scores(i))
         assert page.heatmap.layer_scores()[-1] == pytest.approx(_scores(i))
         assert f"#{i}" in page.gauge.caption()
+    # hovering another token shows it; leaving the text goes back to the pinned token (6)
+    qtbot.mouseMove(reply.text_view.viewport(), reply.token_point(2))
+    qtbot.waitUntil(lambda: page.gauge.scores() == pytest.approx(_scores(2)))
+    qtbot.mouseMove(page.gauge, page.gauge.rect().center())
+    qtbot.waitUntil(lambda: page.gauge.scores() == pytest.approx(_scores(6)))
     assert page.store.messages(page.chat_id)[1].status == COMPLETE
 
 
