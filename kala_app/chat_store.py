@@ -322,10 +322,14 @@ class ChatStore:
         ]
 
     def history(self, chat_id: int) -> list[dict[str, str]]:
-        """The conversation as ``[{"role", "content"}]`` for the chat template (errors left out)."""
+        """The conversation as ``[{"role", "content"}]`` for the chat template.
+
+        Failed replies and replies stopped by the constitution are left out: the model should
+        not read (and continue from) text its own ethics monitor cut off. The user's messages stay.
+        """
         return [{"role": m.role, "content": m.content}
                 for m in self.messages(chat_id, with_tokens=False)
-                if m.status != ERROR and (m.role == "user" or m.content)]
+                if m.status not in (ERROR, STOPPED) and (m.role == "user" or m.content)]
 
     # ------------------------------------------------------------ export
 

@@ -70,6 +70,8 @@ def test_exports_hold_every_token_score(tmp_path: Path) -> None:
     store.append_tokens(rid, [_tok(i, f" t{i}", low=0.1 * i) for i in range(5)])
     store.finish_reply(rid, status="stopped",
                        stop={"kind": "ethics", "law": 1, "message": "Law 1 fell to 0.20 < 0.50"})
+    # the stopped reply is not fed back to the model; the user's message is
+    assert store.history(cid) == [{"role": "user", "content": "Question | with pipe"}]
     data = json.loads(json.dumps(store.export_json(cid)))
     reply = data["messages"][1]
     assert len(reply["tokens"]) == 5
@@ -139,3 +141,71 @@ def test_kill_mid_reply_leaves_a_readable_database_with_the_user_message(tmp_pat
     assert len(reply.tokens) >= 64  # everything committed before the kill is there
     assert len(reply.tokens) % 8 == 0  # whole batches only
     assert reply.content.startswith(" w0 w1 w2")
+
+
+APP_WRITER = textwrap.dedent(
+    """
+    import os, sys, time
+    os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    os.environ["KALA_STUDIO_HOME"] = sys.argv[1]
+    import kala_app
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+    from kala_app.context import AppContext
+    from kala_app.pages.chat import ChatPage
+    from kala_engine.jobs import TokenEvent
+
+    def factory(model, messages, settings):
+        def job(emit, control):
+            i = 0
+            while True:  # a reply that never ends: the process is killed while it streams
+                control.checkpoint()
+                emit(TokenEvent(i, i, f" w{i}", (0.9, 0.8, 0.9, 0.9, 0.9)))
+                i += 1
+                time.sleep(0.003)
+        return job
+
+    app = QApplication([])
+    ctx = AppContext.create()
+    (ctx.runs_dir / "r" / "final").mkdir(parents=True, exist_ok=True)
+    page = ChatPage(ctx, job_factory=factory)
+    page.show()
+    page.send("Tell me about rivers")
+    def check():
+        if page.current_reply().token_count() >= 50:
+            print("STREAMING", flush=True)
+            probe.stop()
+    probe = QTimer()
+    probe.timeout.connect(check)
+    probe.start(10)
+    app.exec()
+    """
+)
+
+
+def test_app_killed_mid_reply_keeps_the_user_message_and_the_shown_tokens(tmp_path: Path) -> None:
+    """The real Chat page streams a reply in a subprocess that is SIGKILLed mid-reply."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen([sys.executable, "-c", APP_WRITER, str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=env, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "STREAMING", line
+        time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    store = ChatStore.in_folder(tmp_path / "data" / "chats")
+    assert store.integrity_ok()
+    (chat,) = store.list_chats()
+    user, reply = store.messages(chat.id)
+    assert user.content == "Tell me about rivers"
+    assert reply.status == INTERRUPTED
+    assert len(reply.tokens) >= 50  # every token that was on screen had been committed
+    assert [t.index for t in reply.tokens] == list(range(len(reply.tokens)))
