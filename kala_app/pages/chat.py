@@ -290,6 +290,7 @@ class ChatPage(QWidget):
         self._user_id: int | None = None
         self._finish_event: Any = None  # Finished that arrived while tokens were still buffered
         self._last_decor = 0.0  # when the inspector last followed the stream
+        self._send_thresholds: list[float] = list(self.constitution.thresholds)
         self._pinned: TokenInfo | None = None
         self._last: Any = None  # newest token of the streaming reply
         self._started_at = 0.0
@@ -595,8 +596,7 @@ class ChatPage(QWidget):
 
     def new_chat(self) -> int:
         """Start an empty chat with the current model and settings."""
-        if self._active:
-            self.stop()
+        self._detach()
         cid = self.store.create_chat("New chat", model=self.model_path(), settings=self.settings())
         self.chat_id = cid
         self.view.clear()
@@ -607,8 +607,7 @@ class ChatPage(QWidget):
 
     def open_chat(self, chat_id: int) -> None:
         """Show a stored chat: its messages, token scores, assessments and stop banners."""
-        if self._active:
-            self.stop()
+        self._detach()
         chat = self.store.get_chat(chat_id)
         self.chat_id = chat_id
         self._loading = True
@@ -645,8 +644,7 @@ class ChatPage(QWidget):
 
     def delete_chat(self, chat_id: int) -> None:
         if chat_id == self.chat_id:
-            if self._active:
-                self.stop()
+            self._detach(keep_storing=False)
             self.chat_id = None
             self.view.clear()
             self._clear_inspector()
@@ -747,6 +745,7 @@ class ChatPage(QWidget):
         self._pinned = None
         self._last = None
         self._buffer.clear()
+        self._send_thresholds = [float(settings["threshold"])] * len(self.constitution)
         self._active = True
         self._started_at = time.perf_counter()
         self.gauge.set_scores(None)
@@ -779,30 +778,32 @@ class ChatPage(QWidget):
 
     def _flush(self) -> None:
         """Move buffered tokens into the view and the store, within a time budget."""
-        if not self._buffer or self._reply is None:
+        if not self._buffer:
             if self._finish_event is not None:
                 self._end_reply(self._finish_event)
             return
+        reply = self._reply  # None once the user switched to another chat: store only
         t0 = time.perf_counter()
         decorate = not self._active or self._finish_event is not None or t0 - self._last_decor >= DECOR_S
         while self._buffer:
             chunk = self._buffer[:FLUSH_CHUNK]
             del self._buffer[:FLUSH_CHUNK]
-            self._reply.append_tokens(chunk, repaint_sparkline=decorate)
+            if reply is not None:
+                reply.append_tokens(chunk, repaint_sparkline=decorate)
             if self._reply_id is not None:
                 self.store.append_tokens(self._reply_id, chunk)
             self._last = chunk[-1]
             if time.perf_counter() - t0 > FLUSH_BUDGET_S:
                 break
         self.store.commit()  # one small batch per tick: a crash loses at most this moment
-        if not decorate:
+        if not decorate or reply is None:
             return
         self._last_decor = t0
         if self._pinned is None and self._last is not None:
-            self._show_token(self._reply.token(self._reply.token_count() - 1), "Newest token")
-        n = self._reply.token_count()
+            self._show_token(reply.token(reply.token_count() - 1), "Newest token")
+        n = reply.token_count()
         dt = max(1e-6, time.perf_counter() - self._started_at)
-        self._reply.set_status(f"writing… {n} tokens · {n / dt:.0f} tokens/s")
+        reply.set_status(f"writing… {n} tokens · {n / dt:.0f} tokens/s")
 
     def _on_finished(self, ev: Any) -> None:
         if not self._active:
@@ -818,27 +819,30 @@ class ChatPage(QWidget):
         self._finish_event = None
         self._active = False
         reply, rid = self._reply, self._reply_id
-        reply.sparkline.update()
-        thresholds = [self.threshold_spin.value()] * len(self.constitution)
+        thresholds = self._send_thresholds
+        out = read_outcome(ev.result, self.constitution, thresholds)
         if ev.cancelled:
-            out = read_outcome(ev.result, self.constitution, thresholds)
             out.stop_kind, out.stop_message = "cancelled", "stopped by the user"
             status = CANCELLED
         else:
-            out = read_outcome(ev.result, self.constitution, thresholds)
             status = STOPPED if out.stop_kind == "ethics" else COMPLETE
-        self._complete_explanation(out, reply, thresholds)
-        if out.assessment is not None and self._user_widget is not None:
-            self._user_widget.set_assessment(out.assessment)
+        self._complete_explanation(out, self._last, thresholds)
+        if out.assessment is not None and self._user_id is not None:
             self.store.set_assessment(self._user_id, out.assessment_dict())
-        elif self._user_widget is not None and self._user_widget.mini.scores() is None:
-            self._user_widget.set_assessment(None)
-        self.store.finish_reply(rid, text=out.text if out.text is not None else None, status=status,
-                                stop=out.stop_dict(), explanation=out.explanation_dict())
-        self._finish_reply_widget(reply, status, out.stop_dict(), out.explanation_dict(), thresholds,
-                                  reply.token_count(), elapsed=time.perf_counter() - self._started_at)
-        if self._pinned is None and reply.token_count():
-            self._show_token(reply.token(reply.token_count() - 1), "Last token")
+        if rid is not None:
+            self.store.finish_reply(rid, text=out.text if out.text is not None else None, status=status,
+                                    stop=out.stop_dict(), explanation=out.explanation_dict())
+        if self._user_widget is not None:
+            if out.assessment is not None:
+                self._user_widget.set_assessment(out.assessment)
+            elif self._user_widget.mini.scores() is None:
+                self._user_widget.set_assessment(None)
+        if reply is not None:
+            reply.sparkline.update()
+            self._finish_reply_widget(reply, status, out.stop_dict(), out.explanation_dict(), thresholds,
+                                      reply.token_count(), elapsed=time.perf_counter() - self._started_at)
+            if self._pinned is None and reply.token_count():
+                self._show_token(reply.token(reply.token_count() - 1), "Last token")
         self.status.setText("")
         self._reload_chat_list()
         self._update_buttons()
@@ -861,22 +865,34 @@ class ChatPage(QWidget):
         self.status.setText(f"Generation failed: {message}")
         self._update_buttons()
 
-    def _complete_explanation(self, out: Outcome, reply: ReplyWidget, thresholds: Sequence[float]) -> None:
-        """For an ethics stop without a full explanation, derive it from the last token's layers."""
-        if out.stop_kind != "ethics" or reply.token_count() == 0:
+    def _detach(self, keep_storing: bool = True) -> None:
+        """The user left the chat of the streaming reply: stop it, keep storing what still arrives."""
+        if self._active:
+            self.stop()
+            self._reply = None
+            self._user_widget = None
+            self._pinned = None
+            if not keep_storing:  # the chat is being deleted
+                self._reply_id = None
+                self._user_id = None
+
+    def _complete_explanation(self, out: Outcome, last: Any, thresholds: Sequence[float]) -> None:
+        """For an ethics stop without a full explanation, derive it from the last token's scores."""
+        if out.stop_kind != "ethics" or last is None:
             return
-        last = reply.token(reply.token_count() - 1)
+        scores = tuple(float(v) for v in last.law_scores)
+        layers = getattr(last, "layer_scores", None)
         if out.stop_law is None:
-            under = [k for k, s in enumerate(last.law_scores) if s < thresholds[k]]
+            under = [k for k, s in enumerate(scores) if s < thresholds[k]]
             if under:
                 out.stop_law = under[0]
         if out.stop_law is not None and out.stop_score is None:
-            out.stop_score = last.law_scores[out.stop_law]
+            out.stop_score = scores[out.stop_law]
         if out.stop_threshold is None:
             out.stop_threshold = thresholds[out.stop_law] if out.stop_law is not None else thresholds[0]
         if not out.violated:
-            firsts = first_layers_under(last.layer_scores, thresholds) if last.layer_scores else [None] * 5
-            out.violated = [(k, s, firsts[k]) for k, s in enumerate(last.law_scores) if s < thresholds[k]]
+            firsts = first_layers_under(layers, thresholds) if layers else [None] * len(scores)
+            out.violated = [(k, s, firsts[k]) for k, s in enumerate(scores) if s < thresholds[k]]
 
     def _finish_reply_widget(self, reply: ReplyWidget, status: str, stop: dict | None, expl: dict | None,
                              thresholds: Sequence[float], n: int, elapsed: float | None = None) -> None:

@@ -202,6 +202,27 @@ def test_stop_button_keeps_the_tokens_so_far(qtbot, make_page) -> None:
     assert not page.stop_button.isEnabled() and page.send_button.isEnabled()
 
 
+def test_switching_or_deleting_chats_while_a_reply_streams(qtbot, make_page) -> None:
+    page = make_page(fake_factory([f" w{i}" for i in range(300)], delay=0.005))
+    assert page.send("first")
+    first = page.chat_id
+    qtbot.waitUntil(lambda: page.current_reply().token_count() >= 3)
+    page.new_chat()  # leaves the streaming chat: the reply is stopped and stored, not drawn here
+    _wait_reply(qtbot, page)
+    assert page.view.replies() == [] and page.chat_id != first
+    msg = page.store.messages(first)[1]
+    assert msg.status == CANCELLED and len(msg.tokens) >= 3
+    page.open_chat(first)
+    assert page.view.replies()[0].token_count() == len(msg.tokens)
+    # deleting the chat whose reply streams
+    assert page.send("second")
+    qtbot.waitUntil(lambda: page.current_reply().token_count() >= 3)
+    page.delete_chat(first)
+    _wait_reply(qtbot, page)
+    assert first not in [c.id for c in page.store.list_chats()]
+    assert page.store.integrity_ok()
+
+
 def test_export_holds_every_token(qtbot, make_page, tmp_path) -> None:
     page = make_page(fake_factory(["a", "b", "c"]))
     page.send("export me")
