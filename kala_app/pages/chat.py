@@ -20,6 +20,7 @@ renamed engine function is fixed in one place.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import inspect
 import re
@@ -290,6 +291,7 @@ class ChatPage(QWidget):
         self._user_id: int | None = None
         self._finish_event: Any = None  # Finished that arrived while tokens were still buffered
         self._last_decor = 0.0  # when the inspector last followed the stream
+        self._gc_frozen = False
         self._send_thresholds: list[float] = list(self.constitution.thresholds)
         self._pinned: TokenInfo | None = None
         self._last: Any = None  # newest token of the streaming reply
@@ -752,6 +754,7 @@ class ChatPage(QWidget):
         self.gauge.set_placeholder("Waiting for the first token…")
         self.heatmap.set_path(None)
         self._reload_chat_list()
+        self._freeze_gc(True)
         self.ctx.worker.start(job, "chat")
         self._flush_timer.start()
         self._update_buttons()
@@ -813,8 +816,25 @@ class ChatPage(QWidget):
             return
         self._end_reply(ev)
 
+    def _freeze_gc(self, on: bool) -> None:
+        """While a reply streams, leave the objects that existed before it out of garbage collection.
+
+        A full (generation 2) collection walks every object of the process (with torch and
+        transformers loaded, hundreds of thousands) and holds the GIL meanwhile; the token events
+        of a fast reply trigger such collections, which froze the UI thread for 25 ms and more.
+        ``gc.freeze()`` moves the existing objects out of the collector's sight until the reply
+        ends; ``gc.unfreeze()`` then gives them back, to be collected at a quiet moment.
+        """
+        if on and not self._gc_frozen:
+            gc.freeze()
+            self._gc_frozen = True
+        elif not on and self._gc_frozen:
+            gc.unfreeze()
+            self._gc_frozen = False
+
     def _end_reply(self, ev: Any) -> None:
         """The job ended and every token is drawn and stored: close the reply."""
+        self._freeze_gc(False)
         self._flush_timer.stop()
         self._finish_event = None
         self._active = False
@@ -851,6 +871,7 @@ class ChatPage(QWidget):
     def _on_failed(self, message: str, traceback: str) -> None:
         if not self._active:
             return
+        self._freeze_gc(False)
         self._flush_timer.stop()
         while self._buffer:
             self._flush()
