@@ -605,7 +605,7 @@ class EthicsStoppingCriteria(StoppingCriteria):
         self._layers: torch.Tensor | None = None  # (L, B, K) when the forward pass returned them
         self._fed = 0  # positions fed so far (= cache length after the last forward pass)
         self._checked = 0  # self._fed at the last check
-        self._prompt_len = 0
+        self._prompt_len: int | None = None
         self._stopped: torch.Tensor | None = None  # (B,) bool
         self.stops: list[StopReason | None] = []
         self.explanations: list[Explanation | None] = []
@@ -638,7 +638,7 @@ class EthicsStoppingCriteria(StoppingCriteria):
         S = cache.get_seq_length() if cache is not None else T
         if S == T:  # an empty cache before this pass: the prefill of a new generate() call
             self._reset()
-            self._prompt_len = T
+            self._prompt_len = None  # known at the first processor / criteria call (chunked prefills too)
             self._stopped = torch.zeros(ids.shape[0], dtype=torch.bool, device=output.law_scores.device)
             self.stops = [None] * ids.shape[0]
             self.explanations = [None] * ids.shape[0]
@@ -647,9 +647,12 @@ class EthicsStoppingCriteria(StoppingCriteria):
         self._layers = output.layer_scores[:, :, -1].detach() if output.layer_scores is not None else None
 
     # -- the rule
-    def _update(self) -> torch.Tensor:
+    def _update(self, prompt_len: int) -> torch.Tensor:
+        """Check the last fed position once; ``prompt_len`` is what the caller infers from its ids."""
         if self._stopped is None:
             raise RuntimeError("EthicsStoppingCriteria saw no forward pass: attach it to the model that generates")
+        if self._prompt_len is None:
+            self._prompt_len = prompt_len
         if self._checked == self._fed:
             return self._stopped
         self._checked = self._fed
@@ -670,7 +673,8 @@ class EthicsStoppingCriteria(StoppingCriteria):
         return self._stopped
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        return self._update().to(input_ids.device).clone()
+        # called after a token was appended: the prompt is all but one token at the first call
+        return self._update(input_ids.shape[1] - 1).to(input_ids.device).clone()
 
     def logits_processor(self, fill_token_id: int) -> EthicsLogitsProcessor:
         return EthicsLogitsProcessor(self, fill_token_id)
@@ -697,7 +701,8 @@ class EthicsLogitsProcessor(LogitsProcessor):
         self.fill_token_id = int(fill_token_id)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        stopped = self.criteria._update().to(scores.device)
+        # called before sampling: at the first call input_ids is exactly the prompt
+        stopped = self.criteria._update(input_ids.shape[1]).to(scores.device)
         if bool(stopped.any()):
             scores = scores.clone()
             scores[stopped] = float("-inf")
