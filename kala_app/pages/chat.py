@@ -52,7 +52,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from kala_engine.jobs import TokenEvent
+from kala_engine.jobs import JobError, TokenEvent
 
 from ..chat_store import CANCELLED, COMPLETE, DEFAULT_SETTINGS, ERROR, STOPPED, ChatStore
 from ..widgets.chat_view import ChatView, ReplyWidget, TokenInfo, UserMessageWidget
@@ -72,7 +72,7 @@ DECOR_S = 0.1
 # ====================================================================== engine (one place)
 
 
-class GenerationUnavailable(RuntimeError):
+class GenerationUnavailable(JobError):
     """kala_engine.generation is missing or does not offer a generation job."""
 
 
@@ -87,20 +87,12 @@ def _call_with_supported(fn: Callable, **kwargs: Any) -> Any:
 def generation_job(model_dir: str, messages: list[dict[str, str]], settings: dict[str, Any]) -> Callable:
     """The engine's streaming generation job for a conversation (``job(emit, control) -> result``).
 
-    ``kala_engine.generation.chat_job`` loads the model folder inside the job (off the UI
-    thread), fits the conversation into the context, emits one TokenEvent per token (with the
-    per-layer scores the heatmap shows) and returns a GenerationResult.
+    ``kala_engine.generation.chat_job`` loads the model folder, fits the conversation into the
+    context, emits one TokenEvent per token (with the per-layer scores the heatmap shows) and
+    returns a GenerationResult. The engine module (which imports torch) is imported inside the
+    job, on the worker thread, so the first Send does not freeze the window for seconds.
     """
-    try:
-        gen = importlib.import_module("kala_engine.generation")
-    except ModuleNotFoundError as e:
-        raise GenerationUnavailable(
-            "kala_engine.generation is not part of this installation; update KALA Studio") from e
-    fn = getattr(gen, "chat_job", None)
-    if fn is None:
-        raise GenerationUnavailable("kala_engine.generation offers no chat_job(); the app and the engine do not match")
-    return _call_with_supported(
-        fn,
+    kwargs = dict(
         model=model_dir,
         prompt=list(messages),
         thresholds=float(settings.get("threshold", DEFAULT_SETTINGS["threshold"])),
@@ -109,6 +101,20 @@ def generation_job(model_dir: str, messages: list[dict[str, str]], settings: dic
         max_new_tokens=int(settings.get("max_tokens", DEFAULT_SETTINGS["max_tokens"])),
         output_layer_scores=True,
     )
+
+    def job(emit: Any, control: Any) -> Any:
+        try:
+            gen = importlib.import_module("kala_engine.generation")
+        except ModuleNotFoundError as e:
+            raise GenerationUnavailable(
+                "kala_engine.generation is not part of this installation; update KALA Studio") from e
+        fn = getattr(gen, "chat_job", None)
+        if fn is None:
+            raise GenerationUnavailable(
+                "kala_engine.generation offers no chat_job(); the app and the engine do not match")
+        return _call_with_supported(fn, **kwargs)(emit, control)
+
+    return job
 
 
 def find_models(runs_dir: Path) -> list[tuple[str, Path]]:

@@ -71,3 +71,22 @@ def test_real_engine_threshold_one_stops_with_a_banner_naming_a_law(qtbot, ctx, 
         assert len(reply_msg.tokens) == 1 and reply_msg.tokens[0].layer_scores is not None
     finally:
         page.store.close()
+
+
+def test_a_folder_that_is_no_model_fails_with_the_reason(qtbot, ctx) -> None:
+    from kala_app.pages.chat import ChatPage
+
+    bad = ctx.runs_dir / "empty" / "final"
+    bad.mkdir(parents=True)
+    page = ChatPage(ctx)
+    qtbot.addWidget(page)
+    try:
+        page.set_model(bad)
+        assert page.send("Hello?")
+        qtbot.waitUntil(lambda: not page.is_generating(), timeout=60000)
+        assert "not a model folder" in page.current_reply().status.text()
+        user, reply = page.store.messages(page.chat_id)
+        assert user.content == "Hello?" and reply.status == "error"
+        assert "not a model folder" in reply.stop["message"]
+    finally:
+        page.store.close()
