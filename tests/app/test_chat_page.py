@@ -250,7 +250,7 @@ def _heartbeat(qtbot, until, min_s: float = 0.0, timeout_ms: int = 60000):
 
 
 def _stats(gaps: list[float]) -> str:
-    q = statistics.quantiles(gaps, n=100)
+    q = statistics.quantiles(gaps, n=100, method="inclusive")
     return f"p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms, max {max(gaps):.1f} ms ({len(gaps)} beats)"
 
 
