@@ -7,30 +7,20 @@ directory instead (used by tests, the self-test and the screenshot script).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import platformdirs
 from PySide6.QtCore import QSettings
 
 from kala_engine.constitution import Constitution, load_constitution
+from kala_engine.paths import APP_AUTHOR, APP_NAME, user_dirs  # noqa: F401 - re-exported
 
 from .worker import EngineWorker
 
-APP_NAME = "KALA Studio"
-APP_AUTHOR = "KALA"
-
 
 def default_dirs() -> tuple[Path, Path]:
-    """(data dir, config dir) for this user."""
-    if home := os.environ.get("KALA_STUDIO_HOME"):
-        base = Path(home)
-        return base / "data", base / "config"
-    return (
-        Path(platformdirs.user_data_dir(APP_NAME, APP_AUTHOR)),
-        Path(platformdirs.user_config_dir(APP_NAME, APP_AUTHOR)),
-    )
+    """(data dir, config dir) for this user - the engine's folders (kala_engine.paths)."""
+    return user_dirs()
 
 
 @dataclass
