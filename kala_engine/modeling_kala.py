@@ -24,7 +24,6 @@ into the final law scores (B, T, K).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
