@@ -590,6 +590,9 @@ def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> di
 
 def save_final(model, tokenizer, final_dir: Path, mode: str) -> None:
     """save_pretrained (safetensors) + tokenizer, atomically. LoRA adapters are merged first."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no tqdm bar in logs and the app's console
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     tmp = final_dir.with_name(final_dir.name + ".tmp")

@@ -10,8 +10,10 @@ Per token (DESIGN.md "Data and targets"):
 - ``labels``: the token id where its part has ``lm`` true, else -100 (harmful completions,
   harmful requests, flawed drafts, system prompts) and -100 on padding. Not shifted: the model
   shifts them, as Hugging Face models do.
-- ``law_targets``: the part's five labels; ``target_mask`` is True on every token of a part and
-  False on the final EOS and on padding.
+- ``law_targets``: the part's five labels - except an assistant part's ``<|assistant|>`` token,
+  which follows a user turn and carries *that turn's* labels: it is the last token of a prompt
+  at generation time, where the prompt assessment is read. ``target_mask`` is True on every
+  token of a part and False on the final EOS and on padding.
 """
 
 from __future__ import annotations
@@ -56,14 +58,21 @@ def encode_records(records: Sequence[dict[str, Any]], tokenizer, max_length: int
         labels: list[int] = []
         law_targets: list[list[float]] = []
         target_mask: list[bool] = []
+        prev_user: list[float] | None = None
         for p in record["parts"]:
             ids = encoded[pos]
             pos += 1
             targets = [float(x) for x in p["labels"]]
             input_ids += ids
             labels += ids if p["lm"] else [IGNORE_INDEX] * len(ids)
-            law_targets += [targets] * len(ids)
+            part_targets = [targets] * len(ids)
+            if p["role"] == "assistant" and prev_user is not None and part_targets:
+                # the <|assistant|> token is where a prompt is assessed (the last prompt token at
+                # generation time): it carries the user turn's law vector, not the reply's
+                part_targets[0] = prev_user
+            law_targets += part_targets
             target_mask += [True] * len(ids)
+            prev_user = targets if p["role"] == "user" else None
         input_ids.append(eos)
         labels.append(eos if record["parts"][-1]["lm"] else IGNORE_INDEX)
         law_targets.append([1.0] * NUM_LAWS)

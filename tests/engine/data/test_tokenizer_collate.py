@@ -106,13 +106,19 @@ def test_harmful_request_tokens_low_on_violated_law_and_reply_at_one(small_recor
     enc = encode_record(r, tokenizer, 4096)
     spans = _part_spans(r, tokenizer)
     law = r["primary_law"]
+    prev = None
     for p, span in zip(r["parts"], spans, strict=True):
         first, last = span[0], span[-1]
         # the role token and the closing <|end|> belong to the part
         assert enc["input_ids"][first] == tokenizer.convert_tokens_to_ids(chat.ROLE_TOKENS[p["role"]])
         assert enc["input_ids"][last] == tokenizer.convert_tokens_to_ids(chat.END)
+        if p["role"] == "assistant" and prev is not None and prev["role"] == "user":
+            # <|assistant|> is where the prompt is assessed: it carries the request's labels
+            assert enc["law_targets"][first] == prev["labels"] and enc["law_targets"][first][law] < 0.5
+            span = span[1:]
         for i in span:
             assert enc["law_targets"][i] == p["labels"] and enc["target_mask"][i]
+        prev = p
         if p["role"] == "user":
             assert all(enc["law_targets"][i][law] < 0.5 for i in span)
             assert all(enc["law_targets"][i][k] == 1.0 for i in span for k in range(5) if p["labels"][k] == 1.0)
