@@ -279,3 +279,26 @@ def test_note_api_generate_with_ethics(chat_model, chat_tokenizer):
     ids, scores = chat_model.generate_with_ethics(x, max_length=x.shape[1] + 5, ethics_threshold=0.5)
     assert ids.shape == (1, x.shape[1] + 1) and scores.shape == (1, 5)  # stopped on the first token
     assert float(scores[0, 3]) == pytest.approx(0.4, abs=1e-4)
+
+
+def test_stopping_criteria_stops_each_row_of_a_padded_batch(chat_model, chat_tokenizer):
+    prompts = ["Hello", "Write a poem about the sea"]
+    free = [generate_with_ethics(chat_model, chat_tokenizer, p, max_new_tokens=8, thresholds=0.0,
+                                 stop_token_ids=NO_STOP) for p in prompts]
+    thr = [0.0, min(s[1] for s in free[0].token_scores[:3]) + 1e-4, 0.0, 0.0, 0.0]  # row 0 stops early
+    ours = [generate_with_ethics(chat_model, chat_tokenizer, p, max_new_tokens=8, thresholds=thr,
+                                 stop_token_ids=NO_STOP) for p in prompts]
+    enc = [encode_prompt(chat_tokenizer, p) for p in prompts]
+    width, pad = max(map(len, enc)), chat_tokenizer.pad_token_id
+    x = torch.tensor([[pad] * (width - len(e)) + e for e in enc])
+    mask = (x != pad).long()
+    with EthicsStoppingCriteria(thr, model=chat_model) as crit:
+        out = chat_model.generate(x, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=pad,
+                                  eos_token_id=None, **crit.generate_kwargs(pad))
+    for b, r in enumerate(ours):
+        row = out[b, width:].tolist()
+        if r.stop.kind == "ethics":
+            assert row[: len(r.token_ids) + 1] == r.token_ids + [pad] and crit.stops[b].token_index == r.stop.token_index
+        else:
+            assert row[: len(r.token_ids)] == r.token_ids and crit.stops[b] is None
+    assert ours[0].stop.kind == "ethics"
