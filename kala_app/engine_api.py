@@ -155,49 +155,22 @@ class LoadedData:
     summary: Any = None
 
 
-def validate_record(rec: Any) -> list[str]:
-    """Problems with one record ([] if none), via kala_engine.data.schema.validate_record."""
-    fn = _attr("kala_engine.data.schema", "validate_record")
-    try:
-        out = fn(rec)
-    except (ValueError, TypeError, KeyError) as e:
-        return [str(e)]
-    if out is None or out is True:
-        return []
-    if out is False:
-        return ["invalid record"]
-    if isinstance(out, str):
-        return [out]
-    return [str(x) for x in out]
-
-
 def load_and_validate(path: str | Path, emit: Emit | None = None, control: JobControl | None = None) -> LoadedData:
     """Read a KALA JSONL file; every bad line is reported as (line, reason), like ``kala data validate``."""
-    iter_lines = _attr("kala_engine.data.io", "iter_jsonl_lines")
+    checked = _attr("kala_engine.data.io", "iter_checked_records")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; choose an existing .jsonl file")
     out = LoadedData(path=path)
-    seen_ids: dict[str, int] = {}
-    lineno = 0
-    for lineno, value, error in iter_lines(path):
+    for lineno, record, reasons in checked(path):
         if control is not None and lineno % 2000 == 0:
             control.checkpoint()
             if emit:
                 emit(Progress(lineno, 0, f"read {lineno} lines"))
-        reasons = [error] if error else validate_record(value)
-        if not reasons:
-            rid = value["id"]
-            if rid in seen_ids:
-                reasons = [f"duplicate id {rid!r} (first on line {seen_ids[rid]})"]
-            else:
-                seen_ids[rid] = lineno
         if reasons:
             out.errors.extend((lineno, r) for r in reasons)
         else:
-            out.records.append(value)
-    if lineno == 0:
-        out.errors.append((1, "the file holds no records"))
+            out.records.append(record)
     if emit:
         emit(Progress(1, 1, f"{len(out.records)} valid records, {len(out.errors)} problems"))
     return out

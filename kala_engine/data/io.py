@@ -80,9 +80,12 @@ def iter_jsonl_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any, str | 
                 yield lineno, None, "malformed JSON: nested too deeply"
 
 
-def validate_file(path: str | os.PathLike) -> list[str]:
-    """Every problem in a KALA JSONL file as ``FILE:LINE: reason`` (empty list: the file is valid)."""
-    problems: list[str] = []
+def iter_checked_records(path: str | os.PathLike):
+    """Yield ``(lineno, record_or_None, reasons)`` for every non-empty line of a KALA JSONL file.
+
+    ``reasons`` is empty for a valid record; duplicate ids are reported at their second line.
+    A file with no records yields one ``(1, None, ["the file holds no records"])``.
+    """
     seen_ids: dict[str, int] = {}
     count = 0
     for lineno, value, error in iter_jsonl_lines(path):
@@ -94,10 +97,14 @@ def validate_file(path: str | os.PathLike) -> list[str]:
                 reasons = [f"duplicate id {rid!r} (first on line {seen_ids[rid]})"]
             else:
                 seen_ids[rid] = lineno
-        problems += [f"{path}:{lineno}: {r}" for r in reasons]
+        yield lineno, (None if reasons else value), reasons
     if count == 0:
-        problems.append(f"{path}:1: the file holds no records")
-    return problems
+        yield 1, None, ["the file holds no records"]
+
+
+def validate_file(path: str | os.PathLike) -> list[str]:
+    """Every problem in a KALA JSONL file as ``FILE:LINE: reason`` (empty list: the file is valid)."""
+    return [f"{path}:{lineno}: {r}" for lineno, _, reasons in iter_checked_records(path) for r in reasons]
 
 
 def load_jsonl(path: str | os.PathLike, split: str | None = None) -> list[dict[str, Any]]:
