@@ -3,9 +3,10 @@
 #   1. build the .deb (packaging/linux/build_deb.sh; --no-build reuses packaging/out/*.deb,
 #      --no-bundle rebuilds the .deb from the existing bundle)
 #   2. dpkg -i it
-#   3. run the installed /usr/bin/kala-studio --self-test (offscreen) and /usr/bin/kala doctor
-#      as an unprivileged user with an empty home, from an empty folder, with a clean
-#      environment (so nothing from a checkout or a virtualenv can help)
+#   3. run the installed /usr/bin/kala-studio --self-test (offscreen), /usr/bin/kala doctor and
+#      the main window for 20 s (offscreen) as an unprivileged user with an empty home, from
+#      an empty folder, with a clean environment (nothing from a checkout or a virtualenv
+#      can help)
 #   4. check the programs wrote nothing beside themselves (only under the user's home)
 #   5. dpkg --purge it and check nothing the package brought is left under /usr or /opt
 # Exit 0 when every step passed; prints each step's time.
@@ -109,10 +110,21 @@ rc=${PIPESTATUS[0]}
 set -e
 [[ $rc == 0 ]] || fail "kala doctor exited $rc"
 
+step "kala-studio main window (installed, offscreen, 20 s)"
+# The app must still be running when timeout stops it (exit 124): a crash while building the
+# pages (a module PyInstaller missed) ends it early with a traceback.
+set +e
+run_installed timeout 20 /usr/bin/kala-studio >"$WORK/window.txt" 2>&1
+rc=$?
+set -e
+cat "$WORK/window.txt"
+[[ $rc == 124 ]] || fail "kala-studio exited $rc within 20 s (expected it to keep running)"
+! grep -q "Traceback" "$WORK/window.txt" || fail "kala-studio printed a traceback"
+
 step "nothing written beside the program"
 newer="$(find "$PREFIX" /usr -xdev -newer "$WORK/installed.marker" 2>/dev/null || true)"
 [[ -z "$newer" ]] || fail "the installed programs wrote outside the user's folders:\n$newer"
-echo "files the programs wrote (all under the user's home):"
+echo "files the programs wrote (all under the user's home, i.e. its platformdirs folders):"
 (cd "$USER_HOME" && find . -type f | sed 's|^\./|  ~/|' | head -n 20)
 
 step "dpkg --purge"
