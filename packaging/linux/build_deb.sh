@@ -52,6 +52,23 @@ print(info["version"], info["flavour"])
 PY
 )
 ARCH="$(dpkg --print-architecture)"
+# A PyInstaller bundle runs on the glibc it was built against or newer: the highest GLIBC_x.y
+# symbol version any bundled ELF file asks for becomes the libc6 dependency.
+GLIBC_MIN="$(python3 - "$BUNDLE" <<'PY'
+import pathlib, re, sys
+need = (2, 17)
+for p in pathlib.Path(sys.argv[1]).rglob("*"):
+    if p.is_symlink() or not p.is_file():
+        continue
+    with open(p, "rb") as f:
+        if f.read(4) != b"\x7fELF":
+            continue
+        data = f.read()
+    for m in re.finditer(rb"GLIBC_2\.(\d+)", data):
+        need = max(need, (2, int(m.group(1))))
+print(f"{need[0]}.{need[1]}")
+PY
+)"
 if [[ $FLAVOUR == cpu ]]; then PKG=kala-studio; OTHER=kala-studio-cuda; else PKG=kala-studio-cuda; OTHER=kala-studio; fi
 
 # ---------------------------------------------------------------- .deb staging tree
@@ -90,7 +107,7 @@ Maintainer: KALA Studio developers <maintainers@kala-studio.invalid>
 Installed-Size: $INSTALLED_KB
 Section: science
 Priority: optional
-Depends: libc6 (>= 2.28), libgl1, libegl1, libfontconfig1, libxkbcommon0
+Depends: libc6 (>= $GLIBC_MIN), libgl1, libegl1, libfontconfig1, libxkbcommon0
 Recommends: libxkbcommon-x11-0, libxcb-cursor0, libxcb-icccm4, libxcb-keysyms1, libxcb-image0, libxcb-render-util0, libxcb-shape0, libxcb-randr0, libxcb-xkb1
 Conflicts: $OTHER
 Replaces: $OTHER

@@ -13,6 +13,7 @@ import configparser
 import importlib.util
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -149,7 +150,11 @@ def fake_bundle(tmp_path):
     bundle = out / "dist" / "kala-studio"
     (bundle / "_internal" / "resources").mkdir(parents=True)
     exe = bundle / "kala-studio"
-    exe.write_text("#!/bin/sh\necho fake kala-studio\n")
+    true = shutil.which("true")
+    if true and Path(true).read_bytes()[:4] == b"\x7fELF":
+        shutil.copy(true, exe)  # a real ELF file: build_deb.sh reads its glibc needs
+    else:
+        exe.write_text("#!/bin/sh\nexit 0\n")
     exe.chmod(0o755)
     (bundle / "kala").symlink_to("kala-studio")
     (bundle / "_internal" / "resources" / "constitution.toml").write_text("# fake\n")
@@ -173,6 +178,8 @@ def test_build_deb_lays_out_the_package(fake_bundle):
     fields = subprocess.run(["dpkg-deb", "-f", str(deb)], capture_output=True, text=True).stdout
     assert "Package: kala-studio\n" in fields and "Version: 9.8.7\n" in fields
     assert "Conflicts: kala-studio-cuda" in fields
+    libc = re.search(r"Depends: libc6 \(>= 2\.(\d+)\)", fields)
+    assert libc and int(libc.group(1)) >= 17, fields
 
     listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True).stdout
     for path in (
