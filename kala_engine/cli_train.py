@@ -156,7 +156,7 @@ def cmd_demo(args) -> int:
     if isinstance(out.get("ev"), Failed):
         return 1
     final = root / "run" / "final"
-    train_s = time.perf_counter() - t0
+    train_s = time.perf_counter() - t0  # data generation + tokenizer + training
     print(f"[3/3] chatting with {final}")
     try:
         from .generation import ChatSession, load_chat_model
@@ -178,7 +178,8 @@ def cmd_demo(args) -> int:
             print("  flagged: " + ", ".join(load_constitution()[k].title for k in flagged))
         print(f"KALA: {result.text.strip()}")
         print(f"  stop: {result.stop.message}")
-    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s (training {train_s:.0f} s); the run lives in {root}")
+    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s (data + training {train_s:.0f} s); "
+          f"the run lives in {root}")
     return 0
 
 
@@ -190,7 +191,7 @@ def register(sub) -> None:
     d = sub.add_parser("demo", help="end to end on the embedded kala-tiny: generate data, train, chat")
     d.add_argument("--dir", default=None, help="where to put the demo (default: a new folder in the user data dir)")
     d.add_argument("--count", type=int, default=6000, help="examples to generate")
-    d.add_argument("--steps", type=int, default=600, help="training steps")
+    d.add_argument("--steps", type=int, default=300, help="training steps")
     d.add_argument("--batch-size", type=int, default=16)
     d.add_argument("--learning-rate", type=float, default=2e-3)
     d.add_argument("--ethics-weight", type=float, default=2.0)
