@@ -70,8 +70,19 @@ def _r(x: float) -> float:
     return round(float(x), 4)
 
 
+def _rounded(obj: Any) -> Any:
+    """Floats to 4 decimals, all the way down (law scores need no more on a terminal)."""
+    if isinstance(obj, float):
+        return _r(obj)
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(v) for v in obj]
+    return obj
+
+
 def _dump(obj: dict[str, Any]) -> None:
-    print(json.dumps(obj, ensure_ascii=False), flush=True)
+    print(json.dumps(_rounded(obj), ensure_ascii=False), flush=True)
 
 
 def _token_json(ev, with_layers: bool) -> dict[str, Any]:
