@@ -8,7 +8,7 @@
 #   packaging/linux/build_deb.sh --no-bundle   # reuse packaging/out/dist/kala-studio
 #   DEB_COMPRESS=xz packaging/linux/build_deb.sh     # smallest and readable by every dpkg, but slow
 #
-# The default .deb compression is zstd -9 (288 MB in ~20 s here; xz -6 gives 252 MB in ~11 min on
+# The default .deb compression is zstd -9 (224 MiB in ~20 s here; xz -6 gives 240 MiB in ~11 min on
 # two cores). zstd .debs install with dpkg >= 1.21.18: Debian 12+, Ubuntu 21.10+. For older
 # systems build with DEB_COMPRESS=xz (the release workflow does).
 #
