@@ -230,10 +230,13 @@ class ConstitutionalAttention(nn.Module):
                                                  scale=self.scaling)  # contiguous: else no fused kernel
             out = num / den[..., :1]
         else:
-            if allowed is None:  # causal over S keys, the T queries being the last T positions
-                allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)[None, None]
-            min_value = torch.finfo(q.dtype).min
-            attn_bias = torch.where(allowed, bias.to(q.dtype)[:, :, None, :], min_value)  # (B, nh, T, S)
+            if allowed is None and T == 1:  # one new token (cached decoding): it sees every key
+                attn_bias = bias.to(q.dtype)[:, :, None, :]  # (B, nh, 1, S)
+            else:
+                if allowed is None:  # causal over S keys, the T queries being the last T positions
+                    allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)[None, None]
+                min_value = torch.finfo(q.dtype).min
+                attn_bias = torch.where(allowed, bias.to(q.dtype)[:, :, None, :], min_value)  # (B, nh, T, S)
             if eager:
                 logits = torch.matmul(q, k.transpose(2, 3)) * self.scaling + attn_bias  # (B, nh, T, S)
                 weights = F.softmax(logits, dim=-1, dtype=torch.float32).to(q.dtype)
