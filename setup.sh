@@ -39,7 +39,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   fi
 fi
 
-echo "[setup] installing KALA Studio (editable) with the app and dev extras"
-$PIP install -q -e ".[app,dev]"
+echo "[setup] installing KALA Studio (editable) with the app, dev and package extras"
+$PIP install -q -e ".[app,dev,package]"
 touch "$STAMP"
 echo "[setup] done: $("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")')"

@@ -51,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", default=None,
                    help="also write report.json, report.md and results.jsonl into this folder")
     p.add_argument("--threshold", type=float, default=None, metavar="T",
-                   help="flag/stop threshold for every law (default: the constitution's per-law thresholds)")
+                   help="flag/stop threshold for every law (default: the model's calibrated per-law thresholds, "
+                   "else the constitution's)")
     p.add_argument("--max-new-tokens", type=int, default=48, metavar="N", help="reply length limit (default 48)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="evaluate only the first N records")
     p.add_argument("--validation", metavar="FILE", default=None,
@@ -95,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
-    thresholds = normalize_thresholds(args.threshold)  # checks the range before any model loads
+    # checks the range before any model loads; None: each model's calibrated thresholds
+    thresholds = normalize_thresholds(args.threshold) if args.threshold is not None else None
     suite_path = Path(args.suite) if args.suite else default_suite_path()
     try:
         records = load_suite(suite_path)

@@ -217,20 +217,13 @@ def backend_perplexity(backend: Any, texts: Sequence[str]) -> float | None:
 # ---------------------------------------------------------------- thresholds and flags
 
 
-def normalize_thresholds(threshold: float | Sequence[float] | None) -> list[float]:
-    """Five per-law thresholds from one value, five values, or None (the constitution's defaults)."""
-    if threshold is None:
-        return list(load_constitution().thresholds)
-    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
-        values = [float(threshold)] * NUM_LAWS
-    else:
-        values = [float(t) for t in threshold]
-        if len(values) != NUM_LAWS:
-            raise ValueError(f"give one threshold or {NUM_LAWS} (one per law), got {len(values)}")
-    for t in values:
-        if not 0.0 <= t <= 1.0:
-            raise ValueError(f"a threshold must be in [0, 1], got {t}")
-    return values
+def normalize_thresholds(threshold: float | Sequence[float] | None,
+                         default: Sequence[float | None] | None = None) -> list[float]:
+    """Five per-law thresholds from one value, five values, or None (a model's calibrated
+    thresholds where given, else the constitution's) - the generation engine's own rule."""
+    from .explain import normalize_thresholds as _normalize
+
+    return list(_normalize(threshold, default))
 
 
 def flagged_laws(scores: Sequence[float], thresholds: Sequence[float]) -> list[int]:
@@ -454,7 +447,7 @@ def evaluate(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if not records:
         raise ValueError("no records to evaluate")
-    th = normalize_thresholds(threshold)
+    th = normalize_thresholds(threshold, getattr(backend, "default_thresholds", None))
     emit = emit or (lambda _e: None)
     control = control or JobControl()
     name = getattr(backend, "name", type(backend).__name__)
@@ -573,6 +566,13 @@ class KALABackend:
         self._tokenizer: Any = None
         #: set by :func:`evaluate`: generation pauses/cancels within a reply through it
         self.control: JobControl | None = None
+
+    @property
+    def default_thresholds(self) -> list[float | None] | None:
+        """The model's calibrated per-law thresholds (config.law_thresholds), if it has them."""
+        from .explain import model_thresholds
+
+        return model_thresholds(self._load()[0])
 
     def _load(self) -> tuple[Any, Any]:
         if self._model is None:

@@ -30,13 +30,24 @@ def law_titles() -> tuple[str, ...]:
     return tuple(law.title for law in load_constitution().laws)
 
 
-def normalize_thresholds(thresholds: float | Sequence[float] | None) -> tuple[float, ...]:
-    """Five per-law thresholds from None (the constitution's), one number, or five numbers.
+def model_thresholds(model) -> list[float | None] | None:
+    """The per-law thresholds calibrated for ``model`` at the end of its training, if any."""
+    t = getattr(getattr(model, "config", None), "law_thresholds", None)
+    return list(t) if t is not None else None
 
-    Raises ValueError for a count other than 1 or 5 and for a value outside [0, 1].
+
+def normalize_thresholds(thresholds: float | Sequence[float] | None,
+                         default: Sequence[float | None] | None = None) -> tuple[float, ...]:
+    """Five per-law thresholds from None, one number, or five numbers.
+
+    None means ``default`` (a model's calibrated thresholds, see :func:`model_thresholds`) where
+    it gives a value, else the constitution's. Raises ValueError for a count other than 1 or 5
+    and for a value outside [0, 1].
     """
     if thresholds is None:
-        values = [float(t) for t in load_constitution().thresholds]
+        constitution = load_constitution().thresholds
+        given = list(default) if default is not None else [None] * NUM_LAWS
+        values = [float(g if g is not None else c) for g, c in zip(given, constitution, strict=True)]
     elif isinstance(thresholds, (int, float)) and not isinstance(thresholds, bool):
         values = [float(thresholds)] * NUM_LAWS
     else:

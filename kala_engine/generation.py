@@ -53,6 +53,7 @@ from .explain import (
     ethics_stop,
     explain,
     length_stop,
+    model_thresholds,
     normalize_thresholds,
 )
 from .jobs import Cancelled, Emit, JobControl, TokenEvent
@@ -359,7 +360,7 @@ def generate_with_ethics_events(
     settings = GenerationSettings(max_new_tokens, thresholds, temperature, top_k, top_p, repetition_penalty, seed,
                                   output_layer_scores)
     settings.check()
-    thr = normalize_thresholds(thresholds)
+    thr = normalize_thresholds(thresholds, model_thresholds(model))
     ids = encode_prompt(tokenizer, prompt)
     ctx = context_length(model)
     _check_prompt_fits(len(ids), ctx)
@@ -435,7 +436,7 @@ def generate_with_ethics(model, tokenizer, prompt: Prompt, *, emit: Emit | None 
 @torch.inference_mode()
 def assess_prompt(model, tokenizer, prompt: Prompt, thresholds: float | Sequence[float] | None = None) -> Assessment:
     """The prompt assessment alone: law and per-layer scores at the prompt's last token."""
-    thr = normalize_thresholds(thresholds)
+    thr = normalize_thresholds(thresholds, model_thresholds(model))
     ids = encode_prompt(tokenizer, prompt)
     _check_prompt_fits(len(ids), context_length(model) + 1)
     out = model(torch.tensor([ids], device=_device(model)), use_cache=False, output_layer_scores=True)
@@ -473,7 +474,7 @@ def generate_batch(
     GenerationSettings(max_new_tokens, thresholds, temperature, top_k, top_p, repetition_penalty, seed).check()
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    thr = normalize_thresholds(thresholds)
+    thr = normalize_thresholds(thresholds, model_thresholds(model))
     ctx = context_length(model)
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     for ids in encoded:
@@ -594,7 +595,7 @@ class EthicsStoppingCriteria(StoppingCriteria):
     """
 
     def __init__(self, thresholds: float | Sequence[float] | None = None, model=None):
-        self.thresholds = normalize_thresholds(thresholds)
+        self.thresholds = normalize_thresholds(thresholds, model_thresholds(model))
         self._handle = None
         self._reset()
         if model is not None:

@@ -76,6 +76,9 @@ class KALAConfig(GPTNeoXConfig):
     ethics_loss_weight: float = 0.5
     #: weight of the per-layer (deep supervision) term, relative to the final ethics loss.
     deep_supervision_weight: float = 0.1
+    #: per-law flag/stop thresholds calibrated on held-out data after training
+    #: (kala_engine.calibration); None = the constitution's defaults.
+    law_thresholds: list | None = None
 
     def __post_init__(self, **kwargs):
         if self.law_weights is None:
@@ -100,6 +103,12 @@ class KALAConfig(GPTNeoXConfig):
             raise ValueError(
                 f"KALAConfig.deep_supervision_weight must be in [0, 100], got {self.deep_supervision_weight}"
             )
+        if self.law_thresholds is not None and (
+            len(self.law_thresholds) != self.num_laws
+            or any(t is not None and not 0 <= float(t) <= 1 for t in self.law_thresholds)
+        ):
+            raise ValueError(f"KALAConfig.law_thresholds must be {self.num_laws} values in [0, 1] (or null), "
+                             f"got {self.law_thresholds}")
         rope_type = (self.rope_parameters or {}).get("rope_type", "default")
         if rope_type != "default":
             raise ValueError(f"KALAConfig: only the default rotary embedding is supported, got rope_type={rope_type!r}")

@@ -71,6 +71,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     resume: bool = False
     vocab_size: int = 4096  # tokenizer size when training one (kala-tiny)
+    calibrate: bool = True  # per-law thresholds from the validation split, saved with the final model
+    calibration_fpr: float = 0.05  # the benign flag rate each calibrated threshold allows
     tiny_overrides: dict = field(default_factory=dict)  # e.g. {"hidden_size": 128} for tests
 
     def __post_init__(self):
@@ -578,9 +580,20 @@ def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> di
         emit(Validation(step=step, metrics=final_val))
     final_dir = run_dir / "final"
     if _is_main():
-        save_final(accelerator.unwrap_model(model), tokenizer, final_dir, plan.mode)
+        calibration = None
+        if val_records and cfg.calibrate:
+            from .calibration import calibrate_thresholds
+
+            with accelerator.autocast():
+                calibration = calibrate_thresholds(accelerator.unwrap_model(model), tokenizer, val_records,
+                                                   max_fpr=cfg.calibration_fpr, max_length=cfg.max_length)
+            th = ", ".join("-" if t is None else f"{t:.3f}" for t in calibration["thresholds"])
+            emit(LogLine(f"calibrated per-law thresholds on the validation split (<= "
+                         f"{cfg.calibration_fpr:.0%} benign prompts flagged): {th}"))
+        save_final(accelerator.unwrap_model(model), tokenizer, final_dir, plan.mode,
+                   law_thresholds=calibration["thresholds"] if calibration else None)
         _update_run(run_dir, status="finished", step=step, final_lm_loss=last_lm, final_ethics_loss=last_eth,
-                    final_validation=final_val, finished=time.time())
+                    final_validation=final_val, calibration=calibration, finished=time.time())
         emit(LogLine(f"saved the final model to {final_dir}"))
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -588,13 +601,16 @@ def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> di
             "ethics_loss": last_eth, "validation": final_val}
 
 
-def save_final(model, tokenizer, final_dir: Path, mode: str) -> None:
-    """save_pretrained (safetensors) + tokenizer, atomically. LoRA adapters are merged first."""
+def save_final(model, tokenizer, final_dir: Path, mode: str, law_thresholds: list | None = None) -> None:
+    """save_pretrained (safetensors) + tokenizer, atomically. LoRA adapters are merged first;
+    calibrated ``law_thresholds`` (if any law got one) become the model's defaults."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no tqdm bar in logs and the app's console
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
+    if law_thresholds is not None and any(t is not None for t in law_thresholds):
+        model.config.law_thresholds = list(law_thresholds)
     tmp = final_dir.with_name(final_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)

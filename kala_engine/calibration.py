@@ -1,0 +1,95 @@
+"""Per-law thresholds calibrated on held-out data, saved with a trained model.
+
+A freshly trained small model's law scores are compressed (harmful prompts at 0.6-0.8 where
+benign ones sit near 1.0), so the constitution's default threshold of 0.5 flags nothing. After
+training, the prompt assessment (law scores at the ``<|assistant|>`` token, as at generation time)
+is computed for the validation split - template families the model never saw - and each law's
+threshold is set so that at most ``max_fpr`` of the benign validation prompts would be flagged
+for it. The thresholds go into ``config.law_thresholds`` and become the model's defaults in chat,
+``kala eval`` and the app; the numbers behind them go into run.json. An explicit threshold
+always wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from . import chat
+from .constitution import NUM_LAWS
+
+BENIGN_KINDS = ("benign", "benign_alarming")
+MIN_NEGATIVES, MIN_POSITIVES = 20, 5
+
+
+def prompt_of(record: dict) -> tuple[str, list[float]] | None:
+    """The record's prompt up to its first user turn (ending in <|assistant|>) and that turn's labels."""
+    messages = []
+    for p in record["parts"]:
+        messages.append({"role": p["role"], "content": p["text"]})
+        if p["role"] == "user":
+            return chat.format_conversation(messages), [float(x) for x in p["labels"]]
+        if p["role"] != "system":
+            return None
+    return None
+
+
+@torch.no_grad()
+def prompt_scores(model, tokenizer, prompts: Sequence[str], max_length: int = 256, batch_size: int = 16) -> torch.Tensor:
+    """Law scores at each prompt's last token, (N, 5)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    pad = tokenizer.pad_token_id
+    for i in range(0, len(prompts), batch_size):
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_length:] for p in prompts[i:i + batch_size]]
+        T = max(len(x) for x in ids)
+        x = torch.full((len(ids), T), pad, dtype=torch.long)
+        m = torch.zeros((len(ids), T), dtype=torch.long)
+        for j, row in enumerate(ids):
+            x[j, : len(row)] = torch.tensor(row)
+            m[j, : len(row)] = 1
+        s = model(x.to(device), attention_mask=m.to(device), use_cache=False).law_scores.float()
+        last = (m.sum(1) - 1).to(device)
+        out.append(s[torch.arange(len(ids), device=device), last].cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, NUM_LAWS)
+
+
+def calibrate_thresholds(model, tokenizer, records: Sequence[dict], max_fpr: float = 0.05,
+                         max_length: int = 256) -> dict:
+    """Per-law thresholds at <= ``max_fpr`` benign flag rate on ``records`` (a validation split).
+
+    Returns {"thresholds": [5 floats or None], "max_fpr": ..., "laws": [{n_pos, n_neg, tpr, fpr}]};
+    a law with too few examples keeps None (the constitution's threshold applies).
+    """
+    prompts, labels, benign = [], [], []
+    for r in records:
+        got = prompt_of(r)
+        if got is None:
+            continue
+        prompts.append(got[0])
+        labels.append(got[1])
+        benign.append(r.get("kind") in BENIGN_KINDS)
+    if not prompts:
+        return {"thresholds": [None] * NUM_LAWS, "max_fpr": max_fpr, "laws": []}
+    scores = prompt_scores(model, tokenizer, prompts, max_length=max_length)
+    lab = torch.tensor(labels)
+    neg_mask = torch.tensor(benign)
+    thresholds, laws = [], []
+    for k in range(NUM_LAWS):
+        neg = scores[neg_mask, k]
+        pos = scores[(lab[:, k] < 0.5) & ~neg_mask, k]
+        if len(neg) < MIN_NEGATIVES or len(pos) < MIN_POSITIVES:
+            thresholds.append(None)
+            laws.append({"n_pos": len(pos), "n_neg": len(neg)})
+            continue
+        # flag when score < t: t = the max_fpr quantile of the benign scores (lower edge of benign)
+        t = float(torch.quantile(neg, max_fpr))
+        t = min(0.99, max(0.05, round(t, 4)))
+        thresholds.append(t)
+        laws.append({"n_pos": len(pos), "n_neg": len(neg), "tpr": round(float((pos < t).float().mean()), 4),
+                     "fpr": round(float((neg < t).float().mean()), 4)})
+    return {"thresholds": thresholds, "max_fpr": max_fpr, "laws": laws}
