@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import importlib
 import inspect
+import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from typing import Any
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -68,6 +70,9 @@ FLUSH_CHUNK = 32
 #: The live gauge, heatmap and sparkline follow a streaming reply at this interval (s): each
 #: repaint is a Python call that must take the GIL from the generating thread.
 DECOR_S = 0.1
+#: The page's per-chat defaults: a threshold of None means "the model's calibrated per-law
+#: thresholds" (``config.json`` ``law_thresholds``, the constitution's where a law has none).
+PAGE_DEFAULT_SETTINGS: dict[str, Any] = {**DEFAULT_SETTINGS, "threshold": None}
 
 # ====================================================================== engine (one place)
 
@@ -92,10 +97,12 @@ def generation_job(model_dir: str, messages: list[dict[str, str]], settings: dic
     returns a GenerationResult. The engine module (which imports torch) is imported inside the
     job, on the worker thread, so the first Send does not freeze the window for seconds.
     """
+    threshold = settings.get("threshold")
     kwargs = dict(
         model=model_dir,
         prompt=list(messages),
-        thresholds=float(settings.get("threshold", DEFAULT_SETTINGS["threshold"])),
+        # None: the engine uses the model's calibrated per-law thresholds
+        thresholds=None if threshold is None else float(threshold),
         temperature=float(settings.get("temperature", DEFAULT_SETTINGS["temperature"])),
         top_p=float(settings.get("top_p", DEFAULT_SETTINGS["top_p"])),
         max_new_tokens=int(settings.get("max_tokens", DEFAULT_SETTINGS["max_tokens"])),
@@ -115,6 +122,36 @@ def generation_job(model_dir: str, messages: list[dict[str, str]], settings: dic
         return _call_with_supported(fn, **kwargs)(emit, control)
 
     return job
+
+
+def model_default_thresholds(model_dir: str | Path | None, constitution: Any) -> list[float]:
+    """The per-law thresholds a model uses by default: its calibrated ``law_thresholds``.
+
+    Read from the folder's ``config.json`` (no torch needed); a law without a calibrated value
+    (a null entry, an uncalibrated model, an unreadable folder) gets the constitution's threshold,
+    the same rule as the engine's ``explain.normalize_thresholds(None, model_thresholds(model))``.
+    """
+    out = [float(t) for t in constitution.thresholds]
+    if not model_dir:
+        return out
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return out
+    given = cfg.get("law_thresholds") if isinstance(cfg, dict) else None
+    if isinstance(given, list) and len(given) == len(out):
+        for k, t in enumerate(given):
+            if isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= float(t) <= 1.0:
+                out[k] = float(t)
+    return out
+
+
+def thresholds_in_force(settings: dict[str, Any], model_dir: str | Path | None, constitution: Any) -> list[float]:
+    """Per law, the threshold a reply is monitored with under ``settings`` for ``model_dir``."""
+    t = settings.get("threshold")
+    if t is None:
+        return model_default_thresholds(model_dir, constitution)
+    return [float(t)] * len(constitution)
 
 
 def find_models(runs_dir: Path) -> list[tuple[str, Path]]:
@@ -195,6 +232,8 @@ class Outcome:
     #: (law index, score or None, first layer under the threshold or None), hierarchy order
     violated: list[tuple[int, float | None, int | None]] = field(default_factory=list)
     explanation_text: str = ""
+    #: per law, the thresholds the engine says it used (from the prompt assessment), if given
+    thresholds: list[float] | None = None
 
     def stop_dict(self) -> dict:
         return {"kind": self.stop_kind, "law": self.stop_law, "score": self.stop_score,
@@ -238,6 +277,9 @@ def read_outcome(result: Any, constitution: Any, thresholds: Sequence[float]) ->
         else:
             out.assessment = _floats(_get(assess, "law_scores", "scores"))
             out.assessment_layers = _matrix(_get(assess, "layer_scores", "layers"))
+            th_used = _floats(_get(assess, "thresholds"))
+            if th_used is not None and len(th_used) == len(thresholds):
+                out.thresholds = th_used
     if out.assessment is None:
         out.assessment = _floats(_get(result, "prompt_scores", "prompt_law_scores"))
 
@@ -302,8 +344,9 @@ class ChatPage(QWidget):
         self._pinned: TokenInfo | None = None
         self._last: Any = None  # newest token of the streaming reply
         self._started_at = 0.0
-        self._loading = False
+        self._loading = True  # no settings are saved while the widgets are built
         self._build()
+        self._loading = False
         self._flush_timer = QTimer(self)
         self._flush_timer.setInterval(FLUSH_MS)
         self._flush_timer.timeout.connect(self._flush)
@@ -321,7 +364,7 @@ class ChatPage(QWidget):
         if chats:
             self.open_chat(chats[0].id)
         else:
-            self._apply_settings(dict(DEFAULT_SETTINGS))
+            self._apply_settings(dict(PAGE_DEFAULT_SETTINGS))
         self._update_buttons()
 
     # ------------------------------------------------------------------ building the UI
@@ -411,17 +454,27 @@ class ChatPage(QWidget):
         srow.setSpacing(6)
         self.threshold_spin = self._spin(QDoubleSpinBox(), 0.0, 1.0, 0.05, 2,
                                          "Stop when a law's score falls under this value (all five laws)")
+        self.calibrated_check = QCheckBox("model default")
+        self.calibrated_check.setToolTip(
+            "Use the model's per-law thresholds, calibrated on the validation split when it was trained\n"
+            "(the constitution's where a law has none). Untick to use one value for all five laws.")
+        self.calibrated_check.setChecked(True)
+        self.calibrated_check.toggled.connect(self._on_calibrated_toggled)
+        self.threshold_spin.setEnabled(False)
+        self.threshold_spin.setValue(self.constitution.thresholds[0])
         self.temperature_spin = self._spin(QDoubleSpinBox(), 0.0, 2.0, 0.05, 2, "0 = greedy (always the likeliest token)")
         self.top_p_spin = self._spin(QDoubleSpinBox(), 0.05, 1.0, 0.05, 2, "Nucleus sampling: keep the likeliest tokens up to this probability")
         self.max_tokens_spin = QSpinBox()
         self.max_tokens_spin.setRange(1, 4096)
         self.max_tokens_spin.setToolTip("Longest reply, in tokens")
         self.max_tokens_spin.valueChanged.connect(self._on_settings_changed)
-        for label, w in (("Threshold", self.threshold_spin), ("Temperature", self.temperature_spin),
+        for label, w in (("Threshold", self.calibrated_check), ("", self.threshold_spin),
+                         ("Temperature", self.temperature_spin),
                          ("Top-p", self.top_p_spin), ("Max tokens", self.max_tokens_spin)):
-            lab = QLabel(label)
-            lab.setStyleSheet(f"color: {MUTED.name()};")
-            srow.addWidget(lab)
+            if label:
+                lab = QLabel(label)
+                lab.setStyleSheet(f"color: {MUTED.name()};")
+                srow.addWidget(lab)
             srow.addWidget(w)
             srow.addSpacing(6)
         srow.addStretch(1)
@@ -536,6 +589,8 @@ class ChatPage(QWidget):
     def _on_model_changed(self, _i: int) -> None:
         if self.chat_id is not None and not self._loading:
             self.store.update_chat(self.chat_id, model=self.model_path())
+        if not self._active:  # the markers follow the chosen model's calibrated thresholds
+            self._thresholds_changed()
         self._update_buttons()
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
@@ -546,7 +601,9 @@ class ChatPage(QWidget):
     # ------------------------------------------------------------------ settings
 
     def settings(self) -> dict[str, Any]:
-        return {"threshold": round(self.threshold_spin.value(), 4),
+        """The per-chat settings; ``threshold`` None = the model's calibrated thresholds."""
+        threshold = None if self.calibrated_check.isChecked() else round(self.threshold_spin.value(), 4)
+        return {"threshold": threshold,
                 "temperature": round(self.temperature_spin.value(), 4),
                 "top_p": round(self.top_p_spin.value(), 4),
                 "max_tokens": int(self.max_tokens_spin.value())}
@@ -554,7 +611,11 @@ class ChatPage(QWidget):
     def _apply_settings(self, s: dict[str, Any]) -> None:
         self._loading = True
         try:
-            self.threshold_spin.setValue(float(s.get("threshold", DEFAULT_SETTINGS["threshold"])))
+            threshold = s.get("threshold")
+            self.calibrated_check.setChecked(threshold is None)
+            self.threshold_spin.setEnabled(threshold is not None)
+            if threshold is not None:
+                self.threshold_spin.setValue(float(threshold))
             self.temperature_spin.setValue(float(s.get("temperature", DEFAULT_SETTINGS["temperature"])))
             self.top_p_spin.setValue(float(s.get("top_p", DEFAULT_SETTINGS["top_p"])))
             self.max_tokens_spin.setValue(int(s.get("max_tokens", DEFAULT_SETTINGS["max_tokens"])))
@@ -563,7 +624,7 @@ class ChatPage(QWidget):
         self._thresholds_changed()
 
     def set_settings(self, **kw: Any) -> None:
-        """Change per-chat settings (threshold, temperature, top_p, max_tokens)."""
+        """Change per-chat settings (threshold: a value or None for the model's; temperature, top_p, max_tokens)."""
         s = self.settings()
         s.update(kw)
         self._apply_settings(s)
@@ -576,8 +637,16 @@ class ChatPage(QWidget):
         if self.chat_id is not None:
             self.store.update_chat(self.chat_id, settings=self.settings())
 
-    def _thresholds_changed(self) -> None:
-        t = self.threshold_spin.value()
+    def _on_calibrated_toggled(self, on: bool) -> None:
+        self.threshold_spin.setEnabled(not on)
+        self._on_settings_changed()
+
+    def thresholds(self) -> list[float]:
+        """Per law, the thresholds in force for the current settings and model."""
+        return thresholds_in_force(self.settings(), self.model_path(), self.constitution)
+
+    def _thresholds_changed(self, thresholds: Sequence[float] | None = None) -> None:
+        t = list(thresholds) if thresholds is not None else self.thresholds()
         self.gauge.set_thresholds(t)
         self.heatmap.set_thresholds(t)
         self.view.set_thresholds(t)
@@ -627,7 +696,7 @@ class ChatPage(QWidget):
         self._apply_settings(chat.settings)
         self.view.clear()
         self._clear_inspector()
-        thresholds = [float(chat.settings.get("threshold", DEFAULT_SETTINGS["threshold"]))] * len(self.constitution)
+        thresholds = thresholds_in_force(chat.settings, chat.model or self.model_path(), self.constitution)
         last_user: UserMessageWidget | None = None
         for m in self.store.messages(chat_id):
             if m.role == "user":
@@ -753,7 +822,8 @@ class ChatPage(QWidget):
         self._pinned = None
         self._last = None
         self._buffer.clear()
-        self._send_thresholds = [float(settings["threshold"])] * len(self.constitution)
+        self._send_thresholds = thresholds_in_force(settings, model, self.constitution)
+        self._thresholds_changed(self._send_thresholds)
         self._active = True
         self._started_at = time.perf_counter()
         self.gauge.set_scores(None)
@@ -847,6 +917,9 @@ class ChatPage(QWidget):
         reply, rid = self._reply, self._reply_id
         thresholds = self._send_thresholds
         out = read_outcome(ev.result, self.constitution, thresholds)
+        if out.thresholds is not None:  # what the engine actually used wins over what we expected
+            thresholds = self._send_thresholds = out.thresholds
+            self._thresholds_changed(thresholds)
         if ev.cancelled:
             out.stop_kind, out.stop_message = "cancelled", "stopped by the user"
             status = CANCELLED
@@ -1007,4 +1080,5 @@ class ChatPage(QWidget):
         super().closeEvent(event)
 
 
-__all__ = ["ChatPage", "Outcome", "find_models", "generation_job", "read_outcome"]
+__all__ = ["ChatPage", "Outcome", "find_models", "generation_job", "model_default_thresholds", "read_outcome",
+           "thresholds_in_force"]

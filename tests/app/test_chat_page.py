@@ -39,6 +39,7 @@ def fake_factory(words: list[str], scores: list[tuple[float, ...]] | None = None
     def factory(model, messages, settings):
         calls.append((model, messages, settings))
         th = settings["threshold"]
+        th = 0.5 if th is None else th  # None: the model's calibrated thresholds (none here)
 
         def job(emit, control):
             text = []
@@ -281,3 +282,54 @@ def test_ui_thread_never_stalls_while_a_reply_streams_at_full_speed(qtbot, make_
     assert max(cpu) < 50, _stats(cpu)
     if load < (os.cpu_count() or 1):  # not oversubscribed: the wall-clock stalls are ours to answer for
         assert max(wall) < 50, _stats(wall)
+
+
+def test_model_default_thresholds_come_from_config_json(qtbot, make_page, ctx) -> None:
+    """A model with calibrated law_thresholds: the gauge marks them; the job gets thresholds=None."""
+    import json
+
+    from kala_app.pages import chat as chat_mod
+
+    calibrated = [0.31, 0.42, None, 0.27, 0.66]  # None: the constitution's threshold for Law 2
+    model = ctx.runs_dir / "run-1" / "final"
+    (model / "config.json").write_text(json.dumps({"model_type": "kala", "law_thresholds": calibrated}),
+                                       encoding="utf-8")
+    con = load_constitution()
+    expected = [t if t is not None else con.thresholds[k] for k, t in enumerate(calibrated)]
+    factory = fake_factory(["Fine", "."])
+    page = make_page(factory)
+    page.set_model(model)
+    assert page.calibrated_check.isChecked() and not page.threshold_spin.isEnabled()
+    assert list(page.gauge.thresholds()) == pytest.approx(expected)
+    assert list(page.heatmap._thresholds) == pytest.approx(expected)
+
+    # the real job factory passes thresholds=None to the engine (it then uses the calibration)
+    seen = {}
+
+    class FakeGeneration:
+        @staticmethod
+        def chat_job(model, prompt, thresholds, temperature, top_p, max_new_tokens, output_layer_scores):
+            seen["thresholds"] = thresholds
+            return lambda emit, control: {"text": ""}
+
+    real = chat_mod.importlib.import_module
+    chat_mod.importlib.import_module = lambda name: FakeGeneration if name == "kala_engine.generation" else real(name)
+    try:
+        chat_mod.generation_job(str(model), [{"role": "user", "content": "hi"}], page.settings())(None, None)
+    finally:
+        chat_mod.importlib.import_module = real
+    assert seen["thresholds"] is None
+
+    assert page.send("Hello")
+    _wait_reply(qtbot, page)
+    assert factory.calls[-1][2]["threshold"] is None
+    assert page.store.get_chat(page.chat_id).settings["threshold"] is None
+    assert list(page.gauge.thresholds()) == pytest.approx(expected)
+
+    # an explicit value: the spin box is enabled and the markers show it for every law
+    page.calibrated_check.setChecked(False)
+    page.threshold_spin.setValue(0.8)
+    assert page.threshold_spin.isEnabled()
+    assert page.settings()["threshold"] == pytest.approx(0.8)
+    assert list(page.gauge.thresholds()) == pytest.approx([0.8] * 5)
+    assert page.store.get_chat(page.chat_id).settings["threshold"] == pytest.approx(0.8)

@@ -67,7 +67,7 @@ def _layers(final: tuple[float, ...], drop_from: int = 2) -> tuple[tuple[float, 
 def scripted_job_factory(model, messages, settings):
     """A generation job with fixed replies and law scores, following kala_engine's contract."""
     prompt = messages[-1]["content"]
-    th = float(settings["threshold"])
+    th = 0.5 if settings["threshold"] is None else float(settings["threshold"])
     harmful = "email" in prompt
 
     def job(emit, control):
