@@ -21,6 +21,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -68,7 +69,9 @@ def make_backend(model_dir: str) -> Any:
     return KALABackend(model_dir)
 
 
-def make_eval_job(backends: Sequence[Any], records: Sequence[Any], threshold: float, max_new_tokens: int) -> Callable:
+def make_eval_job(backends: Sequence[Any], records: Sequence[Any], threshold: float | None,
+                  max_new_tokens: int) -> Callable:
+    """The evaluation job; ``threshold`` None = each model's calibrated per-law thresholds."""
     from kala_engine.evaluation import make_eval_job as f
 
     return f(backends, records, threshold=threshold, max_new_tokens=max_new_tokens)
@@ -214,7 +217,15 @@ class EvaluatePage(QWidget):
         self.threshold_spin.setRange(0.0, 1.0)
         self.threshold_spin.setSingleStep(0.05)
         self.threshold_spin.setValue(self.constitution.thresholds[0])
-        self.threshold_spin.setToolTip("A law is flagged when its score is under this value")
+        self.threshold_spin.setToolTip("A law is flagged when its score is under this value (all five laws)")
+        self.threshold_spin.setEnabled(False)
+        self.calibrated_check = QCheckBox("model default")
+        self.calibrated_check.setToolTip(
+            "Use each model's per-law thresholds, calibrated on the validation split when it was trained\n"
+            "(the constitution's where a law has none). Untick to use one value for all five laws.")
+        self.calibrated_check.setChecked(True)
+        self.calibrated_check.toggled.connect(lambda on: self.threshold_spin.setEnabled(not on))
+        opts.addWidget(self.calibrated_check)
         opts.addWidget(self.threshold_spin)
         opts.addSpacing(8)
         opts.addWidget(QLabel("Reply tokens"))
@@ -390,7 +401,7 @@ class EvaluatePage(QWidget):
             return False
         self._suite_label = suite
         self._records_n = len(records)
-        job = make_eval_job(backends, records, self.threshold_spin.value(), self.tokens_spin.value())
+        job = make_eval_job(backends, records, self.threshold(), self.tokens_spin.value())
         self._active = True
         self.progress.setRange(0, len(records) * len(backends))
         self.progress.setValue(0)
@@ -424,6 +435,10 @@ class EvaluatePage(QWidget):
             self.status.setText(f"Evaluation failed: {message}")
             self._update_buttons()
 
+    def threshold(self) -> float | None:
+        """The threshold to evaluate with: None = each model's calibrated per-law thresholds."""
+        return None if self.calibrated_check.isChecked() else round(self.threshold_spin.value(), 4)
+
     def _on_finished(self, ev: Any) -> None:
         if not self._active:
             return
@@ -453,7 +468,12 @@ class EvaluatePage(QWidget):
             f"<b>{models[0]['model']}</b>: catches {_pct(m0['harmful'].get('flagged_or_stopped_rate'))} of harmful "
             f"prompts, over-refuses {_pct(m0.get('over_refusal_rate'))} of benign ones"
             + (f" · <b>{models[1]['model']}</b>: {_pct(models[1]['metrics']['harmful'].get('flagged_or_stopped_rate'))}"
-               f" / {_pct(models[1]['metrics'].get('over_refusal_rate'))}" if len(models) > 1 else "") + ".")
+               f" / {_pct(models[1]['metrics'].get('over_refusal_rate'))}" if len(models) > 1 else "") + "."
+            + "<br><span style='color:#6b7785'>Thresholds (Law 0…4): "
+            + " · ".join(f"{m['model'].split(' · ')[0]} "
+                         + "/".join(f"{float(t):.2f}" for t in m["metrics"].get("thresholds") or [])
+                         for m in models)
+            + (" (each model's calibrated)" if self.threshold() is None else "") + "</span>")
         self._update_buttons()
         self.evaluation_finished.emit(self.report)
 
@@ -523,8 +543,9 @@ class EvaluatePage(QWidget):
                                      ("benign_flagged_rate", Qt.PenStyle.DashLine, "benign")):
                 ys = [0.0 if s[key] is None else s[key] for s in sw]
                 p.plot(xs, ys, pen=pg.mkPen(color, width=2, style=style), name=f"{m['model']} · {name}")
-        th = self.threshold_spin.value()
-        p.addItem(pg.InfiniteLine(pos=th, angle=90, pen=pg.mkPen("#1f2933", width=1, style=Qt.PenStyle.DotLine)))
+        th = self.threshold()
+        if th is not None:  # one value for every law: it is a point on this axis
+            p.addItem(pg.InfiniteLine(pos=th, angle=90, pen=pg.mkPen("#1f2933", width=1, style=Qt.PenStyle.DotLine)))
         p.setXRange(0, 1, padding=0.02)
         p.setYRange(0, 1, padding=0.04)
 

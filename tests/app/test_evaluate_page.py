@@ -102,3 +102,45 @@ def test_cancel_and_bad_suite(qtbot, page, ctx, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(QMessageBox, "warning", lambda *a: shown.append(a[2]))
     assert not page.run()
     assert shown and "bad.jsonl:1" in shown[0]
+
+
+def test_default_threshold_is_each_models_calibration(qtbot, page, ctx, monkeypatch) -> None:
+    """By default every model is evaluated with its own calibrated thresholds (threshold=None)."""
+    from kala_app.pages import evaluate as ev_mod
+
+    calibrated = {"good": [0.31, 0.42, None, 0.27, 0.66], "blind": None}
+    seen: list[dict] = []
+
+    class Calibrated(FakeBackend):
+        @property
+        def default_thresholds(self):
+            return calibrated[self.name.split(" · ")[0]]  # the page renames it "good · final"
+
+        def assess_and_reply(self, prompt, *, threshold, max_new_tokens):
+            seen.append({"model": self.name, "threshold": list(threshold)})
+            return super().assess_and_reply(prompt, threshold=threshold, max_new_tokens=max_new_tokens)
+
+    page.backend_factory = lambda path: Calibrated(os.path.basename(os.path.dirname(path)), 1.0)
+    real = ev_mod.make_eval_job
+    asked = []
+    monkeypatch.setattr(ev_mod, "make_eval_job", lambda b, r, t, n: asked.append(t) or real(b, r, t, n))
+    assert page.calibrated_check.isChecked() and not page.threshold_spin.isEnabled()
+    page.set_models(ctx.runs_dir / "good" / "final", ctx.runs_dir / "blind" / "final")
+    with qtbot.waitSignal(page.evaluation_finished, timeout=30000):
+        assert page.run()
+    assert asked == [None]
+    from kala_engine.constitution import load_constitution
+
+    con = load_constitution().thresholds
+    good = [t if t is not None else con[k] for k, t in enumerate(calibrated["good"])]
+    assert seen and all(s["threshold"] == pytest.approx(good) for s in seen if s["model"].startswith("good"))
+    assert all(s["threshold"] == pytest.approx(list(con)) for s in seen if s["model"].startswith("blind"))
+    assert "0.31/0.42" in page.summary.text()
+
+    # an explicit value goes to the engine as is
+    page.calibrated_check.setChecked(False)
+    page.threshold_spin.setValue(0.7)
+    assert page.threshold_spin.isEnabled()
+    with qtbot.waitSignal(page.evaluation_finished, timeout=30000):
+        assert page.run()
+    assert asked[-1] == pytest.approx(0.7)
