@@ -1,9 +1,11 @@
 """Render one 1280x800 PNG per page of the main window, headlessly (for the README).
 
-``python scripts/screenshots.py --out docs/screenshots`` (or ``kala-studio --screenshot-dir DIR``).
-Everything happens in a throw-away data folder: a generated data set is loaded on the Data page;
-the Train and Runs pages show a short kala-tiny run trained by the engine (when the engine has a
-training module; otherwise a demo run with illustrative curves, and a warning is printed).
+``python scripts/screenshots.py --out docs/screenshots [--run RUN_DIR]`` (or
+``kala-studio --screenshot-dir DIR``). Everything happens in a throw-away data folder: a
+generated data set is loaded on the Data page; the Train and Runs pages show a real run: the
+finished run folder given with ``--run`` (linked into the throw-away runs folder, its recorded
+curves loaded), else a short kala-tiny run trained by the engine here (when the engine cannot
+train, a demo run with illustrative curves, and a warning is printed).
 """
 
 from __future__ import annotations
@@ -49,8 +51,57 @@ def _demo_run(run_dir: Path, data: Path, steps: int = 400) -> None:
     (run_dir / "final").mkdir(exist_ok=True)
 
 
-def render_all(out_dir: Path, train_steps: int = 60) -> list[Path]:
-    """Render every page into ``out_dir``; returns the PNG paths."""
+def _fill_settings(train, config: dict, steps: list[dict]) -> None:
+    """Set the Train page's base, data and hyperparameters to those the run was trained with."""
+    from PySide6.QtWidgets import QCheckBox
+
+    if config.get("base"):
+        i = train.base_combo.findText(str(config["base"]))
+        if i >= 0:
+            train.base_combo.setCurrentIndex(i)
+    if config.get("data") and Path(config["data"]).is_file():
+        train.set_data_path(config["data"])
+    if config.get("warmup_steps") is None and steps:  # "auto": where the learning rate peaked
+        lrs = [(m.get("lr") or 0.0, m["step"]) for m in steps]
+        config = {**config, "warmup_steps": max(lrs)[1]}
+    for key, widget in train.hp.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(widget, QCheckBox):
+            widget.setChecked(bool(value))
+        else:
+            widget.setValue(type(widget.value())(value))
+
+
+def _show_finished_run(train, run_dir: Path) -> None:
+    """Show a finished run's recorded curves and last step on the Train page, as after training."""
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    steps = [m for m in lines if m.get("split") != "validation" and "step" in m]
+    try:
+        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = {}
+    _fill_settings(train, info.get("config") or {}, steps)
+    train._job_kind = "train"
+    train.run_dir = run_dir
+    train._reset_live(keep_overlay=False)
+    train._load_existing_curves(run_dir)
+    train._latest = steps[-1] if steps else {}
+    train._total_steps = int(info.get("total_steps") or (info.get("config") or {}).get("max_steps")
+                             or (steps[-1]["step"] if steps else 0))
+    train._job_kind = ""
+    train._refresh_progress(force=True)
+    train.progress.setFormat("finished at step %v")
+    train.refresh_lists()
+
+
+def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None) -> list[Path]:
+    """Render every page into ``out_dir``; returns the PNG paths.
+
+    ``run``: a finished run folder (``kala train`` / ``kala demo``) to show on the Train and Runs
+    pages instead of training a short run here.
+    """
     from PySide6.QtWidgets import QApplication
 
     from . import engine_api
@@ -78,10 +129,19 @@ def render_all(out_dir: Path, train_steps: int = 60) -> list[Path]:
     _wait(app, 0.3)
     data_path = Path(done[0]) if done else None
 
-    # Train page: a short real run if the engine can train, else an illustrative one
+    # Train page: the given run, else a short real run if the engine can train, else an illustrative one
     train = win.pages["train"]
     trained = False
-    if data_path is not None:
+    if run is not None:
+        run = Path(run).resolve()
+        if not (run / "metrics.jsonl").is_file():
+            raise FileNotFoundError(f"{run} has no metrics.jsonl; give a run folder made by kala train or kala demo")
+        # "demo3-run" reads better than a bare "run" in the runs table
+        linked = ctx.runs_dir / (run.name if run.name != "run" else f"{run.parent.name}-{run.name}")
+        linked.symlink_to(run, target_is_directory=True)
+        _show_finished_run(train, linked)
+        trained = True
+    elif data_path is not None:
         try:
             engine_api.make_train_config  # noqa: B018 - resolved lazily below
             train.refresh_lists()
@@ -102,16 +162,7 @@ def render_all(out_dir: Path, train_steps: int = 60) -> list[Path]:
               "with illustrative curves", file=sys.stderr)
         demo = ctx.runs_dir / "20260101-120000-kala-tiny"
         _demo_run(demo, data_path or Path("kala-3000-seed0.jsonl"))
-        train._job_kind = "train"
-        train.run_dir = demo
-        train._reset_live(keep_overlay=False)
-        train._load_existing_curves(demo)
-        train._latest = json.loads((demo / "metrics.jsonl").read_text().splitlines()[-2])
-        train._total_steps = 400
-        train._job_kind = ""
-        train._refresh_progress(force=True)
-        train.progress.setFormat("finished at step %v")
-        train.refresh_lists()
+        _show_finished_run(train, demo)
 
     # the doctor panel, when the engine has a doctor
     try:
@@ -146,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Render KALA Studio's pages to PNG files (1280x800, offscreen).")
     ap.add_argument("--out", default="docs/screenshots", help="output folder (default docs/screenshots)")
     ap.add_argument("--train-steps", type=int, default=60, help="steps of the short kala-tiny run shown")
+    ap.add_argument("--run", type=Path, default=None,
+                    help="a finished run folder to show on the Train and Runs pages (no training here)")
     args = ap.parse_args(argv)
     import kala_app  # noqa: F401 - refcount guard before any Qt call
 
@@ -153,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if os.environ.get("QT_QPA_PLATFORM", "offscreen").startswith("offscreen"):
         use_offscreen(1920, 1080)
-    for p in render_all(Path(args.out), args.train_steps):
+    for p in render_all(Path(args.out), args.train_steps, args.run):
         print(p)
     return 0
 
