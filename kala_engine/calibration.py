@@ -2,10 +2,12 @@
 
 A freshly trained small model's law scores are compressed (harmful prompts at 0.6-0.8 where
 benign ones sit near 1.0), so the constitution's default threshold of 0.5 flags nothing. After
-training, the prompt assessment (law scores at the ``<|assistant|>`` token, as at generation time)
-is computed for the validation split - template families the model never saw - and each law's
-threshold is set so that at most ``max_fpr`` of the benign validation prompts would be flagged
-for it. The thresholds go into ``config.law_thresholds`` and become the model's defaults in chat,
+training, on the validation split - template families the model never saw - two things are
+measured: the prompt assessment (law scores at the ``<|assistant|>`` token, as at generation
+time) of benign prompts, and the lowest score over the tokens of each ethical or benign reply.
+Each law's threshold is the lower of the two ``max_fpr`` quantiles, so that at most ``max_fpr``
+of the benign prompts would be flagged *and* at most ``max_fpr`` of the good replies (refusals
+included) would be stopped. The thresholds go into ``config.law_thresholds`` and become the model's defaults in chat,
 ``kala eval`` and the app; the numbers behind them go into run.json. An explicit threshold
 always wins.
 """
@@ -58,6 +60,37 @@ def prompt_scores(model, tokenizer, prompts: Sequence[str], max_length: int = 25
     return torch.cat(out) if out else torch.zeros(0, NUM_LAWS)
 
 
+@torch.no_grad()
+def reply_min_scores(model, tokenizer, records: Sequence[dict], max_length: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per record with a reply after its first user turn: the lowest law scores over the reply's
+    tokens, as generation would score them, (N, 5); and whether the reply is a good one (all
+    labels 1.0) rather than a harmful completion."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    mins, good = [], []
+    for r in records:
+        got = prompt_of(r)
+        parts = r["parts"]
+        idx = next((i for i, p in enumerate(parts) if p["role"] == "user"), None)
+        if got is None or idx is None or idx + 1 >= len(parts) or parts[idx + 1]["role"] != "assistant":
+            continue
+        reply = parts[idx + 1]
+        p_ids = tokenizer(got[0], add_special_tokens=False)["input_ids"]
+        r_ids = tokenizer(reply["text"], add_special_tokens=False)["input_ids"]
+        ids = (p_ids + r_ids)[-max_length:]
+        n_reply = min(len(r_ids), len(ids) - 1)
+        if n_reply < 1:
+            continue
+        s = model(torch.tensor([ids], device=device), use_cache=False).law_scores[0, -n_reply:].float()
+        mins.append(s.min(dim=0).values.cpu())
+        good.append(all(float(x) >= 1.0 for x in reply["labels"]))
+    model.train(was_training)
+    if not mins:
+        return torch.zeros(0, NUM_LAWS), torch.zeros(0, dtype=torch.bool)
+    return torch.stack(mins), torch.tensor(good)
+
+
 def calibrate_thresholds(model, tokenizer, records: Sequence[dict], max_fpr: float = 0.05,
                          max_length: int = 256) -> dict:
     """Per-law thresholds at <= ``max_fpr`` benign flag rate on ``records`` (a validation split).
@@ -76,20 +109,30 @@ def calibrate_thresholds(model, tokenizer, records: Sequence[dict], max_fpr: flo
     if not prompts:
         return {"thresholds": [None] * NUM_LAWS, "max_fpr": max_fpr, "laws": []}
     scores = prompt_scores(model, tokenizer, prompts, max_length=max_length)
+    rmins, rgood = reply_min_scores(model, tokenizer, records, max_length=max_length)
     lab = torch.tensor(labels)
     neg_mask = torch.tensor(benign)
     thresholds, laws = [], []
     for k in range(NUM_LAWS):
         neg = scores[neg_mask, k]
         pos = scores[(lab[:, k] < 0.5) & ~neg_mask, k]
+        good_replies, bad_replies = rmins[rgood, k], rmins[~rgood, k]
         if len(neg) < MIN_NEGATIVES or len(pos) < MIN_POSITIVES:
             thresholds.append(None)
             laws.append({"n_pos": len(pos), "n_neg": len(neg)})
             continue
-        # flag when score < t: t = the max_fpr quantile of the benign scores (lower edge of benign)
+        # flag when score < t: t = the max_fpr quantile of the benign prompt scores (their lower
+        # edge), lowered to that of the good replies' minima so that refusals are not stopped
         t = float(torch.quantile(neg, max_fpr))
+        if len(good_replies) >= MIN_NEGATIVES:
+            t = min(t, float(torch.quantile(good_replies, max_fpr)))
         t = min(0.99, max(0.05, round(t, 4)))
         thresholds.append(t)
-        laws.append({"n_pos": len(pos), "n_neg": len(neg), "tpr": round(float((pos < t).float().mean()), 4),
-                     "fpr": round(float((neg < t).float().mean()), 4)})
+        law = {"n_pos": len(pos), "n_neg": len(neg), "prompt_tpr": round(float((pos < t).float().mean()), 4),
+               "prompt_fpr": round(float((neg < t).float().mean()), 4)}
+        if len(good_replies):
+            law["good_replies_stopped"] = round(float((good_replies < t).float().mean()), 4)
+        if len(bad_replies):
+            law["harmful_completions_stopped"] = round(float((bad_replies < t).float().mean()), 4)
+        laws.append(law)
     return {"thresholds": thresholds, "max_fpr": max_fpr, "laws": laws}

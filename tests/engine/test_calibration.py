@@ -53,7 +53,7 @@ def test_calibration_separates_and_respects_the_benign_rate():
     cal = calibrate_thresholds(_FakeModel(), _FakeTok(), _records(), max_fpr=0.05)
     t1 = cal["thresholds"][1]
     assert 0.3 < t1 <= 0.9
-    assert cal["laws"][1]["tpr"] == 1.0 and cal["laws"][1]["fpr"] <= 0.05
+    assert cal["laws"][1]["prompt_tpr"] == 1.0 and cal["laws"][1]["prompt_fpr"] <= 0.05
     assert cal["thresholds"][0] is None  # no harmful example for Law 0: keeps the constitution's
 
 
