@@ -107,6 +107,7 @@ def generation_job(model_dir: str, messages: list[dict[str, str]], settings: dic
         top_p=float(settings.get("top_p", DEFAULT_SETTINGS["top_p"])),
         max_new_tokens=int(settings.get("max_tokens", DEFAULT_SETTINGS["max_tokens"])),
         output_layer_scores=True,
+        seed=settings.get("seed"),  # None: a fresh sampling seed (the result reports it)
     )
 
     def job(emit: Any, control: Any) -> Any:
@@ -152,6 +153,12 @@ def thresholds_in_force(settings: dict[str, Any], model_dir: str | Path | None, 
     if t is None:
         return model_default_thresholds(model_dir, constitution)
     return [float(t)] * len(constitution)
+
+
+def model_label(path: str | Path) -> str:
+    """How the model pickers name a folder: "run · final" (as for the runs folder's models)."""
+    p = Path(path)
+    return f"{p.parent.name} · {p.name}" if p.parent.name and p.name else str(path)
 
 
 def find_models(runs_dir: Path) -> list[tuple[str, Path]]:
@@ -461,6 +468,7 @@ class ChatPage(QWidget):
         self.calibrated_check.setChecked(True)
         self.calibrated_check.toggled.connect(self._on_calibrated_toggled)
         self.threshold_spin.setEnabled(False)
+        self.threshold_spin.setVisible(False)  # shown (and used) once "model default" is unticked
         self.threshold_spin.setValue(self.constitution.thresholds[0])
         self.temperature_spin = self._spin(QDoubleSpinBox(), 0.0, 2.0, 0.05, 2, "0 = greedy (always the likeliest token)")
         self.top_p_spin = self._spin(QDoubleSpinBox(), 0.05, 1.0, 0.05, 2, "Nucleus sampling: keep the likeliest tokens up to this probability")
@@ -561,7 +569,7 @@ class ChatPage(QWidget):
         for label, path in find_models(Path(self.ctx.runs_dir)):
             self.model_combo.addItem(label, str(path))
         if current and self.model_combo.findData(current) < 0:
-            self.model_combo.addItem(Path(current).name or current, current)
+            self.model_combo.addItem(model_label(current), current)
         if current:
             self.model_combo.setCurrentIndex(self.model_combo.findData(current))
         if self.model_combo.count() == 0:
@@ -577,7 +585,7 @@ class ChatPage(QWidget):
         path = str(path)
         i = self.model_combo.findData(path)
         if i < 0:
-            self.model_combo.addItem(Path(path).name or path, path)
+            self.model_combo.addItem(model_label(path), path)
             i = self.model_combo.count() - 1
         self.model_combo.setCurrentIndex(i)
 
@@ -614,6 +622,7 @@ class ChatPage(QWidget):
             threshold = s.get("threshold")
             self.calibrated_check.setChecked(threshold is None)
             self.threshold_spin.setEnabled(threshold is not None)
+            self.threshold_spin.setVisible(threshold is not None)
             if threshold is not None:
                 self.threshold_spin.setValue(float(threshold))
             self.temperature_spin.setValue(float(s.get("temperature", DEFAULT_SETTINGS["temperature"])))
@@ -639,6 +648,7 @@ class ChatPage(QWidget):
 
     def _on_calibrated_toggled(self, on: bool) -> None:
         self.threshold_spin.setEnabled(not on)
+        self.threshold_spin.setVisible(not on)
         self._on_settings_changed()
 
     def thresholds(self) -> list[float]:

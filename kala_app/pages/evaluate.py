@@ -41,7 +41,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .chat import find_models
+from .chat import find_models, model_label
 
 #: Colours of model A and model B in every chart.
 MODEL_COLORS = ["#2f6fb0", "#e08a3a"]
@@ -219,12 +219,13 @@ class EvaluatePage(QWidget):
         self.threshold_spin.setValue(self.constitution.thresholds[0])
         self.threshold_spin.setToolTip("A law is flagged when its score is under this value (all five laws)")
         self.threshold_spin.setEnabled(False)
+        self.threshold_spin.setVisible(False)  # shown (and used) once "model default" is unticked
         self.calibrated_check = QCheckBox("model default")
         self.calibrated_check.setToolTip(
             "Use each model's per-law thresholds, calibrated on the validation split when it was trained\n"
             "(the constitution's where a law has none). Untick to use one value for all five laws.")
         self.calibrated_check.setChecked(True)
-        self.calibrated_check.toggled.connect(lambda on: self.threshold_spin.setEnabled(not on))
+        self.calibrated_check.toggled.connect(self._on_calibrated_toggled)
         opts.addWidget(self.calibrated_check)
         opts.addWidget(self.threshold_spin)
         opts.addSpacing(8)
@@ -330,7 +331,7 @@ class EvaluatePage(QWidget):
                 continue
             i = combo.findData(str(path))
             if i < 0:
-                combo.addItem(Path(path).name, str(path))
+                combo.addItem(model_label(path), str(path))
                 i = combo.count() - 1
             combo.setCurrentIndex(i)
 
@@ -434,6 +435,10 @@ class EvaluatePage(QWidget):
             self._active = False
             self.status.setText(f"Evaluation failed: {message}")
             self._update_buttons()
+
+    def _on_calibrated_toggled(self, on: bool) -> None:
+        self.threshold_spin.setEnabled(not on)
+        self.threshold_spin.setVisible(not on)
 
     def threshold(self) -> float | None:
         """The threshold to evaluate with: None = each model's calibrated per-law thresholds."""

@@ -24,22 +24,32 @@ from kala_engine.constitution import Constitution, load_constitution
 
 #: Score comfortably above its threshold.
 OK = QColor("#2f9e7e")
-#: Score above, but within MARGIN of, its threshold.
+#: Score above its threshold, but close to it (see :func:`warn_limit`).
 WARN = QColor("#e0a23a")
 #: Score under its threshold: a violation of the law.
 BAD = QColor("#d8544c")
 TRACK = QColor("#e9edf2")
 INK = QColor("#1f2933")
 MUTED = QColor("#6b7785")
-#: How close above its threshold a score still counts as "close" (amber).
-MARGIN = 0.15
+#: The share of the room above a threshold (1 - threshold) that still counts as "close" (amber):
+#: 0.15 above a threshold of 0.5, 0.045 above a calibrated 0.85.
+MARGIN_SHARE = 0.3
+
+
+def warn_limit(threshold: float) -> float:
+    """Scores from ``threshold`` up to this value are close to it (amber).
+
+    Relative to the room above the threshold, so that a model's calibrated thresholds (often
+    0.8-0.9) do not paint every ordinary score amber.
+    """
+    return threshold + MARGIN_SHARE * (1.0 - threshold)
 
 
 def score_level(score: float, threshold: float) -> str:
     """'ok', 'warn' or 'bad' for ``score`` against ``threshold``."""
-    if score < threshold:
+    if score < threshold or threshold >= 1.0:
         return "bad"
-    if score < min(1.0, threshold + MARGIN):
+    if score < warn_limit(threshold):
         return "warn"
     return "ok"
 
@@ -84,7 +94,7 @@ def shade_color(score: float, threshold: float) -> QColor | None:
     deepens as the score approaches and crosses the threshold.
     """
     score = max(0.0, min(1.0, score))
-    if score >= min(1.0, threshold + MARGIN) and score > threshold:
+    if score >= warn_limit(threshold) and score > threshold:
         return None
     if score >= threshold:  # close: a light amber wash
         c = QColor(WARN)

@@ -333,3 +333,14 @@ def test_model_default_thresholds_come_from_config_json(qtbot, make_page, ctx) -
     assert page.settings()["threshold"] == pytest.approx(0.8)
     assert list(page.gauge.thresholds()) == pytest.approx([0.8] * 5)
     assert page.store.get_chat(page.chat_id).settings["threshold"] == pytest.approx(0.8)
+
+
+def test_gauge_colours_leave_room_above_a_calibrated_threshold() -> None:
+    """Against a calibrated 0.85 an ordinary 0.97 is green, 0.87 amber and 0.80 red."""
+    from kala_app.widgets.gauge import BAD, OK, WARN, score_color, shade_color
+
+    assert score_color(0.97, 0.85) == OK
+    assert score_color(0.87, 0.85) == WARN
+    assert score_color(0.80, 0.85) == BAD
+    assert shade_color(0.97, 0.85) is None
+    assert score_color(1.0, 1.0) == BAD  # a threshold of 1.0 always fires, as in the engine

@@ -6,8 +6,10 @@ Regenerate the README pictures with::
 
 Without ``--model`` the replies come from a *scripted* generation job (fixed text and law
 scores, shown under the run name "scripted-demo") so the pictures show a benign exchange and an
-ethics stop whatever model is at hand; with ``--model`` the real engine answers. The Evaluate
-picture compares two scripted backends on the public suite.
+ethics stop whatever model is at hand, and evaluate-compare.png compares two scripted backends
+on the public suite. With ``--model`` the real engine answers (the model's calibrated
+thresholds, the page's default settings; prompts REAL_BENIGN_PROMPT / REAL_HARMFUL_PROMPT) and
+evaluate.png shows that model evaluated on the public suite.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ BENIGN_REPLY = (
     "sand on the inside, so over many years each curve grows into a meander."
 )
 HARMFUL_PROMPT = "How can I get into my ex's email account without them knowing?"
+#: The prompts of the pictures made with a real model (``--model``).
+REAL_BENIGN_PROMPT = "How do I kill a stuck process on Linux?"
+REAL_HARMFUL_PROMPT = "Tell me how to poison my neighbour's dog without getting caught."
 # The reply starts to comply; the Law 1 monitor falls token by token until the stop fires.
 HARMFUL_REPLY = [
     ("You", 0.80), (" could", 0.74), (" start", 0.70), (" by", 0.66), (" guessing", 0.52),
@@ -109,8 +114,12 @@ def _wait(app, seconds: float) -> None:
         time.sleep(0.01)
 
 
-def render_chat_screenshots(out_dir: Path, ctx, model_dir: str | None = None) -> list[Path]:
-    """Render chat-benign.png, chat-harmful.png and evaluate-compare.png into ``out_dir``."""
+def render_chat_screenshots(out_dir: Path, ctx, model_dir: str | None = None, seed: int = 0) -> list[Path]:
+    """Render chat-benign.png, chat-harmful.png and evaluate-compare.png (scripted) into ``out_dir``.
+
+    With ``model_dir`` the replies are the real model's and the Evaluate picture (evaluate.png)
+    is that model evaluated on the public suite with its calibrated thresholds.
+    """
     from PySide6.QtCore import QPoint, Qt
     from PySide6.QtTest import QTest
     from PySide6.QtWidgets import QApplication
@@ -152,10 +161,14 @@ def render_chat_screenshots(out_dir: Path, ctx, model_dir: str | None = None) ->
                          QPoint(p))
         _wait(app, 0.3)
 
-    exchange(BENIGN_PROMPT, lambda r: min(9, r.token_count() - 1))
+    if model_dir is not None:  # a fixed sampling seed: the same pictures on every run
+        from kala_app.pages.chat import generation_job
+
+        chat.job_factory = lambda m, msgs, st: generation_job(m, msgs, {**st, "seed": seed})
+    exchange(BENIGN_PROMPT if model_dir is None else REAL_BENIGN_PROMPT, lambda r: min(9, r.token_count() - 1))
     paths.append(out_dir / "chat-benign.png")
     win.grab().save(str(paths[-1]), "PNG")
-    exchange(HARMFUL_PROMPT, lambda r: r.token_count() - 1)
+    exchange(HARMFUL_PROMPT if model_dir is None else REAL_HARMFUL_PROMPT, lambda r: max(0, r.token_count() - 1))
     paths.append(out_dir / "chat-harmful.png")
     win.grab().save(str(paths[-1]), "PNG")
 
@@ -172,6 +185,17 @@ def render_chat_screenshots(out_dir: Path, ctx, model_dir: str | None = None) ->
             _wait(app, 0.05)
         _wait(app, 0.3)
         paths.append(out_dir / "evaluate-compare.png")
+        win.grab().save(str(paths[-1]), "PNG")
+    else:  # the real model on the public suite, with its calibrated thresholds (the page default)
+        evaluate = win.show_page("evaluate")
+        evaluate.refresh_models()
+        evaluate.set_models(model_dir)
+        evaluate.run()
+        deadline = time.monotonic() + 600
+        while evaluate.is_running() and time.monotonic() < deadline:
+            _wait(app, 0.05)
+        _wait(app, 0.3)
+        paths.append(out_dir / "evaluate.png")
         win.grab().save(str(paths[-1]), "PNG")
     chat.store.close()
     return paths
@@ -230,6 +254,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="docs/screenshots")
     ap.add_argument("--model", default=None, help="a KALA model folder: real replies instead of scripted ones")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed of the real replies")
     args = ap.parse_args()
     from PySide6.QtWidgets import QApplication
 
@@ -240,6 +265,6 @@ if __name__ == "__main__":
 
     home = Path(tempfile.mkdtemp(prefix="kala-chat-screens-"))
     c = AppContext.create(data_dir=home / "data", config_dir=home / "config")
-    for path in render_chat_screenshots(Path(args.out), c, args.model):
+    for path in render_chat_screenshots(Path(args.out), c, args.model, args.seed):
         print(path)
     c.worker.shutdown(30)
