@@ -131,6 +131,14 @@ def render_chat_screenshots(out_dir: Path, ctx, model_dir: str | None = None, se
     out_dir.mkdir(parents=True, exist_ok=True)
     if model_dir is None:
         (ctx.runs_dir / "scripted-demo" / "final").mkdir(parents=True, exist_ok=True)
+    else:  # link the model's run into the runs folder so the pickers name it as the app would
+        src = Path(model_dir).resolve()
+        run = src.parent
+        name = run.name if run.name != "run" else f"{run.parent.name}-{run.name}"
+        link = ctx.runs_dir / name
+        if not link.exists():
+            link.symlink_to(run, target_is_directory=True)
+        model_dir = str(link / src.name)
     win = MainWindow(ctx, show_quickstart=False)
     win.resize(WIDTH, HEIGHT)
     win.show()
