@@ -191,7 +191,7 @@ def register(sub) -> None:
     d = sub.add_parser("demo", help="end to end on the embedded kala-tiny: generate data, train, chat")
     d.add_argument("--dir", default=None, help="where to put the demo (default: a new folder in the user data dir)")
     d.add_argument("--count", type=int, default=6000, help="examples to generate")
-    d.add_argument("--steps", type=int, default=300, help="training steps")
+    d.add_argument("--steps", type=int, default=600, help="training steps")
     d.add_argument("--batch-size", type=int, default=16)
     d.add_argument("--learning-rate", type=float, default=2e-3)
     d.add_argument("--ethics-weight", type=float, default=2.0)
