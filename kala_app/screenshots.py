@@ -19,6 +19,15 @@ import time
 from pathlib import Path
 
 WIDTH, HEIGHT = 1280, 800
+#: The short training run shown on the Train page gets at most this long (s). On a quiet
+#: 2-core machine it takes ~20 s; next to other CPU-heavy processes torch's threads can slow it
+#: ten-fold, so it is stopped at this point and the pictures show the steps it made.
+TRAIN_BUDGET_S = 120.0
+
+
+def _say(text: str) -> None:
+    """Progress on stderr, so that a long step does not look like a hang."""
+    print(f"screenshots: {text}", file=sys.stderr, flush=True)
 
 
 def _wait(app, seconds: float) -> None:
@@ -96,11 +105,13 @@ def _show_finished_run(train, run_dir: Path) -> None:
     train.refresh_lists()
 
 
-def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None) -> list[Path]:
+def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None,
+               train_budget_s: float = TRAIN_BUDGET_S) -> list[Path]:
     """Render every page into ``out_dir``; returns the PNG paths.
 
     ``run``: a finished run folder (``kala train`` / ``kala demo``) to show on the Train and Runs
-    pages instead of training a short run here.
+    pages instead of training a short run here; else a ``train_steps`` run is trained, stopped
+    after ``train_budget_s`` seconds if it has not finished by then.
     """
     from PySide6.QtWidgets import QApplication
 
@@ -125,6 +136,7 @@ def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None) ->
     done: list[str] = []
     data_page.dataset_ready.connect(done.append)
     data_page.generate(count=3000, seed=0)
+    _say("generating a 3000-example data set")
     ctx.worker.wait_idle(120)
     _wait(app, 0.3)
     data_path = Path(done[0]) if done else None
@@ -151,8 +163,16 @@ def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None) ->
             train.hp["save_every"].setValue(train_steps)
             win.show_page("train")
             if train.start_training():
-                ctx.worker.wait_idle(600)
-                trained = train.run_dir is not None and (train.run_dir / "final").is_dir()
+                _say(f"training a {train_steps}-step kala-tiny run (at most {train_budget_s:.0f} s)")
+                t0 = time.monotonic()
+                if not ctx.worker.wait_idle(train_budget_s):
+                    _say(f"the run did not finish in {train_budget_s:.0f} s (a busy CPU?); stopping it: "
+                         "the Train and Runs pictures show the steps it made")
+                    ctx.worker.cancel()
+                    ctx.worker.wait_idle(120)
+                else:
+                    _say(f"trained in {time.monotonic() - t0:.0f} s")
+                trained = train.run_dir is not None and (train.run_dir / "metrics.jsonl").is_file()
             for dlg in win.findChildren(__import__("kala_app.error_dialog", fromlist=["ErrorDialog"]).ErrorDialog):
                 dlg.close()
         except Exception as e:  # noqa: BLE001 - fall back to a demo run for the picture
@@ -167,6 +187,7 @@ def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None) ->
     # the doctor panel, when the engine has a doctor
     try:
         engine_api._module("kala_engine.doctor")
+        _say("running the doctor")
         train.run_doctor()
         ctx.worker.wait_idle(120)
     except engine_api.EngineUnavailable:
@@ -197,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Render KALA Studio's pages to PNG files (1280x800, offscreen).")
     ap.add_argument("--out", default="docs/screenshots", help="output folder (default docs/screenshots)")
     ap.add_argument("--train-steps", type=int, default=60, help="steps of the short kala-tiny run shown")
+    ap.add_argument("--train-budget", type=float, default=TRAIN_BUDGET_S,
+                    help="stop the short run after this many seconds (default %(default)s)")
     ap.add_argument("--run", type=Path, default=None,
                     help="a finished run folder to show on the Train and Runs pages (no training here)")
     args = ap.parse_args(argv)
@@ -206,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if os.environ.get("QT_QPA_PLATFORM", "offscreen").startswith("offscreen"):
         use_offscreen(1920, 1080)
-    for p in render_all(Path(args.out), args.train_steps, args.run):
+    for p in render_all(Path(args.out), args.train_steps, args.run, args.train_budget):
         print(p)
     return 0
 
