@@ -199,6 +199,8 @@ def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None,
         page = win.pages[key]
         if key == "runs" and hasattr(page, "refresh"):
             page.refresh()
+        if hasattr(page, "refresh_models"):  # the Chat and Evaluate pickers list the run shown
+            page.refresh_models()
         _wait(app, 0.4)
         for plot in page.findChildren(__import__("kala_app.widgets.live_plot", fromlist=["LivePlot"]).LivePlot):
             plot.redraw()

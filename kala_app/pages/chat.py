@@ -572,6 +572,9 @@ class ChatPage(QWidget):
             self.model_combo.addItem(model_label(current), current)
         if current:
             self.model_combo.setCurrentIndex(self.model_combo.findData(current))
+        elif self.model_combo.count() and self.model_combo.currentIndex() < 0:
+            # with a placeholder text set, Qt 6 leaves a refilled combo on no item: pick the newest
+            self.model_combo.setCurrentIndex(0)
         if self.model_combo.count() == 0:
             self.model_combo.setPlaceholderText("No trained model yet: train one on the Train page, or Browse…")
         self.model_combo.blockSignals(False)

@@ -316,9 +316,11 @@ class EvaluatePage(QWidget):
             if cur:
                 i = combo.findData(cur)
                 if i < 0:
-                    combo.addItem(Path(cur).name, cur)
+                    combo.addItem(model_label(cur), cur)
                     i = combo.count() - 1
                 combo.setCurrentIndex(i)
+            elif combo.count() and combo.currentIndex() < 0:
+                combo.setCurrentIndex(0)  # Qt 6 leaves a refilled combo with a placeholder on no item
             combo.blockSignals(False)
         if self.model_a.count() == 0:
             self.model_a.setPlaceholderText("No trained model yet: train one, or Browse…")

@@ -344,3 +344,20 @@ def test_gauge_colours_leave_room_above_a_calibrated_threshold() -> None:
     assert score_color(0.80, 0.85) == BAD
     assert shade_color(0.97, 0.85) is None
     assert score_color(1.0, 1.0) == BAD  # a threshold of 1.0 always fires, as in the engine
+
+
+def test_a_model_trained_after_start_is_picked(qtbot, ctx) -> None:
+    """The page opened with no model (placeholder shown); the first trained run becomes the choice."""
+    import shutil
+
+    from kala_app.pages.chat import ChatPage
+
+    shutil.rmtree(ctx.runs_dir, ignore_errors=True)
+    ctx.runs_dir.mkdir(parents=True)
+    page = ChatPage(ctx, job_factory=fake_factory(["x"]))
+    qtbot.addWidget(page)
+    assert page.model_path() == "" and not page.send_button.isEnabled()
+    (ctx.runs_dir / "first" / "final").mkdir(parents=True)
+    page.refresh_models()
+    assert page.model_path().endswith("final") and page.send_button.isEnabled()
+    page.store.close()
