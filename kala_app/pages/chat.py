@@ -578,6 +578,8 @@ class ChatPage(QWidget):
         if self.model_combo.count() == 0:
             self.model_combo.setPlaceholderText("No trained model yet: train one on the Train page, or Browse…")
         self.model_combo.blockSignals(False)
+        if not self._active and not self._loading:  # the markers follow the (new) choice
+            self._thresholds_changed()
         self._update_buttons()
 
     def model_path(self) -> str:

@@ -358,6 +358,8 @@ def test_a_model_trained_after_start_is_picked(qtbot, ctx) -> None:
     qtbot.addWidget(page)
     assert page.model_path() == "" and not page.send_button.isEnabled()
     (ctx.runs_dir / "first" / "final").mkdir(parents=True)
+    (ctx.runs_dir / "first" / "final" / "config.json").write_text('{"law_thresholds": [0.9, 0.8, 0.7, 0.6, 0.55]}')
     page.refresh_models()
     assert page.model_path().endswith("final") and page.send_button.isEnabled()
+    assert list(page.gauge.thresholds()) == pytest.approx([0.9, 0.8, 0.7, 0.6, 0.55])
     page.store.close()
