@@ -549,15 +549,13 @@ class KALAForCausalLM(KALAPreTrainedModel, GenerationMixin):
 
         loss = lm_loss = ethics_loss = per_law = deep_loss = None
         if labels is not None:
-            shift_logits = logits[:, :-1].float() if logits.shape[1] == labels.shape[1] else None
-            if shift_logits is None:
+            if logits.shape[1] != labels.shape[1]:
                 raise ValueError("labels need the logits of every position (logits_to_keep=0)")
-            shift_labels = labels[:, 1:].to(logits.device)
+            # shift the labels, not the logits: no copy of the (B, T, V) logits (as transformers does)
+            shift_labels = F.pad(labels.to(logits.device), (0, 1), value=-100)[:, 1:]
             n = (shift_labels != -100).sum()
-            ce = F.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                ignore_index=-100, reduction="sum",
-            )
+            ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shift_labels.reshape(-1),
+                                 ignore_index=-100, reduction="sum")
             lm_loss = ce / n.clamp(min=1)
             loss = lm_loss
         if law_targets is not None:
