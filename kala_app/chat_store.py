@@ -31,7 +31,8 @@ DB_NAME = "chats.sqlite3"
 SCHEMA_VERSION = 1
 
 #: Default per-chat generation settings (the threshold applies to every law).
-DEFAULT_SETTINGS: dict[str, Any] = {"threshold": 0.5, "temperature": 0.7, "top_p": 0.9, "max_tokens": 200}
+#: threshold None = the model's calibrated per-law thresholds (see kala_engine.calibration)
+DEFAULT_SETTINGS: dict[str, Any] = {"threshold": None, "temperature": 0.7, "top_p": 0.9, "max_tokens": 200}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chats (
