@@ -12,7 +12,8 @@ embedding, parallel or sequential residual as the config says):
    law-satisfaction scores in [0, 1], (B, T, K);
 2. **constitutional attention**: the value-head scores of the *keys* become an additive bias on
    the attention logits, ``bias[h, j] = gate(h) * (c_j - 1)`` with ``c_j`` the priority-weighted
-   mean of key j's law scores; low score => attend less. ``gate`` starts at exactly 0, so a
+   mean of key j's law scores; low score => attend less. In training and prefill the bias is
+   folded into the dot product (one extra key channel), so the fused causal kernel runs it. ``gate`` starts at exactly 0, so a
    model loaded from Pythia computes Pythia's logits until training moves the gates. The bias
    of past keys travels in the KV cache as one extra channel of the cached keys, so cached
    generation sees exactly the bias a full recomputation would;
@@ -46,7 +47,7 @@ from transformers.utils import ModelOutput
 
 NUM_LAWS = 5
 #: largest attention-logit bias a gate can apply (nats): a key with score 0 can be made
-#: e^8 ~ 3000 times less attended; keeps the fused attention path finite in fp16.
+#: e^8 ~ 3000 times less attended; keeps the bias (also stored in fp16 keys) well in range.
 GATE_LIMIT = 8.0
 
 
@@ -228,16 +229,17 @@ class ConstitutionalAttention(nn.Module):
         eager = self.config._attn_implementation == "eager"
 
         if allowed is None and S == T and not eager and dropout == 0.0:
-            # Fast path (training, prefill): the bias depends on the key only, so
-            #   softmax(qk + b)_j = p_j e^{b_j} / sum_j' p_j' e^{b_j'},   p = causal softmax(qk),
-            # i.e. two calls of the fused causal kernel - one on e*v, one on e - and a division.
-            # The gate is bounded (|gate| <= GATE_LIMIT), so e = exp(b - max b) lies in
-            # [exp(-GATE_LIMIT), 1] and cannot underflow even in fp16.
-            e = torch.exp(bias - bias.amax(dim=-1, keepdim=True)).to(v.dtype).unsqueeze(-1)  # (B, nh, S, 1)
-            num = F.scaled_dot_product_attention(q, k, v * e, is_causal=True, scale=self.scaling)
-            den = F.scaled_dot_product_attention(q, k, e.expand_as(v).contiguous(), is_causal=True,
-                                                 scale=self.scaling)  # contiguous: else no fused kernel
-            out = num / den[..., :1]
+            # Fast path (training, prefill): fold the per-key bias into the dot product,
+            #   [q, 1, 0..] . [k, bias/scale, 0..] * scale = q.k * scale + bias,
+            # padding the head to a multiple of 8 so the fused causal kernel takes it (~10 % more
+            # attention work instead of a materialised (B, nh, T, S) mask).
+            pad = (-(self.head_size + 1)) % 8
+            zeros = q.new_zeros(*q.shape[:-1], pad)
+            q_aug = torch.cat((q, torch.ones_like(q[..., :1]), zeros), dim=-1)
+            k_aug = torch.cat((k, (bias / self.scaling).to(k.dtype).unsqueeze(-1), zeros), dim=-1)
+            v_aug = torch.cat((v, zeros.new_zeros(*v.shape[:-1], pad + 1)), dim=-1)
+            out = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, is_causal=True, scale=self.scaling)
+            out = out[..., : self.head_size]
         else:
             if allowed is None and T == 1:  # one new token (cached decoding): it sees every key
                 attn_bias = bias.to(q.dtype)[:, :, None, :]  # (B, nh, 1, S)
