@@ -393,6 +393,18 @@ class KALAPreTrainedModel(PreTrainedModel):
             init.copy_(module.layer_logits, ramp.expand_as(module.layer_logits).to(module.layer_logits))
 
 
+_LAW_WEIGHTS: dict[tuple, torch.Tensor] = {}
+
+
+def normalized_law_weights(config: KALAConfig, device: torch.device) -> torch.Tensor:
+    """The priority weights as a (K,) tensor summing to 1, made once per (weights, device)."""
+    key = (tuple(float(w) for w in config.law_weights), str(device))
+    if key not in _LAW_WEIGHTS:
+        w = torch.tensor(key[0], dtype=torch.float32, device=device)
+        _LAW_WEIGHTS[key] = w / w.sum()
+    return _LAW_WEIGHTS[key]
+
+
 def _allowed_keys(
     attention_mask: torch.Tensor | None, T: int, S: int, device: torch.device
 ) -> torch.Tensor | None:
@@ -462,8 +474,7 @@ class KALAModel(KALAPreTrainedModel):
 
         hidden_states = self.emb_dropout(inputs_embeds)
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
-        w = torch.tensor(self.config.law_weights, dtype=torch.float32, device=hidden_states.device)
-        law_weights = w / w.sum()
+        law_weights = normalized_law_weights(self.config, hidden_states.device)
         all_hidden = [hidden_states] if output_hidden_states else None
         value_scores, monitor_scores = [], []
         for layer in self.layers:
@@ -563,8 +574,7 @@ class KALAForCausalLM(KALAPreTrainedModel, GenerationMixin):
         if law_targets is not None:
             if target_mask is None:
                 target_mask = attention_mask if attention_mask is not None else torch.ones_like(law_targets[..., 0])
-            w = torch.tensor(self.config.law_weights, dtype=torch.float32, device=logits.device)
-            w = w / w.sum()
+            w = normalized_law_weights(self.config, logits.device)
             per_law = weighted_mse(out.law_scores, law_targets, target_mask)  # (K,)
             ethics_loss = (per_law * w).sum()
             deep_mon = weighted_mse(out.layer_scores, law_targets.unsqueeze(0).expand_as(out.layer_scores),
