@@ -218,44 +218,43 @@ class ConstitutionalAttention(nn.Module):
         q, k, v = qkv.chunk(3, dim=-1)  # (B, nh, T, hs) each
         q, k = apply_rotary(q, k, *position_embeddings)
 
-        # per-key bias of the new tokens, (B, nh, T); rides in the cache as an extra key channel
-        bias = self.gate().view(1, -1, 1) * (key_scores[:, None, :] - 1.0)
+        # The per-key bias joins the dot product as one extra channel:
+        #   [q, 1] . [k, bias/scale] * scale = q.k * scale + bias,
+        # so the biased keys (B, nh, T, hs + 1) are what the KV cache keeps for past tokens.
+        bias = self.gate().view(1, -1, 1) * (key_scores[:, None, :] - 1.0)  # (B, nh, T)
+        k = torch.cat((k, (bias / self.scaling).to(k.dtype).unsqueeze(-1)), dim=-1)
         if cache is not None:
-            k_and_bias = torch.cat((k, bias.to(k.dtype).unsqueeze(-1)), dim=-1)  # (B, nh, T, hs + 1)
-            k_and_bias, v = cache.update(k_and_bias, v, self.layer_idx)  # (B, nh, S, hs + 1)
-            k, bias = k_and_bias[..., : self.head_size], k_and_bias[..., self.head_size].float()
+            k, v = cache.update(k, v, self.layer_idx)  # (B, nh, S, hs + 1), (B, nh, S, hs)
         S = k.shape[2]
         dropout = self.attention_dropout if self.training else 0.0
         eager = self.config._attn_implementation == "eager"
 
         if allowed is None and S == T and not eager and dropout == 0.0:
-            # Fast path (training, prefill): fold the per-key bias into the dot product,
-            #   [q, 1, 0..] . [k, bias/scale, 0..] * scale = q.k * scale + bias,
-            # padding the head to a multiple of 8 so the fused causal kernel takes it (~10 % more
-            # attention work instead of a materialised (B, nh, T, S) mask).
+            # training and prefill: pad the head to a multiple of 8 so the fused causal kernel
+            # takes it (~10 % more attention work, no materialised (B, nh, T, S) mask)
             pad = (-(self.head_size + 1)) % 8
-            zeros = q.new_zeros(*q.shape[:-1], pad)
-            q_aug = torch.cat((q, torch.ones_like(q[..., :1]), zeros), dim=-1)
-            k_aug = torch.cat((k, (bias / self.scaling).to(k.dtype).unsqueeze(-1), zeros), dim=-1)
-            v_aug = torch.cat((v, zeros.new_zeros(*v.shape[:-1], pad + 1)), dim=-1)
-            out = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, is_causal=True, scale=self.scaling)
+            q = F.pad(torch.cat((q, torch.ones_like(q[..., :1])), dim=-1), (0, pad))  # [q, 1, 0...]
+            k = F.pad(k, (0, pad))
+            out = F.scaled_dot_product_attention(q, k, F.pad(v, (0, pad + 1)), is_causal=True, scale=self.scaling)
             out = out[..., : self.head_size]
+        elif allowed is None and T == 1 and not eager:  # cached decoding: one new token sees every key
+            # the bias as an additive mask on the plain head is the faster kernel here
+            attn_bias = (k[..., self.head_size] * self.scaling)[:, :, None, :]  # (B, nh, 1, S)
+            out = F.scaled_dot_product_attention(q, k[..., : self.head_size], v,
+                                                 attn_mask=attn_bias, dropout_p=dropout, scale=self.scaling)
         else:
-            if allowed is None and T == 1:  # one new token (cached decoding): it sees every key
-                attn_bias = bias.to(q.dtype)[:, :, None, :]  # (B, nh, 1, S)
-            else:
-                if allowed is None:  # causal over S keys, the T queries being the last T positions
-                    allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)[None, None]
-                min_value = torch.finfo(q.dtype).min
-                attn_bias = torch.where(allowed, bias.to(q.dtype)[:, :, None, :], min_value)  # (B, nh, T, S)
+            q = torch.cat((q, torch.ones_like(q[..., :1])), dim=-1)  # [q, 1]: (B, nh, T, hs + 1)
+            if allowed is None:  # causal over S keys, the T queries being the last T positions
+                allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)[None, None]
+            mask = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(
+                ~allowed, torch.finfo(q.dtype).min)  # (B|1, 1, T, S)
             if eager:
-                logits = torch.matmul(q, k.transpose(2, 3)) * self.scaling + attn_bias  # (B, nh, T, S)
-                weights = F.softmax(logits, dim=-1, dtype=torch.float32).to(q.dtype)
+                logits = torch.matmul(q, k.transpose(2, 3)) * self.scaling + mask  # (B, nh, T, S)
+                weights = F.softmax(logits, dim=-1, dtype=torch.float32).to(v.dtype)
                 weights = F.dropout(weights, p=dropout, training=self.training)
                 out = torch.matmul(weights, v)
             else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout,
-                                                     scale=self.scaling)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scaling)
         out = out.transpose(1, 2).reshape(B, T, -1)  # (B, T, C)
         return self.dense(out)
 
