@@ -399,8 +399,9 @@ def normalized_law_weights(config: KALAConfig, device: torch.device) -> torch.Te
     """The priority weights as a (K,) tensor summing to 1, made once per (weights, device)."""
     key = (tuple(float(w) for w in config.law_weights), str(device))
     if key not in _LAW_WEIGHTS:
-        w = torch.tensor(key[0], dtype=torch.float32, device=device)
-        _LAW_WEIGHTS[key] = w / w.sum()
+        with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable under autograd later
+            w = torch.tensor(key[0], dtype=torch.float32, device=device)
+            _LAW_WEIGHTS[key] = w / w.sum()
     return _LAW_WEIGHTS[key]
 
 
