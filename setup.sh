@@ -33,9 +33,11 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   else
     spec=${KALA_TORCH_SPEC:-torch==2.13.0}
     echo "[setup] no NVIDIA GPU: installing the CPU build of $spec"
-    # a local CPU wheel (pip find-links) first; else the PyTorch CPU index
-    $PIP install --no-index "$spec+cpu" 2>/dev/null \
-      || $PIP install "$spec" --index-url "${KALA_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+    # the "+cpu" build: from a local wheel when pip's find-links has one (its dependencies from
+    # PyPI); else from the PyTorch CPU index
+    $PIP install "$spec+cpu" 2>/dev/null \
+      || $PIP install "$spec+cpu" --index-url "${KALA_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" \
+           --extra-index-url https://pypi.org/simple
   fi
 fi
 
