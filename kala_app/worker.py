@@ -2,7 +2,7 @@
 
 The UI talks to :class:`EngineWorker` (it lives in the UI thread); the job itself runs inside a
 private :class:`_JobRunner` QObject that is moved to a :class:`QThread`. Events the job emits are
-put on a thread-safe queue; the worker drains that queue on the UI thread (one wake-up per burst,
+put on a thread-safe queue; the worker drains that queue on the UI thread (polled every 10 ms,
 a time budget per drain) and re-emits every event as a Qt signal. So a job that emits thousands
 of events a second never floods the UI event loop with one posted event per token, and the UI
 thread never spends more than ~8 ms at a time delivering them.
@@ -47,6 +47,8 @@ from kala_engine.jobs import (
     run_job,
 )
 
+#: How often the UI thread collects a running job's events (ms).
+POLL_MS = 10
 #: How long one drain of the event queue may run on the UI thread before yielding (seconds).
 DRAIN_BUDGET_S = 0.008
 #: After a drain used its whole budget, the next one waits this long (ms), so timers, painting
@@ -61,29 +63,26 @@ GIL_SWITCH_INTERVAL_S = 0.001
 class _JobRunner(QObject):
     """Lives in the worker thread; runs the job it is handed, pushing events to ``sink``."""
 
-    wake = Signal()  # emitted (from the worker thread) when the queue went from empty to non-empty
-
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
         self._queue: deque = deque()
-        self._wake_pending = False
 
     def push(self, ev: Any) -> None:
-        """The ``emit`` callback handed to the job: cheap, thread-safe, never blocks on the UI."""
+        """The ``emit`` callback handed to the job: cheap, thread-safe, never touches Qt.
+
+        No signal is emitted from the job's thread: PySide6 6.12 on Python 3.11 crashed now and
+        then (a segfault inside ``Signal.emit``) when a worker thread emitted thousands of
+        signals, so the UI thread polls this queue instead (``EngineWorker._poll``).
+        """
         with self._lock:
             self._queue.append(ev)
-            need_wake = not self._wake_pending
-            self._wake_pending = True
-        if need_wake:
-            self.wake.emit()
 
     def take(self) -> list:
         """Called on the UI thread: everything queued so far."""
         with self._lock:
             items = list(self._queue)
             self._queue.clear()
-            self._wake_pending = False
         return items
 
     @Slot(object, object)
@@ -115,8 +114,11 @@ class EngineWorker(QObject):
         self._runner = _JobRunner()
         self._runner.moveToThread(self._thread)
         self._run_requested.connect(self._runner.run)  # queued: runs in the worker thread
-        self._runner.wake.connect(self._drain)  # queued: drains on the UI thread
         self._thread.start()
+        # the UI thread collects the job's events every POLL_MS while a job runs
+        self._poll = QTimer(self)
+        self._poll.setInterval(POLL_MS)
+        self._poll.timeout.connect(self._drain)
         self._control: JobControl | None = None
         self._name = ""
         self._owner: Any = None
@@ -145,6 +147,7 @@ class EngineWorker(QObject):
         self._owner = owner
         self.busy_changed.emit(True)
         self.started.emit(name)
+        self._poll.start()
         self._run_requested.emit(job, self._control)
 
     def pause(self) -> None:
@@ -237,6 +240,7 @@ class EngineWorker(QObject):
             self._finish(ev)
 
     def _finish(self, ev: Finished) -> None:
+        self._poll.stop()
         self._control = None
         self.finished.emit(ev)
         self._name = ""
