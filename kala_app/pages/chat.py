@@ -70,9 +70,6 @@ FLUSH_CHUNK = 32
 #: The live gauge, heatmap and sparkline follow a streaming reply at this interval (s): each
 #: repaint is a Python call that must take the GIL from the generating thread.
 DECOR_S = 0.1
-#: The page's per-chat defaults: a threshold of None means "the model's calibrated per-law
-#: thresholds" (``config.json`` ``law_thresholds``, the constitution's where a law has none).
-PAGE_DEFAULT_SETTINGS: dict[str, Any] = {**DEFAULT_SETTINGS, "threshold": None}
 
 # ====================================================================== engine (one place)
 
@@ -371,7 +368,7 @@ class ChatPage(QWidget):
         if chats:
             self.open_chat(chats[0].id)
         else:
-            self._apply_settings(dict(PAGE_DEFAULT_SETTINGS))
+            self._apply_settings(dict(DEFAULT_SETTINGS))  # threshold None: the model's calibrated ones
         self._update_buttons()
 
     # ------------------------------------------------------------------ building the UI
