@@ -6,12 +6,16 @@ The original note's API works as written::
 
 Importing the package is cheap (the desktop app imports it at start-up): torch and
 transformers load on first use of a model name. "kala" is registered with AutoConfig /
-AutoModelForCausalLM when the model module loads - at once here if transformers is already
-imported, so ``from transformers import AutoModelForCausalLM; import kala_engine`` is enough.
+AutoModelForCausalLM when the model module loads: at once here if transformers is already
+imported, else right after transformers is imported (a one-shot import hook), so either import
+order works.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
+import importlib.util
 import sys
 
 __version__ = "0.1.0"
@@ -34,12 +38,38 @@ __all__ = sorted(_LAZY)
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         module = importlib.import_module(f".{_LAZY[name]}", __name__)
         return getattr(module, name)
     raise AttributeError(f"module 'kala_engine' has no attribute {name!r}")
 
 
+class _RegisterWithTransformers(importlib.abc.MetaPathFinder):
+    """Makes "kala" known to transformers' Auto classes whenever transformers gets imported.
+
+    A one-shot post-import hook: ``import kala_engine`` stays cheap (no torch, no transformers),
+    and ``import kala_engine; from transformers import AutoModelForCausalLM`` still loads a saved
+    KALA model, whatever the import order. When transformers finishes importing, the model module
+    (which registers itself with AutoConfig / AutoModelForCausalLM) is imported right after it.
+    """
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "transformers":
+            return None
+        sys.meta_path.remove(self)  # one shot; find the real spec with the other finders
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_transformers = spec.loader.exec_module
+
+        def exec_module(module):
+            exec_transformers(module)
+            importlib.import_module(f"{__name__}.modeling_kala")
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
 if "transformers" in sys.modules:  # someone uses transformers: make "kala" known to its Auto classes
     from . import modeling_kala  # noqa: E402,F401
+elif not any(isinstance(f, _RegisterWithTransformers) for f in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterWithTransformers())
