@@ -21,6 +21,16 @@ from kala_engine.jobs import Emit, JobControl, LogLine, Progress
 
 #: How many examples the quickstart generates.
 QUICKSTART_COUNT = 2000
+#: How many optimizer steps the quickstart trains kala-tiny for (a few minutes on a laptop CPU).
+QUICKSTART_STEPS = 300
+
+
+def quickstart_hyperparameters(steps: int = QUICKSTART_STEPS) -> dict[str, Any]:
+    """The Train page settings of the quickstart (those of ``kala demo``, scaled to ``steps``)."""
+    steps = max(1, int(steps))
+    return {"max_steps": steps, "batch_size": 16, "learning_rate": 2e-3, "ethics_weight": 2.0,
+            "warmup_steps": min(20, max(1, steps // 5)), "eval_every": max(1, steps // 4),
+            "save_every": max(1, steps // 4)}
 
 
 class EngineUnavailable(RuntimeError):

@@ -591,6 +591,19 @@ class ChatPage(QWidget):
             i = self.model_combo.count() - 1
         self.model_combo.setCurrentIndex(i)
 
+    def open_model(self, path: str | Path) -> None:
+        """Chat with the model at ``path``: in the open chat while it is empty, else in a new chat,
+        so the chats (and replies) before keep the model they were written with."""
+        if self.chat_id is not None and self.store.get_chat(self.chat_id).message_count > 0:
+            self._detach()
+            self.chat_id = None
+            self.view.clear()
+            self._clear_inspector()
+        self.refresh_models()
+        self.set_model(path)
+        if self.chat_id is None:
+            self.new_chat()
+
     def _browse_model(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Choose a KALA model folder", str(self.ctx.runs_dir))
         if d:
