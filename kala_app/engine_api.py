@@ -387,24 +387,9 @@ def train_job(config: Any) -> Callable:
 
 def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
     """(train lines, validation lines) of a run's metrics.jsonl; a torn last line is skipped."""
-    train: list[dict] = []
-    val: list[dict] = []
-    p = Path(path)
-    if not p.is_file():
-        return train, val
-    with p.open("r", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(d, dict):
-                continue
-            (val if d.get("split") == "validation" else train).append(d)
-    return train, val
+    from kala_engine.runs import read_metrics as f
+
+    return f(path)
 
 
 # ================================================================== self-test

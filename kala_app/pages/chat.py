@@ -55,6 +55,8 @@ from PySide6.QtWidgets import (
 )
 
 from kala_engine.jobs import JobError, TokenEvent
+from kala_engine.runs import describe_model
+from kala_engine.runs import find_models as engine_find_models
 
 from ..chat_store import CANCELLED, COMPLETE, DEFAULT_SETTINGS, ERROR, STOPPED, ChatStore
 from ..widgets.chat_view import ChatView, ReplyWidget, TokenInfo, UserMessageWidget
@@ -152,38 +154,25 @@ def thresholds_in_force(settings: dict[str, Any], model_dir: str | Path | None, 
     return [float(t)] * len(constitution)
 
 
-def model_label(path: str | Path) -> str:
-    """How the model pickers name a folder: "run · final" (as for the runs folder's models)."""
-    p = Path(path)
-    return f"{p.parent.name} · {p.name}" if p.parent.name and p.name else str(path)
+def model_label(path: str | Path, runs_dir: str | Path | None = None) -> str:
+    """How the model pickers name a folder: by its run, ``demo-20261129-234242 · final``
+    (:func:`kala_engine.runs.describe_model`; a folder outside any run by its own name)."""
+    return describe_model(path, runs_dir).label
 
 
 def find_models(runs_dir: Path) -> list[tuple[str, Path]]:
-    """(label, folder) of every model under the runs folder: each run's final/ and its checkpoints.
+    """(label, folder) of every model under the runs folder, in any run layout the engine writes
+    (``kala demo``'s ``demo-…/run`` too): each run's final/ and its loadable checkpoints
+    (:func:`kala_engine.runs.find_models`)."""
+    return [(m.label, m.path) for m in engine_find_models(runs_dir)]
 
-    A checkpoint is listed when it is a loadable model folder (it has a ``config.json``);
-    training checkpoints that hold only the trained tensors and the optimizer state (for
-    resuming) are not, until the engine can load them as a chat model.
-    """
-    out: list[tuple[str, Path]] = []
-    if not runs_dir.is_dir():
-        return out
 
-    def step_of(p: Path) -> int:
-        m = re.search(r"(\d+)$", p.name)
-        return int(m.group(1)) if m else -1
-
-    runs = sorted((d for d in runs_dir.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True)
-    for run in runs:
-        if (run / "final").is_dir():
-            out.append((f"{run.name} · final", run / "final"))
-        ck = run / "checkpoints"
-        if ck.is_dir():
-            for d in sorted((d for d in ck.iterdir()
-                             if d.is_dir() and not d.name.startswith(".") and (d / "config.json").is_file()),
-                            key=step_of, reverse=True):
-                out.append((f"{run.name} · {d.name}", d))
-    return out
+def add_model_item(combo: QComboBox, path: str | Path, runs_dir: str | Path | None) -> int:
+    """Add a model folder to a picker, named by its run, its path in the tooltip; returns its index."""
+    combo.addItem(model_label(path, runs_dir), str(path))
+    i = combo.count() - 1
+    combo.setItemData(i, str(path), Qt.ItemDataRole.ToolTipRole)
+    return i
 
 
 # ---------------------------------------------------------------------- reading the result
@@ -563,10 +552,10 @@ class ChatPage(QWidget):
         current = self.model_path()
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
-        for label, path in find_models(Path(self.ctx.runs_dir)):
-            self.model_combo.addItem(label, str(path))
+        for _label, path in find_models(Path(self.ctx.runs_dir)):
+            add_model_item(self.model_combo, path, self.ctx.runs_dir)
         if current and self.model_combo.findData(current) < 0:
-            self.model_combo.addItem(model_label(current), current)
+            add_model_item(self.model_combo, current, self.ctx.runs_dir)
         if current:
             self.model_combo.setCurrentIndex(self.model_combo.findData(current))
         elif self.model_combo.count() and self.model_combo.currentIndex() < 0:
@@ -587,8 +576,7 @@ class ChatPage(QWidget):
         path = str(path)
         i = self.model_combo.findData(path)
         if i < 0:
-            self.model_combo.addItem(model_label(path), path)
-            i = self.model_combo.count() - 1
+            i = add_model_item(self.model_combo, path, self.ctx.runs_dir)
         self.model_combo.setCurrentIndex(i)
 
     def open_model(self, path: str | Path) -> None:
@@ -802,7 +790,7 @@ class ChatPage(QWidget):
     # ------------------------------------------------------------------ sending
 
     def _reply_title(self, model: str) -> str:
-        return f"KALA · {Path(model).parent.name + '/' if model else ''}{Path(model).name}" if model else "KALA"
+        return f"KALA · {model_label(model, self.ctx.runs_dir)}" if model else "KALA"
 
     def send(self, text: str | None = None) -> bool:
         """Send ``text`` (or the composer's text); returns False (with the reason shown) if it cannot."""
@@ -1105,5 +1093,5 @@ class ChatPage(QWidget):
         super().closeEvent(event)
 
 
-__all__ = ["ChatPage", "Outcome", "find_models", "generation_job", "model_default_thresholds", "read_outcome",
+__all__ = ["ChatPage", "Outcome", "add_model_item", "find_models", "generation_job", "model_default_thresholds", "read_outcome",
            "thresholds_in_force"]
