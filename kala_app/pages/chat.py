@@ -709,9 +709,12 @@ class ChatPage(QWidget):
         self._apply_settings(chat.settings)
         self.view.clear()
         self._clear_inspector()
-        thresholds = thresholds_in_force(chat.settings, chat.model or self.model_path(), self.constitution)
+        # rows from before messages kept their thresholds: judged by the chat's model and settings
+        fallback = thresholds_in_force(chat.settings, chat.model or self.model_path(), self.constitution)
         last_user: UserMessageWidget | None = None
         for m in self.store.messages(chat_id):
+            thresholds = m.thresholds if m.thresholds and len(m.thresholds) == len(self.constitution) else fallback
+            self.view.set_thresholds(thresholds)  # each message drawn against its own
             if m.role == "user":
                 scores = (m.assessment or {}).get("law_scores")
                 last_user = self.view.add_user_message(m.content, scores)
@@ -724,6 +727,7 @@ class ChatPage(QWidget):
                 if not m.tokens and m.content:
                     reply.text_view.setPlainText(m.content)
                 self._finish_reply_widget(reply, m.status, m.stop, m.explanation, thresholds, len(m.tokens))
+        self._thresholds_changed()  # new messages: the current model and settings
         self._reload_chat_list()
         self.view.scroll_to_bottom()
         self._update_buttons()
@@ -813,8 +817,11 @@ class ChatPage(QWidget):
         chat = self.store.get_chat(self.chat_id)
         if chat.title == "New chat" and chat.message_count == 0:
             self.store.rename_chat(self.chat_id, text.splitlines()[0][:48])
+        # what this exchange is judged against, stored with both messages: switching the model or
+        # the threshold later never re-judges them
+        send_thresholds = thresholds_in_force(settings, model, self.constitution)
         # the user's message reaches the disk before anything else happens
-        user_id = self.store.add_user_message(self.chat_id, text)
+        user_id = self.store.add_user_message(self.chat_id, text, thresholds=send_thresholds)
         messages = self.store.history(self.chat_id)
         try:
             job = self.job_factory(model, messages, settings)
@@ -826,7 +833,7 @@ class ChatPage(QWidget):
             self._reload_chat_list()
             return False
         self._user_id = user_id
-        self._reply_id = self.store.begin_reply(self.chat_id, model=model)
+        self._reply_id = self.store.begin_reply(self.chat_id, model=model, thresholds=send_thresholds)
         self.input.clear()
         self._user_widget = self.view.add_user_message(text)
         self._reply = self.view.begin_reply(self._reply_title(model))
@@ -835,7 +842,7 @@ class ChatPage(QWidget):
         self._pinned = None
         self._last = None
         self._buffer.clear()
-        self._send_thresholds = thresholds_in_force(settings, model, self.constitution)
+        self._send_thresholds = send_thresholds
         self._thresholds_changed(self._send_thresholds)
         self._active = True
         self._started_at = time.perf_counter()
@@ -933,6 +940,9 @@ class ChatPage(QWidget):
         if out.thresholds is not None:  # what the engine actually used wins over what we expected
             thresholds = self._send_thresholds = out.thresholds
             self._thresholds_changed(thresholds)
+            for mid in (rid, self._user_id):
+                if mid is not None:
+                    self.store.set_thresholds(mid, thresholds)
         if ev.cancelled:
             out.stop_kind, out.stop_message = "cancelled", "stopped by the user"
             status = CANCELLED
@@ -1052,6 +1062,9 @@ class ChatPage(QWidget):
     def _show_token(self, info: TokenInfo, mode: str) -> None:
         text = info.text.replace("\n", "⏎")
         caption = f"{mode}: “{text.strip() or text}”  (#{info.index})"
+        th = info.reply.thresholds()  # the token is judged against its reply's thresholds
+        self.gauge.set_thresholds(th)
+        self.heatmap.set_thresholds(th)
         self.gauge.set_scores(info.law_scores, caption)
         self.heatmap.set_path(info.layer_scores, info.law_scores,
                               f"Decision path of #{info.index} “{text.strip() or text}” per layer")
