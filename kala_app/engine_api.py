@@ -108,6 +108,10 @@ def data_kinds() -> list[str]:
     raise EngineUnavailable("kala_engine.data.schema has no KINDS; the app and the engine do not match")
 
 
+#: The Data page's format choice that detects the format from the file.
+AUTO_FORMAT = "auto"
+
+
 def import_formats() -> list[str]:
     """Formats ``kala data import`` understands (``kala`` first)."""
     try:
@@ -116,6 +120,15 @@ def import_formats() -> list[str]:
     except EngineUnavailable:
         fmts = ["hh-rlhf", "pku-saferlhf", "beavertails"]
     return ["kala"] + [f for f in fmts if f != "kala"]
+
+
+def format_title(fmt: str) -> str:
+    """How a format is named to the user (``HH-RLHF``; ``Auto-detect`` for :data:`AUTO_FORMAT`)."""
+    if fmt == AUTO_FORMAT:
+        return "Auto-detect"
+    from kala_engine.data.detect import TITLES
+
+    return TITLES.get(fmt, fmt)
 
 
 def record_kind(rec: dict) -> str:
@@ -227,12 +240,38 @@ def generate_job(out: str | Path, count: int, seed: int, kinds: Iterable[str] | 
     return job
 
 
-def import_job(src: str | Path, fmt: str, out: str | Path) -> Callable:
-    """A job that converts ``src`` (format ``fmt``) into KALA JSONL at ``out`` and loads it."""
+def import_job(src: str | Path, fmt: str, out: str | Path | Callable[[str], Path]) -> Callable:
+    """A job that converts ``src`` (format ``fmt``; :data:`AUTO_FORMAT`: the one it looks like)
+    into KALA JSONL at ``out`` (or ``out(format)``) and loads it.
+
+    Bad input never fails with a traceback: it fails with a :class:`~kala_engine.jobs.JobError`
+    whose one message says what the file looks like ("x.jsonl looks like HH-RLHF (JSON lines),
+    not KALA: choose the format hh-rlhf"). A KALA file without one valid record fails the same
+    way (a preview of nothing is no use); one with some bad lines loads, its problems listed.
+    """
 
     def job(emit: Emit, control: JobControl) -> LoadedData:
-        if fmt == "kala":
-            return load_and_validate(src, emit, control)
+        from kala_engine.data.detect import detect_format, mismatch_hint, why_unknown
+        from kala_engine.jobs import JobError
+
+        name = Path(src).name
+        try:
+            found = detect_format(src)
+        except OSError as e:
+            raise JobError(str(e)) from None
+        use = found.fmt if fmt == AUTO_FORMAT else fmt
+        if found.fmt is None:
+            raise JobError(f"Cannot import {name}: {why_unknown(found)}.")
+        if found.fmt != use:
+            raise JobError(f"{mismatch_hint(src, use)} (or Auto-detect) and open it again.")
+        if use == "kala":
+            data = load_and_validate(src, emit, control)
+            if not data.records:
+                ln, why = data.errors[0] if data.errors else (1, "no records")
+                hint = mismatch_hint(src, "kala")
+                raise JobError(f"{name} holds no valid KALA record ({len(data.errors)} problem(s); line {ln}: {why})"
+                               + (f". {hint}." if hint else "."))
+            return data
         mod = _module("kala_engine.data.importers")
         fn = None
         for name in ("import_dataset", "convert", "import_file"):
@@ -241,9 +280,13 @@ def import_job(src: str | Path, fmt: str, out: str | Path) -> Callable:
                 break
         if fn is None:
             raise EngineUnavailable("kala_engine.data.importers has no import_dataset()")
-        emit(LogLine(f"importing {src} ({fmt})"))
-        _call_with_supported(fn, src=Path(src), path=Path(src), fmt=fmt, format=fmt, out=Path(out))
-        data = load_and_validate(out, emit, control)
+        emit(LogLine(f"importing {src} ({use})"))
+        out_path = Path(out(use) if callable(out) else out)
+        try:
+            _call_with_supported(fn, src=Path(src), path=Path(src), fmt=use, format=use, out=out_path)
+        except (ValueError, OSError) as e:  # the file's fault: said in one message, no traceback
+            raise JobError(str(e)) from None
+        data = load_and_validate(out_path, emit, control)
         data.summary = summarize(data.records)
         return data
 
