@@ -251,26 +251,26 @@ def import_job(src: str | Path, fmt: str, out: str | Path | Callable[[str], Path
     """
 
     def job(emit: Emit, control: JobControl) -> LoadedData:
-        from kala_engine.data.detect import detect_format, mismatch_hint, why_unknown
+        from kala_engine.data.detect import detect_format, why_unknown
         from kala_engine.jobs import JobError
 
-        name = Path(src).name
+        src_name = Path(src).name
         try:
             found = detect_format(src)
         except OSError as e:
             raise JobError(str(e)) from None
         use = found.fmt if fmt == AUTO_FORMAT else fmt
         if found.fmt is None:
-            raise JobError(f"Cannot import {name}: {why_unknown(found)}.")
+            raise JobError(f"Cannot import {src_name}: {why_unknown(found)}.")
         if found.fmt != use:
-            raise JobError(f"{mismatch_hint(src, use)} (or Auto-detect) and open it again.")
+            raise JobError(f"{src_name} looks like {found.describe()}, not {format_title(use)}: choose "
+                           f"“{format_title(found.fmt)}” under Format (or Auto-detect) and open it again.")
         if use == "kala":
             data = load_and_validate(src, emit, control)
             if not data.records:
                 ln, why = data.errors[0] if data.errors else (1, "no records")
-                hint = mismatch_hint(src, "kala")
-                raise JobError(f"{name} holds no valid KALA record ({len(data.errors)} problem(s); line {ln}: {why})"
-                               + (f". {hint}." if hint else "."))
+                raise JobError(f"{src_name} holds no valid KALA record ({len(data.errors)} problem(s); line {ln}: "
+                               f"{why}); check it with: kala data validate {src}")
             return data
         mod = _module("kala_engine.data.importers")
         fn = None

@@ -415,8 +415,7 @@ class DataPage(QWidget):
             return
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        kept = f" (still showing {self.path.name})" if self.path is not None else ""
-        self.progress.setFormat(f"{self._job_label}: failed{kept}")
+        self.progress.setFormat("failed; the data set below is kept" if self.path is not None else "failed")
         show_error(self, "Could not read the data", message, traceback)
 
     def _on_finished(self, ev) -> None:

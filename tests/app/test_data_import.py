@@ -76,13 +76,13 @@ def test_every_file_and_format_imports_or_says_in_one_line_what_to_choose(qtbot,
             msg = dialogs[0].message
             assert "Traceback" not in msg and "Error:" not in msg, f"{where}: {msg}"
             if truth is not None:  # the likely format is named, with what to choose
-                assert f"looks like {TITLES[truth]}" in msg and f"choose the format {truth}" in msg, f"{where}: {msg}"
+                assert f"looks like {TITLES[truth]}" in msg and f"choose “{TITLES[truth]}” under Format" in msg, f"{where}: {msg}"
             else:
                 assert msg.startswith(f"Cannot import {path.name}: it is "), f"{where}: {msg}"
                 assert any(w in msg for w in ("matches none of the formats", "neither JSON nor CSV", "an empty file"))
             # the data set shown before stays: no empty preview
             assert (page.path, page.model.rowCount(), page.summary.text()) == shown, where
-            assert "failed (still showing" in page.progress.text()
+            assert page.progress.text() == "failed; the data set below is kept"
             for d in dialogs:
                 d.close()
     assert (failures, tracebacks) == (33, 0)  # 45 cases, 12 of them right
