@@ -152,3 +152,20 @@ def test_reports_record_the_model_path_and_its_run(qtbot, ctx, tmp_path, via, mo
     assert first["model_path"] == str(final)
     # the real backend names a model folder by its run too (it loads the weights only when used)
     assert KALABackend(final).name == f"{DEMO} · final"
+
+
+def test_deleting_a_demo_run_removes_its_demo_folder_only(tmp_path):
+    from kala_app.runs import delete_run, list_runs
+
+    root = tmp_path / "runs"
+    lay_out_demo(root)
+    lay_out_run(root / "sweeps" / "run")  # a generic leaf beside another run: only itself goes
+    lay_out_run(root / "sweeps" / "lr-1e-3")
+    by_name = {r.name: r for r in list_runs(root)}
+    assert set(by_name) == {DEMO, "sweeps", "sweeps/lr-1e-3"}
+    delete_run(by_name[DEMO], root)
+    assert not (root / DEMO).exists()  # its data.jsonl went with it
+    delete_run(by_name["sweeps"], root)
+    assert not (root / "sweeps" / "run").exists() and (root / "sweeps" / "lr-1e-3").is_dir()
+    with pytest.raises(ValueError, match="not inside the runs folder"):
+        delete_run(tmp_path / "elsewhere", root)
