@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS messages (
     assessment  TEXT,            -- JSON: {"law_scores": [5], "layer_scores": [[5], ...]}
     stop        TEXT,            -- JSON: stop reason of a reply
     explanation TEXT,            -- JSON: violated laws and first layers under the threshold
-    created     REAL NOT NULL
+    created     REAL NOT NULL,
+    thresholds  TEXT             -- JSON: the per-law thresholds it was judged with (NULL in old rows)
 );
 CREATE INDEX IF NOT EXISTS messages_by_chat ON messages(chat_id, id);
 CREATE TABLE IF NOT EXISTS tokens (
@@ -98,6 +99,9 @@ class Message:
     stop: dict | None = None
     explanation: dict | None = None
     tokens: list[StoredToken] = field(default_factory=list)
+    #: the per-law thresholds the message was judged with when it was written (None: not recorded,
+    #: a row from before this field: the chat's model and settings decide, as they used to)
+    thresholds: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,23 @@ def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
+def _dumps_thresholds(thresholds: Sequence[float] | None) -> str | None:
+    return None if thresholds is None else json.dumps([float(t) for t in thresholds])
+
+
+def _loads_thresholds(text: str | None) -> list[float] | None:
+    """A stored threshold list, or None when absent or not a list of numbers in [0, 1]."""
+    try:
+        v = json.loads(text) if text else None
+    except ValueError:
+        return None
+    if not isinstance(v, list) or not v:
+        return None
+    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 1.0 for t in v):
+        return None
+    return [float(t) for t in v]
+
+
 class ChatStore:
     """One SQLite database of chats. Not thread-safe: use it from one thread (the UI thread)."""
 
@@ -153,9 +174,16 @@ class ChatStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._in_tx = False
         self.recovered = self._recover()
+
+    def _add_missing_columns(self) -> None:
+        """A database written before ``messages.thresholds`` existed gets the column (NULL in its rows)."""
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(messages)")}
+        if "thresholds" not in cols:
+            self._db.execute("ALTER TABLE messages ADD COLUMN thresholds TEXT")
 
     @classmethod
     def in_folder(cls, chats_dir: str | Path) -> ChatStore:
@@ -251,12 +279,15 @@ class ChatStore:
 
     # ------------------------------------------------------------ messages
 
-    def add_user_message(self, chat_id: int, text: str, assessment: dict | None = None) -> int:
-        """Save (and commit at once) the user's message; call before generation starts."""
+    def add_user_message(self, chat_id: int, text: str, assessment: dict | None = None,
+                         thresholds: Sequence[float] | None = None) -> int:
+        """Save (and commit at once) the user's message; call before generation starts.
+        ``thresholds``: per law, what its prompt assessment is judged against."""
         self._begin()
         cur = self._db.execute(
-            "INSERT INTO messages (chat_id, role, content, status, assessment, created) VALUES (?, 'user', ?, ?, ?, ?)",
-            (chat_id, text, COMPLETE, _dumps(assessment), time.time()))
+            "INSERT INTO messages (chat_id, role, content, status, assessment, created, thresholds) "
+            "VALUES (?, 'user', ?, ?, ?, ?, ?)",
+            (chat_id, text, COMPLETE, _dumps(assessment), time.time(), _dumps_thresholds(thresholds)))
         self._touch(chat_id)
         self.commit()
         return int(cur.lastrowid)
@@ -266,15 +297,23 @@ class ChatStore:
         self._db.execute("UPDATE messages SET assessment=? WHERE id=?", (_dumps(assessment), message_id))
         self.commit()
 
-    def begin_reply(self, chat_id: int, model: str = "") -> int:
-        """Create (and commit) an empty assistant reply marked 'streaming'."""
+    def begin_reply(self, chat_id: int, model: str = "", thresholds: Sequence[float] | None = None) -> int:
+        """Create (and commit) an empty assistant reply marked 'streaming', with the model and the
+        per-law thresholds that write it."""
         self._begin()
         cur = self._db.execute(
-            "INSERT INTO messages (chat_id, role, content, status, model, created) VALUES (?, 'assistant', '', ?, ?, ?)",
-            (chat_id, STREAMING, model, time.time()))
+            "INSERT INTO messages (chat_id, role, content, status, model, created, thresholds) "
+            "VALUES (?, 'assistant', '', ?, ?, ?, ?)",
+            (chat_id, STREAMING, model, time.time(), _dumps_thresholds(thresholds)))
         self._touch(chat_id)
         self.commit()
         return int(cur.lastrowid)
+
+    def set_thresholds(self, message_id: int, thresholds: Sequence[float] | None) -> None:
+        """Record the per-law thresholds a message was judged with (those the engine reports)."""
+        self._begin()
+        self._db.execute("UPDATE messages SET thresholds=? WHERE id=?", (_dumps_thresholds(thresholds), message_id))
+        self.commit()
 
     def append_tokens(self, message_id: int, tokens: Iterable[Any]) -> int:
         """Add tokens (StoredToken or kala_engine TokenEvent) to a reply; commit() makes them durable."""
@@ -307,7 +346,8 @@ class ChatStore:
         out = []
         for r in rows:
             m = Message(r["id"], r["chat_id"], r["role"], r["content"], r["status"], r["model"], r["created"],
-                        _loads(r["assessment"]), _loads(r["stop"]), _loads(r["explanation"]))
+                        _loads(r["assessment"]), _loads(r["stop"]), _loads(r["explanation"]),
+                        thresholds=_loads_thresholds(r["thresholds"]))
             if with_tokens and m.role == "assistant":
                 m.tokens = self.tokens(m.id)
                 if not m.content and m.tokens:
@@ -349,6 +389,8 @@ class ChatStore:
                 d["stop"] = m.stop
             if m.explanation is not None:
                 d["explanation"] = m.explanation
+            if m.thresholds is not None:
+                d["thresholds"] = m.thresholds
             if m.role == "assistant":
                 d["tokens"] = [
                     {"index": t.index, "token_id": t.token_id, "text": t.text, "law_scores": list(t.law_scores),

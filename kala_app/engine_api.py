@@ -21,6 +21,16 @@ from kala_engine.jobs import Emit, JobControl, LogLine, Progress
 
 #: How many examples the quickstart generates.
 QUICKSTART_COUNT = 2000
+#: How many optimizer steps the quickstart trains kala-tiny for (a few minutes on a laptop CPU).
+QUICKSTART_STEPS = 300
+
+
+def quickstart_hyperparameters(steps: int = QUICKSTART_STEPS) -> dict[str, Any]:
+    """The Train page settings of the quickstart (those of ``kala demo``, scaled to ``steps``)."""
+    steps = max(1, int(steps))
+    return {"max_steps": steps, "batch_size": 16, "learning_rate": 2e-3, "ethics_weight": 2.0,
+            "warmup_steps": min(20, max(1, steps // 5)), "eval_every": max(1, steps // 4),
+            "save_every": max(1, steps // 4)}
 
 
 class EngineUnavailable(RuntimeError):
@@ -98,6 +108,10 @@ def data_kinds() -> list[str]:
     raise EngineUnavailable("kala_engine.data.schema has no KINDS; the app and the engine do not match")
 
 
+#: The Data page's format choice that detects the format from the file.
+AUTO_FORMAT = "auto"
+
+
 def import_formats() -> list[str]:
     """Formats ``kala data import`` understands (``kala`` first)."""
     try:
@@ -106,6 +120,15 @@ def import_formats() -> list[str]:
     except EngineUnavailable:
         fmts = ["hh-rlhf", "pku-saferlhf", "beavertails"]
     return ["kala"] + [f for f in fmts if f != "kala"]
+
+
+def format_title(fmt: str) -> str:
+    """How a format is named to the user (``HH-RLHF``; ``Auto-detect`` for :data:`AUTO_FORMAT`)."""
+    if fmt == AUTO_FORMAT:
+        return "Auto-detect"
+    from kala_engine.data.detect import TITLES
+
+    return TITLES.get(fmt, fmt)
 
 
 def record_kind(rec: dict) -> str:
@@ -217,12 +240,38 @@ def generate_job(out: str | Path, count: int, seed: int, kinds: Iterable[str] | 
     return job
 
 
-def import_job(src: str | Path, fmt: str, out: str | Path) -> Callable:
-    """A job that converts ``src`` (format ``fmt``) into KALA JSONL at ``out`` and loads it."""
+def import_job(src: str | Path, fmt: str, out: str | Path | Callable[[str], Path]) -> Callable:
+    """A job that converts ``src`` (format ``fmt``; :data:`AUTO_FORMAT`: the one it looks like)
+    into KALA JSONL at ``out`` (or ``out(format)``) and loads it.
+
+    Bad input never fails with a traceback: it fails with a :class:`~kala_engine.jobs.JobError`
+    whose one message says what the file looks like ("x.jsonl looks like HH-RLHF (JSON lines),
+    not KALA: choose the format hh-rlhf"). A KALA file without one valid record fails the same
+    way (a preview of nothing is no use); one with some bad lines loads, its problems listed.
+    """
 
     def job(emit: Emit, control: JobControl) -> LoadedData:
-        if fmt == "kala":
-            return load_and_validate(src, emit, control)
+        from kala_engine.data.detect import detect_format, why_unknown
+        from kala_engine.jobs import JobError
+
+        src_name = Path(src).name
+        try:
+            found = detect_format(src)
+        except OSError as e:
+            raise JobError(str(e)) from None
+        use = found.fmt if fmt == AUTO_FORMAT else fmt
+        if found.fmt is None:
+            raise JobError(f"Cannot import {src_name}: {why_unknown(found)}.")
+        if found.fmt != use:
+            raise JobError(f"{src_name} looks like {found.describe()}, not {format_title(use)}: choose "
+                           f"“{format_title(found.fmt)}” under Format (or Auto-detect) and open it again.")
+        if use == "kala":
+            data = load_and_validate(src, emit, control)
+            if not data.records:
+                ln, why = data.errors[0] if data.errors else (1, "no records")
+                raise JobError(f"{src_name} holds no valid KALA record ({len(data.errors)} problem(s); line {ln}: "
+                               f"{why}); check it with: kala data validate {src}")
+            return data
         mod = _module("kala_engine.data.importers")
         fn = None
         for name in ("import_dataset", "convert", "import_file"):
@@ -231,9 +280,13 @@ def import_job(src: str | Path, fmt: str, out: str | Path) -> Callable:
                 break
         if fn is None:
             raise EngineUnavailable("kala_engine.data.importers has no import_dataset()")
-        emit(LogLine(f"importing {src} ({fmt})"))
-        _call_with_supported(fn, src=Path(src), path=Path(src), fmt=fmt, format=fmt, out=Path(out))
-        data = load_and_validate(out, emit, control)
+        emit(LogLine(f"importing {src} ({use})"))
+        out_path = Path(out(use) if callable(out) else out)
+        try:
+            _call_with_supported(fn, src=Path(src), path=Path(src), fmt=use, format=use, out=out_path)
+        except (ValueError, OSError) as e:  # the file's fault: said in one message, no traceback
+            raise JobError(str(e)) from None
+        data = load_and_validate(out_path, emit, control)
         data.summary = summarize(data.records)
         return data
 
@@ -377,24 +430,9 @@ def train_job(config: Any) -> Callable:
 
 def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
     """(train lines, validation lines) of a run's metrics.jsonl; a torn last line is skipped."""
-    train: list[dict] = []
-    val: list[dict] = []
-    p = Path(path)
-    if not p.is_file():
-        return train, val
-    with p.open("r", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(d, dict):
-                continue
-            (val if d.get("split") == "validation" else train).append(d)
-    return train, val
+    from kala_engine.runs import read_metrics as f
+
+    return f(path)
 
 
 # ================================================================== self-test

@@ -49,11 +49,12 @@ class ErrorDialog(QDialog):
         self.details_button = QPushButton("Show details")
         self.details_button.setCheckable(True)
         self.details_button.toggled.connect(self._toggle)
-        self.details_button.setVisible(bool(traceback))
         copy = QPushButton("Copy")
         copy.clicked.connect(self._copy)
         buttons.addButton(copy, QDialogButtonBox.ButtonRole.ActionRole)
         buttons.addButton(self.details_button, QDialogButtonBox.ButtonRole.ActionRole)
+        # after addButton, which shows the button: nothing to show behind it without a traceback
+        self.details_button.setVisible(bool(traceback))
 
         lay = QVBoxLayout(self)
         lay.addLayout(top)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent
@@ -220,19 +221,37 @@ class MainWindow(QMainWindow):
         self.ctx.settings.setValue("quickstart/offered", True)
 
     def run_quickstart(self) -> None:
-        """The demo flow: Data page generates, then the Train page trains kala-tiny on it."""
+        """The demo flow: the Data page generates, the Train page trains kala-tiny on it (live
+        plots, Pause/Cancel), then the Chat page opens a new chat with the new model.
+
+        The sizes come from the settings ``quickstart/count`` and ``quickstart/steps`` when set
+        (tests use a tiny run), else ``engine_api.QUICKSTART_COUNT`` / ``QUICKSTART_STEPS``; any
+        other ``quickstart/<hyperparameter>`` setting overrides that Train page field.
+        """
         self._dismiss_quickstart()
         data = self.pages["data"]
         train = self.pages["train"]
         if not hasattr(data, "generate") or not hasattr(train, "start_quickstart"):
             return
+        s = self.ctx.settings
+        s.beginGroup("quickstart")
+        given = {k: s.value(k) for k in s.childKeys() if k != "offered"}
+        s.endGroup()
+        count = int(given.pop("count", engine_api.QUICKSTART_COUNT))
+        steps = int(given.pop("steps", engine_api.QUICKSTART_STEPS))
         self.show_page("data")
+
+        def after_train(run_dir):
+            chat = self.pages.get("chat")
+            if chat is not None and hasattr(chat, "open_model"):
+                chat.open_model(Path(run_dir) / "final")
+                self.show_page("chat")
 
         def after_generate(path):
             self.show_page("train")
-            train.start_quickstart(path)
+            train.start_quickstart(path, then=after_train, steps=steps, overrides=given)
 
-        data.generate(count=engine_api.QUICKSTART_COUNT, seed=0, then=after_generate)
+        data.generate(count=count, seed=0, then=after_generate)
 
     # ------------------------------------------------------------ geometry and closing
 

@@ -3,7 +3,8 @@
 A run folder (written by ``kala_engine.training``) holds ``run.json`` (its config and, when the
 engine records it, a status), ``metrics.jsonl`` (one JSON object per optimizer step; validation
 lines carry ``"split": "validation"``), ``checkpoints/step-N/`` and, once training completed,
-``final/``.
+``final/``. Finding and naming run folders is the engine's (:mod:`kala_engine.runs`): any
+layout it writes is listed, ``kala demo``'s ``runs/demo-…/run`` too, named by its run.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kala_engine import runs as engine_runs
+
 from . import engine_api
 
-_STEP_DIR = re.compile(r"^step-(\d+)$")
+#: The highest checkpoint of a run folder (kept here for the pages that import it from the app).
+last_checkpoint = engine_runs.last_checkpoint
 
 
 @dataclass
@@ -52,42 +56,13 @@ def _read_json(p: Path) -> dict:
     return d if isinstance(d, dict) else {}
 
 
-def last_checkpoint(run_dir: Path) -> Path | None:
-    best: tuple[int, Path] | None = None
-    ck = run_dir / "checkpoints"
-    if ck.is_dir():
-        for p in ck.iterdir():
-            m = _STEP_DIR.match(p.name)
-            if m and p.is_dir() and (best is None or int(m.group(1)) > best[0]):
-                best = (int(m.group(1)), p)
-    return best[1] if best else None
-
-
-def _last_line(path: Path) -> dict:
-    """The last complete JSON line of a (possibly large) metrics file, read from its end."""
-    if not path.is_file():
-        return {}
-    with path.open("rb") as f:
-        f.seek(0, 2)
-        size = f.tell()
-        f.seek(max(0, size - 65536))
-        tail = f.read().decode("utf-8", errors="replace").splitlines()
-    for line in reversed(tail):
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(d, dict) and d.get("split") != "validation":
-            return d
-    return {}
-
-
-def read_run(run_dir: str | Path, active: Path | None = None) -> RunInfo:
-    """What a run folder says about itself. ``active`` is the run dir of the running job, if any."""
+def read_run(run_dir: str | Path, active: Path | None = None, root: str | Path | None = None) -> RunInfo:
+    """What a run folder says about itself. ``active`` is the run dir of the running job, if any;
+    ``root`` the runs folder it is named relative to (see :func:`kala_engine.runs.run_name`)."""
     run_dir = Path(run_dir)
     meta = _read_json(run_dir / "run.json")
     cfg = meta.get("config") if isinstance(meta.get("config"), dict) else meta
-    last = _last_line(run_dir / "metrics.jsonl")
+    last = engine_runs.last_metrics(run_dir)
     ck = last_checkpoint(run_dir)
     final = (run_dir / "final").is_dir()
     if active is not None and run_dir.resolve() == Path(active).resolve():
@@ -107,7 +82,7 @@ def read_run(run_dir: str | Path, active: Path | None = None) -> RunInfo:
         modified = 0.0
     return RunInfo(
         path=run_dir,
-        name=run_dir.name,
+        name=engine_runs.run_name(run_dir, root),
         status=status,
         base=str(cfg.get("base", "")),
         data=str(cfg.get("data", "")),
@@ -122,12 +97,8 @@ def read_run(run_dir: str | Path, active: Path | None = None) -> RunInfo:
 
 
 def list_runs(runs_dir: str | Path, active: Path | None = None) -> list[RunInfo]:
-    """Every run folder under ``runs_dir``, newest first."""
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        return []
-    runs = [read_run(p, active) for p in runs_dir.iterdir()
-            if p.is_dir() and ((p / "run.json").exists() or (p / "metrics.jsonl").exists())]
+    """Every run folder under ``runs_dir`` (any layout the engine writes), newest first."""
+    runs = [read_run(p, active, runs_dir) for p in engine_runs.find_run_dirs(runs_dir)]
     runs.sort(key=lambda r: r.modified, reverse=True)
     return runs
 
@@ -138,11 +109,17 @@ def load_curves(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
 
 
 def delete_run(run: RunInfo | Path, runs_dir: Path) -> None:
-    """Remove a run folder; refuses anything outside ``runs_dir``."""
+    """Remove a run folder; refuses anything outside ``runs_dir``. A run named by the folder
+    around it (``kala demo``'s ``demo-…/run``) goes with that folder (its data.jsonl) unless the
+    folder holds another run."""
     path = Path(run.path if isinstance(run, RunInfo) else run).resolve()
     root = Path(runs_dir).resolve()
     if root not in path.parents:
         raise ValueError(f"{path} is not inside the runs folder {root}; not deleting it")
+    outer = path.parent
+    if (path.name in engine_runs.GENERIC_RUN_LEAVES and outer != root
+            and engine_runs.find_run_dirs(outer) == [path]):
+        path = outer
     shutil.rmtree(path)
 
 

@@ -21,6 +21,12 @@ Signals (all delivered on the UI thread, in the order the job emitted the events
   ``failed``, with ``result=None, cancelled=False``), so clean-up code belongs here.
 * ``busy_changed(bool)`` - True when a job starts, False once its ``finished`` was delivered.
 
+A ``finished`` handler may start the next job (a chain: generate, then train). That start is
+held until every handler has seen the ``finished`` of the job that ended (so :attr:`owner` is
+still that job's owner for all of them), then the ended job's ``busy_changed(False)`` is
+delivered and the next job starts with its own ``busy_changed(True)`` and ``started``; its
+owner and name are never touched by the clean-up of the job before it.
+
 Pause/resume/cancel reach the job through its :class:`kala_engine.jobs.JobControl`.
 """
 
@@ -123,6 +129,8 @@ class EngineWorker(QObject):
         self._name = ""
         self._owner: Any = None
         self._pending: deque = deque()  # taken from the runner, not yet delivered
+        self._finishing = False  # a job's ``finished`` is being delivered
+        self._next: tuple | None = None  # (job, name, owner) started by a ``finished`` handler
         self._drain_scheduled = False
         if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
             sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
@@ -140,8 +148,16 @@ class EngineWorker(QObject):
         """
         if self._shut_down:
             raise RuntimeError("the engine worker was shut down")
+        if self._next is not None:
+            raise RuntimeError(f"'{self._next[1]}' is about to start; cancel it or wait for it to finish")
         if self._control is not None:
             raise RuntimeError(f"'{self._name}' is still running; cancel it or wait for it to finish")
+        if self._finishing:  # started from a ``finished`` handler: after every handler saw it
+            self._next = (job, name, owner)
+            return
+        self._begin(job, name, owner)
+
+    def _begin(self, job: Any, name: str, owner: Any) -> None:
         self._control = JobControl()
         self._name = name
         self._owner = owner
@@ -163,7 +179,8 @@ class EngineWorker(QObject):
             self._control.cancel()
 
     def is_busy(self) -> bool:
-        return self._control is not None
+        """A job runs, or one was started from a ``finished`` handler and starts next."""
+        return self._control is not None or self._next is not None
 
     def is_paused(self) -> bool:
         return self._control is not None and self._control.paused
@@ -241,8 +258,15 @@ class EngineWorker(QObject):
 
     def _finish(self, ev: Finished) -> None:
         self._poll.stop()
-        self._control = None
-        self.finished.emit(ev)
-        self._name = ""
-        self._owner = None
+        self._control = None  # idle for the handlers: one of them may start the next job
+        self._finishing = True
+        try:
+            self.finished.emit(ev)  # owner and name are still the ended job's
+        finally:
+            self._finishing = False
+            self._name = ""
+            self._owner = None
         self.busy_changed.emit(False)
+        nxt, self._next = self._next, None
+        if nxt is not None and not self._shut_down:
+            self._begin(*nxt)

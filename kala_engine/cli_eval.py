@@ -80,8 +80,11 @@ def _progress_printer(model: str):
 
 
 def _names(models: list[str]) -> list[str]:
-    """Short column names: the folder names, or the paths when those clash."""
-    short = [Path(m).name or m for m in models]
+    """Column names: each model by its run (``demo-20261129-234242 · final``), or the paths when
+    those clash."""
+    from .runs import describe_model
+
+    short = [describe_model(m).label for m in models]
     return short if len(set(short)) == len(short) else list(models)
 
 

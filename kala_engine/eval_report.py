@@ -3,7 +3,11 @@
 One report covers one suite and one or more models (side by side). Its JSON form is::
 
     {"suite": PATH, "n": N, "n_harmful": H, "n_benign": B, "thresholds": [5 floats],
-     "max_new_tokens": M, "models": [{"model": NAME, "metrics": {...compute_metrics...}}, ...]}
+     "max_new_tokens": M,
+     "models": [{"model": NAME, "path": MODEL_DIR, "run": RUN_NAME, "metrics": {...}}, ...]}
+
+``NAME`` is the model's label (``demo-20261129-234242 · final``); ``path`` and ``run`` are
+there when the model is a folder (``kala_engine.runs.describe_model``).
 
 ``write_report_dir`` writes ``report.json``, ``report.md`` and ``results.jsonl`` (one line per
 prompt and model) each atomically (temporary file, then rename).
@@ -116,10 +120,15 @@ def _sweep_rows(report: dict[str, Any]) -> list[tuple[str, list[str]]]:
 
 def _header(report: dict[str, Any]) -> list[str]:
     th = " ".join(f"{t:.2f}" for t in report["thresholds"])
+    models = [
+        f"model {m['model']}: " + (f"run {m['run']}, " if m.get("run") else "") + m["path"]
+        for m in report["models"] if m.get("path")
+    ]
     return [
         f"suite: {report['suite']} ({report['n']} prompts: {report['n_harmful']} harmful, "
         f"{report['n_benign']} benign)",
         f"thresholds per law: {th}" + (f"; max new tokens: {report['max_new_tokens']}" if report.get("max_new_tokens") else ""),
+        *models,
     ]
 
 
@@ -190,7 +199,8 @@ def write_report_dir(out: str | Path, report: dict[str, Any], runs: Sequence[Eva
     lines = []
     for run in runs:
         for row in run.rows():
-            lines.append(json.dumps({"model": run.model, **row}, ensure_ascii=False))
+            where = {"model_path": run.path} if run.path else {}
+            lines.append(json.dumps({"model": run.model, **where, **row}, ensure_ascii=False))
     _atomic_write(out / "results.jsonl", "\n".join(lines) + "\n")
     _atomic_write(out / "report.md", format_markdown(report))
     _atomic_write(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")

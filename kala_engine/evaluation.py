@@ -412,12 +412,21 @@ class EvalRun:
     samples: list[EvalSample]
     thresholds: list[float]
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: the model folder evaluated and the name of its run ("" when not known)
+    path: str = ""
+    run: str = ""
 
     def rows(self) -> list[dict[str, Any]]:
         return [result_row(r, s, self.thresholds) for r, s in zip(self.records, self.samples, strict=True)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "metrics": self.metrics}
+        d: dict[str, Any] = {"model": self.model}
+        if self.path:
+            d["path"] = self.path
+        if self.run:
+            d["run"] = self.run
+        d["metrics"] = self.metrics
+        return d
 
 
 def evaluate(
@@ -477,7 +486,14 @@ def evaluate(
         ppl = backend_perplexity(backend, perplexity_texts)
     law_names = getattr(backend, "law_names", None)
     metrics = compute_metrics(records, samples, th, law_names=law_names, perplexity=ppl)
-    return EvalRun(model=name, records=list(records), samples=samples, thresholds=th, metrics=metrics)
+    path = getattr(backend, "model_dir", None)
+    run = getattr(backend, "run", None)
+    if path is not None and run is None:
+        from .runs import describe_model
+
+        run = describe_model(path).run
+    return EvalRun(model=name, records=list(records), samples=samples, thresholds=th, metrics=metrics,
+                   path=str(path) if path is not None else "", run=str(run or ""))
 
 
 def make_eval_job(
@@ -560,7 +576,11 @@ class KALABackend:
         if not self.model_dir.is_dir():
             raise FileNotFoundError(f"{self.model_dir}: model folder not found (pass a saved KALA model folder)")
         self.device = device
-        self.name = self.model_dir.name or str(self.model_dir)
+        from .runs import describe_model
+
+        entry = describe_model(self.model_dir)
+        self.name = entry.label  # "demo-20261129-234242 · final", not a bare "final"
+        self.run = entry.run
         self.law_names = load_constitution().names
         self._model: Any = None
         self._tokenizer: Any = None

@@ -55,6 +55,8 @@ from PySide6.QtWidgets import (
 )
 
 from kala_engine.jobs import JobError, TokenEvent
+from kala_engine.runs import describe_model
+from kala_engine.runs import find_models as engine_find_models
 
 from ..chat_store import CANCELLED, COMPLETE, DEFAULT_SETTINGS, ERROR, STOPPED, ChatStore
 from ..widgets.chat_view import ChatView, ReplyWidget, TokenInfo, UserMessageWidget
@@ -152,38 +154,25 @@ def thresholds_in_force(settings: dict[str, Any], model_dir: str | Path | None, 
     return [float(t)] * len(constitution)
 
 
-def model_label(path: str | Path) -> str:
-    """How the model pickers name a folder: "run · final" (as for the runs folder's models)."""
-    p = Path(path)
-    return f"{p.parent.name} · {p.name}" if p.parent.name and p.name else str(path)
+def model_label(path: str | Path, runs_dir: str | Path | None = None) -> str:
+    """How the model pickers name a folder: by its run, ``demo-20261129-234242 · final``
+    (:func:`kala_engine.runs.describe_model`; a folder outside any run by its own name)."""
+    return describe_model(path, runs_dir).label
 
 
 def find_models(runs_dir: Path) -> list[tuple[str, Path]]:
-    """(label, folder) of every model under the runs folder: each run's final/ and its checkpoints.
+    """(label, folder) of every model under the runs folder, in any run layout the engine writes
+    (``kala demo``'s ``demo-…/run`` too): each run's final/ and its loadable checkpoints
+    (:func:`kala_engine.runs.find_models`)."""
+    return [(m.label, m.path) for m in engine_find_models(runs_dir)]
 
-    A checkpoint is listed when it is a loadable model folder (it has a ``config.json``);
-    training checkpoints that hold only the trained tensors and the optimizer state (for
-    resuming) are not, until the engine can load them as a chat model.
-    """
-    out: list[tuple[str, Path]] = []
-    if not runs_dir.is_dir():
-        return out
 
-    def step_of(p: Path) -> int:
-        m = re.search(r"(\d+)$", p.name)
-        return int(m.group(1)) if m else -1
-
-    runs = sorted((d for d in runs_dir.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True)
-    for run in runs:
-        if (run / "final").is_dir():
-            out.append((f"{run.name} · final", run / "final"))
-        ck = run / "checkpoints"
-        if ck.is_dir():
-            for d in sorted((d for d in ck.iterdir()
-                             if d.is_dir() and not d.name.startswith(".") and (d / "config.json").is_file()),
-                            key=step_of, reverse=True):
-                out.append((f"{run.name} · {d.name}", d))
-    return out
+def add_model_item(combo: QComboBox, path: str | Path, runs_dir: str | Path | None) -> int:
+    """Add a model folder to a picker, named by its run, its path in the tooltip; returns its index."""
+    combo.addItem(model_label(path, runs_dir), str(path))
+    i = combo.count() - 1
+    combo.setItemData(i, str(path), Qt.ItemDataRole.ToolTipRole)
+    return i
 
 
 # ---------------------------------------------------------------------- reading the result
@@ -563,10 +552,10 @@ class ChatPage(QWidget):
         current = self.model_path()
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
-        for label, path in find_models(Path(self.ctx.runs_dir)):
-            self.model_combo.addItem(label, str(path))
+        for _label, path in find_models(Path(self.ctx.runs_dir)):
+            add_model_item(self.model_combo, path, self.ctx.runs_dir)
         if current and self.model_combo.findData(current) < 0:
-            self.model_combo.addItem(model_label(current), current)
+            add_model_item(self.model_combo, current, self.ctx.runs_dir)
         if current:
             self.model_combo.setCurrentIndex(self.model_combo.findData(current))
         elif self.model_combo.count() and self.model_combo.currentIndex() < 0:
@@ -587,9 +576,21 @@ class ChatPage(QWidget):
         path = str(path)
         i = self.model_combo.findData(path)
         if i < 0:
-            self.model_combo.addItem(model_label(path), path)
-            i = self.model_combo.count() - 1
+            i = add_model_item(self.model_combo, path, self.ctx.runs_dir)
         self.model_combo.setCurrentIndex(i)
+
+    def open_model(self, path: str | Path) -> None:
+        """Chat with the model at ``path``: in the open chat while it is empty, else in a new chat,
+        so the chats (and replies) before keep the model they were written with."""
+        if self.chat_id is not None and self.store.get_chat(self.chat_id).message_count > 0:
+            self._detach()
+            self.chat_id = None
+            self.view.clear()
+            self._clear_inspector()
+        self.refresh_models()
+        self.set_model(path)
+        if self.chat_id is None:
+            self.new_chat()
 
     def _browse_model(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Choose a KALA model folder", str(self.ctx.runs_dir))
@@ -708,9 +709,12 @@ class ChatPage(QWidget):
         self._apply_settings(chat.settings)
         self.view.clear()
         self._clear_inspector()
-        thresholds = thresholds_in_force(chat.settings, chat.model or self.model_path(), self.constitution)
+        # rows from before messages kept their thresholds: judged by the chat's model and settings
+        fallback = thresholds_in_force(chat.settings, chat.model or self.model_path(), self.constitution)
         last_user: UserMessageWidget | None = None
         for m in self.store.messages(chat_id):
+            thresholds = m.thresholds if m.thresholds and len(m.thresholds) == len(self.constitution) else fallback
+            self.view.set_thresholds(thresholds)  # each message drawn against its own
             if m.role == "user":
                 scores = (m.assessment or {}).get("law_scores")
                 last_user = self.view.add_user_message(m.content, scores)
@@ -723,6 +727,7 @@ class ChatPage(QWidget):
                 if not m.tokens and m.content:
                     reply.text_view.setPlainText(m.content)
                 self._finish_reply_widget(reply, m.status, m.stop, m.explanation, thresholds, len(m.tokens))
+        self._thresholds_changed()  # new messages: the current model and settings
         self._reload_chat_list()
         self.view.scroll_to_bottom()
         self._update_buttons()
@@ -789,7 +794,7 @@ class ChatPage(QWidget):
     # ------------------------------------------------------------------ sending
 
     def _reply_title(self, model: str) -> str:
-        return f"KALA · {Path(model).parent.name + '/' if model else ''}{Path(model).name}" if model else "KALA"
+        return f"KALA · {model_label(model, self.ctx.runs_dir)}" if model else "KALA"
 
     def send(self, text: str | None = None) -> bool:
         """Send ``text`` (or the composer's text); returns False (with the reason shown) if it cannot."""
@@ -812,8 +817,11 @@ class ChatPage(QWidget):
         chat = self.store.get_chat(self.chat_id)
         if chat.title == "New chat" and chat.message_count == 0:
             self.store.rename_chat(self.chat_id, text.splitlines()[0][:48])
+        # what this exchange is judged against, stored with both messages: switching the model or
+        # the threshold later never re-judges them
+        send_thresholds = thresholds_in_force(settings, model, self.constitution)
         # the user's message reaches the disk before anything else happens
-        user_id = self.store.add_user_message(self.chat_id, text)
+        user_id = self.store.add_user_message(self.chat_id, text, thresholds=send_thresholds)
         messages = self.store.history(self.chat_id)
         try:
             job = self.job_factory(model, messages, settings)
@@ -825,7 +833,7 @@ class ChatPage(QWidget):
             self._reload_chat_list()
             return False
         self._user_id = user_id
-        self._reply_id = self.store.begin_reply(self.chat_id, model=model)
+        self._reply_id = self.store.begin_reply(self.chat_id, model=model, thresholds=send_thresholds)
         self.input.clear()
         self._user_widget = self.view.add_user_message(text)
         self._reply = self.view.begin_reply(self._reply_title(model))
@@ -834,7 +842,7 @@ class ChatPage(QWidget):
         self._pinned = None
         self._last = None
         self._buffer.clear()
-        self._send_thresholds = thresholds_in_force(settings, model, self.constitution)
+        self._send_thresholds = send_thresholds
         self._thresholds_changed(self._send_thresholds)
         self._active = True
         self._started_at = time.perf_counter()
@@ -932,6 +940,9 @@ class ChatPage(QWidget):
         if out.thresholds is not None:  # what the engine actually used wins over what we expected
             thresholds = self._send_thresholds = out.thresholds
             self._thresholds_changed(thresholds)
+            for mid in (rid, self._user_id):
+                if mid is not None:
+                    self.store.set_thresholds(mid, thresholds)
         if ev.cancelled:
             out.stop_kind, out.stop_message = "cancelled", "stopped by the user"
             status = CANCELLED
@@ -1051,6 +1062,9 @@ class ChatPage(QWidget):
     def _show_token(self, info: TokenInfo, mode: str) -> None:
         text = info.text.replace("\n", "⏎")
         caption = f"{mode}: “{text.strip() or text}”  (#{info.index})"
+        th = info.reply.thresholds()  # the token is judged against its reply's thresholds
+        self.gauge.set_thresholds(th)
+        self.heatmap.set_thresholds(th)
         self.gauge.set_scores(info.law_scores, caption)
         self.heatmap.set_path(info.layer_scores, info.law_scores,
                               f"Decision path of #{info.index} “{text.strip() or text}” per layer")
@@ -1092,5 +1106,5 @@ class ChatPage(QWidget):
         super().closeEvent(event)
 
 
-__all__ = ["ChatPage", "Outcome", "find_models", "generation_job", "model_default_thresholds", "read_outcome",
+__all__ = ["ChatPage", "Outcome", "add_model_item", "find_models", "generation_job", "model_default_thresholds", "read_outcome",
            "thresholds_in_force"]

@@ -229,8 +229,12 @@ class DataPage(QWidget):
         imp_box = QGroupBox("Import or validate")
         iform = QFormLayout(imp_box)
         self.format_combo = QComboBox()
-        self.format_combo.addItems(engine_api.import_formats())
-        self.format_combo.setToolTip("kala: a KALA JSONL file as it is; the others are converted from a local copy.")
+        self.format_combo.setObjectName("formatCombo")
+        for fmt in [engine_api.AUTO_FORMAT, *engine_api.import_formats()]:
+            self.format_combo.addItem(engine_api.format_title(fmt), fmt)
+        self.format_combo.setToolTip(
+            "Auto-detect: the format the file's fields say. KALA: a KALA JSONL file as it is; HH-RLHF,\n"
+            "PKU-SafeRLHF and BeaverTails are converted from a local copy (JSON lines, a JSON array or CSV).")
         iform.addRow("Format", self.format_combo)
         self.import_button = QPushButton("Open file…")
         self.import_button.setToolTip("Choose a file; it is converted if needed and validated line by line.")
@@ -358,23 +362,29 @@ class DataPage(QWidget):
         return True
 
     def open_file(self, path: str | Path, fmt: str = "kala") -> bool:
-        """Validate (and, for a foreign format, first convert) ``path`` on the worker."""
+        """Validate (and, for a foreign format, first convert) ``path`` on the worker.
+
+        ``fmt`` "auto" detects the format. A file that is not what was chosen, or cannot be read,
+        fails with one message naming what it looks like; the data set shown before stays.
+        """
         if self.worker.is_busy():
             return False
         path = Path(path)
-        if fmt == "kala":
-            job = engine_api.load_job(path)
-        else:
-            out = self.ctx.datasets_dir / f"{path.stem}-{fmt}.jsonl"
-            job = engine_api.import_job(path, fmt, out)
-        self._start(job, f"reading {path.name}")
+
+        def out(found: str) -> Path:
+            return self.ctx.datasets_dir / f"{path.stem}-{found}.jsonl"
+
+        self._start(engine_api.import_job(path, fmt, out), f"reading {path.name}")
         return True
+
+    def chosen_format(self) -> str:
+        return str(self.format_combo.currentData() or engine_api.AUTO_FORMAT)
 
     def _choose_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a data set", str(self.ctx.datasets_dir),
-                                              "JSON lines (*.jsonl *.json);;All files (*)")
+                                              "Data sets (*.jsonl *.json *.csv);;All files (*)")
         if path:
-            self.open_file(path, self.format_combo.currentText())
+            self.open_file(path, self.chosen_format())
 
     def _start(self, job, label: str) -> None:
         self._job_label = label
@@ -405,7 +415,7 @@ class DataPage(QWidget):
             return
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.progress.setFormat("failed")
+        self.progress.setFormat("failed; the data set below is kept" if self.path is not None else "failed")
         show_error(self, "Could not read the data", message, traceback)
 
     def _on_finished(self, ev) -> None:
@@ -414,9 +424,10 @@ class DataPage(QWidget):
         then, self._then = self._then, None
         data = ev.result
         if ev.cancelled or not isinstance(data, engine_api.LoadedData):
-            self.progress.setRange(0, 1)
-            self.progress.setValue(0)
-            self.progress.setFormat("cancelled" if ev.cancelled else "")
+            if ev.cancelled:  # (a failure keeps the "failed" text _on_failed wrote)
+                self.progress.setRange(0, 1)
+                self.progress.setValue(0)
+                self.progress.setFormat("cancelled")
             return
         self.progress.setRange(0, 1)
         self.progress.setValue(1)

@@ -41,7 +41,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .chat import find_models, model_label
+from kala_engine.runs import describe_model
+
+from .chat import add_model_item, find_models, model_label
 
 #: Colours of model A and model B in every chart.
 MODEL_COLORS = ["#2f6fb0", "#e08a3a"]
@@ -311,13 +313,12 @@ class EvaluatePage(QWidget):
             combo.clear()
             if none:
                 combo.addItem("— none —", "")
-            for label, path in models:
-                combo.addItem(label, str(path))
+            for _label, path in models:
+                add_model_item(combo, path, self.ctx.runs_dir)
             if cur:
                 i = combo.findData(cur)
                 if i < 0:
-                    combo.addItem(model_label(cur), cur)
-                    i = combo.count() - 1
+                    i = add_model_item(combo, cur, self.ctx.runs_dir)
                 combo.setCurrentIndex(i)
             elif combo.count() and combo.currentIndex() < 0:
                 combo.setCurrentIndex(0)  # Qt 6 leaves a refilled combo with a placeholder on no item
@@ -333,8 +334,7 @@ class EvaluatePage(QWidget):
                 continue
             i = combo.findData(str(path))
             if i < 0:
-                combo.addItem(model_label(path), str(path))
-                i = combo.count() - 1
+                i = add_model_item(combo, path, self.ctx.runs_dir)
             combo.setCurrentIndex(i)
 
     def set_suite(self, path: str | Path) -> None:
@@ -350,8 +350,7 @@ class EvaluatePage(QWidget):
         if d:
             i = combo.findData(d)
             if i < 0:
-                combo.addItem(Path(d).name, d)
-                i = combo.count() - 1
+                i = add_model_item(combo, d, self.ctx.runs_dir)
             combo.setCurrentIndex(i)
 
     def _browse_suite(self) -> None:
@@ -376,7 +375,7 @@ class EvaluatePage(QWidget):
         labels = []
         for m in models:
             i = self.model_a.findData(m)
-            text = self.model_a.itemText(i) if i >= 0 else Path(m).name
+            text = self.model_a.itemText(i) if i >= 0 else model_label(m, self.ctx.runs_dir)
             labels.append(text if text not in labels else f"{text} ({len(labels) + 1})")
         return labels
 
@@ -393,9 +392,10 @@ class EvaluatePage(QWidget):
         try:
             records = load_suite(suite or None)
             backends = [self.backend_factory(m) for m in models]
-            for b, label in zip(backends, self._model_labels(models), strict=True):
+            for b, m, label in zip(backends, models, self._model_labels(models), strict=True):
                 try:
                     b.name = label  # "run · final" reads better than two columns named "final"
+                    b.run = describe_model(m, self.ctx.runs_dir).run  # the report records it
                 except AttributeError:
                     pass
         except (ValueError, OSError) as e:

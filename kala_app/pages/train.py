@@ -588,14 +588,28 @@ class TrainPage(QWidget):
             self.progress.setFormat("cancelling… (saving a checkpoint)")
             self._update_buttons()
 
-    def start_quickstart(self, data_path: str | Path, then=None) -> bool:
-        """The quickstart: train kala-tiny on ``data_path`` with small settings."""
+    def start_quickstart(self, data_path: str | Path, then=None, steps: int | None = None,
+                         overrides: dict | None = None) -> bool:
+        """The quickstart: train kala-tiny on ``data_path`` with the quickstart's settings (shown in
+        the hyperparameter fields, ``overrides`` on top); ``then(run_dir)`` runs once the final
+        model is saved."""
         self.set_data_path(data_path)
         i = self.base_combo.findText("kala-tiny")
         if i >= 0:
             self.base_combo.setCurrentIndex(i)
+        hp = engine_api.quickstart_hyperparameters(steps or engine_api.QUICKSTART_STEPS)
+        hp.update(overrides or {})
+        for key, value in hp.items():
+            w = self.hp.get(key)
+            if isinstance(w, QDoubleSpinBox):
+                w.setValue(float(value))
+            elif isinstance(w, QSpinBox):
+                w.setValue(int(float(value)))
         self._quickstart_then = then
-        return self.start_training()
+        started = self.start_training()
+        if not started:
+            self._quickstart_then = None
+        return started
 
     def _owns_job(self) -> bool:
         return self.worker.is_busy() and self.worker.owner is self

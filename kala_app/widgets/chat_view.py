@@ -284,6 +284,13 @@ class TokenText(QTextEdit):
         r = self.cursorRect(cur)
         return QPoint(r.x() + 3, r.center().y())
 
+    def token_background(self, index: int) -> QColor | None:
+        """The tint token ``index`` is drawn with (None: unshaded)."""
+        cur = QTextCursor(self.document())
+        cur.setPosition(min(self._starts[index] + self._lead[index] + 1, self._ends[index]))
+        brush = cur.charFormat().background()
+        return None if brush.style() == Qt.BrushStyle.NoBrush else QColor(brush.color())
+
     def select_token(self, index: int | None) -> None:
         """Outline token ``index`` (None: no selection)."""
         if index is None or not (0 <= index < len(self._starts)):

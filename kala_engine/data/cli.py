@@ -45,8 +45,9 @@ def register(subparsers) -> None:
     val.set_defaults(func=cmd_validate)
 
     imp = sub.add_parser("import", help="convert a local copy of a well-known dataset to KALA JSONL")
-    imp.add_argument("file", type=Path, help="input JSONL file")
-    imp.add_argument("--format", required=True, choices=ALL_FORMATS, dest="fmt")
+    imp.add_argument("file", type=Path, help="input file: JSON lines (also CSV or a JSON array for the other formats)")
+    imp.add_argument("--format", default="auto", choices=("auto", *ALL_FORMATS), dest="fmt",
+                     help="the data set's format (default: auto, detected from the file's fields)")
     imp.add_argument("--out", required=True, type=Path, help="output .jsonl file (written atomically)")
     imp.set_defaults(func=cmd_import)
 

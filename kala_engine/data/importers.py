@@ -38,6 +38,7 @@ else:  # pragma: no cover
 
 from ..constitution import NUM_LAWS
 from ..resources import resource_path
+from .detect import detect_format, iter_rows, mismatch_hint
 from .io import iter_jsonl_lines, write_jsonl
 from .schema import validate_record
 
@@ -312,7 +313,24 @@ _CONVERTERS = {"hh-rlhf": _convert_hh, "pku-saferlhf": _convert_pku, "beavertail
 
 
 def import_records(path: str | Path, fmt: str, mapping: Mapping | None = None) -> tuple[list[dict], ImportReport]:
-    """Convert a local file to KALA records (nothing written). Raises ValueError ``FILE:LINE: reason``."""
+    """Convert a local file (JSON lines; for the other formats also CSV or a JSON array, see
+    :mod:`kala_engine.data.detect`) to KALA records, nothing written. ``fmt`` "auto": the format
+    the file looks like. Raises ValueError ``FILE:LINE: reason``, led by what the file looks like
+    when that is another format ("x.jsonl looks like HH-RLHF (JSON lines), not BeaverTails: …").
+    """
+    if fmt == "auto":
+        found = detect_format(path).fmt
+        if found is None:
+            raise ValueError(f"{path}: cannot tell the format: {mismatch_hint(path, None)}")
+        fmt = found
+    try:
+        return _import_records(path, fmt, mapping)
+    except ValueError as e:
+        hint = mismatch_hint(path, fmt) if fmt in ALL_FORMATS else ""
+        raise ValueError(f"{hint} ({e})" if hint else str(e)) from None
+
+
+def _import_records(path: str | Path, fmt: str, mapping: Mapping | None = None) -> tuple[list[dict], ImportReport]:
     if fmt not in ALL_FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(ALL_FORMATS)}")
     path = Path(path)
@@ -321,7 +339,7 @@ def import_records(path: str | Path, fmt: str, mapping: Mapping | None = None) -
     records: list[dict] = []
     seen_keys: set[tuple] = set()
     seen_ids: dict[str, int] = {}
-    for lineno, value, error in iter_jsonl_lines(path):
+    for lineno, value, error in (iter_jsonl_lines(path) if fmt == "kala" else iter_rows(path)):
         report.lines += 1
         if error:
             raise ValueError(f"{path}:{lineno}: {error}")

@@ -363,3 +363,63 @@ def test_a_model_trained_after_start_is_picked(qtbot, ctx) -> None:
     assert page.model_path().endswith("final") and page.send_button.isEnabled()
     assert list(page.gauge.thresholds()) == pytest.approx([0.9, 0.8, 0.7, 0.6, 0.55])
     page.store.close()
+
+
+def _colours(reply) -> list:
+    return [None if (c := reply.text_view.token_background(i)) is None else c.name(c.NameFormat.HexArgb)
+            for i in range(reply.token_count())]
+
+
+def test_switching_models_leaves_earlier_replies_colours_unchanged(qtbot, make_page, ctx) -> None:
+    """Each reply (and its prompt's assessment) is drawn against the model and thresholds that
+    produced it: switching the model inside an open chat, reopening the chat or restarting the
+    page never re-judges the past. Before, every reply was re-coloured against the new model's."""
+    import json
+
+    from kala_app.pages.chat import ChatPage
+
+    strict, lax = ctx.runs_dir / "strict" / "final", ctx.runs_dir / "lax" / "final"
+    for model, t in ((strict, 0.9), (lax, 0.3)):
+        model.mkdir(parents=True)
+        (model / "config.json").write_text(json.dumps({"model_type": "kala", "law_thresholds": [t] * 5}))
+    factory = fake_factory(["Sure", " thing", "."], scores=[(0.8,) * 5] * 3, prompt_scores=(0.85,) * 5)
+    page = make_page(factory)
+    page.set_model(strict)
+    assert page.send("Hello")
+    _wait_reply(qtbot, page)
+    first = page.view.replies()[0]
+    before = _colours(first)
+    assert all(c is not None for c in before), "0.80 is under the strict model's 0.90: tinted"
+    assert page.view.user_messages()[0].assessment_text().startswith("Prompt flagged")
+
+    page.set_model(lax)  # inside the open chat (the picker, or Chat with it before it opened a new chat)
+    assert _colours(first) == before
+    assert page.send("Again")
+    _wait_reply(qtbot, page)
+    assert _colours(page.view.replies()[1]) == [None] * 3, "0.80 is well above the lax model's 0.30"
+
+    def check(p):
+        replies, users = p.view.replies(), p.view.user_messages()
+        assert _colours(replies[0]) == before
+        assert _colours(replies[1]) == [None] * 3
+        assert users[0].assessment_text().startswith("Prompt flagged")
+        assert users[1].assessment_text().startswith("Prompt within the laws")
+        assert list(replies[0].thresholds()) == pytest.approx([0.9] * 5)
+        # the inspector shows an old token against its own reply's thresholds
+        replies[0].token_clicked.emit(replies[0].token(0))
+        assert list(p.gauge.thresholds()) == pytest.approx([0.9] * 5)
+
+    chat_id = page.chat_id
+    page.open_chat(chat_id)  # reopened: drawn from the store
+    check(page)
+    again = ChatPage(ctx, job_factory=factory)  # a restart
+    qtbot.addWidget(again)
+    again.open_chat(chat_id)
+    check(again)
+    again.store.close()
+
+    # rows written before messages kept their thresholds fall back to the chat's model, as before
+    for m in page.store.messages(chat_id):
+        page.store.set_thresholds(m.id, None)
+    page.open_chat(chat_id)
+    assert _colours(page.view.replies()[0]) == [None] * 3

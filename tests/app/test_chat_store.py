@@ -209,3 +209,31 @@ def test_app_killed_mid_reply_keeps_the_user_message_and_the_shown_tokens(tmp_pa
     assert reply.status == INTERRUPTED
     assert len(reply.tokens) >= 50  # every token that was on screen had been committed
     assert [t.index for t in reply.tokens] == list(range(len(reply.tokens)))
+
+
+def test_messages_keep_their_thresholds_and_old_databases_gain_the_column(tmp_path: Path) -> None:
+    """A database from before messages kept their thresholds opens, its rows read back with
+    thresholds None (the page then falls back to the chat's model), and new rows keep theirs."""
+    path = tmp_path / "chats.sqlite3"
+    db = sqlite3.connect(str(path))
+    db.executescript("""
+        CREATE TABLE chats (id INTEGER PRIMARY KEY, title TEXT NOT NULL, model TEXT NOT NULL DEFAULT '',
+            settings TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL, updated REAL NOT NULL);
+        CREATE TABLE messages (id INTEGER PRIMARY KEY, chat_id INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
+            role TEXT NOT NULL, content TEXT NOT NULL DEFAULT '', status TEXT NOT NULL DEFAULT 'complete',
+            model TEXT NOT NULL DEFAULT '', assessment TEXT, stop TEXT, explanation TEXT, created REAL NOT NULL);
+        INSERT INTO chats VALUES (1, 'old', '/m', '{}', 0, 0);
+        INSERT INTO messages (chat_id, role, content, model, created) VALUES (1, 'assistant', 'hi', '/m', 0);
+    """)
+    db.commit()
+    db.close()
+    store = ChatStore(path)
+    [old] = store.messages(1)
+    assert old.content == "hi" and old.thresholds is None
+    uid = store.add_user_message(1, "q", thresholds=[0.9, 0.8, 0.7, 0.6, 0.5])
+    rid = store.begin_reply(1, model="/m2", thresholds=[0.3] * 5)
+    store.set_thresholds(rid, [0.4] * 5)  # what the engine reported it used
+    store.close()
+    msgs = {m.id: m for m in ChatStore(path).messages(1)}
+    assert msgs[uid].thresholds == [0.9, 0.8, 0.7, 0.6, 0.5]
+    assert msgs[rid].thresholds == [0.4] * 5 and msgs[rid].model == "/m2"

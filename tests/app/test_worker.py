@@ -120,3 +120,44 @@ def test_shutdown_cancels_a_running_job_and_joins_the_thread(qtbot):
     assert not w._thread.isRunning()
     with pytest.raises(RuntimeError):
         w.start(job, "after")
+
+
+def test_a_job_started_from_a_finished_handler_keeps_its_owner_and_name(qtbot, worker):
+    """A chain (generate, then train): every handler sees the first job's owner with its finished;
+    the second job starts after them and its owner, name and busy state survive the clean-up."""
+    got = collect(worker)
+    first, second = object(), object()
+    owners_seen = []
+    started = []
+    worker.started.connect(started.append)
+
+    def quick(emit, control):
+        return "a"
+
+    def slow(emit, control):
+        for i in range(30):
+            control.checkpoint()
+            emit(TrainStep(step=i + 1, total_steps=30, metrics={"lm_loss": 1.0}))
+            threading.Event().wait(0.01)
+        return "b"
+
+    def chain(ev):  # connected first, like the Data page: starts the next job
+        if ev.result == "a":
+            worker.start(slow, "second", owner=second)
+            assert worker.is_busy()
+            with pytest.raises(RuntimeError, match="about to start"):
+                worker.start(quick, "third")
+
+    worker.finished.connect(chain)
+    worker.finished.connect(lambda ev: owners_seen.append((ev.result, worker.owner)))
+    steps_owner = []
+    worker.step.connect(lambda ev: steps_owner.append((worker.owner, worker.job_name)))
+
+    with qtbot.waitSignals([worker.finished, worker.finished], timeout=10000):
+        worker.start(quick, "first", owner=first)
+    qtbot.waitUntil(lambda: len(got["finished"]) == 2, timeout=10000)
+    assert owners_seen == [("a", first), ("b", second)]
+    assert steps_owner == [(second, "second")] * 30
+    assert started == ["first", "second"]
+    assert got["busy"] == [True, False, True, False]
+    assert not worker.is_busy() and worker.owner is None
