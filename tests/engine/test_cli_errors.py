@@ -1,0 +1,212 @@
+"""Bad inputs against every `kala` command: one clear line and exit 2, never a traceback.
+
+Each case runs ``kala_engine.cli.main(argv)`` in-process (fast) with stdout/stderr captured. A
+case passes when the command returns 2 (argparse's own usage errors count too), no exception
+escapes ``main``, nothing printed holds "Traceback", and the error is one line on stderr that
+names the thing at fault. Run this file with ``-rA`` to see every case; the issue's "36
+tracebacks" were counted with it (see the branch report).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+import types
+
+import pytest
+
+CORPUS = ["Hello, how are you today? I am fine, thank you.", "How do I kill a stuck process on Linux?",
+          "Please help me write a short poem about the sea.", "I cannot help with that request."] * 4
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory):
+    """Paths for the cases: a good tiny KALA model, damaged copies of it, datasets, a suite."""
+    import shutil
+
+    import torch
+
+    from kala_engine.data.generate import generate_dataset
+    from kala_engine.data.io import write_jsonl
+    from kala_engine.data.tokenizer import train_tokenizer
+    from kala_engine.modeling_kala import KALAConfig, KALAForCausalLM
+
+    root = tmp_path_factory.mktemp("cli_errors")
+    tok = train_tokenizer(CORPUS, vocab_size=300)
+    torch.manual_seed(0)
+    cfg = KALAConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=1, intermediate_size=64,
+                     vocab_size=len(tok), rotary_pct=0.25, max_position_embeddings=64)
+    good = root / "good"
+    KALAForCausalLM(cfg).save_pretrained(good)
+    tok.save_pretrained(good)
+
+    def variant(name, edit):
+        d = root / name
+        shutil.copytree(good, d)
+        edit(d)
+        return d
+
+    weights = good / "model.safetensors"
+    truncated = variant("truncated", lambda d: (d / "model.safetensors").write_bytes(weights.read_bytes()[:200]))
+    garbage = variant("garbage", lambda d: (d / "model.safetensors").write_bytes(b"\x00garbage" * 50))
+
+    def mistype(d):
+        c = json.loads((d / "config.json").read_text())
+        c["hidden_size"] = "thirty-two"
+        (d / "config.json").write_text(json.dumps(c))
+
+    mistyped = variant("mistyped", mistype)
+    corrupt_cfg = variant("corrupt_cfg", lambda d: (d / "config.json").write_bytes(b"{\"model_type\": \"kala\", \xff"))
+
+    def bert(d):
+        c = json.loads((d / "config.json").read_text())
+        c["model_type"] = "bert"
+        (d / "config.json").write_text(json.dumps(c))
+
+    wrong_type = variant("bert", bert)
+    no_config = variant("no_config", lambda d: (d / "config.json").unlink())
+
+    records = generate_dataset(40, seed=1)
+    data = root / "data.jsonl"
+    write_jsonl(data, records)
+    garbage_data = root / "garbage.jsonl"
+    garbage_data.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00garbage")
+    suite = root / "suite.jsonl"
+    suite.write_text(json.dumps({"prompt": "hello there", "label": "benign"}) + "\n")
+    a_file = root / "a_file.txt"
+    a_file.write_text("not a folder\n")
+    a_dir = root / "a_dir"
+    a_dir.mkdir()
+    return types.SimpleNamespace(root=root, good=good, truncated=truncated, garbage=garbage, mistyped=mistyped,
+                                 corrupt_cfg=corrupt_cfg, wrong_type=wrong_type, no_config=no_config, data=data,
+                                 garbage_data=garbage_data, suite=suite, a_file=a_file, a_dir=a_dir)
+
+
+def run_cli(argv: list[str], stdin: bytes | None = None) -> tuple[int | None, str, str, BaseException | None]:
+    """main(argv) in-process: (exit code, stdout, stderr, exception that escaped main or None)."""
+    from kala_engine.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old_stdin = sys.stdin
+    if stdin is not None:
+        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+    escaped = None
+    code: int | None = None
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in argv])
+            except SystemExit as e:  # argparse usage errors
+                code = e.code if isinstance(e.code, int) else 2
+            except Exception as e:  # noqa: BLE001 - a traceback a user would see
+                escaped = e
+    finally:
+        sys.stdin = old_stdin
+    return code, out.getvalue(), err.getvalue(), escaped
+
+
+NO_CUDA = not __import__("torch").cuda.is_available()
+T = ["--max-steps", "1", "--batch-size", "2", "--eval-every", "0", "--save-every", "0", "--vocab-size", "300",
+     "--tiny-overrides", '{"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64, "num_attention_heads": 4}']
+
+# name -> (argv built from fx, words the one error line must contain)
+CASES: dict[str, tuple] = {
+    # kala train
+    "train-base-missing": (lambda f: ["train", "--base", f.root / "nope", "--data", f.data, "--run-dir", f.root / "r1", *T], ["nope"]),
+    "train-base-is-file": (lambda f: ["train", "--base", f.a_file, "--data", f.data, "--run-dir", f.root / "r2", *T], ["a_file"]),
+    "train-base-no-config": (lambda f: ["train", "--base", f.no_config, "--data", f.data, "--run-dir", f.root / "r3", *T], ["config.json"]),
+    "train-base-corrupt-config": (lambda f: ["train", "--base", f.corrupt_cfg, "--data", f.data, "--run-dir", f.root / "r4", *T], ["config.json"]),
+    "train-base-mistyped-config": (lambda f: ["train", "--base", f.mistyped, "--data", f.data, "--run-dir", f.root / "r5", *T], ["hidden_size"]),
+    "train-base-wrong-model-type": (lambda f: ["train", "--base", f.wrong_type, "--data", f.data, "--run-dir", f.root / "r6", *T], ["bert"]),
+    "train-base-truncated-weights": (lambda f: ["train", "--base", f.truncated, "--data", f.data, "--run-dir", f.root / "r7", *T], ["model.safetensors"]),
+    "train-run-dir-is-file": (lambda f: ["train", "--data", f.data, "--run-dir", f.a_file, *T], ["a_file"]),
+    "train-data-missing": (lambda f: ["train", "--data", f.root / "nope.jsonl", "--run-dir", f.root / "r8", *T], ["nope.jsonl"]),
+    "train-data-garbage": (lambda f: ["train", "--data", f.garbage_data, "--run-dir", f.root / "r9", *T], ["garbage.jsonl"]),
+    "train-data-is-dir": (lambda f: ["train", "--data", f.a_dir, "--run-dir", f.root / "r10", *T], ["a_dir"]),
+    "train-bad-overrides-json": (lambda f: ["train", "--data", f.data, "--run-dir", f.root / "r11", "--tiny-overrides", "{oops"], []),
+    "train-bad-overrides-field": (lambda f: ["train", "--data", f.data, "--run-dir", f.root / "r12", "--max-steps", "1",
+                                             "--tiny-overrides", '{"hidden_size": "big"}'], ["hidden_size"]),
+    "train-negative-steps": (lambda f: ["train", "--data", f.data, "--run-dir", f.root / "r13", "--max-steps", "-3"], ["max_steps"]),
+    # kala chat
+    "chat-model-missing": (lambda f: ["chat", "--model", f.root / "nope", "--prompt", "hi"], ["nope"]),
+    "chat-model-is-file": (lambda f: ["chat", "--model", f.a_file, "--prompt", "hi"], ["a_file"]),
+    "chat-truncated-weights": (lambda f: ["chat", "--model", f.truncated, "--prompt", "hi"], ["model.safetensors"]),
+    "chat-garbage-weights": (lambda f: ["chat", "--model", f.garbage, "--prompt", "hi"], ["model.safetensors"]),
+    "chat-mistyped-config": (lambda f: ["chat", "--model", f.mistyped, "--prompt", "hi"], ["hidden_size"]),
+    "chat-corrupt-config": (lambda f: ["chat", "--model", f.corrupt_cfg, "--prompt", "hi"], ["config.json"]),
+    "chat-wrong-model-type": (lambda f: ["chat", "--model", f.wrong_type, "--prompt", "hi"], ["bert"]),
+    "chat-bad-device": (lambda f: ["chat", "--model", f.good, "--prompt", "hi", "--device", "warp9"], ["warp9"]),
+    "chat-prompt-not-utf8": (lambda f: ["chat", "--model", f.good, "--prompt", "caf\udce9 \udcff"], ["--prompt", "UTF-8"]),
+    "chat-system-not-utf8": (lambda f: ["chat", "--model", f.good, "--prompt", "hi", "--system", "\udcff"], ["--system", "UTF-8"]),
+    # kala eval
+    "eval-model-missing": (lambda f: ["eval", "--model", f.root / "nope", "--suite", f.suite], ["nope"]),
+    "eval-truncated-weights": (lambda f: ["eval", "--model", f.truncated, "--suite", f.suite], ["model.safetensors"]),
+    "eval-garbage-weights": (lambda f: ["eval", "--model", f.garbage, "--suite", f.suite], ["model.safetensors"]),
+    "eval-mistyped-config": (lambda f: ["eval", "--model", f.mistyped, "--suite", f.suite], ["hidden_size"]),
+    "eval-bad-device": (lambda f: ["eval", "--model", f.good, "--suite", f.suite, "--device", "warp9"], ["warp9"]),
+    "eval-out-is-file": (lambda f: ["eval", "--model", f.good, "--suite", f.suite, "--out", f.a_file, "--max-new-tokens", "2"], ["a_file"]),
+    "eval-suite-missing": (lambda f: ["eval", "--model", f.good, "--suite", f.root / "nope.jsonl"], ["nope.jsonl"]),
+    "eval-suite-garbage": (lambda f: ["eval", "--model", f.good, "--suite", f.garbage_data], ["garbage.jsonl"]),
+    "eval-validation-garbage": (lambda f: ["eval", "--model", f.good, "--suite", f.suite, "--validation", f.garbage_data,
+                                           "--max-new-tokens", "2"], ["garbage.jsonl"]),
+    "eval-validation-is-dir": (lambda f: ["eval", "--model", f.good, "--suite", f.suite, "--validation", f.a_dir,
+                                          "--max-new-tokens", "2"], ["a_dir"]),
+    # kala data
+    "data-generate-out-is-dir": (lambda f: ["data", "generate", "--out", f.a_dir, "--count", "5"], ["a_dir"]),
+    "data-generate-out-missing-folder": (lambda f: ["data", "generate", "--out", f.root / "no" / "x.jsonl", "--count", "5"], ["no"]),
+    "data-validate-missing": (lambda f: ["data", "validate", f.root / "nope.jsonl"], ["nope.jsonl"]),
+    "data-validate-is-dir": (lambda f: ["data", "validate", f.a_dir], ["a_dir"]),
+    "data-import-out-is-dir": (lambda f: ["data", "import", f.data, "--format", "kala", "--out", f.a_dir], ["a_dir"]),
+    "data-import-missing": (lambda f: ["data", "import", f.root / "nope.jsonl", "--format", "kala", "--out", f.root / "o.jsonl"], ["nope.jsonl"]),
+    "data-import-garbage": (lambda f: ["data", "import", f.garbage_data, "--format", "hh-rlhf", "--out", f.root / "o2.jsonl"], ["garbage"]),
+    "data-stats-garbage": (lambda f: ["data", "stats", f.garbage_data], ["garbage.jsonl"]),
+    "data-stats-tokenizer-missing": (lambda f: ["data", "stats", f.data, "--tokenizer", f.root / "nope"], ["nope"]),
+    "data-stats-tokenizer-is-file": (lambda f: ["data", "stats", f.data, "--tokenizer", f.a_file], ["a_file"]),
+    "data-stats-tokenizer-garbage": (lambda f: ["data", "stats", f.data, "--tokenizer", f.garbage_data.parent / "tokbad"], ["tokbad"]),
+    "data-cai-model-missing": (lambda f: ["data", "cai", "--model", f.root / "nope", "--out", f.root / "c.jsonl"], ["nope"]),
+    "data-cai-truncated-weights": (lambda f: ["data", "cai", "--model", f.truncated, "--out", f.root / "c.jsonl", "--count", "1"], ["model.safetensors"]),
+    "data-cai-mistyped-config": (lambda f: ["data", "cai", "--model", f.mistyped, "--out", f.root / "c.jsonl", "--count", "1"], ["hidden_size"]),
+    "data-cai-corrupt-config": (lambda f: ["data", "cai", "--model", f.corrupt_cfg, "--out", f.root / "c.jsonl", "--count", "1"], ["config.json"]),
+    "data-cai-out-is-dir": (lambda f: ["data", "cai", "--model", f.good, "--out", f.a_dir, "--count", "1"], ["a_dir"]),
+    # kala doctor
+    "doctor-base-missing": (lambda f: ["doctor", "--base", f.root / "nope"], ["nope"]),
+    "doctor-corrupt-config": (lambda f: ["doctor", "--base", f.corrupt_cfg], ["config.json"]),
+    "doctor-mistyped-config": (lambda f: ["doctor", "--base", f.mistyped], ["hidden_size"]),
+    "doctor-config-is-list": (lambda f: ["doctor", "--base", f.root / "listcfg"], ["config.json"]),
+    # kala demo
+    "demo-dir-is-file": (lambda f: ["demo", "--dir", f.a_file, "--count", "20", "--steps", "1"], ["a_file"]),
+}
+if NO_CUDA:
+    CASES.update({
+        "train-device-cuda": (lambda f: ["train", "--data", f.data, "--run-dir", f.root / "rc", "--device", "cuda", *T], ["cuda"]),
+        "chat-device-cuda": (lambda f: ["chat", "--model", f.good, "--prompt", "hi", "--device", "cuda"], ["cuda"]),
+        "eval-device-cuda": (lambda f: ["eval", "--model", f.good, "--suite", f.suite, "--device", "cuda"], ["cuda"]),
+        "demo-device-cuda": (lambda f: ["demo", "--dir", f.root / "democ", "--count", "20", "--steps", "1", "--device", "cuda"], ["cuda"]),
+    })
+
+
+@pytest.fixture(scope="module")
+def fx_extra(fx):
+    (fx.root / "tokbad").mkdir()
+    (fx.root / "tokbad" / "tokenizer.json").write_bytes(b"\xff\x00 not a tokenizer")
+    (fx.root / "listcfg").mkdir()
+    (fx.root / "listcfg" / "config.json").write_text("[1, 2, 3]")
+    return fx
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_gives_one_clear_line(name, fx_extra):
+    build, words = CASES[name]
+    code, out, err, escaped = run_cli(build(fx_extra))
+    assert escaped is None, f"{name}: {type(escaped).__name__} escaped main: {escaped}"
+    assert "Traceback" not in out + err, err[-2000:]
+    assert code == 2, (code, out[-500:], err[-1500:])
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines, "no message on stderr"
+    message = lines[-1]
+    assert "error" in message or "usage" in err, message
+    assert len(message) < 600, message
+    for w in words:
+        assert w in message, (w, message)
