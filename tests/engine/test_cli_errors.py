@@ -210,3 +210,200 @@ def test_bad_input_gives_one_clear_line(name, fx_extra):
     assert len(message) < 600, message
     for w in words:
         assert w in message, (w, message)
+
+
+# ------------------------------------------------------------------ the boundary itself
+
+
+def test_a_bug_prints_its_traceback_and_says_it_is_a_bug(monkeypatch, tmp_path, capsys):
+    from kala_engine import cli
+    from kala_engine.data import cli as data_cli
+
+    def broken(args):
+        return 1 // 0
+
+    monkeypatch.setattr(data_cli, "cmd_validate", broken)
+    assert cli.main(["data", "validate", str(tmp_path / "x.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError" in err
+    assert "this is a bug in KALA Studio" in err.splitlines()[-1] and "report" in err.splitlines()[-1]
+
+
+def test_a_bug_inside_training_is_reported_as_a_bug(monkeypatch, fx, capsys):
+    from kala_engine import cli, training
+
+    def broken(cfg, emit, control=None):
+        raise KeyError("internal")
+
+    monkeypatch.setattr(training, "train", broken)
+    assert cli.main(["train", "--data", str(fx.data), "--run-dir", str(fx.root / "bug-run")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError" in err and "this is a bug in KALA Studio" in err
+
+
+def test_disk_full_while_writing_is_one_line_and_leaves_nothing(monkeypatch, tmp_path):
+    import errno
+
+    from kala_engine.data import io as data_io
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data_io.os, "fsync", full)
+    code, out, err, escaped = run_cli(["data", "generate", "--out", tmp_path / "d.jsonl", "--count", "30"])
+    assert escaped is None and code == 2
+    assert "the disk is full" in err.strip().splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_of_memory_is_one_line(monkeypatch, tmp_path):
+    from kala_engine.data import generate
+
+    def oom(*a, **k):
+        raise MemoryError()
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(generate, "iter_dataset", oom)
+    code, out, err, escaped = run_cli(["data", "generate", "--out", tmp_path / "d.jsonl", "--count", "30"])
+    assert escaped is None and code == 2 and "out of memory" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ chat keeps going
+
+
+def test_chat_survives_a_stdin_line_that_is_not_utf8(fx):
+    code, out, err, escaped = run_cli(["chat", "--model", fx.good, "--max-new-tokens", "3"],
+                                      stdin=b"caf\xe9 \xff\xfe\nHello there\n")
+    assert escaped is None and code == 0, err
+    assert "not valid UTF-8" in err and "Traceback" not in err
+    assert out.count("[stop]") == 2  # the bad line got a reply (with U+FFFD), and so did the next one
+
+
+# ------------------------------------------------------------------ eval checks everything first
+
+
+class CountingBackend:
+    def __init__(self):
+        from kala_engine.evaluation import EvalSample
+
+        self.name, self.law_names, self.calls = "fake", ["L0", "L1", "L2", "L3", "L4"], 0
+        self.sample = EvalSample(prompt_scores=(0.9,) * 5)
+
+    def assess_and_reply(self, prompt, *, threshold, max_new_tokens):
+        self.calls += 1
+        return self.sample
+
+
+@pytest.fixture
+def counting(monkeypatch):
+    from kala_engine import cli_eval
+
+    made = []
+
+    def make(model_dir, device):
+        made.append(CountingBackend())
+        return made[-1]
+
+    monkeypatch.setattr(cli_eval, "make_backend", make)
+    return made
+
+
+def _suite(path, prompts, prefix=b""):
+    path.write_bytes(prefix + b"\n".join(json.dumps({"prompt": p, "label": "benign"}).encode() for p in prompts) + b"\n")
+    return path
+
+
+def test_eval_checks_out_before_the_first_prompt(counting, tmp_path, fx):
+    suite = _suite(tmp_path / "s.jsonl", ["a", "b", "c"])
+    code, out, err, escaped = run_cli(["eval", "--model", tmp_path / "m", "--suite", suite, "--out", fx.a_file])
+    assert escaped is None and code == 2 and "--out" in err
+    assert sum(b.calls for b in counting) == 0
+
+
+def test_eval_accepts_a_suite_with_a_bom_like_data_validate(counting, tmp_path):
+    suite = _suite(tmp_path / "s.jsonl", ["hello", "how are you"], prefix=b"\xef\xbb\xbf")
+    code, out, err, escaped = run_cli(["eval", "--model", tmp_path / "m", "--suite", suite])
+    assert escaped is None and code == 0, err
+    assert counting[0].calls == 2
+
+
+def test_eval_refuses_invalid_text_in_a_suite_naming_the_line(counting, tmp_path):
+    suite = tmp_path / "s.jsonl"
+    suite.write_bytes(b'{"prompt": "fine", "label": "benign"}\n'
+                      b'{"prompt": "lone \\ud800 surrogate", "label": "benign"}\n'
+                      b'{"prompt": "caf\xe9", "label": "benign"}\n')
+    code, out, err, escaped = run_cli(["eval", "--model", tmp_path / "m", "--suite", suite])
+    assert escaped is None and code == 2
+    assert f"{suite}:2: field 'prompt' holds an invalid character" in err
+    assert f"{suite}:3: not UTF-8 text" in err
+    assert "nothing was evaluated" in err.splitlines()[-1]
+    assert sum(b.calls for b in counting) == 0
+
+
+def test_eval_finds_an_overlong_prompt_before_evaluating_any(monkeypatch, fx, tmp_path):
+    from kala_engine import generation
+
+    calls = []
+    real = generation.generate_with_ethics
+    monkeypatch.setattr(generation, "generate_with_ethics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    suite = _suite(tmp_path / "s.jsonl", ["hello", "how are you", "very long " * 80])
+    code, out, err, escaped = run_cli(["eval", "--model", fx.good, "--suite", suite, "--batch-size", "1",
+                                       "--max-new-tokens", "2"])
+    assert escaped is None and code == 2, err
+    assert f"{suite}:3: prompt 'line-3' is" in err and "holds 64" in err
+    assert calls == []
+
+
+def test_eval_checks_every_model_before_evaluating_the_first(monkeypatch, fx, tmp_path):
+    from kala_engine import generation
+
+    calls = []
+    real = generation.generate_with_ethics
+    monkeypatch.setattr(generation, "generate_with_ethics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    code, out, err, escaped = run_cli(["eval", "--model", fx.good, "--model", fx.truncated, "--suite", fx.suite,
+                                       "--batch-size", "1", "--max-new-tokens", "2"])
+    assert escaped is None and code == 2 and "model.safetensors" in err
+    assert calls == []
+
+
+# ------------------------------------------------------------------ data generate streams
+
+
+def test_generate_refuses_a_count_the_disk_cannot_hold_with_an_estimate(monkeypatch, tmp_path):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: types.SimpleNamespace(total=10**11, used=0, free=10**10))
+    code, out, err, escaped = run_cli(["data", "generate", "--out", tmp_path / "d.jsonl", "--count", "2000000000"])
+    assert escaped is None and code == 2
+    line = err.strip().splitlines()[-1]
+    assert "--count 2000000000 would write about 1." in line and "TB" in line and "10.0 GB free" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(60)
+def test_generate_streams_to_disk_and_ctrl_c_leaves_nothing(monkeypatch, tmp_path):
+    """--count 2000000000 on a machine that could hold it: writing starts at once (memory does not
+    hold the records), and an interrupt removes the temporary file."""
+    import shutil
+
+    from kala_engine import doctor
+    from kala_engine.data import generate
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: types.SimpleNamespace(total=10**16, used=0, free=10**16))
+    monkeypatch.setattr(doctor, "_cpu_memory", lambda: (10**15, 10**15))
+    real = generate.iter_dataset
+    seen = {}
+
+    def interrupted(count, seed, *a, **k):
+        for i, r in enumerate(real(count, seed, *a, **k)):
+            if i == 3000:
+                seen["on_disk"] = sum(p.stat().st_size for p in tmp_path.iterdir())
+                raise KeyboardInterrupt
+            yield r
+
+    monkeypatch.setattr(generate, "iter_dataset", interrupted)
+    code, out, err, escaped = run_cli(["data", "generate", "--out", tmp_path / "d.jsonl", "--count", "2000000000"])
+    assert escaped is None and code == 130
+    assert seen["on_disk"] > 1_000_000  # ~3000 records were already in the temporary file
+    assert list(tmp_path.iterdir()) == []
