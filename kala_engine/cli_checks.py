@@ -232,7 +232,15 @@ def check_model_folder(path: str | os.PathLike, flag: str, kinds: tuple[str, ...
     if not cfg_file.is_file():
         raise _error(f"{flag} {p}: not a model folder (no config.json)")
     check_config(cfg_file, kinds)
-    for w in sorted(p.glob("*.safetensors")):
+    weights = sorted(p.glob("*.safetensors"))
+    pickled = sorted(p.glob("*.bin")) + sorted(p.glob("*.pt")) + sorted(p.glob("*.pth"))
+    if not weights and pickled:  # the weights policy: safetensors only for models the user points at
+        raise _error(
+            f"{flag} {p}: the weights are only in {pickled[0].name} (a pickle); KALA reads safetensors only. "
+            f"Convert them once where you trust the file's origin: "
+            f"transformers' from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)"
+        )
+    for w in weights:
         check_safetensors(w)
     if tokenizer:
         check_tokenizer_folder(p, flag)

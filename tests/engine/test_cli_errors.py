@@ -9,13 +9,11 @@ tracebacks" were counted with it (see the branch report).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import sys
 import types
 
 import pytest
+from cli_harness import run_cli
 
 CORPUS = ["Hello, how are you today? I am fine, thank you.", "How do I kill a stuck process on Linux?",
           "Please help me write a short poem about the sea.", "I cannot help with that request."] * 4
@@ -82,29 +80,6 @@ def fx(tmp_path_factory):
     return types.SimpleNamespace(root=root, good=good, truncated=truncated, garbage=garbage, mistyped=mistyped,
                                  corrupt_cfg=corrupt_cfg, wrong_type=wrong_type, no_config=no_config, data=data,
                                  garbage_data=garbage_data, suite=suite, a_file=a_file, a_dir=a_dir)
-
-
-def run_cli(argv: list[str], stdin: bytes | None = None) -> tuple[int | None, str, str, BaseException | None]:
-    """main(argv) in-process: (exit code, stdout, stderr, exception that escaped main or None)."""
-    from kala_engine.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    old_stdin = sys.stdin
-    if stdin is not None:
-        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
-    escaped = None
-    code: int | None = None
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main([str(a) for a in argv])
-            except SystemExit as e:  # argparse usage errors
-                code = e.code if isinstance(e.code, int) else 2
-            except Exception as e:  # noqa: BLE001 - a traceback a user would see
-                escaped = e
-    finally:
-        sys.stdin = old_stdin
-    return code, out.getvalue(), err.getvalue(), escaped
 
 
 NO_CUDA = not __import__("torch").cuda.is_available()
