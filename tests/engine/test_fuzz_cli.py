@@ -44,7 +44,10 @@ files = st.tuples(st.sampled_from([b"", b"\xef\xbb\xbf"]), lines, st.sampled_fro
     lambda t: t[0] + t[2].join(line.replace(b"\n", b" ") for line in t[1])
 ) | st.binary(max_size=200)
 
-words = st.text(alphabet=st.sampled_from("ab kill poison \u00e9\t\U0001f600"), min_size=1, max_size=30).filter(str.strip)
+clean = st.lists(st.sampled_from(["a", "b", " ", "kill", "poison", "\u00e9", "\t", "\U0001f600"]), min_size=1,
+                 max_size=12).map("".join).filter(str.strip)
+dirty = st.tuples(clean, st.sampled_from(["\ud800", "\udce9", "\udfff"]), clean).map("".join)
+words = st.one_of(clean, clean, clean, dirty)  # JSON can spell lone surrogates; about 1 prompt in 4 does
 valid_record = st.one_of(
     st.builds(lambda p: {"prompt": p, "label": "benign"}, words | st.just("kill a process " * 30)),
     st.builds(lambda p, k: {"prompt": p, "label": "harmful", "laws": [k]}, words, st.integers(0, 4)),
