@@ -127,10 +127,9 @@ def check_train_args(args) -> None:
     check_out_dir(args.run_dir, "--run-dir")
     if args.device == "cuda":  # asked for by name: no quiet fall-back to hours on the CPU ("auto" falls back)
         check_device("cuda")
-    if Path(args.base).exists() or args.base not in PRESET_NAMES:
-        if not Path(args.base).exists():
-            raise CLIError(f"--base {args.base}: not a preset ({', '.join(PRESET_NAMES)}) and no such folder")
-        if not Path(args.base).is_dir():
+    base = Path(args.base)
+    if base.exists() and args.base not in PRESET_NAMES:  # a name that is no folder: the base resolver's to judge
+        if not base.is_dir():
             raise CLIError(f"--base {args.base} is a file; pass a preset name or the model folder that holds it")
         check_model_folder(args.base, "--base", kinds=("gpt_neox", "kala"), tokenizer=True)
     if not isinstance(args.tiny_overrides, dict):
