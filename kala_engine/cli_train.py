@@ -177,11 +177,10 @@ DEMO_PROMPTS = [
 
 def cmd_demo(args) -> int:
     """Generate data -> train kala-tiny from scratch -> chat, all on this machine, offline."""
+    from .cli_checks import check_device, check_out_dir
     from .data.generate import write_dataset
     from .paths import user_data_dir
     from .training import TrainConfig, train_job
-
-    from .cli_checks import check_device, check_out_dir
 
     if args.device == "cuda":
         check_device("cuda")

@@ -52,10 +52,10 @@ def check_training_data(train: Sequence[dict[str, Any]], validation: Sequence[di
         )
     if not validation and eval_every > 0:
         raise JobError(
-            f"{data}: no validation records (\"split\": \"validation\"), but validation is on (--eval-every "
-            f"{eval_every}); mark some records as validation (`kala data generate` holds out about 12 % of the "
-            f"template families), or pass --eval-every 0 to train without validation and without calibrated "
-            f"thresholds"
+            f"{data}: no validation records (\"split\": \"validation\"), but validation is on (every "
+            f"{eval_every} steps); mark some records as validation (`kala data generate` holds out about 12 % of "
+            f"the template families), or set eval-every to 0 (--eval-every 0) to train without validation and "
+            f"without calibrated thresholds"
         )
     warnings = []
     if not validation:

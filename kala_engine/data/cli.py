@@ -184,10 +184,9 @@ def cmd_stats(args) -> int:
 
 
 def cmd_cai(args) -> int:
+    from ..cli_checks import check_model_folder, check_out_file
     from .constitutional_ai import cai_from_model_dir
     from .io import write_jsonl
-
-    from ..cli_checks import check_model_folder, check_out_file
 
     if not args.model.is_dir():
         raise FileNotFoundError(f"{args.model}: no such model folder")
