@@ -10,6 +10,7 @@ tracebacks" were counted with it (see the branch report).
 from __future__ import annotations
 
 import json
+import sys
 import types
 
 import pytest
@@ -382,3 +383,16 @@ def test_generate_streams_to_disk_and_ctrl_c_leaves_nothing(monkeypatch, tmp_pat
     assert escaped is None and code == 130
     assert seen["on_disk"] > 1_000_000  # ~3000 records were already in the temporary file
     assert list(tmp_path.iterdir()) == []
+
+
+def test_real_process_argv_bytes_that_are_not_utf8(fx):
+    """The same through a real process, where argv bytes arrive as surrogate escapes (the stdin
+    path is the in-process test above: it reads the same binary buffer)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    base = [sys.executable, "-m", "kala_engine.cli", "chat", "--model", str(fx.good), "--max-new-tokens", "2"]
+    p = subprocess.run([*base, "--prompt", b"caf\xe9"], capture_output=True, env=env, timeout=120)
+    assert p.returncode == 2 and b"Traceback" not in p.stderr
+    assert b"--prompt is not valid UTF-8 text (byte 0xE9 at position 3)" in p.stderr
