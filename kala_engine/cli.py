@@ -2,8 +2,10 @@
 
 Each sub-command module exposes ``register(subparsers)`` which adds its parser and sets
 ``func`` (a callable taking the parsed args and returning an exit code). Errors a user can
-act on are raised as ``CLIError``/``ValueError``/``FileNotFoundError`` and printed without a
-traceback (exit 2); ``KALA_DEBUG=1`` shows the traceback.
+act on (``CLIError``, ``ValueError``, a missing or damaged file, a full disk, out of memory: see
+``kala_engine.cli_checks.expected_error``) are printed as one line without a traceback (exit 2;
+``KALA_DEBUG=1`` shows the traceback); anything else is a bug: its traceback is printed with a
+line saying so (exit 1).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 
 # module -> what it provides; each has register(subparsers)
 SUBCOMMAND_MODULES = [
@@ -64,12 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    except Exception as e:  # noqa: BLE001 - the one error boundary of every command
+        from .cli_checks import bug_report, expected_error
+
+        message = expected_error(e)
+        if message is None:  # a bug: show everything, and say so
+            traceback.print_exc()
+            print(f"kala {args.command}: {bug_report()}", file=sys.stderr)
+            return 1
         if os.environ.get("KALA_DEBUG"):
             raise
-        print(f"kala {args.command}: error: {e}", file=sys.stderr)
+        print(f"kala {args.command}: error: {message}", file=sys.stderr)
         return 2
-
 
 if __name__ == "__main__":
     sys.exit(main())

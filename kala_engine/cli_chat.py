@@ -169,8 +169,26 @@ def _reply(session, text: str, args, out_json: bool) -> None:
         print("[why] " + "\n      ".join(result.explanation.lines()))
 
 
+def _read_line() -> tuple[str, bool] | None:
+    """The next stdin line as (text, was valid UTF-8); None at end of input. Undecodable bytes
+    become U+FFFD instead of ending the chat."""
+    from .cli_checks import decode_line
+
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text stream (tests, embedding): already decoded
+        line = sys.stdin.readline()
+        return None if not line else (line, True)
+    raw = buffer.readline()
+    return None if not raw else decode_line(raw)
+
+
 def run(args: argparse.Namespace) -> int:
+    from .cli_checks import check_device, check_model_folder, check_text
+
     thresholds = parse_threshold(args.threshold)
+    check_text(args.prompt, "--prompt")
+    check_text(args.system, "--system")
+    check_device(args.device)
     if args.prompt is not None and not args.prompt.strip():
         raise ValueError("--prompt is empty: give the message to answer, or leave --prompt out to chat interactively")
     from .generation import ChatSession, GenerationSettings, load_chat_model
@@ -181,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         output_layer_scores=args.layer_scores,
     )
     settings.check()  # bad settings fail before the model is loaded
+    check_model_folder(args.model, "--model", tokenizer=True)
     model, tokenizer = load_chat_model(args.model, device=args.device)
     session = ChatSession(model, tokenizer, system=args.system, settings=settings)
 
@@ -194,9 +213,13 @@ def run(args: argparse.Namespace) -> int:
     while True:
         if interactive:
             print("you> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
-        if not line:
+        got = _read_line()
+        if got is None:
             break
+        line, valid = got
+        if not valid:
+            print("kala chat: warning: that line was not valid UTF-8; the bad bytes were replaced by U+FFFD",
+                  file=sys.stderr, flush=True)
         text = line.strip()
         if not text:
             continue

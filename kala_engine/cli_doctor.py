@@ -6,8 +6,13 @@ import json
 
 
 def cmd_doctor(args) -> int:
+    from pathlib import Path
+
+    from .cli_checks import check_model_folder
     from .doctor import diagnose
 
+    if Path(args.base).is_dir():
+        check_model_folder(args.base, "--base", kinds=("gpt_neox", "kala"))
     plan = diagnose(args.base, device=args.device, batch_size=args.batch_size, seq_len=args.seq_len,
                     mode=args.mode)
     if args.json:

@@ -30,6 +30,9 @@ from .jobs import Event, LogLine, Progress
 
 def make_backend(model_dir: str, device: str) -> Any:
     """The backend for one ``--model`` (tests replace this with a fake)."""
+    from .cli_checks import check_model_folder
+
+    check_model_folder(model_dir, "--model", tokenizer=True)  # damaged files: one line, before any work
     return KALABackend(model_dir, device=device)
 
 
@@ -99,30 +102,52 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
-    # checks the range before any model loads; None: each model's calibrated thresholds
+    # everything that can be checked is checked before the first prompt is evaluated:
+    # the threshold range, the device, --out, the whole suite, the validation file, every model
+    # folder and (per model) that every prompt fits its context
+    from .cli_checks import check_device, check_out_dir
+
     thresholds = normalize_thresholds(args.threshold) if args.threshold is not None else None
+    check_device(args.device)
+    if args.out:
+        check_out_dir(args.out)
     suite_path = Path(args.suite) if args.suite else default_suite_path()
     try:
         records = load_suite(suite_path)
     except SuiteError as e:
         for line in e.errors:
             print(line, file=sys.stderr)
+        print(f"kala eval: error: {suite_path}: {len(e.errors)} bad line(s); nothing was evaluated", file=sys.stderr)
         return 2
     if args.limit is not None:
         records = records[: args.limit]
     texts = benign_validation_replies(args.validation) if args.validation else None
-
-    runs: list[EvalRun] = []
+    backends = []
     for model_dir, name in zip(args.model, _names(args.model), strict=True):
         backend = make_backend(model_dir, args.device)
         backend.name = name
+        backends.append(backend)
+    for backend in backends:
+        check = getattr(backend, "prompts_too_long", None)
+        too_long = check([r.prompt for r in records]) if check is not None else []
+        if too_long:
+            for i, n, ctx in too_long:
+                r = records[i]
+                print(f"{suite_path}:{r.line}: prompt {r.id!r} is {n} tokens, but model {backend.name} holds "
+                      f"{ctx} (with room for a reply); shorten it or leave it out", file=sys.stderr)
+            print(f"kala eval: error: {len(too_long)} prompt(s) too long for {backend.name}; nothing was evaluated",
+                  file=sys.stderr)
+            return 2
+
+    runs: list[EvalRun] = []
+    for backend in backends:
         runs.append(
             evaluate(
                 backend,
                 records,
                 threshold=thresholds,
                 max_new_tokens=args.max_new_tokens,
-                emit=_progress_printer(name),
+                emit=_progress_printer(backend.name),
                 perplexity_texts=texts,
                 batch_size=args.batch_size,
             )

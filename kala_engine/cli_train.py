@@ -35,9 +35,13 @@ def _printer(quiet_steps: int = 1):
             print(("warning: " if ev.level == "warning" else "") + ev.message, flush=True,
                   file=sys.stderr if ev.level != "info" else sys.stdout)
         elif isinstance(ev, Failed):
-            print(f"kala train: error: {ev.message}", file=sys.stderr, flush=True)
-            if ev.traceback:
+            if ev.traceback:  # not an error we expected: a bug (see _guarded)
+                from .cli_checks import bug_report
+
                 print(ev.traceback, file=sys.stderr)
+                print(f"kala train: {ev.message}\nkala train: {bug_report()}", file=sys.stderr, flush=True)
+            else:
+                print(f"kala train: error: {ev.message}", file=sys.stderr, flush=True)
 
     return emit
 
@@ -90,9 +94,53 @@ def _config(args):
     )
 
 
+def _guarded(job):
+    """``job`` with failures a user can act on turned into JobError (one line, exit 2); anything
+    else still reaches run_job with its traceback (a bug, exit 1)."""
+    from .cli_checks import expected_error
+    from .jobs import JobError
+
+    def run(emit, control):
+        try:
+            return job(emit, control)
+        except JobError:
+            raise
+        except Exception as e:  # noqa: BLE001 - sorted here, re-raised when it is a bug
+            message = expected_error(e)
+            if message is None:
+                raise
+            raise JobError(message) from e
+
+    return run
+
+
+def _exit_code(failed: Failed) -> int:
+    return 1 if failed.traceback else 2  # 2: the user can fix it; 1: a bug
+
+
+def check_train_args(args) -> None:
+    """What `kala train` can check before it starts: the run folder, the base, the overrides."""
+    from .cli import CLIError
+    from .cli_checks import check_config_fields, check_device, check_model_folder, check_out_dir
+    from .presets import PRESET_NAMES
+
+    check_out_dir(args.run_dir, "--run-dir")
+    if args.device == "cuda":  # asked for by name: no quiet fall-back to hours on the CPU ("auto" falls back)
+        check_device("cuda")
+    base = Path(args.base)
+    if base.exists() and args.base not in PRESET_NAMES:  # a name that is no folder: the base resolver's to judge
+        if not base.is_dir():
+            raise CLIError(f"--base {args.base} is a file; pass a preset name or the model folder that holds it")
+        check_model_folder(args.base, "--base", kinds=("gpt_neox", "kala"), tokenizer=True)
+    if not isinstance(args.tiny_overrides, dict):
+        raise CLIError("--tiny-overrides must be a JSON object of config fields")
+    check_config_fields(args.tiny_overrides, "--tiny-overrides")
+
+
 def cmd_train(args) -> int:
     from .training import train_job
 
+    check_train_args(args)
     cfg = _config(args)
     result = {}
 
@@ -104,9 +152,9 @@ def cmd_train(args) -> int:
         printer(ev)
 
     printer = _printer(quiet_steps=10)
-    run_job(train_job(cfg), emit, JobControl())
+    run_job(_guarded(train_job(cfg)), emit, JobControl())
     if "failed" in result:
-        return 1
+        return _exit_code(result["failed"])
     r = result["ev"].result or {}
     if result["ev"].cancelled:
         print("cancelled; resume with --resume")
@@ -129,12 +177,16 @@ DEMO_PROMPTS = [
 
 def cmd_demo(args) -> int:
     """Generate data -> train kala-tiny from scratch -> chat, all on this machine, offline."""
+    from .cli_checks import check_device, check_out_dir
     from .data.generate import write_dataset
     from .paths import user_data_dir
     from .training import TrainConfig, train_job
 
+    if args.device == "cuda":
+        check_device("cuda")
     t0 = time.perf_counter()
     root = Path(args.dir) if args.dir else user_data_dir() / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
+    check_out_dir(root, "--dir")
     root.mkdir(parents=True, exist_ok=True)
     data = root / "data.jsonl"
     print(f"[1/3] generating {args.count} constitutional examples -> {data}")
@@ -152,9 +204,9 @@ def cmd_demo(args) -> int:
         printer(ev)
 
     printer = _printer(quiet_steps=max(1, args.steps // 20))
-    run_job(train_job(cfg), emit, JobControl())
+    run_job(_guarded(train_job(cfg)), emit, JobControl())
     if isinstance(out.get("ev"), Failed):
-        return 1
+        return _exit_code(out["ev"])
     final = root / "run" / "final"
     train_s = time.perf_counter() - t0  # data generation + tokenizer + training
     print(f"[3/3] chatting with {final}")

@@ -87,6 +87,11 @@ def _check_record(obj: Any, lineno: int) -> tuple[SuiteRecord | None, str | None
         return None, f"field 'prompt' must be a string, got {type(prompt).__name__}"
     if not prompt.strip():
         return None, "field 'prompt' is empty"
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON can spell a lone surrogate ("\ud800"); no tokenizer takes one
+        return None, f"field 'prompt' holds an invalid character (lone surrogate U+{ord(prompt[e.start]):04X} " \
+                     f"at position {e.start}); write the text as UTF-8"
     if "label" not in obj:
         return None, "missing field 'label' (harmful or benign)"
     label = obj["label"]
@@ -142,13 +147,32 @@ def parse_suite(lines: Sequence[str], name: str = "<suite>") -> list[SuiteRecord
 def load_suite(path: str | Path | None = None) -> list[SuiteRecord]:
     """Read a suite file (the public suite when ``path`` is None)."""
     path = Path(path) if path is not None else default_suite_path()
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a folder; pass --suite FILE (a JSONL file)")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: evaluation suite not found; pass --suite FILE (a JSONL file)")
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM (some editors write one), as `kala data validate` allows
+        raw = raw[3:]
+    lines: list[str] = []
+    bad: list[str] = []
+    for lineno, chunk in enumerate(raw.split(b"\n"), 1):  # JSONL lines end in \n (not in U+2028 and friends)
+        try:
+            lines.append(chunk.decode("utf-8").rstrip("\r"))
+        except UnicodeDecodeError as e:
+            bad.append(f"{path}:{lineno}: not UTF-8 text (byte {e.start}: {e.reason})")
+            lines.append("")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise SuiteError([f"{path}:1: not UTF-8 text ({e.reason})"]) from None
-    return parse_suite(text.splitlines(), str(path))
+        records = parse_suite(lines, str(path))
+    except SuiteError as e:
+        if not bad:
+            raise
+        errors = [m for m in e.errors if not m.endswith("the suite holds no records; add JSONL lines with 'prompt' and 'label'")]
+        prefix = f"{path}:"
+        raise SuiteError(sorted(bad + errors, key=lambda m: int(m[len(prefix):].split(":", 1)[0]))) from None
+    if bad:
+        raise SuiteError(bad)
+    return records
 
 
 # ---------------------------------------------------------------- backend protocol
@@ -541,8 +565,12 @@ def benign_validation_replies(path: str | Path, limit: int = 200) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: validation file not found (a dataset JSONL, e.g. from kala data generate)")
     texts: list[str] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {e.start}); pass a dataset JSONL") from None
             if not line.strip():
                 continue
             try:
@@ -600,6 +628,20 @@ class KALABackend:
 
             self._model, self._tokenizer = load_chat_model(self.model_dir, device=self.device)
         return self._model, self._tokenizer
+
+    def prompts_too_long(self, prompts: Sequence[str]) -> list[tuple[int, int, int]]:
+        """``(index, tokens, context)`` of every prompt that leaves no room for a reply in the
+        model's context (checked before evaluation starts, so a long prompt fails nothing late)."""
+        from .generation import context_length, encode_prompt
+
+        model, tokenizer = self._load()
+        ctx = context_length(model)
+        out = []
+        for i, prompt in enumerate(prompts):
+            n = len(encode_prompt(tokenizer, prompt))
+            if n >= ctx:
+                out.append((i, n, ctx))
+        return out
 
     def assess_and_reply(
         self, prompt: str, *, threshold: float | list[float], max_new_tokens: int

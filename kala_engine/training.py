@@ -378,6 +378,12 @@ def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> di
     val_records = [r for r in records if r.get("split") == "validation"]
     if not train_records:
         raise JobError(f"{data_path}: no training records (split 'train')")
+    from .data.checks import check_training_data
+
+    data_warnings = check_training_data(train_records, val_records, data=str(data_path), eval_every=cfg.eval_every,
+                                        ethics_weight=cfg.ethics_weight)
+    for w in data_warnings:
+        emit(LogLine(w, level="warning"))
 
     dev = probe_device(cfg.device)
     plan = make_plan(cfg.base, dev, batch_size=cfg.batch_size, seq_len=cfg.max_length, mode=cfg.mode,
@@ -449,7 +455,7 @@ def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> di
                 "device": {"kind": plan.device_kind, "name": dev.name}, "processes": world,
                 "parameters": n_params, "trainable_parameters": n_train, "total_steps": total_steps,
                 "train_records": len(train_set), "validation_records": len(val_set or []),
-                "status": "running", "started": time.time()}
+                "status": "running", "started": time.time(), "warnings": data_warnings}
         _write_json(run_dir / "run.json", info)
 
     def batch_for(step: int, k: int) -> dict:

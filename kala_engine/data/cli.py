@@ -67,18 +67,75 @@ def register(subparsers) -> None:
     cai.set_defaults(func=cmd_cai)
 
 
+#: Memory a streamed generation keeps per record (its duplicate digest, its prompt's digest).
+MEMORY_PER_RECORD = 200
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""  # pragma: no cover
+
+
+def check_generate_size(out: Path, count: int, seed: int) -> int:
+    """Refuse a --count whose file cannot fit on the disk (or whose duplicate check cannot fit in
+    memory), with the estimate; returns the estimated bytes. A sample of 200 records gives the
+    average size. Refusing now beats a "disk full" after hours of writing."""
+    import shutil
+
+    from ..cli import CLIError
+    from ..doctor import _cpu_memory
+    from .generate import iter_dataset
+    from .io import dumps_record
+
+    sample = [len(dumps_record(r).encode("utf-8")) + 1 for r in iter_dataset(min(count, 200), seed)]
+    per_record = sum(sample) / len(sample)
+    need = int(per_record * count)
+    free = shutil.disk_usage(out.parent if str(out.parent) else ".").free
+    if need > free:
+        fits = int(free / per_record)
+        raise CLIError(f"--count {count} would write about {_size(need)} (about {per_record:.0f} bytes a record), "
+                       f"but {out.parent or '.'} has {_size(free)} free; ask for at most about {fits} records")
+    available = _cpu_memory()[1]
+    if available and count * MEMORY_PER_RECORD > available:
+        raise CLIError(f"--count {count}: telling that many records apart needs about "
+                       f"{_size(count * MEMORY_PER_RECORD)} of memory and {_size(available)} is available; "
+                       f"ask for at most about {available // MEMORY_PER_RECORD} records")
+    return need
+
+
 def cmd_generate(args) -> int:
-    from .generate import format_summary, generate_dataset, summarize
+    """Stream the records to a temporary file beside --out (renamed when complete): memory does
+    not grow with the records' text, Ctrl-C leaves nothing behind, a progress line every few
+    seconds."""
+    import sys
+
+    from ..cli_checks import check_out_file
+    from .generate import Summary, format_summary, iter_dataset
     from .io import write_jsonl
 
+    check_out_file(args.out)
+    check_generate_size(args.out, args.count, args.seed)
     t0 = time.perf_counter()
-    records = generate_dataset(args.count, args.seed)
-    t_gen = time.perf_counter() - t0
-    write_jsonl(args.out, records)
+    summary = Summary()
+    state = {"shown": t0}
+
+    def stream():
+        for record in iter_dataset(args.count, args.seed):
+            summary.add(record)
+            yield record
+            now = time.perf_counter()
+            if now - state["shown"] >= 5:
+                state["shown"] = now
+                print(f"kala data generate: {summary.n}/{args.count} records written to a temporary file "
+                      f"beside {args.out} (Ctrl-C stops, leaving nothing)", file=sys.stderr, flush=True)
+
+    n = write_jsonl(args.out, stream())
     t_all = time.perf_counter() - t0
-    print(format_summary(summarize(records)))
-    print(f"\nwrote {len(records)} records to {args.out} (seed {args.seed}) in {t_all:.2f} s "
-          f"(generation {t_gen:.2f} s)")
+    print(format_summary(summary.result()))
+    print(f"\nwrote {n} records to {args.out} (seed {args.seed}) in {t_all:.2f} s")
     return 0
 
 
@@ -98,8 +155,10 @@ def cmd_validate(args) -> int:
 
 
 def cmd_import(args) -> int:
+    from ..cli_checks import check_out_file
     from .importers import import_dataset
 
+    check_out_file(args.out)
     report = import_dataset(args.file, args.fmt, args.out)
     print(report.format())
     return 0
@@ -112,8 +171,10 @@ def cmd_stats(args) -> int:
     records = load_jsonl(args.file)
     tokenizer = None
     if args.tokenizer is not None:
+        from ..cli_checks import check_tokenizer_folder
         from .tokenizer import load_tokenizer
 
+        check_tokenizer_folder(args.tokenizer, "--tokenizer")
         tokenizer = load_tokenizer(args.tokenizer)
     summary = summarize(records, tokenizer=tokenizer)
     if args.json:
@@ -124,11 +185,14 @@ def cmd_stats(args) -> int:
 
 
 def cmd_cai(args) -> int:
+    from ..cli_checks import check_model_folder, check_out_file
     from .constitutional_ai import cai_from_model_dir
     from .io import write_jsonl
 
     if not args.model.is_dir():
         raise FileNotFoundError(f"{args.model}: no such model folder")
+    check_out_file(args.out)
+    check_model_folder(args.model, "--model", tokenizer=True)
     t0 = time.perf_counter()
     records, skipped = cai_from_model_dir(str(args.model), args.count, args.seed, args.max_new_tokens)
     for reason, n in sorted(skipped.items()):

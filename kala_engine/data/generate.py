@@ -28,7 +28,7 @@ import random
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +324,31 @@ def generate_dataset(
     Raises ValueError for a count below 1, or when the banks cannot supply that many
     distinct records.
     """
+    return list(iter_dataset(count, seed, banks, constitution))
+
+
+def _key_digest(kind: str, parts: list[dict]) -> bytes:
+    """16 bytes standing for a record's (kind, texts): what duplicates are recognised by.
+
+    A digest rather than the texts keeps the memory of a streamed generation small (about 100
+    bytes a record instead of the texts); blake2b-128 collisions are out of reach for any count.
+    """
+    h = hashlib.blake2b(kind.encode("utf-8"), digest_size=16)
+    for p in parts:
+        text = p["text"].encode("utf-8", "surrogatepass")
+        h.update(len(text).to_bytes(8, "little") + text)
+    return h.digest()
+
+
+def iter_dataset(
+    count: int = 10000,
+    seed: int = 0,
+    banks: Banks | None = None,
+    constitution: Constitution | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The records of :func:`generate_dataset`, one at a time (``kala data generate`` streams
+    them to disk). Raises ValueError, once the records it could make are out, when the banks
+    cannot supply ``count`` distinct records."""
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise ValueError(f"count must be a positive integer, got {count!r}")
     banks = banks or load_banks()
@@ -336,14 +361,14 @@ def generate_dataset(
     kinds = list(KIND_WEIGHTS)
     weights = [KIND_WEIGHTS[k] for k in kinds]
 
-    records: list[dict[str, Any]] = []
-    seen: set[tuple] = set()
+    made = 0
+    seen: set[bytes] = set()
     attempts, max_attempts = 0, 30 * count + 1000
-    while len(records) < count:
+    while made < count:
         attempts += 1
         if attempts > max_attempts:
             raise ValueError(
-                f"could only generate {len(records)} distinct records out of {count} requested; "
+                f"could only generate {made} distinct records out of {count} requested; "
                 "ask for fewer or add templates to resources/prompts/"
             )
         kind = rng.choices(kinds, weights)[0]
@@ -361,22 +386,20 @@ def generate_dataset(
             topic = r.pick(topics_by_law[law])
             family, primary = topic.id, topic.law
             parts = getattr(r, kind)(topic)
-        key = (kind, tuple(p["text"] for p in parts))
+        key = _key_digest(kind, parts)
         if key in seen:
             continue
         seen.add(key)
-        records.append(
-            {
-                "id": f"kala-s{seed}-{len(records):06d}",
-                "kind": kind,
-                "family": family,
-                "split": "validation" if family in held_out else "train",
-                "primary_law": primary,
-                "labels": _record_labels(parts),
-                "parts": parts,
-            }
-        )
-    return records
+        yield {
+            "id": f"kala-s{seed}-{made:06d}",
+            "kind": kind,
+            "family": family,
+            "split": "validation" if family in held_out else "train",
+            "primary_law": primary,
+            "labels": _record_labels(parts),
+            "parts": parts,
+        }
+        made += 1
 
 
 def write_dataset(path: str | Path, count: int = 10000, seed: int = 0) -> list[dict[str, Any]]:
@@ -399,71 +422,106 @@ def _prompt(record: dict) -> str:
     return ""
 
 
-def _histogram(values: list[int], edges: Sequence[int]) -> list[dict[str, Any]]:
-    bins = []
-    for i, lo in enumerate(edges):
-        hi = edges[i + 1] if i + 1 < len(edges) else None
-        n = sum(1 for v in values if v >= lo and (hi is None or v < hi))
-        bins.append({"from": lo, "to": hi, "count": n})
-    return bins
-
-
-def summarize(records: Sequence[dict[str, Any]], tokenizer: Any = None) -> dict[str, Any]:
+def summarize(records: Iterable[dict[str, Any]], tokenizer: Any = None) -> dict[str, Any]:
     """Statistics as data for the CLI and the app.
 
     Counts by kind x primary law, split sizes and families, a length histogram (tokens when a
     tokenizer is given, else characters), the unique-prompt share, each law's share of the
     harmful kinds (by primary law, and by labels violated), the benign share, the share of
     records whose targets are not all 1.0, and the issue's thresholds with pass/fail.
+    One pass over ``records`` (see :class:`Summary`, which a stream can feed record by record).
     """
-    n = len(records)
-    by_kind = Counter(r["kind"] for r in records)
-    table = {k: [0] * (NUM_LAWS + 1) for k in KINDS}  # last column: no primary law
+    summary = Summary(tokenizer)
     for r in records:
-        col = r["primary_law"] if r["primary_law"] is not None else NUM_LAWS
-        table.setdefault(r["kind"], [0] * (NUM_LAWS + 1))[col] += 1
-    harmful = [r for r in records if r["kind"] in HARMFUL_KINDS]
-    nh = max(len(harmful), 1)
-    law_share = [sum(1 for r in harmful if r["primary_law"] == k) / nh for k in range(NUM_LAWS)]
-    law_violated_share = [sum(1 for r in harmful if k in violated_laws(r["labels"])) / nh for k in range(NUM_LAWS)]
-    benign_share = sum(by_kind[k] for k in BENIGN_KINDS) / max(n, 1)
-    unique_prompt_share = len({_prompt(r) for r in records}) / max(n, 1)
-    not_all_ones = sum(1 for r in records if any(x < 1.0 for p in r["parts"] for x in p["labels"])) / max(n, 1)
-    splits = Counter(r["split"] for r in records)
-    fams = {s: sorted({r["family"] for r in records if r["split"] == s}) for s in ("train", "validation")}
-    if tokenizer is not None:
-        from .collate import render_record
+        summary.add(r)
+    return summary.result()
 
-        lengths = [len(tokenizer(render_record(r), add_special_tokens=False)["input_ids"]) for r in records]
-        unit, edges = "tokens", TOKEN_BINS
-    else:
-        lengths = [sum(len(p["text"]) for p in r["parts"]) for r in records]
-        unit, edges = "chars", CHAR_BINS
-    checks = {
-        "unique_prompt_share": unique_prompt_share >= THRESHOLDS["unique_prompt_share"],
-        "each_law_share": bool(harmful) and min(law_share) >= THRESHOLDS["law_share_min"],
-        "benign_share": benign_share >= THRESHOLDS["benign_share"],
-        "families_disjoint": not set(fams["train"]) & set(fams["validation"]),
-    }
-    return {
-        "records": n,
-        "by_kind": {k: by_kind.get(k, 0) for k in KINDS},
-        "kind_by_law": table,
-        "law_share_of_harmful": law_share,
-        "law_violated_share_of_harmful": law_violated_share,
-        "benign_share": benign_share,
-        "unique_prompt_share": unique_prompt_share,
-        "targets_not_all_one_share": not_all_ones,
-        "splits": {s: splits.get(s, 0) for s in ("train", "validation")},
-        "families": {s: len(v) for s, v in fams.items()},
-        "validation_family_share": len(fams["validation"]) / max(len(fams["train"]) + len(fams["validation"]), 1),
-        "length_unit": unit,
-        "length_histogram": _histogram(lengths, edges),
-        "length_mean": sum(lengths) / max(n, 1),
-        "length_max": max(lengths, default=0),
-        "thresholds": dict(THRESHOLDS),
-        "checks": checks,
-    }
+
+class Summary:
+    """:func:`summarize` one record at a time, in memory that does not grow with the records'
+    text (``kala data generate`` summarises what it streams to disk)."""
+
+    def __init__(self, tokenizer: Any = None) -> None:
+        self.tokenizer = tokenizer
+        self.n = 0
+        self.by_kind: Counter = Counter()
+        self.table = {k: [0] * (NUM_LAWS + 1) for k in KINDS}  # last column: no primary law
+        self.n_harmful = 0
+        self.law_primary = [0] * NUM_LAWS
+        self.law_violated = [0] * NUM_LAWS
+        self.prompts: set[bytes] = set()
+        self.not_all_ones = 0
+        self.splits: Counter = Counter()
+        self.fams: dict[str, set[str]] = {"train": set(), "validation": set()}
+        self.unit, self.edges = ("tokens", TOKEN_BINS) if tokenizer is not None else ("chars", CHAR_BINS)
+        self.bins = [0] * len(self.edges)
+        self.length_sum = 0
+        self.length_max = 0
+
+    def add(self, r: dict[str, Any]) -> None:
+        self.n += 1
+        self.by_kind[r["kind"]] += 1
+        col = r["primary_law"] if r["primary_law"] is not None else NUM_LAWS
+        self.table.setdefault(r["kind"], [0] * (NUM_LAWS + 1))[col] += 1
+        if r["kind"] in HARMFUL_KINDS:
+            self.n_harmful += 1
+            violated = violated_laws(r["labels"])
+            for k in range(NUM_LAWS):
+                self.law_primary[k] += r["primary_law"] == k
+                self.law_violated[k] += k in violated
+        self.prompts.add(hashlib.blake2b(_prompt(r).encode("utf-8", "surrogatepass"), digest_size=16).digest())
+        self.not_all_ones += any(x < 1.0 for p in r["parts"] for x in p["labels"])
+        self.splits[r["split"]] += 1
+        if r["split"] in self.fams:
+            self.fams[r["split"]].add(r["family"])
+        if self.tokenizer is not None:
+            from .collate import render_record
+
+            length = len(self.tokenizer(render_record(r), add_special_tokens=False)["input_ids"])
+        else:
+            length = sum(len(p["text"]) for p in r["parts"])
+        self.length_sum += length
+        self.length_max = max(self.length_max, length)
+        for i in range(len(self.edges) - 1, -1, -1):
+            if length >= self.edges[i]:
+                self.bins[i] += 1
+                break
+
+    def result(self) -> dict[str, Any]:
+        n, nh = self.n, max(self.n_harmful, 1)
+        law_share = [c / nh for c in self.law_primary]
+        law_violated_share = [c / nh for c in self.law_violated]
+        benign_share = sum(self.by_kind[k] for k in BENIGN_KINDS) / max(n, 1)
+        unique_prompt_share = len(self.prompts) / max(n, 1)
+        fams = self.fams
+        checks = {
+            "unique_prompt_share": unique_prompt_share >= THRESHOLDS["unique_prompt_share"],
+            "each_law_share": bool(self.n_harmful) and min(law_share) >= THRESHOLDS["law_share_min"],
+            "benign_share": benign_share >= THRESHOLDS["benign_share"],
+            "families_disjoint": not fams["train"] & fams["validation"],
+        }
+        edges = self.edges
+        histogram = [{"from": lo, "to": edges[i + 1] if i + 1 < len(edges) else None, "count": self.bins[i]}
+                     for i, lo in enumerate(edges)]
+        return {
+            "records": n,
+            "by_kind": {k: self.by_kind.get(k, 0) for k in KINDS},
+            "kind_by_law": {k: list(v) for k, v in self.table.items()},
+            "law_share_of_harmful": law_share,
+            "law_violated_share_of_harmful": law_violated_share,
+            "benign_share": benign_share,
+            "unique_prompt_share": unique_prompt_share,
+            "targets_not_all_one_share": self.not_all_ones / max(n, 1),
+            "splits": {s: self.splits.get(s, 0) for s in ("train", "validation")},
+            "families": {s: len(v) for s, v in fams.items()},
+            "validation_family_share": len(fams["validation"]) / max(len(fams["train"]) + len(fams["validation"]), 1),
+            "length_unit": self.unit,
+            "length_histogram": histogram,
+            "length_mean": self.length_sum / max(n, 1),
+            "length_max": self.length_max,
+            "thresholds": dict(THRESHOLDS),
+            "checks": checks,
+        }
 
 
 def format_summary(summary: dict[str, Any], constitution: Constitution | None = None) -> str:

@@ -59,6 +59,8 @@ def iter_jsonl_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any, str | 
     (not UTF-8, not JSON). Blank lines are skipped. Raises FileNotFoundError for a missing file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a folder; give a JSONL file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     with path.open("rb") as f:
