@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kala_engine import run_lock
+
 from . import engine_api
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -34,6 +36,7 @@ class RunInfo:
     last_checkpoint: Path | None = None
     modified: float = 0.0
     config: dict = field(default_factory=dict)
+    owner: str = ""  # "process N (started ...)" when another process trains in this folder now
 
     @property
     def final_dir(self) -> Path:
@@ -90,7 +93,10 @@ def read_run(run_dir: str | Path, active: Path | None = None) -> RunInfo:
     last = _last_line(run_dir / "metrics.jsonl")
     ck = last_checkpoint(run_dir)
     final = (run_dir / "final").is_dir()
+    owner = run_lock.owner_of(run_dir)  # another process (a `kala train`) holds the folder
     if active is not None and run_dir.resolve() == Path(active).resolve():
+        status = "running"
+    elif owner is not None:
         status = "running"
     elif final:
         status = "finished"
@@ -118,6 +124,7 @@ def read_run(run_dir: str | Path, active: Path | None = None) -> RunInfo:
         last_checkpoint=ck,
         modified=modified,
         config=dict(cfg),
+        owner=owner.describe() if owner is not None else "",
     )
 
 

@@ -106,7 +106,7 @@ def cmd_train(args) -> int:
     printer = _printer(quiet_steps=10)
     run_job(train_job(cfg), emit, JobControl())
     if "failed" in result:
-        return 1
+        return 1 if result["failed"].traceback else 2  # a JobError (one line for the user): exit 2
     r = result["ev"].result or {}
     if result["ev"].cancelled:
         print("cancelled; resume with --resume")
