@@ -13,7 +13,7 @@ rules that the Chat page follows:
 
 Whatever the file looks like, opening never fails and never loses data:
 
-* a file that is not SQLite, fails SQLite's ``quick_check``, or is another program's SQLite
+* a file that is not SQLite, fails SQLite's ``integrity_check``, or is another program's SQLite
   database (another ``application_id``, or tables that are not ours) is **moved aside** to
   ``chats.corrupt-YYYYmmdd-HHMMSS.sqlite3`` / ``chats.foreign-….sqlite3`` (with its ``-wal``/``-shm``),
   never deleted and never written to, and a fresh store opens; ``notices`` says where it went;
@@ -51,6 +51,8 @@ DB_NAME = "chats.sqlite3"
 SCHEMA_VERSION = 1
 #: ``PRAGMA application_id`` of a KALA chat database ("KALA" in ASCII): tells ours from other SQLite files
 APPLICATION_ID = 0x4B414C41
+#: how long opening waits for another process (a second KALA Studio) holding a write lock
+BUSY_TIMEOUT_S = 5.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 #: Default per-chat generation settings (the threshold applies to every law).
@@ -293,6 +295,30 @@ _JSON_CHECKS = {"assessment": _check_assessment, "stop": _check_stop, "explanati
 # ---------------------------------------------------------------- looking at a file before using it
 
 
+def _text_factory(b: bytes) -> str:
+    """TEXT as str; bytes that are not UTF-8 (a damaged file) are shown with U+FFFD, never raise."""
+    return b.decode("utf-8", errors="replace")
+
+
+_EXPECTED: dict[int, dict[str, str]] = {}
+
+
+def _expected_schema(version: int) -> dict[str, str]:
+    """name -> CREATE statement of our tables and indexes at ``version`` (as SQLite stores them)."""
+    if version not in _EXPECTED:
+        con = sqlite3.connect(":memory:")
+        try:
+            for v, statements in MIGRATIONS:
+                if v <= version:
+                    for sql in statements:
+                        con.execute(sql)
+            _EXPECTED[version] = {n: sql for n, sql in con.execute(
+                "SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL")}
+        finally:
+            con.close()
+    return _EXPECTED[version]
+
+
 def _sqlite_error_kind(e: sqlite3.Error) -> str:
     """'corrupt' when the file itself is bad; 'busy' / 'io' when it may be fine but cannot be used now."""
     name = getattr(e, "sqlite_errorname", "") or ""
@@ -322,8 +348,11 @@ def inspect_database(path: Path) -> tuple[str, str]:
         return "io", f"cannot read it ({e.strerror or e})"
     if head and (len(head) < 100 or not head.startswith(_SQLITE_MAGIC)):
         return "corrupt", "it is not an SQLite database"
+    if head and head[18] > 2 and head[19] <= 2:  # SQLite's own rule: a newer write format is read-only
+        return "newer", f"it was written in a newer SQLite file format (write version {head[18]})"
     try:
-        con = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
+        con = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        con.text_factory = _text_factory
     except sqlite3.Error as e:
         return _sqlite_error_kind(e), f"SQLite cannot open it ({e})"
     try:
@@ -331,11 +360,16 @@ def inspect_database(path: Path) -> tuple[str, str]:
         app_id = int(con.execute("PRAGMA application_id").fetchone()[0])
         names = [r[0] for r in con.execute(
             "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
+        schema = {n: sql for n, sql in con.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL")}
         columns = {n: {r[1] for r in con.execute(f'PRAGMA table_info("{n}")')} for n in names if n in _COLUMNS}
-        check = [r[0] for r in con.execute("PRAGMA quick_check(5)")]
+        # integrity_check, not quick_check: it also finds an index that disagrees with its table
+        # (quick_check passes such a file and the first query then fails); 0.1 s for 60 MB of chats
+        check = [r[0] for r in con.execute("PRAGMA integrity_check(5)")]
     except sqlite3.Error as e:
         kind = _sqlite_error_kind(e)
         return kind, f"SQLite cannot read it ({e})"
+    except UnicodeDecodeError:  # SQLite's error message quotes schema text that is not UTF-8
+        return "corrupt", "SQLite cannot read its table definitions"
     finally:
         con.close()
     if check != ["ok"]:
@@ -352,6 +386,10 @@ def inspect_database(path: Path) -> tuple[str, str]:
     for n, cols in columns.items():
         if not _COLUMNS[n] <= cols:
             return "foreign", f"its table {n} lacks the column(s) {', '.join(sorted(_COLUMNS[n] - cols))}"
+    expected = _expected_schema(max(1, user_version))
+    changed = sorted(n for n, sql in expected.items() if n in schema and schema[n] != sql)
+    if changed:  # a flipped byte in a definition: constraints we rely on may be gone
+        return "corrupt", f"the definition of {', '.join(changed)} is not the one KALA Studio wrote"
     return "ours", ""
 
 
@@ -376,7 +414,8 @@ class ChatStore:
         self.damaged: list[DamagedRow] = []
         self.read_only = False  # a newer version's database: shown, never written
         self.in_memory = False  # nothing could be opened on disk: this session's chats are not saved
-        self._damage_keys: set | None = None
+        self._damage_keys: set | None = None  # values already in the damaged-rows file
+        self._seen: set = set()  # damaged values noted in this session
         self._in_tx = False
         self._db: sqlite3.Connection = None  # type: ignore[assignment]
         self._open(recover)
@@ -423,6 +462,7 @@ class ChatStore:
                 self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0,
                                            isolation_level=None)
                 self._db.row_factory = sqlite3.Row
+                self._db.text_factory = _text_factory
                 self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
             except sqlite3.Error as e:
                 return self._fallback(recover, f"{path}: {detail}, and it cannot be opened read-only ({e})")
@@ -455,6 +495,7 @@ class ChatStore:
         # isolation_level=None: we open transactions ourselves (BEGIN ... COMMIT) in batches.
         self._db = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
         self._db.row_factory = sqlite3.Row
+        self._db.text_factory = _text_factory
         if str(path) != ":memory:":
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -534,10 +575,36 @@ class ChatStore:
 
     def _damage(self, table: str, row: Any, column: str, raw: Any, problem: str) -> None:
         """Note a damaged value: keep its raw form in the damaged-rows file (once) and tell the user."""
+        kept: dict[str, Any] = ({"raw_base64": base64.b64encode(raw).decode("ascii")} if isinstance(raw, bytes)
+                                else {"raw": raw if raw is None or isinstance(raw, str) else repr(raw)})
+        key = (table, str(row), column, kept.get("raw"), kept.get("raw_base64"))
+        if key in self._seen:
+            return  # said once per session
+        self._seen.add(key)
+        self.damaged.append(DamagedRow(table, row, column, problem))
+        where = ""
+        if not self.in_memory:
+            where = f"; the stored value is kept in {self.damaged_rows_path}"
+            if key not in self._kept_keys():
+                line = {"table": table, "row": row, "column": column, "problem": problem, "found": time.time(),
+                        **kept}
+                try:
+                    with open(self.damaged_rows_path, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(line) + "\n")  # ASCII: no character in it can end a line
+                        f.flush()
+                        os.fsync(f.fileno())
+                    self._kept_keys().add(key)
+                except OSError:
+                    where = "; the stored value stays in the database"
+        what = {"chats": f"chat {row}", "messages": f"message {row}", "tokens": f"token {row}"}.get(table, table)
+        self._notify(f"Chat history: {what} has a damaged {column} ({problem}); it was skipped{where}.")
+
+    def _kept_keys(self) -> set:
+        """The values already in the damaged-rows file (read once)."""
         if self._damage_keys is None:
             self._damage_keys = set()
             try:
-                for line in self.damaged_rows_path.read_text(encoding="utf-8").splitlines():
+                for line in self.damaged_rows_path.read_text(encoding="utf-8").split("\n"):
                     try:
                         d = json.loads(line)
                         self._damage_keys.add((d["table"], str(d["row"]), d["column"], d.get("raw"),
@@ -546,26 +613,7 @@ class ChatStore:
                         continue
             except (OSError, UnicodeDecodeError):
                 pass
-        kept: dict[str, Any] = ({"raw_base64": base64.b64encode(raw).decode("ascii")} if isinstance(raw, bytes)
-                                else {"raw": raw if raw is None or isinstance(raw, str) else repr(raw)})
-        key = (table, str(row), column, kept.get("raw"), kept.get("raw_base64"))
-        if key in self._damage_keys:
-            return
-        self._damage_keys.add(key)
-        self.damaged.append(DamagedRow(table, row, column, problem))
-        where = ""
-        if not self.in_memory:
-            line = {"table": table, "row": row, "column": column, "problem": problem, "found": time.time(), **kept}
-            try:
-                with open(self.damaged_rows_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(line, ensure_ascii=False) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-                where = f"; the stored value is kept in {self.damaged_rows_path}"
-            except OSError:
-                where = "; the stored value stays in the database"
-        what = {"chats": f"chat {row}", "messages": f"message {row}", "tokens": f"token {row}"}.get(table, table)
-        self._notify(f"Chat history: {what} has a damaged {column} ({problem}); it was skipped{where}.")
+        return self._damage_keys
 
     @classmethod
     def in_folder(cls, chats_dir: str | Path) -> ChatStore:
