@@ -172,6 +172,10 @@ def test_a_newer_schema_opens_read_only_and_is_never_written(open_window, studio
     assert "newer KALA Studio" in w.notice_banner.label.text() and "read-only" in w.notice_banner.label.text()
     with pytest.raises(ChatStoreReadOnly, match="newer KALA Studio"):
         chat.store.create_chat("x")
+    # the page offers no write: Send / New / Rename / Delete are off, a setting change is not saved
+    assert not chat.send_button.isEnabled() and not chat.new_button.isEnabled()
+    assert not chat.send("hello") and "read-only" in chat.status.text()
+    chat.set_settings(temperature=1.5)
     w.close()
     assert db.read_bytes() == original
     assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 9
