@@ -63,7 +63,9 @@ def _read_owner(run_dir: Path) -> Owner | None:
 
 
 def _command_line() -> str:
-    argv = [os.path.basename(sys.argv[0]) if sys.argv else "python", *sys.argv[1:]]
+    if "kala_app.main_window" in sys.modules:  # the desktop app's worker (a look, not an import)
+        return "KALA Studio"
+    argv = [os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python", *sys.argv[1:]]
     if argv[0] in ("__main__.py", "cli.py") and len(argv) > 1:
         argv[0] = "kala"
     text = " ".join(argv)

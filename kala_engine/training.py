@@ -484,7 +484,7 @@ def _train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> d
     model.train()
     lora = plan.mode in ("lora", "nf4-lora") or cfg.mode in ("lora", "nf4-lora")
     arch = _architecture(model.get_base_model() if lora else model, cfg.lora_rank if lora else None)
-    if cfg.resume and _is_main():
+    if cfg.resume:  # every rank: one refusing alone would leave the others waiting in prepare()
         _check_resume_architecture(run_dir, arch)
 
     train_set = JsonlDataset(train_records, tokenizer, max_length=cfg.max_length)
