@@ -419,7 +419,11 @@ class ChatStore:
         self._in_tx = False
         self._db: sqlite3.Connection = None  # type: ignore[assignment]
         self._open(recover)
-        self.recovered = 0 if self.read_only else self._recover()
+        try:
+            self.recovered = 0 if self.read_only else self._recover()
+        except sqlite3.Error as e:  # e.g. the disk is full: the replies stay marked 'streaming' for now
+            self.recovered = 0
+            self.notices.append(f"Interrupted replies in {self.path} could not be marked as such ({e}).")
 
     @property
     def damaged_rows_path(self) -> Path:
@@ -445,7 +449,8 @@ class ChatStore:
                                                f"({e.strerror or e})")
         elif verdict == "missing" and not path.exists():
             stray = [Path(f"{path}{x}") for x in ("-wal", "-shm", "-journal") if Path(f"{path}{x}").exists()]
-            if stray:  # a log without its database: keep it aside, never replay it into a new file
+            if any(p.name.endswith(("-wal", "-journal")) for p in stray):
+                # a log without its database: keep it aside, never replay it into a new file
                 target = self._aside_name("orphan")
                 for src in stray:
                     try:
@@ -454,7 +459,8 @@ class ChatStore:
                         return self._fallback(recover, f"{src} cannot be moved aside ({e.strerror or e})")
                 self.moved_aside.append(target)
                 self.notices.append(f"The chat history {path} was missing but its log files were there; they were "
-                                    f"moved, not deleted, to {target}-wal; a new, empty chat history was started.")
+                                    f"moved, not deleted, beside it as {target.name}-*; a new, empty chat history "
+                                    f"was started.")
         elif verdict in ("busy", "io"):
             return self._fallback(recover, f"{path} cannot be used now ({detail})")
         elif verdict == "newer":
