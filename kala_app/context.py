@@ -15,6 +15,7 @@ from PySide6.QtCore import QSettings
 from kala_engine.constitution import Constitution, load_constitution
 from kala_engine.paths import APP_AUTHOR, APP_NAME, user_dirs  # noqa: F401 - re-exported
 
+from .startup import AppSettings, check_settings_file, ensure_folder
 from .worker import EngineWorker
 
 
@@ -35,6 +36,8 @@ class AppContext:
     #: Pages register themselves here by name ("data", "train", ...) so they can reach each other
     #: (e.g. the quickstart hands the generated dataset to the Train page).
     pages: dict = field(default_factory=dict)
+    #: what start-up had to repair (a damaged file moved aside ...); the main window shows them
+    notices: list[str] = field(default_factory=list)
 
     @property
     def runs_dir(self) -> Path:
@@ -59,13 +62,16 @@ class AppContext:
         d_data, d_conf = default_dirs()
         data = Path(data_dir) if data_dir is not None else d_data
         conf = Path(config_dir) if config_dir is not None else d_conf
-        for p in (data / "runs", data / "datasets", data / "chats", conf):
-            p.mkdir(parents=True, exist_ok=True)
-        settings = QSettings(str(conf / "settings.ini"), QSettings.Format.IniFormat)
+        notices = []
+        for p in (data, data / "runs", data / "datasets", data / "chats", conf):
+            notices.append(ensure_folder(p))  # a file where a folder belongs is moved aside
+        notices.append(check_settings_file(conf / "settings.ini"))  # a damaged one is moved aside
+        settings = AppSettings(str(conf / "settings.ini"), QSettings.Format.IniFormat)
         return cls(
             worker=worker or EngineWorker(),
             settings=settings,
             data_dir=data,
             config_dir=conf,
             constitution=load_constitution(),
+            notices=[n for n in notices if n],
         )

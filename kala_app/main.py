@@ -1,9 +1,10 @@
 """``kala-studio``: the desktop app's entry point.
 
 * ``kala-studio`` opens the main window.
-* ``kala-studio --self-test`` runs offscreen: builds a tiny model, runs one training step through
-  the engine worker and generates one token, prints what it did and exits 0 (1 on failure). The
-  installer uses it to check an installation.
+* ``kala-studio --self-test`` runs offscreen: opens the user's real stores (folders, settings, chat
+  history, runs list - repairing them as the app would at start), builds a tiny model, runs one
+  training step through the engine worker and generates one token, prints what it did and exits 0
+  (1 on failure). The installer uses it to check an installation.
 * ``kala-studio --screenshot-dir DIR`` renders every page at 1280x800 offscreen into DIR and exits.
 """
 
@@ -26,8 +27,70 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_stores(say) -> bool:
+    """Open the user's real stores as the app does at start (folders, settings, chats, runs).
+
+    Whatever start-up would repair is repaired here too (a damaged file is moved aside, never
+    deleted) and said. False when a store cannot be used: the folders cannot be made, the
+    settings cannot be saved, or the chat history can only be kept in memory.
+    """
+    from PySide6.QtCore import QSettings
+
+    from .chat_store import ChatStore
+    from .context import default_dirs
+    from .runs import list_runs
+    from .startup import AppSettings, check_settings_file, ensure_folder
+
+    data, conf = default_dirs()
+    ok = True
+    try:
+        for p in (data, data / "runs", data / "datasets", data / "chats", conf):
+            if notice := ensure_folder(p):
+                say(f"  repaired: {notice}")
+    except OSError as e:
+        say(f"FAILED: the data folders under {data} cannot be made ({e})")
+        return False
+    try:
+        if notice := check_settings_file(conf / "settings.ini"):
+            say(f"  repaired: {notice}")
+    except OSError as e:
+        say(f"FAILED: settings: {e}")
+        return False
+    settings = AppSettings(str(conf / "settings.ini"), QSettings.Format.IniFormat)
+    settings.sync()
+    if settings.status() != QSettings.Status.NoError or not settings.isWritable():
+        say(f"FAILED: settings {settings.fileName()} cannot be saved ({settings.status().name})")
+        ok = False
+    else:
+        say(f"settings: {settings.fileName()} ({len(settings.allKeys())} keys)")
+    try:
+        store = ChatStore.in_folder(data / "chats")
+    except Exception as e:  # noqa: BLE001 - the store promises never to raise; a self-test checks that
+        say(f"FAILED: chat history: {type(e).__name__}: {e}")
+        return False
+    try:
+        n = len(store.list_chats())  # reads every chat row: damaged ones are noted too
+        for notice in store.notices:
+            say(f"  note: {notice}")
+        if store.in_memory:
+            say(f"FAILED: chat history {store.path} cannot be opened; chats would not be saved")
+            ok = False
+        else:
+            mode = "read-only (written by a newer version)" if store.read_only else "read-write"
+            say(f"chat history: {store.path} ({n} chats, {mode}, integrity {'ok' if store.integrity_ok() else 'NOT ok'})")
+    finally:
+        store.close()
+    try:
+        runs = list_runs(data / "runs")
+        say(f"runs: {data / 'runs'} ({len(runs)} runs)")
+    except Exception as e:  # noqa: BLE001
+        say(f"FAILED: runs list: {type(e).__name__}: {e}")
+        ok = False
+    return ok
+
+
 def self_test(out=sys.stdout) -> int:
-    """Offscreen end-to-end check: tiny model, one training step through the worker, one token."""
+    """Offscreen end-to-end check: the real stores, tiny model, one training step through the worker, one token."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from PySide6.QtWidgets import QApplication
 
@@ -40,6 +103,8 @@ def self_test(out=sys.stdout) -> int:
     def say(msg: str) -> None:
         print(f"[self-test {time.perf_counter() - t0:6.1f}s] {msg}", file=out, flush=True)
 
+    if not check_stores(say):
+        return 1
     worker = EngineWorker()
     try:
         with tempfile.TemporaryDirectory(prefix="kala-self-test-") as tmp:

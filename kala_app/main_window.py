@@ -16,7 +16,7 @@ import importlib
 import threading
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Qt, QTimer, Signal
+from PySide6.QtCore import QByteArray, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
     QFrame,
@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
 from . import engine_api
 from .context import AppContext
 from .error_dialog import show_error
+from .notice_banner import NoticeBanner
 from .pages import PlaceholderPage
 
 #: (key, title, module, class) of every page, in side-list order.
@@ -148,8 +149,19 @@ class MainWindow(QMainWindow):
             show_quickstart = not self._bool_setting("quickstart/offered", False)
         self.banner.setVisible(show_quickstart)
 
+        # what start-up repaired (a damaged file moved aside, a read-only chat history): never blocking
+        self.notice_banner = NoticeBanner()
+        for notice in self.ctx.notices:
+            self.notice_banner.add(notice)
+        store = getattr(self.pages.get("chat"), "store", None)
+        for notice in getattr(store, "notices", []):
+            self.notice_banner.add(notice)
+        if store is not None and hasattr(store, "on_notice"):
+            store.on_notice = self.notice_banner.add  # damaged rows found later (opening a chat)
+
         right = QVBoxLayout()
         right.setContentsMargins(0, 0, 0, 0)
+        right.addWidget(self.notice_banner)
         right.addWidget(self.banner)
         right.addWidget(self.stack, 1)
         central = QWidget()
@@ -257,12 +269,10 @@ class MainWindow(QMainWindow):
 
     def _restore_geometry(self) -> None:
         geo = self.ctx.settings.value("window/geometry")
-        if geo is not None and not self.restoreGeometry(geo):
-            geo = None
-        if geo is None:
+        if not isinstance(geo, (QByteArray, bytes)) or not self.restoreGeometry(geo):  # absent or damaged
             self.resize(1280, 800)
         state = self.ctx.settings.value("window/state")
-        if state is not None:
+        if isinstance(state, (QByteArray, bytes)):
             self.restoreState(state)
 
     def save_settings(self) -> None:

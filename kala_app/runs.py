@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kala_engine import run_lock
 from kala_engine import runs as engine_runs
 
 from . import engine_api
@@ -38,6 +39,7 @@ class RunInfo:
     last_checkpoint: Path | None = None
     modified: float = 0.0
     config: dict = field(default_factory=dict)
+    owner: str = ""  # "process N (started ...)" when another process trains in this folder now
 
     @property
     def final_dir(self) -> Path:
@@ -65,7 +67,10 @@ def read_run(run_dir: str | Path, active: Path | None = None, root: str | Path |
     last = engine_runs.last_metrics(run_dir)
     ck = last_checkpoint(run_dir)
     final = (run_dir / "final").is_dir()
+    owner = run_lock.owner_of(run_dir)  # another process (a `kala train`) holds the folder
     if active is not None and run_dir.resolve() == Path(active).resolve():
+        status = "running"
+    elif owner is not None:
         status = "running"
     elif final:
         status = "finished"
@@ -93,6 +98,7 @@ def read_run(run_dir: str | Path, active: Path | None = None, root: str | Path |
         last_checkpoint=ck,
         modified=modified,
         config=dict(cfg),
+        owner=owner.describe() if owner is not None else "",
     )
 
 

@@ -297,6 +297,12 @@ def load_checkpoint(run_dir: Path, model, optimizer, emit: Emit) -> dict | None:
             emit(LogLine(f"checkpoint {d.name} is unreadable ({type(e).__name__}: {e}); trying the one before it",
                          level="warning"))
             continue
+        wrong = [f"{n} is {tuple(t.shape)} in the checkpoint vs {tuple(params[n].shape)} now"
+                 for n, t in weights.items() if n in params and tuple(t.shape) != tuple(params[n].shape)]
+        if wrong:
+            raise JobError(f"checkpoint {d.name} does not fit the model asked for: {'; '.join(wrong[:3])}"
+                           f"{f' (and {len(wrong) - 3} more)' if len(wrong) > 3 else ''}. Resume with the "
+                           f"run's own settings (the 'config' in its run.json) or start a new run elsewhere")
         with torch.no_grad():
             for n, t in weights.items():
                 params[n].copy_(t.to(params[n].device, params[n].dtype))
@@ -308,6 +314,35 @@ def load_checkpoint(run_dir: Path, model, optimizer, emit: Emit) -> dict | None:
         emit(LogLine(f"resumed from checkpoint {d.name}"))
         return meta
     return None
+
+
+#: model config fields that fix the shapes of the trained parameters (what a resume must match)
+ARCH_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "intermediate_size", "ethics_hidden_size", "num_laws", "rotary_pct", "use_parallel_residual")
+
+
+def _architecture(model, lora_rank: int | None) -> dict:
+    """What run.json records so that a resume can say what differs (not a size-mismatch traceback)."""
+    conf = model.config
+    arch = {k: getattr(conf, k) for k in ARCH_KEYS if hasattr(conf, k)}
+    arch["lora_rank"] = lora_rank  # None: full fine-tune (no adapters)
+    return arch
+
+
+def _check_resume_architecture(run_dir: Path, arch: dict) -> None:
+    """Refuse a resume whose model differs from the run's, naming every difference."""
+    try:
+        saved = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("architecture")
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    if not isinstance(saved, dict):
+        return  # an older run: load_checkpoint compares the tensor shapes instead
+    diffs = [f"{k} {saved[k]!r} in checkpoint vs {arch.get(k)!r} now" for k in saved
+             if k in arch and saved[k] != arch[k]]
+    if diffs:
+        raise JobError(f"{run_dir}: cannot resume, the run has another architecture ({'; '.join(diffs)}). "
+                       f"Resume with the run's own settings (the 'config' in {run_dir / 'run.json'}) "
+                       f"or start a new run in another folder")
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -352,7 +387,47 @@ def _batches(n: int, per_step: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> dict:
-    """Run (or resume) training; returns a summary dict. Raises JobError with a user message."""
+    """Run (or resume) training; returns a summary dict. Raises JobError with a user message.
+
+    The main process owns the run folder for the whole run (``DIR/.lock``, see
+    :mod:`kala_engine.run_lock`): a second starter - another ``kala train``, or the app's worker
+    - is refused before it writes anything, and a start refused or failed before it wrote
+    anything leaves no empty folder behind.
+    """
+    from .run_lock import LOCK_NAME, RunLock
+
+    if not _is_main():  # torchrun / accelerate launch: rank 0 holds the folder for all ranks
+        return _train(cfg, emit, control)
+    run_dir = Path(cfg.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise JobError(f"run folder {run_dir} is a file; pass a folder (it is created when missing)")
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise JobError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
+
+    def leave_no_empty_folder() -> None:
+        if created and {p.name for p in run_dir.iterdir()} <= {LOCK_NAME}:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()
+    except JobError:
+        leave_no_empty_folder()
+        raise
+    try:
+        if lock.took_over_from is not None:
+            emit(LogLine(f"{run_dir} was last used by {lock.took_over_from.describe()}, which ended without "
+                         f"releasing it; this process owns it now", level="warning"))
+        return _train(cfg, emit, control)
+    finally:
+        lock.release()
+        leave_no_empty_folder()
+
+
+def _train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> dict:
     from accelerate import Accelerator
 
     from .data.collate import ConstitutionalCollator, JsonlDataset
@@ -413,6 +488,10 @@ def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> di
     if plan.mode in ("lora", "nf4-lora") or cfg.mode in ("lora", "nf4-lora"):
         model = apply_lora(model, cfg, quantized=plan.mode == "nf4-lora")
     model.train()
+    lora = plan.mode in ("lora", "nf4-lora") or cfg.mode in ("lora", "nf4-lora")
+    arch = _architecture(model.get_base_model() if lora else model, cfg.lora_rank if lora else None)
+    if cfg.resume:  # every rank: one refusing alone would leave the others waiting in prepare()
+        _check_resume_architecture(run_dir, arch)
 
     train_set = JsonlDataset(train_records, tokenizer, max_length=cfg.max_length)
     val_set = JsonlDataset(val_records, tokenizer, max_length=cfg.max_length) if val_records else None
@@ -455,7 +534,8 @@ def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> di
                 "device": {"kind": plan.device_kind, "name": dev.name}, "processes": world,
                 "parameters": n_params, "trainable_parameters": n_train, "total_steps": total_steps,
                 "train_records": len(train_set), "validation_records": len(val_set or []),
-                "status": "running", "started": time.time(), "warnings": data_warnings}
+                "status": "running", "started": time.time(), "warnings": data_warnings,
+                "architecture": arch}
         _write_json(run_dir / "run.json", info)
 
     def batch_for(step: int, k: int) -> dict:

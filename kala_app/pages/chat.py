@@ -598,7 +598,7 @@ class ChatPage(QWidget):
             self.set_model(d)
 
     def _on_model_changed(self, _i: int) -> None:
-        if self.chat_id is not None and not self._loading:
+        if self.chat_id is not None and not self._loading and not getattr(self.store, "read_only", False):
             self.store.update_chat(self.chat_id, model=self.model_path())
         if not self._active:  # the markers follow the chosen model's calibrated thresholds
             self._thresholds_changed()
@@ -646,7 +646,7 @@ class ChatPage(QWidget):
         if self._loading:
             return
         self._thresholds_changed()
-        if self.chat_id is not None:
+        if self.chat_id is not None and not getattr(self.store, "read_only", False):
             self.store.update_chat(self.chat_id, settings=self.settings())
 
     def _on_calibrated_toggled(self, on: bool) -> None:
@@ -803,6 +803,9 @@ class ChatPage(QWidget):
             return False
         if self._active:
             self.status.setText("A reply is still being written; press Stop first.")
+            return False
+        if getattr(self.store, "read_only", False):  # a newer version's chat history: never written
+            self.status.setText("The chat history is read-only (written by a newer KALA Studio); nothing is saved.")
             return False
         if self.ctx.worker.is_busy():
             self.status.setText(f"The engine is busy with “{self.ctx.worker.job_name}”; wait for it or cancel it.")
@@ -1100,6 +1103,10 @@ class ChatPage(QWidget):
         has_chat = self.chat_id is not None
         for b in (self.rename_button, self.delete_button, self.export_button):
             b.setEnabled(has_chat)
+        if getattr(self.store, "read_only", False):  # shown, never written (see chat_store)
+            for b in (self.send_button, self.new_button, self.rename_button, self.delete_button):
+                b.setEnabled(False)
+                b.setToolTip("The chat history is read-only: it was written by a newer KALA Studio")
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
         self.store.commit()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kala_app.chat_store import COMPLETE, INTERRUPTED, ChatStore, StoredToken
+from kala_app.chat_store import COMPLETE, INTERRUPTED, MIGRATIONS, ChatStore, StoredToken
 from kala_engine.constitution import load_constitution
 
 
@@ -216,12 +216,10 @@ def test_messages_keep_their_thresholds_and_old_databases_gain_the_column(tmp_pa
     thresholds None (the page then falls back to the chat's model), and new rows keep theirs."""
     path = tmp_path / "chats.sqlite3"
     db = sqlite3.connect(str(path))
+    for sql in dict(MIGRATIONS)[1]:  # the schema-1 database every earlier KALA Studio wrote
+        db.execute(sql)
     db.executescript("""
-        CREATE TABLE chats (id INTEGER PRIMARY KEY, title TEXT NOT NULL, model TEXT NOT NULL DEFAULT '',
-            settings TEXT NOT NULL DEFAULT '{}', created REAL NOT NULL, updated REAL NOT NULL);
-        CREATE TABLE messages (id INTEGER PRIMARY KEY, chat_id INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
-            role TEXT NOT NULL, content TEXT NOT NULL DEFAULT '', status TEXT NOT NULL DEFAULT 'complete',
-            model TEXT NOT NULL DEFAULT '', assessment TEXT, stop TEXT, explanation TEXT, created REAL NOT NULL);
+        PRAGMA user_version=1;
         INSERT INTO chats VALUES (1, 'old', '/m', '{}', 0, 0);
         INSERT INTO messages (chat_id, role, content, model, created) VALUES (1, 'assistant', 'hi', '/m', 0);
     """)
@@ -230,6 +228,7 @@ def test_messages_keep_their_thresholds_and_old_databases_gain_the_column(tmp_pa
     store = ChatStore(path)
     [old] = store.messages(1)
     assert old.content == "hi" and old.thresholds is None
+    assert list(tmp_path.glob("chats.v1-backup-*.sqlite3")), "the schema-1 file is copied before the migration"
     uid = store.add_user_message(1, "q", thresholds=[0.9, 0.8, 0.7, 0.6, 0.5])
     rid = store.begin_reply(1, model="/m2", thresholds=[0.3] * 5)
     store.set_thresholds(rid, [0.4] * 5)  # what the engine reported it used

@@ -19,6 +19,7 @@ def test_self_test_exits_zero_and_says_what_it_did(tmp_path):
                           capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
+    assert "chat history: " in out and "read-write" in out and "runs: " in out  # the real stores were opened
     assert "training step 1/" in out
     assert "generated token 0" in out
     assert out.rstrip().endswith("OK")

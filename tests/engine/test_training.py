@@ -119,6 +119,9 @@ def test_kill_9_then_resume_retraces_the_uninterrupted_run(dataset, reference_ru
     events = []
     train(cfg_for(dataset, run_dir, max_steps=40, save_every=10, resume=True), events.append)
     assert any(isinstance(e, LogLine) and "resumed from checkpoint step-" in e.message for e in events)
+    # the killed process's lock went with it (the OS drops an flock); the resume says whom it took over from
+    assert any(isinstance(e, LogLine) and f"process {proc.pid}" in e.message and "without releasing" in e.message
+               for e in events)
     assert_same_trajectory(metrics(run_dir), metrics(reference_run))
 
 
