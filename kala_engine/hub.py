@@ -255,7 +255,10 @@ def _free_bytes(path: Path) -> int:
 
 
 def _gb(n: int | float) -> str:
-    return f"{n / 1024**3:.2f} GB" if n >= 1024**3 / 10 else f"{n / 1024**2:.1f} MB"
+    for unit, div in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if n >= div:
+            return f"{n / div:.{2 if unit == 'GB' else 1}f} {unit}"
+    return f"{int(n)} B"
 
 
 class _Tracker:
@@ -425,7 +428,8 @@ def _fetch(repo_id, revision, commit, wanted, sizes, storage, label, emit, contr
     if need + margin > free:
         raise BaseError(f"{label}: needs {_gb(need)} more in {storage.parent} but only {_gb(free)} is free; free "
                         f"some space or point HF_HOME at a bigger disk")
-    emit(LogLine(f"downloading {label} ({_gb(total)}{f', {_gb(have)} already here' if have else ''}) into "
+    kept = have - sum(m.size or 0 for f, m in metas.items() if f == "config.json")
+    emit(LogLine(f"downloading {label} ({_gb(total)}{f', {_gb(kept)} already here' if kept > 0 else ''}) into "
                  f"{storage.parent}"))
     tracker = _Tracker(total, have, emit, control, label)
     bar = tracker.bar_class()
@@ -468,7 +472,8 @@ def _fetch(repo_id, revision, commit, wanted, sizes, storage, label, emit, contr
                                 f"command again")
         os.replace(partial, blob)
         tracker.report()
-    tracker.report()
+    if tracker.session == 0:
+        tracker.report()  # everything was already there: one event saying so
     # huggingface_hub writes the snapshot links, refs and file list itself (every blob is there now)
     quiet = are_progress_bars_disabled()
     disable_progress_bars()

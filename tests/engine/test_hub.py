@@ -128,14 +128,23 @@ def test_a_dropped_connection_resumes_with_a_range_request(hf, files):
 
 
 def test_cancel_keeps_the_partial_file_and_the_next_run_resumes_it(hf, files):
+    import time
+
     weights = files["model.safetensors"]
     control = JobControl()
-    hf.server.pause_at["model.safetensors"] = (len(weights) // 2, control.cancel)
+    blob = _blob(hf.cache, REPO, weights)
+    partial = blob.with_name(blob.name + ".incomplete")
+
+    def cancel_once_half_is_written():  # runs in the server thread, which sends nothing meanwhile
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (not partial.exists() or partial.stat().st_size < len(weights) // 4):
+            time.sleep(0.02)
+        control.cancel()
+
+    hf.server.pause_at["model.safetensors"] = (len(weights) // 2, cancel_once_half_is_written)
     events = []
     run_job(download_job(REPO), events.append, control)
     assert isinstance(events[-1], Finished) and events[-1].cancelled
-    blob = _blob(hf.cache, REPO, weights)
-    partial = blob.with_name(blob.name + ".incomplete")
     kept = partial.stat().st_size
     assert 0 < kept < len(weights) and not blob.exists()
     with pytest.raises(BaseError, match="not downloaded yet"):
@@ -164,7 +173,7 @@ def test_not_enough_free_disk_is_refused_first(hf, monkeypatch):
     import kala_engine.hub as hub
 
     monkeypatch.setattr(hub, "_free_bytes", lambda path: 10_000)
-    with pytest.raises(BaseError, match="only 0.0 MB is free"):
+    with pytest.raises(BaseError, match="only 9.8 KB is free"):
         download_base(REPO)
     assert not _gets(hf.server, "model.safetensors")
 
@@ -238,3 +247,21 @@ def test_the_notes_literal_commands_run_from_a_checkout(hf, tmp_path):
     assert p.returncode == 0, p.stderr
     data = hf.cache.parent / "data" / "constitutional.jsonl"
     assert len(data.read_text().splitlines()) == 30
+
+
+def test_the_app_reaches_the_same_resolver_and_download_job(hf, files):
+    from kala_app import engine_api
+
+    with pytest.raises(ValueError, match="not downloaded yet"):
+        engine_api.resolve_base(REPO)
+    events = []
+    run_job(engine_api.download_base_job(REPO), events.append, JobControl())
+    assert isinstance(events[-1], Finished) and Path(events[-1].result["path"], "config.json").is_file()
+    assert engine_api.resolve_base(REPO) == events[-1].result["path"]
+    assert any(isinstance(e, DownloadProgress) for e in events)
+    rows = engine_api.list_models("cpu")
+    assert [r["name"] for r in rows][:2] == ["pythia-70m", "pythia-70m-deduped"] and len(rows) == 16
+    assert all(not r["cached"] and r["estimate_bytes"] > 0 for r in rows)
+    assert engine_api.delete_base(REPO) >= len(files["model.safetensors"])
+    with pytest.raises(ValueError, match="not downloaded yet"):
+        engine_api.resolve_base(REPO)
