@@ -202,11 +202,12 @@ class LoopbackHub:
 
 
 def tiny_neox_files(vocab_size: int = 320, hidden_size: int = 64, model_type: str = "gpt_neox",
-                    weights: str = "safetensors") -> dict[str, bytes]:
+                    weights: str = "safetensors", model_vocab: int | None = None) -> dict[str, bytes]:
     """Files of a tiny GPT-NeoX checkpoint and its BPE tokenizer, built here (never downloaded).
 
     ``weights="bin"`` writes only ``pytorch_model.bin`` (a pickle-only repo); ``model_type`` other
-    than gpt_neox rewrites config.json (a repo KALA must refuse).
+    than gpt_neox rewrites config.json (a repo KALA must refuse); ``model_vocab`` pads the embeddings
+    (a bigger file, e.g. more than huggingface_hub's 10 MB write chunk).
     """
     import tempfile
     from pathlib import Path
@@ -219,7 +220,7 @@ def tiny_neox_files(vocab_size: int = 320, hidden_size: int = 64, model_type: st
 
     tok = train_tokenizer(record_texts(generate_dataset(200, 0)), vocab_size=vocab_size)
     torch.manual_seed(0)
-    cfg = GPTNeoXConfig(vocab_size=len(tok), hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=4,
+    cfg = GPTNeoXConfig(vocab_size=max(len(tok), model_vocab or 0), hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=2 * hidden_size, rotary_pct=0.25, max_position_embeddings=512,
                         use_parallel_residual=True, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id,
                         pad_token_id=tok.pad_token_id)

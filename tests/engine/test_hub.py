@@ -265,3 +265,46 @@ def test_the_app_reaches_the_same_resolver_and_download_job(hf, files):
     assert engine_api.delete_base(REPO) >= len(files["model.safetensors"])
     with pytest.raises(ValueError, match="not downloaded yet"):
         engine_api.resolve_base(REPO)
+
+
+def test_ctrl_c_keeps_what_arrived_and_the_same_command_resumes(hf, tmp_path):
+    """The real CLI, interrupted by SIGINT mid-file (a 26 MB file: huggingface_hub writes 10 MB pieces)."""
+    import signal
+    import threading
+    import time
+
+    big = tiny_neox_files(model_vocab=50_000)
+    weights = big["model.safetensors"]
+    hf.server.add_repo("kala-test/bigger-neox", big)
+    reached = threading.Event()
+    go_on = threading.Event()
+
+    def hold():  # server thread: wait until the test has interrupted the client
+        reached.set()
+        go_on.wait(30)
+
+    hf.server.pause_at["model.safetensors"] = (len(weights) * 3 // 4, hold)
+    env = dict(hf.env)
+    proc = subprocess.Popen([sys.executable, "-m", "kala_engine.cli", "models", "download", "kala-test/bigger-neox"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert reached.wait(120), "the download never reached the middle of the file"
+        blob = _blob(hf.cache, "kala-test/bigger-neox", weights)
+        partial = blob.with_name(blob.name + ".incomplete")
+        deadline = time.monotonic() + 30
+        while (not partial.exists() or partial.stat().st_size == 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        go_on.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "run the same command again to resume" in err, err
+    kept = partial.stat().st_size
+    assert 0 < kept < len(weights) and kept % (10 * 1024 * 1024) == 0
+    hf.server.requests.clear()
+    p = _kala(hf, "models", "download", "kala-test/bigger-neox")
+    assert p.returncode == 0, p.stderr
+    assert _gets(hf.server, "model.safetensors") == [("GET", f"bytes={kept}-")]
+    assert blob.read_bytes() == weights
