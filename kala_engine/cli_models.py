@@ -39,15 +39,15 @@ def progress_printer(stream=None):
 
     stream = stream or sys.stderr
     tty = stream.isatty()
-    last = [0.0]
+    last = [0.0, -1]  # time and bytes of the last line
 
     def emit(ev):
         if isinstance(ev, DownloadProgress):
             now = time.monotonic()
             final = ev.total and ev.done >= ev.total
-            if not tty and now - last[0] < 1.0 and not final:
+            if (not tty and now - last[0] < 1.0 and not final) or (final and ev.done == last[1]):
                 return
-            last[0] = now
+            last[:] = [now, ev.done]
             pct = 100.0 * ev.done / ev.total if ev.total else 0.0
             line = (f"{pct:5.1f}%  {_size(ev.done)} / {_size(ev.total)}  {_size(ev.rate)}/s  "
                     f"eta {_duration(ev.eta)}  {ev.filename}")

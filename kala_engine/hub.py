@@ -149,10 +149,10 @@ def hub_cache_dir() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def _storage(repo_id: str, cache_dir: Path | None = None) -> Path:
+def _storage(repo_id: str, cache_dir: Path | None = None, repo_type: str = "model") -> Path:
     from huggingface_hub.file_download import repo_folder_name
 
-    return (cache_dir or hub_cache_dir()) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    return (cache_dir or hub_cache_dir()) / repo_folder_name(repo_id=repo_id, repo_type=repo_type)
 
 
 def _complete(folder: Path) -> bool:
@@ -334,7 +334,7 @@ def download_base(name: str, revision: str | None = None, *, emit: Emit | None =
     ``control`` was cancelled (the bytes already received stay for the next run).
     """
     from filelock import FileLock, Timeout
-    from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
+    from huggingface_hub import HfApi, constants, hf_hub_download
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     emit = emit or (lambda e: None)
@@ -393,16 +393,18 @@ def download_base(name: str, revision: str | None = None, *, emit: Emit | None =
             if "tokenizer.json" in wanted:  # the fast tokenizer is enough; skip the slow one's files
                 wanted = [f for f in wanted if f not in ("vocab.json", "merges.txt")]
             wanted += sorted(safetensors) + [f for f in top if f.endswith(".safetensors.index.json")]
-            return _fetch(repo_id, revision, commit, wanted, sizes, storage, label, emit, control, cache_dir,
-                          hf_hub_download, snapshot_download)
+            folder = _fetch(repo_id, revision, commit, wanted, sizes, storage, label, emit, control, cache_dir)
+            check_folder(folder)
+            return ResolvedBase(repo_id, "download", str(folder), repo_id, revision, commit)
     except Timeout:
         raise BaseError(f"{label}: another download of it is running (lock {storage}.kala-download.lock); wait "
                         f"for it or cancel it") from None
 
 
 def _fetch(repo_id, revision, commit, wanted, sizes, storage, label, emit, control, cache_dir,
-           hf_hub_download, snapshot_download) -> ResolvedBase:
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+           repo_type: str = "model") -> Path:
+    """Resumable download of ``wanted`` (at ``commit``) into the cache; the snapshot folder."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, snapshot_download
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import are_progress_bars_disabled, build_hf_headers, disable_progress_bars
     from huggingface_hub.utils import enable_progress_bars
@@ -411,7 +413,7 @@ def _fetch(repo_id, revision, commit, wanted, sizes, storage, label, emit, contr
     metas = {}
     try:
         for f in wanted:
-            metas[f] = get_hf_file_metadata(hf_hub_url(repo_id, f, revision=commit))
+            metas[f] = get_hf_file_metadata(hf_hub_url(repo_id, f, repo_type=repo_type, revision=commit))
     except _hf_errors() as e:
         raise _unreachable(label, e) from None
     total = sum(m.size or sizes.get(f, 0) for f, m in metas.items())
@@ -447,7 +449,7 @@ def _fetch(repo_id, revision, commit, wanted, sizes, storage, label, emit, contr
             partial.unlink()
             resume = 0
         headers = build_hf_headers()
-        if m.location != hf_hub_url(repo_id, f, revision=commit):
+        if m.location != hf_hub_url(repo_id, f, repo_type=repo_type, revision=commit):
             headers.pop("authorization", None)  # a CDN redirect must not see the token (as huggingface_hub does)
         try:
             with open(partial, "ab") as fh:
@@ -478,14 +480,14 @@ def _fetch(repo_id, revision, commit, wanted, sizes, storage, label, emit, contr
     quiet = are_progress_bars_disabled()
     disable_progress_bars()
     try:
-        folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=wanted))
+        folder = Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, cache_dir=cache_dir,
+                                        allow_patterns=wanted))
     except _hf_errors() as e:
         raise _unreachable(label, e) from None
     finally:
         if not quiet:
             enable_progress_bars()
-    check_folder(folder)
-    return ResolvedBase(repo_id, "download", str(folder), repo_id, revision, commit)
+    return folder
 
 
 def download_job(name: str, revision: str | None = None, cache_dir: Path | None = None) -> Callable:
@@ -507,6 +509,77 @@ def delete_from_cache(name: str, cache_dir: Path | None = None) -> int:
     freed = sum(p.stat().st_size for p in storage.rglob("*") if p.is_file() and not p.is_symlink())
     shutil.rmtree(storage)
     return freed
+
+
+# --------------------------------------------------------------------------- datasets
+
+#: the public repos behind ``kala data import --format F --from-hub`` and the files tried first
+#: (the hub's layout of these repos as of 2025; ``--hub-file`` picks another file)
+DATASETS = {
+    "hh-rlhf": dict(repo_id="Anthropic/hh-rlhf", files=("harmless-base/train.jsonl.gz",)),
+    "pku-saferlhf": dict(repo_id="PKU-Alignment/PKU-SafeRLHF",
+                         files=("data/Alpaca-7B/train.jsonl", "train.jsonl", "data/train.jsonl")),
+    "beavertails": dict(repo_id="PKU-Alignment/BeaverTails",
+                        files=("round0/30k/train.jsonl.xz", "30k_train.jsonl.xz", "train.jsonl")),
+}
+#: what kala_engine.data.io reads (gzip and xz are decompressed on the fly)
+READABLE = (".jsonl", ".jsonl.gz", ".jsonl.xz", ".json", ".json.gz")
+
+
+def _pick_dataset_file(sizes: dict[str, int], preferred: tuple[str, ...]) -> str | None:
+    for f in preferred:
+        if f in sizes:
+            return f
+    train = [f for f in sizes if f.endswith(READABLE) and "train" in f.rsplit("/", 1)[-1]]
+    return min(train, key=lambda f: (sizes[f], f)) if train else None  # the smallest training split
+
+
+def fetch_dataset(fmt: str, repo_id: str | None = None, filename: str | None = None, revision: str | None = None,
+                  *, emit: Emit | None = None, control: JobControl | None = None,
+                  cache_dir: Path | None = None) -> Path:
+    """The local path of a public dataset file (cache first, no network; else a resumable download)."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    known = DATASETS.get(fmt)
+    if repo_id is None:
+        if known is None:
+            raise BaseError(f"--from-hub needs a repo id for format {fmt!r} (known: "
+                            + ", ".join(f"{k}: {v['repo_id']}" for k, v in DATASETS.items()) + ")")
+        repo_id = known["repo_id"]
+    preferred = (filename,) if filename else (known["files"] if known and repo_id == known["repo_id"] else ())
+    for f in preferred:
+        hit = try_to_load_from_cache(repo_id, f, cache_dir=cache_dir, revision=revision, repo_type="dataset")
+        if isinstance(hit, str):
+            return Path(hit)
+    label = f"dataset {repo_id}" + (f"@{revision}" if revision else "")
+    if _offline():
+        raise BaseError(f"{label} is not in the Hugging Face cache and downloads are off (HF_HUB_OFFLINE=1); "
+                        f"run the same command on a connected machine, or import a local copy (kala data import FILE)")
+    try:
+        info = HfApi().dataset_info(repo_id, revision=revision, files_metadata=True)
+    except RevisionNotFoundError:
+        raise BaseError(f"{label}: no revision {revision!r}") from None
+    except RepositoryNotFoundError:
+        raise BaseError(f"{label}: no such dataset on the hub (or it is private/gated)") from None
+    except _hf_errors() as e:
+        raise _unreachable(label, e) from None
+    sizes = {s.rfilename: (s.size or 0) for s in (info.siblings or [])}
+    chosen = filename if filename in sizes else (None if filename else _pick_dataset_file(sizes, preferred))
+    if chosen is None:
+        parquet = sorted(f for f in sizes if f.endswith(".parquet"))
+        if filename:
+            raise BaseError(f"{label} has no file {filename!r}; it has e.g. {', '.join(sorted(sizes)[:6])}")
+        if parquet:
+            raise BaseError(f"{label} serves only parquet files ({parquet[0]} ...); KALA reads JSONL (plain, .gz, .xz) "
+                            f"- parquet support needs pyarrow, which this installation does not include")
+        raise BaseError(f"{label}: no JSONL training file found; pass --hub-file PATH (files: "
+                        f"{', '.join(sorted(sizes)[:6])})")
+    if not chosen.endswith(READABLE):
+        raise BaseError(f"{label}: {chosen} is not JSONL (plain, .gz or .xz); pass --hub-file with a JSONL file")
+    folder = _fetch(repo_id, revision, info.sha, [chosen], sizes, _storage(repo_id, cache_dir, "dataset"), label,
+                    emit or (lambda e: None), control or JobControl(), cache_dir, repo_type="dataset")
+    return folder / chosen
 
 
 # --------------------------------------------------------------------------- listing

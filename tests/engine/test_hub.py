@@ -49,6 +49,17 @@ def server(files):
     llama = dict(files)
     llama["config.json"] = json.dumps({**json.loads(files["config.json"]), "model_type": "llama"}).encode()
     hub.add_repo("kala-test/a-llama", llama)
+    import gzip
+    import lzma
+
+    fix = Path(__file__).parent / "data" / "fixtures"
+    hh = (fix / "hh_rlhf.jsonl").read_bytes()
+    hub.add_repo("Anthropic/hh-rlhf", {"README.md": b"# hh", "harmless-base/train.jsonl.gz": gzip.compress(hh),
+                                       "helpful-base/train.jsonl.gz": gzip.compress(hh)}, kind="datasets")
+    hub.add_repo("PKU-Alignment/BeaverTails", {"round0/30k/train.jsonl.xz": lzma.compress(
+        (fix / "beavertails.jsonl").read_bytes())}, kind="datasets")
+    hub.add_repo("kala-test/parquet-only", {"data/train-00000-of-00001.parquet": b"PAR1...."}, kind="datasets")
+    hub.add_repo("kala-test/bad-rows", {"train.jsonl.gz": gzip.compress(hh + b'{"chosen": 3}\n')}, kind="datasets")
     yield hub
     hub.stop()
 
@@ -308,3 +319,60 @@ def test_ctrl_c_keeps_what_arrived_and_the_same_command_resumes(hf, tmp_path):
     assert p.returncode == 0, p.stderr
     assert _gets(hf.server, "model.safetensors") == [("GET", f"bytes={kept}-")]
     assert blob.read_bytes() == weights
+
+
+# --------------------------------------------------------------------------- datasets from the hub
+
+
+def test_data_import_from_hub_converts_and_then_works_offline(hf, tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    from kala_engine.cli import main
+    from kala_engine.data.io import validate_file
+
+    out = tmp_path / "hh.jsonl"
+    assert main(["data", "import", "--format", "hh-rlhf", "--from-hub", "--out", str(out)]) == 0
+    assert validate_file(out) == [] and len(out.read_text().splitlines()) > 3
+    assert len(_gets(hf.server, "harmless-base/train.jsonl.gz")) == 1 and not _gets(hf.server, "README.md")
+    hf.server.requests.clear()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    out2 = tmp_path / "hh2.jsonl"
+    assert main(["data", "import", "--format", "hh-rlhf", "--from-hub", "--out", str(out2)]) == 0
+    assert out2.read_bytes() == out.read_bytes() and hf.server.requests == []
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    capsys.readouterr()
+    assert main(["data", "import", "--format", "beavertails", "--from-hub", "--out", str(tmp_path / "b.jsonl")]) == 0
+    assert validate_file(tmp_path / "b.jsonl") == []
+
+
+def test_data_import_from_hub_errors_are_one_line(hf, tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    from kala_engine.cli import main
+
+    def one_line(argv):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.strip() and "% " not in ln[:8]]  # minus progress lines
+        assert len(lines) == 1 and "Traceback" not in err, lines
+        return lines[0]
+
+    base = ["data", "import", "--format", "hh-rlhf", "--out", str(tmp_path / "o.jsonl"), "--from-hub"]
+    assert "pyarrow" in one_line([*base, "kala-test/parquet-only"])
+    line = one_line([*base, "kala-test/bad-rows"])  # the bad row, named by its file and line
+    assert "train.jsonl.gz:6:" in line
+    assert "no such dataset" in one_line([*base, "kala-test/nope"])
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert "HF_HUB_OFFLINE" in one_line(base)
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_damaged_compressed_file_is_one_line(tmp_path, capsys):
+    import gzip
+
+    from kala_engine.cli import main
+
+    bad = tmp_path / "train.jsonl.gz"
+    bad.write_bytes(gzip.compress(b'{"chosen": "x"}\n' * 200)[:60])
+    assert main(["data", "import", str(bad), "--format", "hh-rlhf", "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "damaged gz file" in capsys.readouterr().err
