@@ -373,6 +373,8 @@ def test_a_damaged_compressed_file_is_one_line(tmp_path, capsys):
     from kala_engine.cli import main
 
     bad = tmp_path / "train.jsonl.gz"
-    bad.write_bytes(gzip.compress(b'{"chosen": "x"}\n' * 200)[:60])
+    hh = (Path(__file__).parent / "data" / "fixtures" / "hh_rlhf.jsonl").read_bytes()
+    whole = gzip.compress(hh)
+    bad.write_bytes(whole[: len(whole) - 40])  # cut short, as an interrupted copy would be
     assert main(["data", "import", str(bad), "--format", "hh-rlhf", "--out", str(tmp_path / "o.jsonl")]) == 2
     assert "damaged gz file" in capsys.readouterr().err
