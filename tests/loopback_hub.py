@@ -240,3 +240,16 @@ def tiny_neox_files(vocab_size: int = 320, hidden_size: int = 64, model_type: st
         files = {p.name: p.read_bytes() for p in Path(d).iterdir() if p.is_file()}
     files["README.md"] = b"# tiny test model\n"
     return files
+
+
+def point_huggingface_hub_at(monkeypatch, url: str, home) -> None:
+    """Point this process's huggingface_hub at ``url`` with an empty cache under ``home`` (read at import,
+    so the constants are patched; subprocesses get HF_ENDPOINT / HF_HOME instead)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(home / ".agent_harnesses.json"))
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 16384)  # resume granularity (10 MB by default)

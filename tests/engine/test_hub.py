@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from loopback_hub import LoopbackHub, tiny_neox_files  # noqa: E402
+from loopback_hub import LoopbackHub, point_huggingface_hub_at, tiny_neox_files  # noqa: E402
 
 from kala_engine.hub import BaseError, DownloadProgress, download_base, download_job, resolve_base  # noqa: E402
 from kala_engine.jobs import Finished, JobControl, run_job  # noqa: E402
@@ -67,16 +67,9 @@ def server(files):
 @pytest.fixture
 def hf(server, tmp_path, monkeypatch):
     """huggingface_hub (in this process and in subprocesses) pointed at the loopback server, empty cache."""
-    from huggingface_hub import constants
-
     home = tmp_path / "hf"
     home.mkdir()
-    monkeypatch.setattr(constants, "ENDPOINT", server.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(home / ".agent_harnesses.json"))
-    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 16384)  # resume granularity (10 MB by default)
+    point_huggingface_hub_at(monkeypatch, server.url, home)
     server.requests.clear()
     server.drop_once.clear()
     server.pause_at.clear()
