@@ -42,6 +42,8 @@ def server(files):
 
     hub = LoopbackHub().start()
     hub.add_repo(REPO, files)
+    step = dict(files, **{"config.json": json.dumps({**json.loads(files["config.json"]), "step": 143000}).encode()})
+    hub.add_repo(REPO, step, revision="step143000")  # a Pythia-style training checkpoint branch
     buf = io.BytesIO()
     torch.save(load(files["model.safetensors"]), buf)
     pickle_only = {k: v for k, v in files.items() if k != "model.safetensors"} | {"pytorch_model.bin": buf.getvalue()}
@@ -121,6 +123,22 @@ def test_download_reports_progress_then_resolves_from_the_cache_with_no_network(
         model = load_from_pythia(REPO)
         assert model.config.hidden_size == 64
     assert len(hf.server.requests) == seen, "a cached base made a network call"
+
+
+def test_a_revision_is_its_own_snapshot_and_load_from_pythia_downloads_only_when_asked(hf):
+    from kala_engine.modeling_kala import PythiaLoadError, load_from_pythia
+
+    with pytest.raises(PythiaLoadError, match="not downloaded yet"):
+        load_from_pythia(REPO, revision="step143000")  # local_files_only=True: never a download
+    assert not hf.server.requests
+    model = load_from_pythia(REPO, revision="step143000", local_files_only=False)
+    assert model.config.hidden_size == 64
+    step = resolve_base(REPO, "step143000")
+    assert json.loads(Path(step.path, "config.json").read_text())["step"] == 143000
+    with pytest.raises(BaseError, match="not downloaded yet"):
+        resolve_base(REPO)  # main is another commit, not in the cache
+    main = download_base(REPO)
+    assert main.commit != step.commit and resolve_base(REPO, "step143000").path == step.path
 
 
 def test_a_dropped_connection_resumes_with_a_range_request(hf, files):
