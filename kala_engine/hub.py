@@ -286,8 +286,9 @@ class _Tracker:
         rate = self.session / elapsed
         left = max(self.total - self.done, 0)
         eta = left / rate if rate > 0 else None
-        self.emit(DownloadProgress(done=self.done, total=self.total, rate=rate, eta=eta, filename=self.filename,
-                                   message=f"{self.label}: {self.filename} {_gb(self.done)} / {_gb(self.total)}"))
+        done = min(self.done, self.total)  # a server that ignores Range sends a partial file again
+        self.emit(DownloadProgress(done=done, total=self.total, rate=rate, eta=eta, filename=self.filename,
+                                   message=f"{self.label}: {self.filename} {_gb(done)} / {_gb(self.total)}"))
 
     def bar_class(self) -> type:
         tracker = self
@@ -374,8 +375,10 @@ def download_base(name: str, revision: str | None = None, *, emit: Emit | None =
             )
         raise BaseError(f"{label}: no weight files (model.safetensors) in the repository")
     storage = _storage(repo_id, cache_dir)
+    lock = storage.parent / ".locks" / storage.name / "kala-download.lock"  # beside huggingface_hub's own locks
+    lock.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with FileLock(str(storage) + ".kala-download.lock", timeout=0):
+        with FileLock(str(lock), timeout=0):
             # the small files first: the model type and auto_map decide before any weights move
             try:
                 cfg_path = hf_hub_download(repo_id, "config.json", revision=commit, cache_dir=cache_dir)
@@ -397,8 +400,8 @@ def download_base(name: str, revision: str | None = None, *, emit: Emit | None =
             check_folder(folder)
             return ResolvedBase(repo_id, "download", str(folder), repo_id, revision, commit)
     except Timeout:
-        raise BaseError(f"{label}: another download of it is running (lock {storage}.kala-download.lock); wait "
-                        f"for it or cancel it") from None
+        raise BaseError(f"{label}: another download of it is running (lock {lock}); wait for it or cancel it"
+                        ) from None
 
 
 def _fetch(repo_id, revision, commit, wanted, sizes, storage, label, emit, control, cache_dir,
@@ -416,6 +419,9 @@ def _fetch(repo_id, revision, commit, wanted, sizes, storage, label, emit, contr
             metas[f] = get_hf_file_metadata(hf_hub_url(repo_id, f, repo_type=repo_type, revision=commit))
     except _hf_errors() as e:
         raise _unreachable(label, e) from None
+    for f, m in metas.items():
+        if not m.etag or "/" in m.etag or m.etag.startswith("."):
+            raise BaseError(f"{label}: the hub sent no usable ETag for {f}; cannot cache it safely")
     total = sum(m.size or sizes.get(f, 0) for f, m in metas.items())
     have = 0
     for m in metas.values():

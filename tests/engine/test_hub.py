@@ -389,3 +389,15 @@ def test_a_damaged_compressed_file_is_one_line(tmp_path, capsys):
     bad.write_bytes(whole[: len(whole) - 40])  # cut short, as an interrupted copy would be
     assert main(["data", "import", str(bad), "--format", "hh-rlhf", "--out", str(tmp_path / "o.jsonl")]) == 2
     assert "damaged gz file" in capsys.readouterr().err
+
+
+def test_a_second_download_of_the_same_repo_is_refused_while_one_runs(hf):
+    from filelock import FileLock
+
+    lock = hf.cache / ".locks" / f"models--{REPO.replace('/', '--')}" / "kala-download.lock"
+    lock.parent.mkdir(parents=True)
+    with FileLock(str(lock)):  # another process's download holds it
+        with pytest.raises(BaseError, match="another download of it is running"):
+            download_base(REPO)
+    assert not _gets(hf.server, "model.safetensors")
+    assert download_base(REPO).kind == "download"
