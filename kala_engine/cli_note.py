@@ -10,8 +10,8 @@
 * without ``--data`` the default constitutional set is generated into the run folder (said so);
 * ``--generate-data`` writes that set and exits;
 * ``--test`` runs the note's sample prompts through ``generate_with_ethics`` on the trained model
-  (``OUTPUT_DIR/final``; trained first when it is not there yet, or the ``--base`` KALA model)
-  and prints each reply with its five law scores.
+  (``OUTPUT_DIR/final``, trained first when it is not there yet; without ``--output-dir``, the
+  ``--base`` KALA model) and prints each reply with its five law scores.
 
 ``scripts/train_kala_model.py`` is a thin entry point to the same code.
 """
@@ -70,14 +70,14 @@ def before_train(args) -> int | None:
         _write_default_data(out, args.data_count, args.seed)
         print(f"wrote the default constitutional data set ({args.data_count} examples, seed {args.seed}) to {out}")
         return 0
+    if args.test and not args.run_dir and _is_kala_folder(args.base):
+        return run_note_test(Path(args.base))  # a given KALA model, nothing to train
     if not args.run_dir:
         raise CLIError("--output-dir (or --run-dir) is required: the folder of this run")
     run_dir = Path(args.run_dir)
     if args.test and _model_ready(run_dir / "final"):
         print(f"--test: {run_dir / 'final'} is already trained; testing it (delete it or drop --test to train again)")
         return run_note_test(run_dir / "final")
-    if args.test and _is_kala_folder(args.base):
-        return run_note_test(Path(args.base))
     _prepare_base(args)
     if not args.data:
         data = run_dir / DEFAULT_DATA_FILE

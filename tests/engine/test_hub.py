@@ -401,3 +401,13 @@ def test_a_second_download_of_the_same_repo_is_refused_while_one_runs(hf):
             download_base(REPO)
     assert not _gets(hf.server, "model.safetensors")
     assert download_base(REPO).kind == "download"
+
+
+def test_test_flag_on_a_given_kala_model_needs_no_output_dir(hf, tmp_path):
+    run = tmp_path / "run"
+    p = _kala(hf, "train", "--base-model", REPO, "--max-steps", "1", "--batch-size", "2", "--data-count", "40",
+              "--max-length", "64", "--eval-every", "0", "--output-dir", str(run))
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = _kala(hf, "train", "--base", str(run / "final"), "--test", offline=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.count("Law Scores") == 3 and "What is machine learning?" in p.stdout
