@@ -81,6 +81,7 @@ def _commands(f, tmp_path, key_neox, key_kala):
         "data cai": ["data", "cai", "--model", neox, "--out", str(tmp_path / "cai.jsonl"), "--count", "1"],
         "chat": ["chat", "--model", kala, "--prompt", "hello"],
         "eval": ["eval", "--model", kala],
+        "doctor": ["doctor", "--base", neox],
     }
 
 
