@@ -337,7 +337,8 @@ def _sqlite_error_kind(e: sqlite3.Error) -> str:
     """'corrupt' when the file itself is bad; 'busy' / 'io' when it may be fine but cannot be used now."""
     name = getattr(e, "sqlite_errorname", "") or ""
     text = str(e).lower()
-    if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "not a database" in text or "malformed" in text:
+    if (name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "not a database" in text or "malformed" in text
+            or "unsupported file format" in text):  # e.g. a flipped schema-format byte in the header
         return "corrupt"
     if name in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in text or "busy" in text:
         return "busy"

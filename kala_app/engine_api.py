@@ -343,6 +343,29 @@ def base_presets() -> list[str]:
     return names
 
 
+# Bases through the engine's one resolver (kala_engine.hub): preset, hub id or folder -> a folder.
+
+
+def resolve_base(name: str, revision: str | None = None) -> str | None:
+    """The local folder of a base (None for kala-tiny); never downloads. Raises ValueError with one line."""
+    return _attr("kala_engine.hub", "resolve_base")(name, revision).path
+
+
+def list_models(device: str = "auto") -> list[dict]:
+    """Every Pythia size: params, download size, cached (path, commit, partial bytes), the doctor's plan."""
+    return _attr("kala_engine.hub", "list_models")(device)
+
+
+def download_base_job(name: str, revision: str | None = None) -> Callable:
+    """A worker job downloading a base into the HF cache (DownloadProgress events; cancel keeps a resumable partial)."""
+    return _attr("kala_engine.hub", "download_job")(name, revision)
+
+
+def delete_base(name: str) -> int:
+    """Remove a base from the HF cache; the bytes freed."""
+    return _attr("kala_engine.hub", "delete_from_cache")(name)
+
+
 @dataclass
 class DoctorReport:
     """What the Train page's doctor panel shows."""

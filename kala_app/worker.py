@@ -106,7 +106,7 @@ class EngineWorker(QObject):
     validation = Signal(object)
     checkpoint_saved = Signal(object)
     log = Signal(str)
-    progress = Signal(int, int, str)
+    progress = Signal(object, object, str)  # Python ints: download bytes pass 2**31 (a Qt int would overflow)
     finished = Signal(object)
     failed = Signal(str, str)
     busy_changed = Signal(bool)

@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = [
     "kala_engine.cli_train",  # kala train, kala demo
     "kala_engine.cli_chat",  # kala chat
     "kala_engine.cli_eval",  # kala eval
+    "kala_engine.cli_models",  # kala models list|download|delete
 ]
 
 

@@ -50,9 +50,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     from .training import TrainConfig
 
     d = TrainConfig.__dataclass_fields__
-    p.add_argument("--base", default="kala-tiny", help="preset (kala-tiny, pythia-70m ...) or a local model folder")
-    p.add_argument("--data", required=True, help="a KALA JSONL dataset")
-    p.add_argument("--run-dir", "--output-dir", dest="run_dir", required=True, help="folder of this run")
+    p.add_argument("--base", "--base-model", dest="base", default="kala-tiny",
+                   help="preset (kala-tiny, pythia-70m ...), hub id (EleutherAI/pythia-410m) or a local model folder")
+    p.add_argument("--data", default=None, help="a KALA JSONL dataset (default: generate the default set into the run)")
+    p.add_argument("--run-dir", "--output-dir", dest="run_dir", default=None, help="folder of this run")
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
     p.add_argument("--epochs", type=float, default=d["epochs"].default)
     p.add_argument("--batch-size", type=int, default=d["batch_size"].default)
@@ -77,13 +78,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     p.add_argument("--tiny-overrides", type=json.loads, default={}, help=argparse.SUPPRESS)
+    from .cli_note import add_note_args
+
+    add_note_args(p)  # the note's --generate-data, --test (and --revision, --data-count, --no-download)
 
 
 def _config(args):
     from .training import TrainConfig
 
     return TrainConfig(
-        base=args.base, data=args.data, run_dir=args.run_dir, max_steps=args.max_steps, epochs=args.epochs,
+        base=args.base, revision=args.revision, data=args.data, run_dir=args.run_dir, max_steps=args.max_steps, epochs=args.epochs,
         batch_size=args.batch_size, grad_accum=args.grad_accum, learning_rate=args.learning_rate,
         ethics_weight=args.ethics_weight, deep_supervision_weight=args.deep_supervision_weight,
         max_length=args.max_length, seed=args.seed, eval_every=args.eval_every, save_every=args.save_every,
@@ -124,7 +128,8 @@ def check_train_args(args) -> None:
     from .cli_checks import check_config_fields, check_device, check_model_folder, check_out_dir
     from .presets import PRESET_NAMES
 
-    check_out_dir(args.run_dir, "--run-dir")
+    if args.run_dir:  # optional with --generate-data / --test of a given model (cli_note says when it is missing)
+        check_out_dir(args.run_dir, "--run-dir")
     if args.device == "cuda":  # asked for by name: no quiet fall-back to hours on the CPU ("auto" falls back)
         check_device("cuda")
     base = Path(args.base)
@@ -138,9 +143,13 @@ def check_train_args(args) -> None:
 
 
 def cmd_train(args) -> int:
+    from .cli_note import after_train, before_train
     from .training import train_job
 
     check_train_args(args)
+    rc = before_train(args)  # --generate-data, --test of a trained model, the base, the default data
+    if rc is not None:
+        return rc
     cfg = _config(args)
     result = {}
 
@@ -162,7 +171,7 @@ def cmd_train(args) -> int:
     if int(__import__("os").environ.get("RANK", "0")) != 0:
         return 0
     print(f"done: {r.get('steps')} steps; final model in {r.get('final_dir')}")
-    return 0
+    return after_train(args, r.get("final_dir"))
 
 
 # --------------------------------------------------------------------------- demo

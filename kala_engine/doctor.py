@@ -201,18 +201,28 @@ class Plan:
 
 
 def base_shape(base: str) -> dict:
-    """Config dict of a preset name or a local checkpoint folder (no weights are read)."""
-    if base in PRESET_NAMES:
-        return get_preset(base)
-    p = Path(base)
-    cfg = p / "config.json"
-    if not cfg.is_file():
-        raise ValueError(f"base {base!r} is neither a preset ({', '.join(PRESET_NAMES)}) nor a folder with config.json")
+    """Config dict of a preset, a hub id or a local checkpoint folder (no weights read, no network).
+
+    Names resolve through the one resolver (kala_engine.hub): a known Pythia size (preset or
+    EleutherAI/... id, deduped or not) uses its published shape; another hub id its cached
+    config.json; a folder its own config.json (after the loading policy's auto_map check).
+    """
+    from .hub import resolve_base, shape_preset
+
+    known = shape_preset(base) if not Path(base).exists() else None
+    if known is not None:
+        return get_preset(known)
+    folder = Path(resolve_base(base, weights=False).path or "")
+    cfg = folder / "config.json"
     import json
 
-    d = json.loads(cfg.read_text(encoding="utf-8"))
-    if d.get("model_type") not in ("gpt_neox", "kala"):
-        raise ValueError(f"{cfg}: model_type {d.get('model_type')!r} is not GPT-NeoX/Pythia or KALA")
+    try:
+        d = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{cfg}: unreadable config ({e})") from None
+    if not isinstance(d, dict) or d.get("model_type") not in ("gpt_neox", "kala"):
+        mt = d.get("model_type") if isinstance(d, dict) else None
+        raise ValueError(f"{cfg}: model_type {mt!r} is not GPT-NeoX/Pythia or KALA")
     return d
 
 

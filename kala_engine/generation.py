@@ -765,6 +765,9 @@ def load_chat_model(path: str | Path, device: str | torch.device = "cpu", dtype:
     cfg_file = p / "config.json"
     if not cfg_file.is_file():
         raise ValueError(f"{p}: not a model folder (no config.json); train one with `kala train` or `kala demo`")
+    from .loading import check_no_remote_code, check_weights
+
+    check_no_remote_code(p)  # an auto_map would make transformers import the folder's Python files
     try:
         model_type = json.loads(cfg_file.read_text(encoding="utf-8")).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
@@ -779,6 +782,7 @@ def load_chat_model(path: str | Path, device: str | torch.device = "cpu", dtype:
         raise ValueError(f"{p}: model_type is {model_type!r}, not 'kala'; `kala chat` needs a KALA model folder")
     if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
         raise FileNotFoundError(f"{p}: no weight files (*.safetensors) next to config.json; save the model again")
+    check_weights(p)  # safetensors only: a pickle-only folder is refused with the reason
     if not any((p / f).is_file() for f in _TOKENIZER_FILES):
         raise FileNotFoundError(
             f"{p}: no tokenizer files (tokenizer.json); save the tokenizer into the model folder "
@@ -791,7 +795,8 @@ def load_chat_model(path: str | Path, device: str | torch.device = "cpu", dtype:
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of a chat
     try:
-        model = KALAForCausalLM.from_pretrained(str(p), dtype=dtype, local_files_only=True).to(device).eval()
+        model = KALAForCausalLM.from_pretrained(str(p), dtype=dtype, local_files_only=True,
+                                                use_safetensors=True).to(device).eval()
         tokenizer = _load_tokenizer(p)
     finally:
         if bars:

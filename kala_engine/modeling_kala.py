@@ -45,6 +45,8 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
+from .jobs import JobError
+
 NUM_LAWS = 5
 #: largest attention-logit bias a gate can apply (nats): a key with score 0 can be made
 #: e^8 ~ 3000 times less attended; keeps the bias (also stored in fp16 keys) well in range.
@@ -624,7 +626,7 @@ AutoModelForCausalLM.register(KALAConfig, KALAForCausalLM, exist_ok=True)
 # --------------------------------------------------------------------------- loading Pythia
 
 
-class PythiaLoadError(ValueError):
+class PythiaLoadError(JobError, ValueError):
     """The folder is not a loadable GPT-NeoX checkpoint; the message says why and what to do."""
 
 
@@ -641,19 +643,36 @@ def kala_config_from_gpt_neox(base: GPTNeoXConfig | dict, **overrides) -> KALACo
 
 
 def load_from_pythia(path: str | Path, *, dtype: torch.dtype | str | None = None, local_files_only: bool = True,
-                     **kwargs) -> KALAForCausalLM:
+                     revision: str | None = None, **kwargs) -> KALAForCausalLM:
     """A GPT-NeoX (Pythia) checkpoint folder -> a KALA model with every base weight copied.
 
     The constitutional parts are freshly initialised (gates at exactly 0, so the logits are
-    Pythia's). ``path`` is a local folder; a hub id works only with ``local_files_only=False``
-    and network access or a filled Hugging Face cache. Extra keyword arguments (``device_map``,
+    Pythia's). ``path`` is a local folder, a preset name (``pythia-410m``) or a hub id
+    (``EleutherAI/pythia-6.9b``, optional ``revision``), resolved by :func:`kala_engine.hub.resolve_base`:
+    a folder as it is, else the Hugging Face cache with no network call; a download only with
+    ``local_files_only=False``. The loading policy (:mod:`kala_engine.loading`) applies: no
+    ``auto_map``, safetensors only. Extra keyword arguments (``device_map``,
     ``quantization_config``, ``attn_implementation``, KALAConfig fields via ``kala_overrides``)
     go to ``from_pretrained``.
     """
     import json
 
+    from .hub import BaseError, resolve_base
+    from .loading import SAFE_KWARGS, LoadRefused, check_no_remote_code, check_weights
+
     overrides = kwargs.pop("kala_overrides", {}) or {}
     p = Path(path)
+    if not p.exists():
+        try:
+            p = Path(resolve_base(str(path), revision, download=not local_files_only).path or "")
+        except LoadRefused:
+            raise
+        except BaseError as e:
+            raise PythiaLoadError(str(e)) from None
+        if not p.name:
+            raise PythiaLoadError("kala-tiny is trained from scratch (kala train --base kala-tiny); "
+                                  "load_from_pythia takes a Pythia / GPT-NeoX checkpoint")
+        path = p
     if p.exists():
         if not p.is_dir():
             raise PythiaLoadError(f"{p} is a file; load_from_pythia needs the checkpoint folder")
@@ -664,6 +683,7 @@ def load_from_pythia(path: str | Path, *, dtype: torch.dtype | str | None = None
             raw = json.loads(cfg_file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise PythiaLoadError(f"{cfg_file}: unreadable config ({e})") from None
+        check_no_remote_code(p)  # before anything else reads the folder
         mt = raw.get("model_type")
         if mt == "kala":
             raise PythiaLoadError(f"{p} is already a KALA model: load it with KALAForCausalLM.from_pretrained")
@@ -673,13 +693,9 @@ def load_from_pythia(path: str | Path, *, dtype: torch.dtype | str | None = None
             )
         weights = [*p.glob("*.safetensors"), *p.glob("*.bin")]
         if not weights:
-            raise PythiaLoadError(f"{p}: no weight files (*.safetensors or *.bin) next to config.json")
-    elif local_files_only:
-        raise PythiaLoadError(
-            f"{path}: no such folder. Download the checkpoint first (e.g. huggingface-cli download "
-            f"EleutherAI/pythia-70m --local-dir DIR) and pass DIR; KALA never downloads by itself."
-        )
-    base_cfg = GPTNeoXConfig.from_pretrained(str(path), local_files_only=local_files_only)
+            raise PythiaLoadError(f"{p}: no weight files (*.safetensors) next to config.json")
+        check_weights(p)  # safetensors only; a pickle-only folder is refused with the reason
+    base_cfg = GPTNeoXConfig.from_pretrained(str(path), **SAFE_KWARGS)
     config = kala_config_from_gpt_neox(base_cfg, **overrides)
     from transformers.utils import logging as hf_logging
 
@@ -687,8 +703,8 @@ def load_from_pythia(path: str | Path, *, dtype: torch.dtype | str | None = None
     hf_logging.set_verbosity_error()  # the "newly initialized" table lists exactly the KALA parts
     try:
         model, info = KALAForCausalLM.from_pretrained(
-            str(path), config=config, dtype=dtype, local_files_only=local_files_only,
-            output_loading_info=True, use_safetensors=None, **kwargs,
+            str(path), config=config, dtype=dtype, local_files_only=True,
+            output_loading_info=True, use_safetensors=True, **kwargs,
         )
     except RuntimeError as e:
         if "mismatch" in str(e) or "shape" in str(e):

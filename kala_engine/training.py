@@ -44,7 +44,8 @@ TIMING_KEYS = ("tokens_per_s", "elapsed", "eta", "memory_mb", "time")
 class TrainConfig:
     """Everything a run needs; saved to run.json. Names follow the CLI flags."""
 
-    base: str = "kala-tiny"  # preset name, local Pythia/GPT-NeoX folder, or a KALA model folder
+    base: str = "kala-tiny"  # preset name, hub id (EleutherAI/pythia-410m), local Pythia/GPT-NeoX or KALA folder
+    revision: str | None = None  # hub revision of the base (branch, tag, commit; e.g. Pythia's step143000)
     data: str = ""  # a KALA JSONL dataset (kala data generate / import)
     run_dir: str = ""
     epochs: float = 1.0  # passes over the training split (ignored when max_steps is set)
@@ -128,7 +129,7 @@ def build_tokenizer(cfg: TrainConfig, records: list[dict], run_dir: Path, emit: 
         emit(LogLine(f"training a {cfg.vocab_size}-token BPE tokenizer on {len(records)} records"))
         tok = train_tokenizer(record_texts(records), out_dir=None, vocab_size=cfg.vocab_size)
     else:
-        src = _base_dir(cfg.base)
+        src = _base_dir(cfg.base, cfg.revision)
         try:
             tok = prepare_tokenizer(load_tokenizer(src))
         except (OSError, ValueError) as e:
@@ -142,23 +143,17 @@ def build_tokenizer(cfg: TrainConfig, records: list[dict], run_dir: Path, emit: 
     return tok
 
 
-def _base_dir(base: str) -> str:
-    from .presets import PRESET_NAMES
+def _base_dir(base: str, revision: str | None = None) -> str:
+    """The base's local folder through the one resolver (kala_engine.hub): a folder, else the cache.
 
-    if Path(base).is_dir():
-        return base
-    if base in PRESET_NAMES and base != "kala-tiny":
-        # an already-filled Hugging Face cache; never a download
-        try:
-            from huggingface_hub import snapshot_download
+    Never downloads: `kala train` and the app's Models page download before a run starts.
+    """
+    from .hub import resolve_base
 
-            return snapshot_download(f"EleutherAI/{base}", local_files_only=True)
-        except Exception:  # noqa: BLE001 - any cache miss means the same to the user
-            raise JobError(
-                f"{base}: no local copy. Download it once (huggingface-cli download EleutherAI/{base} "
-                f"--local-dir DIR) and pass --base DIR; KALA never downloads by itself."
-            ) from None
-    raise JobError(f"base {base!r}: not a preset and not a folder")
+    path = resolve_base(base, revision).path
+    if path is None:
+        raise JobError("kala-tiny has no folder: it is trained from scratch")
+    return path
 
 
 def build_model(cfg: TrainConfig, tokenizer, plan, emit: Emit):
@@ -175,7 +170,7 @@ def build_model(cfg: TrainConfig, tokenizer, plan, emit: Emit):
             **overrides, **cfg.tiny_overrides,
         )
         return KALAForCausalLM(config)
-    src = _base_dir(cfg.base)
+    src = _base_dir(cfg.base, cfg.revision)
     kwargs: dict[str, Any] = {}
     if plan.mode == "nf4-lora":
         from transformers import BitsAndBytesConfig
@@ -190,7 +185,7 @@ def build_model(cfg: TrainConfig, tokenizer, plan, emit: Emit):
     model_type = json.loads((Path(src) / "config.json").read_text(encoding="utf-8")).get("model_type")
     if model_type == "kala":
         emit(LogLine(f"continuing from the KALA model in {src}"))
-        model = KALAForCausalLM.from_pretrained(src, **kwargs)
+        model = KALAForCausalLM.from_pretrained(src, use_safetensors=True, local_files_only=True, **kwargs)
         for k, v in overrides.items():
             setattr(model.config, k, v)
     else:

@@ -3,6 +3,7 @@
     kala data generate --out FILE [--count N] [--seed S]
     kala data validate FILE
     kala data import FILE --format {kala,hh-rlhf,pku-saferlhf,beavertails} --out FILE
+    kala data import --from-hub [REPO_ID] [--hub-file PATH] --format F --out FILE
     kala data stats FILE [--json] [--tokenizer DIR]
     kala data cai --model DIR --out FILE [--count N] [--seed S]   (model drafts, critiques, revises)
 
@@ -44,10 +45,16 @@ def register(subparsers) -> None:
     val.add_argument("file", type=Path)
     val.set_defaults(func=cmd_validate)
 
-    imp = sub.add_parser("import", help="convert a local copy of a well-known dataset to KALA JSONL")
-    imp.add_argument("file", type=Path, help="input file: JSON lines (also CSV or a JSON array for the other formats)")
+    imp = sub.add_parser("import", help="convert a well-known dataset (a local copy, or --from-hub) to KALA JSONL")
+    imp.add_argument("file", type=Path, nargs="?", default=None,
+                     help="input file: JSON lines (.gz/.xz too; also CSV or a JSON array for the other formats)")
     imp.add_argument("--format", default="auto", choices=("auto", *ALL_FORMATS), dest="fmt",
                      help="the data set's format (default: auto, detected from the file's fields)")
+    imp.add_argument("--from-hub", nargs="?", const="", default=None, metavar="REPO_ID",
+                     help="take the file from the Hugging Face hub (cache first; default repo per format: "
+                          "Anthropic/hh-rlhf, PKU-Alignment/PKU-SafeRLHF, PKU-Alignment/BeaverTails)")
+    imp.add_argument("--hub-file", default=None, help="with --from-hub: the file in the repo (default: its train split)")
+    imp.add_argument("--revision", default=None, help="with --from-hub: branch, tag or commit")
     imp.add_argument("--out", required=True, type=Path, help="output .jsonl file (written atomically)")
     imp.set_defaults(func=cmd_import)
 
@@ -159,6 +166,19 @@ def cmd_import(args) -> int:
     from .importers import import_dataset
 
     check_out_file(args.out)
+    if args.from_hub is not None:
+        if args.file is not None:
+            raise ValueError("give either a local FILE or --from-hub, not both")
+        if args.fmt == "auto":
+            raise ValueError("with --from-hub, name the data set with --format (hh-rlhf, pku-saferlhf or beavertails)")
+        from ..cli_models import progress_printer
+        from ..hub import fetch_dataset
+
+        args.file = fetch_dataset(args.fmt, args.from_hub or None, args.hub_file, args.revision,
+                                  emit=progress_printer())
+        print(f"converting {args.file}")
+    elif args.file is None:
+        raise ValueError("give the dataset file to import, or --from-hub [REPO_ID] to take it from the hub")
     report = import_dataset(args.file, args.fmt, args.out)
     print(report.format())
     return 0

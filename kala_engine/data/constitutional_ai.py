@@ -145,8 +145,11 @@ def cai_from_model_dir(model_dir: str, count: int, seed: int, max_new_tokens: in
 
     with contextlib.suppress(ImportError):  # registers the KALA auto classes when the model code is present
         import kala_engine.modeling_kala  # noqa: F401
+    from ..loading import SAFE_KWARGS, check_folder
+
+    check_folder(model_dir)  # no auto_map, safetensors only
     tokenizer = load_tokenizer(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True, **SAFE_KWARGS)
     model.eval()
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise ValueError(f"{model_dir}: the model's vocabulary is smaller than its tokenizer's; "

@@ -52,6 +52,38 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> i
     return n
 
 
+def _open_binary(path: Path):
+    """The file's bytes; ``.gz`` and ``.xz`` files (as the hub serves datasets) are decompressed on the fly."""
+    if path.suffix not in (".gz", ".xz"):
+        return path.open("rb")
+    return _Decompressed(path)
+
+
+class _Decompressed:
+    """Lines of a gzip/xz file; a damaged archive raises ValueError naming the file (never a traceback)."""
+
+    def __init__(self, path: Path):
+        import gzip
+        import lzma
+
+        self.path = path
+        self.errors = (OSError, EOFError, lzma.LZMAError)
+        self.f = gzip.open(path, "rb") if path.suffix == ".gz" else lzma.open(path, "rb")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+        return False
+
+    def __iter__(self):
+        try:
+            yield from self.f
+        except self.errors as e:
+            raise ValueError(f"{self.path}: damaged {self.path.suffix[1:]} file ({e})") from None
+
+
 def iter_jsonl_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any, str | None]]:
     """Yield ``(line_number, value, error)`` for every non-blank line of a JSONL file.
 
@@ -63,7 +95,7 @@ def iter_jsonl_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any, str | 
         raise FileNotFoundError(f"{path} is a folder; give a JSONL file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    with path.open("rb") as f:
+    with _open_binary(path) as f:
         for lineno, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8")

@@ -97,9 +97,12 @@ def prepare_tokenizer(tokenizer):
 def load_tokenizer(directory: str | Path):
     """Load a tokenizer saved with ``save_pretrained`` and make sure it carries the chat tokens.
 
-    Raises FileNotFoundError naming the folder when no tokenizer is there.
+    Raises FileNotFoundError naming the folder when no tokenizer is there, and
+    :class:`~kala_engine.loading.LoadRefused` for a folder that would run its own code.
     """
     from transformers import AutoTokenizer
+
+    from ..loading import SAFE_KWARGS, check_no_remote_code
 
     d = Path(directory)
     if not (d / "tokenizer.json").is_file() and not (d / "tokenizer_config.json").is_file():
@@ -107,4 +110,5 @@ def load_tokenizer(directory: str | Path):
             f"{d}: no tokenizer here (tokenizer.json missing); train one with train_tokenizer(..., out_dir) "
             "or point to a model folder"
         )
-    return prepare_tokenizer(AutoTokenizer.from_pretrained(str(d)))
+    check_no_remote_code(d)
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(str(d), **SAFE_KWARGS))

@@ -3,7 +3,8 @@
 #   1. build the .deb (packaging/linux/build_deb.sh; --no-build reuses packaging/out/*.deb,
 #      --no-bundle rebuilds the .deb from the existing bundle)
 #   2. dpkg -i it
-#   3. run the installed /usr/bin/kala-studio --self-test (offscreen), /usr/bin/kala doctor and
+#   3. run the installed /usr/bin/kala-studio --self-test (offscreen), /usr/bin/kala doctor,
+#      /usr/bin/kala models list (offline, empty cache) and
 #      the main window for 20 s (offscreen) as an unprivileged user with an empty home, from
 #      an empty folder, with a clean environment (nothing from a checkout or a virtualenv
 #      can help)
@@ -109,6 +110,14 @@ run_installed /usr/bin/kala doctor 2>&1 | tee "$WORK/doctor.txt"
 rc=${PIPESTATUS[0]}
 set -e
 [[ $rc == 0 ]] || fail "kala doctor exited $rc"
+
+step "kala models list (installed, offline: HF_HUB_OFFLINE=1, empty cache)"
+set +e
+run_installed env HF_HUB_OFFLINE=1 /usr/bin/kala models list 2>&1 | tee "$WORK/models.txt"
+rc=${PIPESTATUS[0]}
+set -e
+[[ $rc == 0 ]] || fail "kala models list exited $rc"
+grep -q "pythia-6.9b" "$WORK/models.txt" || fail "kala models list did not list pythia-6.9b"
 
 step "kala-studio main window (installed, offscreen, 20 s)"
 # The app must still be running when timeout stops it (exit 124): a crash while building the

@@ -219,3 +219,11 @@ def test_pyinstaller_is_in_the_package_extra():
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(req.lower().startswith("pyinstaller") for req in extras["package"])
+
+
+def test_roundtrip_lists_models_offline_with_the_installed_kala():
+    """The installed bundle must carry what `kala models` needs (huggingface_hub) and list offline."""
+    text = (PKG / "linux" / "roundtrip.sh").read_text()
+    assert "HF_HUB_OFFLINE=1 /usr/bin/kala models list" in text
+    spec = (PKG / "kala-studio.spec").read_text()
+    assert '"huggingface_hub"' not in spec.split("excludes = [", 1)[1].split("]", 1)[0]
