@@ -133,8 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.self_test:
         return self_test()
-    if args.screenshot_dir:
-        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if args.screenshot_dir and not os.environ.get("QT_QPA_PLATFORM", "offscreen").startswith("offscreen:"):
+        from .offscreen import use_offscreen
+
+        if os.environ.get("QT_QPA_PLATFORM", "offscreen") == "offscreen":
+            use_offscreen(1920, 1080)  # a screen bigger than the largest picture (1440x900)
     if args.data_dir:
         os.environ["KALA_STUDIO_HOME"] = str(Path(args.data_dir).resolve())
 

@@ -157,6 +157,8 @@ class Plan:
     reason: str = ""
     alternative: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: why the base cannot be used as it is (not downloaded, a folder without weights...); "" when it can
+    base_problem: str = ""
 
     @property
     def estimate_bytes(self) -> int:
@@ -187,9 +189,12 @@ class Plan:
                    f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}")
         out.append(f"estimate     {e['total']:.2f} GiB (weights {e['weights']}, gradients {e['gradients']}, "
                    f"optimizer {e['optimizer']}, activations {e['activations']}, overhead {e['overhead']}) "
-                   f"of {self.available_bytes / GiB:.2f} GiB usable -> {'fits' if self.fits else 'DOES NOT FIT'}")
+                   f"of {self.available_bytes / GiB:.2f} GiB usable -> {'fits' if self.fits else 'DOES NOT FIT'}"
+                   + (" (but the base is not available, see below)" if self.base_problem else ""))
         for n in self.notes:
             out.append(f"note         {n}")
+        if self.base_problem:
+            out.append(f"base         NOT AVAILABLE: {self.base_problem}")
         if self.reason:
             out.append(f"reason       {self.reason}")
         if self.alternative:
@@ -311,5 +316,85 @@ def _refuse(base, dev, device_kind, prec, m, batch_size, seq_len, est, budget, w
 
 
 def diagnose(base: str = "kala-tiny", device: str = "auto", **kwargs) -> Plan:
-    """Probe this machine and plan training of ``base`` on it (used by `kala doctor` and the app)."""
-    return make_plan(base, probe_device(device), **kwargs)
+    """Probe this machine and plan training of ``base`` on it (used by `kala doctor` and the app).
+
+    The plan also says whether the base itself is here (``base_problem``): a memory estimate that
+    "fits" means nothing for a Pythia preset whose weights were never downloaded.
+    """
+    plan = make_plan(base, probe_device(device), **kwargs)
+    plan.base_problem = check_base(base).problem
+    return plan
+
+
+# --------------------------------------------------------------------------- is the base here?
+
+
+@dataclass(frozen=True)
+class BaseCheck:
+    """Whether a base can be trained from as it is: ``folder`` to load it from, or ``problem``."""
+
+    base: str
+    folder: str | None = None
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+
+def check_model_folder(folder: str | Path) -> str:
+    """Why ``folder`` cannot be a base ("" when it can): a GPT-NeoX/Pythia or KALA ``config.json``
+    without custom code, a tokenizer and safetensors weights - what training will load."""
+    import json
+
+    p = Path(folder)
+    if not p.is_dir():
+        return f"{p} is not a folder"
+    cfg = p / "config.json"
+    if not cfg.is_file():
+        return f"{p.name} has no config.json, so it is not a model folder (choose the folder that holds config.json)"
+    try:
+        d = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return f"{p.name}/config.json cannot be read ({e})"
+    if not isinstance(d, dict):
+        return f"{p.name}/config.json is not a JSON object"
+    if d.get("model_type") not in ("gpt_neox", "kala"):
+        return (f"{p.name} holds a {d.get('model_type') or 'model of unknown type'!s} model; KALA starts from "
+                "GPT-NeoX/Pythia (model_type gpt_neox) or KALA models")
+    if d.get("auto_map"):
+        return f"{p.name}/config.json asks for custom code (auto_map); KALA never runs code from a model folder"
+    if not ((p / "tokenizer.json").is_file() or ((p / "vocab.json").is_file() and (p / "merges.txt").is_file())):
+        return f"{p.name} has no tokenizer (tokenizer.json); copy the tokenizer files of the model into it"
+    if not any(p.glob("*.safetensors")) and not (p / "model.safetensors.index.json").is_file():
+        if any(p.glob("*.bin")) or any(p.glob("*.pt")):
+            return (f"{p.name} has only PyTorch .bin weights; KALA loads safetensors only (never unpickles "
+                    "downloads): get the model's .safetensors files")
+        return f"{p.name} has no weights (model.safetensors)"
+    return ""
+
+
+def check_base(base: str) -> BaseCheck:
+    """Whether ``base`` (a preset or a folder) is on this machine, without loading or downloading it.
+
+    ``kala-tiny`` is trained from scratch and always available; a folder is checked with
+    :func:`check_model_folder`; a Pythia preset must be in the Hugging Face cache (offline).
+    """
+    if base == "kala-tiny":
+        return BaseCheck(base)
+    if Path(base).is_dir():
+        why = check_model_folder(base)
+        return BaseCheck(base, None if why else str(base), why)
+    if base in PRESET_NAMES:
+        repo = f"EleutherAI/{base}"
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(repo, local_files_only=True)
+        except Exception:  # noqa: BLE001 - any cache miss means the same to the user
+            return BaseCheck(base, None, (
+                f"{base} is not downloaded: its weights are not in the Hugging Face cache. Download them once "
+                f"(huggingface-cli download {repo}) or choose a local Pythia folder"))
+        why = check_model_folder(folder)
+        return BaseCheck(base, None if why else folder, f"the cached copy of {repo}: {why}" if why else "")
+    return BaseCheck(base, None, f"{base!r} is neither a preset ({', '.join(PRESET_NAMES)}) nor a folder")

@@ -143,22 +143,14 @@ def build_tokenizer(cfg: TrainConfig, records: list[dict], run_dir: Path, emit: 
 
 
 def _base_dir(base: str) -> str:
-    from .presets import PRESET_NAMES
+    """The folder to load ``base`` from (a folder, or a preset in the Hugging Face cache; never a
+    download); JobError saying why when it is not usable (doctor.check_base)."""
+    from .doctor import check_base
 
-    if Path(base).is_dir():
-        return base
-    if base in PRESET_NAMES and base != "kala-tiny":
-        # an already-filled Hugging Face cache; never a download
-        try:
-            from huggingface_hub import snapshot_download
-
-            return snapshot_download(f"EleutherAI/{base}", local_files_only=True)
-        except Exception:  # noqa: BLE001 - any cache miss means the same to the user
-            raise JobError(
-                f"{base}: no local copy. Download it once (huggingface-cli download EleutherAI/{base} "
-                f"--local-dir DIR) and pass --base DIR; KALA never downloads by itself."
-            ) from None
-    raise JobError(f"base {base!r}: not a preset and not a folder")
+    found = check_base(base)
+    if not found.ok or found.folder is None:
+        raise JobError(found.problem or f"base {base!r}: nothing to load")
+    return found.folder
 
 
 def build_model(cfg: TrainConfig, tokenizer, plan, emit: Emit):
@@ -368,7 +360,8 @@ def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> di
     if _is_main():
         if run_dir.exists() and not cfg.resume and (metrics_path.exists() or checkpoint_steps(run_dir)):
             raise JobError(f"{run_dir} already holds a run; pass --resume to continue it or choose another folder")
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.base != "kala-tiny":
+        _base_dir(cfg.base)  # a base that is not here is refused before the run folder is made
 
     try:
         records = load_jsonl(data_path)
@@ -386,6 +379,8 @@ def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> di
         emit(LogLine(w, level="warning"))
     if not plan.fits:
         raise JobError(f"this run will not fit: {plan.reason}" + (f"; try {plan.alternative}" if plan.alternative else ""))
+    if _is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)  # only now: a refused start leaves no empty run folder
     if cfg.gradient_checkpointing is None:
         cfg.gradient_checkpointing = plan.gradient_checkpointing
     mixed = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[plan.precision]
