@@ -16,7 +16,7 @@ import importlib
 import threading
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
-from PySide6.QtGui import QCloseEvent
+from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -149,8 +149,9 @@ class MainWindow(QMainWindow):
 
         right = QVBoxLayout()
         right.setContentsMargins(0, 0, 0, 0)
-        right.addWidget(self.banner)
+        # under the pages: when it goes (dismissed, or the quickstart starts) nothing on a page moves
         right.addWidget(self.stack, 1)
+        right.addWidget(self.banner)
         central = QWidget()
         lay = QHBoxLayout(central)
         lay.setContentsMargins(6, 6, 6, 0)
@@ -173,10 +174,24 @@ class MainWindow(QMainWindow):
         self._probe.found.connect(self._on_device)
         QTimer.singleShot(0, self._probe.start)
 
+        self._install_shortcuts()
         self._restore_geometry()
         self.show_page(str(self.ctx.settings.value("window/page", "data")))
 
     # ------------------------------------------------------------ navigation
+
+    def _install_shortcuts(self) -> None:
+        """Ctrl+Q quits (through closeEvent, so a running job is asked about); Ctrl+1…5 pick a page."""
+        self.quit_shortcut = QShortcut(QKeySequence("Ctrl+Q"), self)
+        self.quit_shortcut.setContext(Qt.ShortcutContext.ApplicationShortcut)
+        self.quit_shortcut.activated.connect(self.close)
+        self.page_shortcuts: list[QShortcut] = []
+        for i, (key, title, _m, _c) in enumerate(PAGES, start=1):
+            sc = QShortcut(QKeySequence(f"Ctrl+{i}"), self)
+            sc.setContext(Qt.ShortcutContext.ApplicationShortcut)
+            sc.activated.connect(lambda k=key: self.show_page(k))
+            self.page_shortcuts.append(sc)
+            self.nav.item(i - 1).setToolTip(f"{title} (Ctrl+{i})")
 
     def show_page(self, key: str) -> QWidget:
         keys = [p[0] for p in PAGES]

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pyqtgraph as pg
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -45,6 +45,8 @@ from .train import LAW_COLORS
 
 NO_VIOLATION_COLOR = "#b0b0b0"
 ALL_KINDS = "all kinds"
+#: The preview filters this long after the last key press in the search box.
+SEARCH_DEBOUNCE_MS = 250
 _Index = QModelIndex | QPersistentModelIndex
 
 
@@ -280,7 +282,15 @@ class DataPage(QWidget):
         self.kind_filter.addItems(self.kinds)
         self.kind_filter.currentIndexChanged.connect(self._apply_filter)
         self.search = QLineEdit()
-        self.search.setPlaceholderText("search text…")
+        self.search.setPlaceholderText("filter by text (as you type)…")
+        self.search.setClearButtonEnabled(True)
+        self.search.setToolTip("Shows the rows whose user or assistant text contains this; filters as you type.")
+        # filters as you type, once typing pauses (a 100k-row filter on every key would stutter)
+        self._search_timer = QTimer(self)
+        self._search_timer.setSingleShot(True)
+        self._search_timer.setInterval(SEARCH_DEBOUNCE_MS)
+        self._search_timer.timeout.connect(self._apply_filter)
+        self.search.textChanged.connect(lambda _t: self._search_timer.start())
         self.search.returnPressed.connect(self._apply_filter)
         self.rows_label = QLabel("")
         fbar = QHBoxLayout()
@@ -469,6 +479,7 @@ class DataPage(QWidget):
             f"{len(self.errors)} problem(s)</span>")
 
     def _apply_filter(self) -> None:
+        self._search_timer.stop()
         kind = self.kind_filter.currentText()
         self.model.set_filter(None if kind == ALL_KINDS else kind, self.search.text())
         self._update_rows_label()

@@ -58,6 +58,21 @@ BROWSE_DATA = "Browse…"
 GiB = 1024**3
 
 
+def remove_if_empty_run(run_dir: Path | None) -> bool:
+    """Remove a run folder a failed start left behind with nothing in it worth keeping (no
+    metrics, no checkpoint, no final model): the Runs page does not list it and nobody could
+    resume it. Returns True when it was removed."""
+    if run_dir is None or not Path(run_dir).is_dir():
+        return False
+    run_dir = Path(run_dir)
+    if any((run_dir / n).exists() for n in ("metrics.jsonl", "checkpoints", "final")):
+        return False
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return not run_dir.exists()
+
+
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return "–"
@@ -86,7 +101,9 @@ class MemoryBar(QWidget):
         lay.addWidget(self.reason)
         self.fits: bool | None = None
 
-    def set_estimate(self, estimate: float, available: float, fits: bool | None, reason: str = "") -> None:
+    def set_estimate(self, estimate: float, available: float, fits: bool | None, reason: str = "",
+                     base_problem: str = "") -> None:
+        """Show the estimate; ``base_problem`` (the base is not here) qualifies a "fits"."""
         self.fits = fits
         if math.isnan(estimate) or math.isnan(available) or available <= 0:
             self.bar.setValue(0)
@@ -94,11 +111,15 @@ class MemoryBar(QWidget):
         else:
             self.bar.setValue(min(1000, int(1000 * estimate / available)))
             verdict = "fits" if fits else "does not fit"
-            self.bar.setFormat(f"{estimate / GiB:.2f} GiB of {available / GiB:.1f} GiB — {verdict}")
-        color = "#3a9d3a" if fits else ("#c0392b" if fits is False else "#999")
+            if base_problem:
+                verdict += ", but the base is not available"
+            self.bar.setFormat(f"{estimate / GiB:.2f} of {available / GiB:.1f} GiB — {verdict}")
+        color = ("#3a9d3a" if fits and not base_problem else "#d08a1a" if fits
+                 else ("#c0392b" if fits is False else "#999"))
         self.bar.setStyleSheet(f"QProgressBar::chunk {{ background: {color}; }}")
-        self.reason.setText(reason if (reason and not fits) else "")
-        self.reason.setVisible(bool(reason and not fits))
+        why = "\n".join(x for x in (base_problem, reason if not fits else "") if x)
+        self.reason.setText(why)
+        self.reason.setVisible(bool(why))
 
 
 class ResumeBanner(QFrame):
@@ -159,10 +180,13 @@ class TrainPage(QWidget):
         self._t_start = 0.0
         self._steps_seen = 0
         self._quickstart_then = None
+        self._base_problem = ""
+        self._last_base_index = 0
         self.law_titles = [law.title for law in ctx.constitution]
 
         self._build()
         self._connect_worker()
+        self.check_base()
         self._update_buttons()
 
         self._ui_timer = QTimer(self)  # progress labels at 10 Hz, whatever the step rate
@@ -191,6 +215,16 @@ class TrainPage(QWidget):
         self.data_combo.setToolTip("A KALA JSONL data set (make one on the Data page).")
         self.data_combo.activated.connect(self._on_data_activated)
         form.addRow("Base", self.base_combo)
+        #: why the chosen base cannot be trained from (not downloaded, a folder without a model)
+        self.base_status = QLabel("")
+        self.base_status.setObjectName("baseStatus")
+        self.base_status.setWordWrap(True)
+        self.base_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.base_status.setStyleSheet("#baseStatus { color: #9a3412; background: #fff4e0; "
+                                       "border: 1px solid #f0c070; border-radius: 4px; padding: 4px; }")
+        self.base_status.hide()
+        form.addRow(self.base_status)
+        self.base_combo.currentIndexChanged.connect(lambda _i: self.check_base())
         form.addRow("Data", self.data_combo)
 
         doctor_box = QGroupBox("Doctor")
@@ -362,10 +396,12 @@ class TrainPage(QWidget):
         right = QWidget()
         rlay = QVBoxLayout(right)
         rlay.setContentsMargins(6, 0, 0, 0)
-        rlay.addWidget(self.resume_banner)
+        # The buttons come first: a banner that appears or goes (resume offer) sits below them, above
+        # the plots, so that Start/Pause/Cancel never move under the pointer.
         rlay.addLayout(buttons)
         rlay.addWidget(self.progress)
         rlay.addLayout(stats)
+        rlay.addWidget(self.resume_banner)
         rlay.addLayout(plot_bar)
         rlay.addWidget(plots, 1)
 
@@ -457,12 +493,41 @@ class TrainPage(QWidget):
         if self.base_combo.itemText(index) != LOCAL_FOLDER:
             return
         folder = QFileDialog.getExistingDirectory(self, "Choose a local Pythia folder (config.json + weights)")
-        if folder:
+        if not folder or not self.add_base_folder(folder):
+            self.base_combo.setCurrentIndex(self._last_base_index)
+
+    def add_base_folder(self, folder: str | Path) -> bool:
+        """Check ``folder`` now and select it as the base; refused at once with the reason if it is
+        not a model folder (config.json GPT-NeoX/KALA, tokenizer, safetensors weights)."""
+        folder = str(folder)
+        why = engine_api.model_folder_problem(folder)
+        if why:
+            show_error(self, "Not a model folder", f"{folder} cannot be a base: {why}.")
+            return False
+        i = self.base_combo.findData(folder)
+        if i < 0:
             self.base_combo.insertItem(0, Path(folder).name + " (local)", folder)
             self.base_combo.setItemData(0, folder, Qt.ItemDataRole.ToolTipRole)
-            self.base_combo.setCurrentIndex(0)
-        else:
-            self.base_combo.setCurrentIndex(0)
+            i = 0
+        self.base_combo.setCurrentIndex(i)
+        return True
+
+    def check_base(self) -> str:
+        """Say under the Base box (and on Start) why the chosen base is not available; "" when it is."""
+        if self.base_combo.currentText() == LOCAL_FOLDER:
+            return ""
+        self._last_base_index = self.base_combo.currentIndex()
+        base = self.base()
+        try:
+            why = engine_api.base_problem(base)
+        except Exception as e:  # noqa: BLE001 - an unreadable cache is a problem to show, not a crash
+            why = f"{base} cannot be checked ({type(e).__name__}: {e})"
+        self._base_problem = why
+        if why:
+            self.base_status.setText(f"<b>Not available:</b> {why}.")
+        self.base_status.setVisible(bool(why))
+        self._update_buttons()
+        return why
 
     def _on_data_activated(self, index: int) -> None:
         if self.data_combo.itemText(index) != BROWSE_DATA:
@@ -524,7 +589,8 @@ class TrainPage(QWidget):
     def show_doctor(self, rep: engine_api.DoctorReport) -> None:
         for key, lab in self.doc_labels.items():
             lab.setText(str(getattr(rep, key, "–")))
-        self.memory_bar.set_estimate(rep.estimate_bytes, rep.available_bytes, rep.fits, rep.reason)
+        self.memory_bar.set_estimate(rep.estimate_bytes, rep.available_bytes, rep.fits, rep.reason,
+                                     getattr(rep, "base_problem", ""))
 
     # ================================================================ training control
 
@@ -543,6 +609,9 @@ class TrainPage(QWidget):
                 return False
             if not Path(data).is_file():
                 show_error(self, "Data set not found", f"{data} does not exist; choose another data set.")
+                return False
+            if why := self.check_base():
+                show_error(self, "The base is not available", f"{why}.")
                 return False
             run_dir = new_run_dir(self.ctx.runs_dir, self.base())
             cfg_kwargs = dict(base=self.base(), data=data, run_dir=str(run_dir), **self.hyperparameters())
@@ -604,7 +673,10 @@ class TrainPage(QWidget):
         busy = self.worker.is_busy()
         mine = busy and self.worker.owner is self and self._job_kind == "train"
         paused = mine and self.worker.is_paused()
-        self.start_button.setEnabled(not busy)
+        self.start_button.setEnabled(not busy and not self._base_problem)
+        self.start_button.setToolTip(
+            f"Not available: {self._base_problem}" if self._base_problem
+            else "Start a new training run with these settings.")
         self.doctor_button.setEnabled(not busy)
         self.pause_button.setEnabled(mine and not paused)
         self.resume_button.setEnabled(mine and paused)
@@ -720,6 +792,8 @@ class TrainPage(QWidget):
     def _on_failed(self, message: str, traceback: str) -> None:
         if self.worker.owner is not self:
             return
+        if self._job_kind == "train":
+            remove_if_empty_run(self.run_dir)
         title = "Training failed" if self._job_kind == "train" else "The doctor failed"
         if self._job_kind == "doctor":
             self.doc_labels["device"].setText("–")
