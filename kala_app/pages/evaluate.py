@@ -13,12 +13,13 @@ Engine calls go through the small functions in the "engine" section.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -45,6 +46,8 @@ from .chat import find_models, model_label
 
 #: Colours of model A and model B in every chart.
 MODEL_COLORS = ["#2f6fb0", "#e08a3a"]
+#: While it runs, the table and charts are redrawn from the results so far at most this often (s).
+LIVE_REDRAW_S = 0.5
 
 # ====================================================================== engine (one place)
 
@@ -77,6 +80,16 @@ def make_eval_job(backends: Sequence[Any], records: Sequence[Any], threshold: fl
     return f(backends, records, threshold=threshold, max_new_tokens=max_new_tokens)
 
 
+def partial_metrics(records: Sequence[Any], samples: Sequence[Any], threshold: float | None,
+                    backend: Any) -> dict:
+    """The metrics of the first ``len(samples)`` prompts, as the job computes them at the end."""
+    from kala_engine.evaluation import compute_metrics, normalize_thresholds
+
+    th = normalize_thresholds(threshold, getattr(backend, "default_thresholds", None))
+    return compute_metrics(list(records[: len(samples)]), list(samples), th,
+                           law_names=getattr(backend, "law_names", None))
+
+
 def build_report(runs: Sequence[Any], suite: str, max_new_tokens: int) -> dict:
     from kala_engine.eval_report import build_report as f
 
@@ -90,6 +103,45 @@ def write_report(out: str | Path, report: dict, runs: Sequence[Any]) -> Path:
 
 
 # ====================================================================== helpers
+
+
+class RecordingBackend:
+    """Passes every call to ``inner`` and keeps the samples it returns, in order, so that the page
+    can draw the results so far while the job runs (appended on the job thread, read on the UI
+    thread as a copy)."""
+
+    def __init__(self, inner: Any) -> None:
+        object.__setattr__(self, "inner", inner)
+        object.__setattr__(self, "samples", [])
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if name == "assess_and_reply":
+            def one(*a, **kw):
+                sample = attr(*a, **kw)
+                self.samples.append(sample)
+                return sample
+            return one
+        if name == "assess_and_reply_many":
+            def many(*a, **kw):
+                got = list(attr(*a, **kw))
+                self.samples.extend(got)
+                return got
+            return many
+        return attr
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.inner, name, value)  # e.g. the job's control, the display name
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "–"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
 
 
 def _pct(v: Any) -> str:
@@ -163,6 +215,12 @@ class EvaluatePage(QWidget):
         self.report: dict | None = None
         self._suite_label = ""
         self._build()
+        self._t0 = 0.0
+        self._last_message = ""
+        self.elapsed_text = ""
+        self._tick = QTimer(self)  # elapsed time moves on while a slow prompt is answered
+        self._tick.setInterval(1000)
+        self._tick.timeout.connect(lambda: self._update_status(self._last_message) if self._active else None)
         w = ctx.worker
         w.progress.connect(self._on_progress)
         w.finished.connect(self._on_finished)
@@ -404,6 +462,12 @@ class EvaluatePage(QWidget):
             return False
         self._suite_label = suite
         self._records_n = len(records)
+        self._records = list(records)
+        backends = [RecordingBackend(b) for b in backends]
+        self._live_backends = backends
+        self._t0 = time.monotonic()
+        self._last_live = 0.0
+        self.report = None
         job = make_eval_job(backends, records, self.threshold(), self.tokens_spin.value())
         self._active = True
         self.progress.setRange(0, len(records) * len(backends))
@@ -412,6 +476,7 @@ class EvaluatePage(QWidget):
         self._last_done = 0
         self.status.setText(f"Evaluating {len(models)} model(s) on {len(records)} prompts…")
         self.ctx.worker.start(job, "evaluate")
+        self._tick.start()
         self._update_buttons()
         return True
 
@@ -430,11 +495,45 @@ class EvaluatePage(QWidget):
             self._done_before += self._last_done
         self._last_done = done
         self.progress.setValue(self._done_before + done)
-        self.status.setText(message)
+        self._last_message = message
+        self._update_status(message)
+        now = time.monotonic()
+        if now - self._last_live >= LIVE_REDRAW_S:
+            self._last_live = now
+            self.show_partial()
+
+    def _update_status(self, message: str = "") -> None:
+        """"done / total · elapsed · time left" while the evaluation runs."""
+        done, total = self.progress.value(), self.progress.maximum()
+        elapsed = time.monotonic() - self._t0
+        eta = elapsed / done * (total - done) if done > 0 else None
+        self.elapsed_text = f"{done} / {total} · elapsed {fmt_duration(elapsed)} · about {fmt_duration(eta)} left"
+        self.status.setText(self.elapsed_text + (f" · {message}" if message else ""))
+        self.status.setToolTip(message)
+
+    def show_partial(self) -> int:
+        """Draw the table and charts from the results so far; returns the prompts they cover."""
+        models = []
+        for b in getattr(self, "_live_backends", []):
+            samples = list(b.samples)
+            if samples:
+                models.append({"model": getattr(b, "name", "model"),
+                               "metrics": partial_metrics(self._records, samples, self.threshold(), b)})
+        if not models:
+            return 0
+        self._fill_table(models)
+        self._draw_kinds(models)
+        self._draw_auroc(models)
+        self._draw_sweep(models)
+        n = models[-1]["metrics"]["n"]
+        self.summary.setText(f"<span style='color:#6b7785'>So far: {n} of {self._records_n} prompts of "
+                             f"<b>{models[-1]['model']}</b> (the charts fill as results arrive)</span>")
+        return n
 
     def _on_failed(self, message: str, traceback: str) -> None:
         if self._active:
             self._active = False
+            self._tick.stop()
             self.status.setText(f"Evaluation failed: {message}")
             self._update_buttons()
 
@@ -450,6 +549,7 @@ class EvaluatePage(QWidget):
         if not self._active:
             return
         self._active = False
+        self._tick.stop()
         self._update_buttons()
         if ev.cancelled or ev.result is None:
             if ev.cancelled:
@@ -464,7 +564,8 @@ class EvaluatePage(QWidget):
         self.report = build_report(runs, suite=self._suite_label or "public suite",
                                    max_new_tokens=self.tokens_spin.value())
         models = self.report["models"]
-        self.status.setText(f"Done: {self.report['n']} prompts ({self.report['n_harmful']} harmful, "
+        took = f" in {fmt_duration(time.monotonic() - self._t0)}" if getattr(self, "_t0", None) else ""
+        self.status.setText(f"Done{took}: {self.report['n']} prompts ({self.report['n_harmful']} harmful, "
                             f"{self.report['n_benign']} benign).")
         self._fill_table(models)
         self._draw_kinds(models)
