@@ -184,7 +184,8 @@ class MainWindow(QMainWindow):
         """Ctrl+Q quits (through closeEvent, so a running job is asked about); Ctrl+1…5 pick a page."""
         self.quit_shortcut = QShortcut(QKeySequence("Ctrl+Q"), self)
         self.quit_shortcut.setContext(Qt.ShortcutContext.ApplicationShortcut)
-        self.quit_shortcut.activated.connect(self.close)
+        # queued: the key release reaches the window before it closes (no modifier is left "held")
+        self.quit_shortcut.activated.connect(self.close, Qt.ConnectionType.QueuedConnection)
         self.page_shortcuts: list[QShortcut] = []
         for i, (key, title, _m, _c) in enumerate(PAGES, start=1):
             sc = QShortcut(QKeySequence(f"Ctrl+{i}"), self)

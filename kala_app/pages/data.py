@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
     QTableView,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -131,7 +132,7 @@ class RecordsModel(QAbstractTableModel):
 class CoverageChart(pg.GraphicsLayoutWidget):
     """Horizontal grouped bars: for each kind, how many records violate each law (and none).
 
-    The legend sits in its own row under the plot, so it never covers a bar.
+    The legend sits in its own column right of the plot, so it never covers a bar.
     """
 
     def __init__(self, law_titles: list[str]):
@@ -139,13 +140,13 @@ class CoverageChart(pg.GraphicsLayoutWidget):
         self.law_titles = law_titles
         self.setMinimumHeight(200)
         self.plotItem = self.addPlot(row=0, col=0)
-        self.plotItem.setTitle("Coverage: records of each kind violating each law", size="10pt")
-        self.plotItem.setLabel("bottom", "records")
+        self.plotItem.setTitle("Records of each kind violating each law", size="10pt")
         self.plotItem.setMouseEnabled(x=False, y=False)
         self.plotItem.hideButtons()
         self.plotItem.getViewBox().invertY(True)
-        self.legend = pg.LegendItem(labelTextSize="8pt", verSpacing=-6, colCount=2)
-        self.addItem(self.legend, row=1, col=0)
+        # the legend in one column right of the bars: the bars keep the whole height for the kinds
+        self.legend = pg.LegendItem(labelTextSize="8pt", verSpacing=-6, colCount=1)
+        self.addItem(self.legend, row=0, col=1)
         self.counts: list[list[int]] = []
         self.kinds: list[str] = []
 
@@ -311,10 +312,13 @@ class DataPage(QWidget):
         play = QVBoxLayout(self.problems_box)
         play.addWidget(self.problems)
 
-        bottom = QSplitter(Qt.Orientation.Horizontal)
-        bottom.addWidget(self.chart)
-        bottom.addWidget(self.problems_box)
-        bottom.setSizes([720, 220])
+        # Coverage and problems as tabs: each gets the whole width (side by side, a 1024-px window
+        # cut the chart's legend and the problem texts)
+        bottom = QTabWidget()
+        bottom.setObjectName("dataBottomTabs")
+        bottom.addTab(self.chart, "Coverage")
+        bottom.addTab(self.problems_box, "Problems")
+        self.bottom_tabs = bottom
         table_box = QWidget()
         tlay = QVBoxLayout(table_box)
         tlay.setContentsMargins(0, 0, 0, 0)
@@ -469,8 +473,13 @@ class DataPage(QWidget):
             a = QTableWidgetItem(str(ln))
             a.setData(Qt.ItemDataRole.UserRole, ln)
             self.problems.setItem(row, 0, a)
-            self.problems.setItem(row, 1, QTableWidgetItem(msg))
+            item = QTableWidgetItem(msg)
+            item.setToolTip(msg)
+            self.problems.setItem(row, 1, item)
         self.problems_box.setTitle(f"Problems ({len(self.errors)})" if self.errors else "Problems (none)")
+        self.bottom_tabs.setTabText(1, f"Problems ({len(self.errors)})" if self.errors else "Problems (none)")
+        if self.errors:
+            self.bottom_tabs.setCurrentIndex(1)
         n_val = sum(1 for r in data.records if r.get("split") == "validation")
         self.summary.setText(
             f"<b>{data.path.name}</b><br>{len(data.records):,} valid records "

@@ -42,6 +42,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..widgets.elided_combo import ElidedComboBox
 from .chat import find_models, model_label
 
 #: Colours of model A and model B in every chart.
@@ -241,8 +242,8 @@ class EvaluatePage(QWidget):
         g = QGridLayout(setup)
         g.setContentsMargins(12, 10, 12, 10)
         g.setHorizontalSpacing(8)
-        self.model_a = QComboBox()
-        self.model_b = QComboBox()
+        self.model_a = ElidedComboBox()  # long run names elide in the middle, full name in the tooltip
+        self.model_b = ElidedComboBox()
         for combo in (self.model_a, self.model_b):
             combo.setMinimumContentsLength(22)
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -259,12 +260,15 @@ class EvaluatePage(QWidget):
         g.addWidget(bb, 0, 5)
 
         g.addWidget(QLabel("Suite"), 1, 0)
-        self.suite_combo = QComboBox()
+        self.suite_combo = ElidedComboBox()
         try:
             public = default_suite_path()
-            self.suite_combo.addItem(f"Public suite ({public.name})", str(public))
+            self.suite_combo.addItem("Public suite", str(public))
+            self.suite_combo.setItemData(0, str(public), Qt.ItemDataRole.ToolTipRole)
         except (ImportError, FileNotFoundError):
             pass
+        self.suite_combo.setMinimumContentsLength(12)
+        self.suite_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         g.addWidget(self.suite_combo, 1, 1)
         bs = QPushButton("Choose file…")
         bs.clicked.connect(self._browse_suite)
@@ -284,6 +288,7 @@ class EvaluatePage(QWidget):
             "(the constitution's where a law has none). Untick to use one value for all five laws.")
         self.calibrated_check.setChecked(True)
         self.calibrated_check.toggled.connect(self._on_calibrated_toggled)
+        self.calibrated_check.setMinimumWidth(self.calibrated_check.sizeHint().width())
         opts.addWidget(self.calibrated_check)
         opts.addWidget(self.threshold_spin)
         opts.addSpacing(8)
@@ -309,7 +314,11 @@ class EvaluatePage(QWidget):
         self.progress.setFormat("%v / %m")
         g.addWidget(self.progress, 2, 0, 1, 3)
         self.status = QLabel("")
+        self.status.setObjectName("evalStatus")
+        self.status.setWordWrap(True)  # wraps in a narrow window instead of cutting the counts
         self.status.setStyleSheet("color: #6b7785;")
+        self.status.setMinimumHeight(2 * self.status.fontMetrics().lineSpacing() + 2)  # room for 2 lines
+        self.status.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
         g.addWidget(self.status, 2, 3, 1, 2)
         g.setColumnStretch(1, 1)
         g.setColumnStretch(4, 1)
@@ -323,12 +332,17 @@ class EvaluatePage(QWidget):
         self.summary.setWordWrap(True)
         self.summary.setStyleSheet("color: #1f2933; font-size: 10.5pt;")
         ll.addWidget(self.summary)
+        # Column 0 holds the metric names and takes what is left (elided, full name in the
+        # tooltip); each model's column is as wide as its widest value, so a number is never cut.
         self.table = QTableWidget(0, 1)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setAlternatingRowColors(True)
         self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.verticalHeader().setVisible(False)
         self.table.setWordWrap(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.table.horizontalHeader().setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.table.horizontalHeader().setVisible(False)  # shown with the first results
         ll.addWidget(self.table, 1)
         self.save_button = QPushButton("Save report…")
@@ -588,29 +602,47 @@ class EvaluatePage(QWidget):
     def _fill_table(self, models: list[dict]) -> None:
         per_model = [metric_rows(m["metrics"], self.constitution) for m in models]
         rows = per_model[0]
-        self.table.clear()
-        self.table.setColumnCount(len(models))
-        self.table.setRowCount(len(rows))
+        t = self.table
+        t.clear()
+        t.setColumnCount(len(models) + 1)
+        t.setRowCount(len(rows))
         # short headers ("run" of "run · final"); the full name is the header's tooltip
-        self.table.setHorizontalHeaderLabels([m["model"].split(" · ")[0] for m in models])
-        self.table.horizontalHeader().setVisible(True)
-        for c, m in enumerate(models):
-            self.table.horizontalHeaderItem(c).setToolTip(m["model"])
-        self.table.setVerticalHeaderLabels([r[0] for r in rows])
-        for c, mr in enumerate(per_model):
+        t.setHorizontalHeaderLabels(["Metric"] + [m["model"].split(" · ")[0] for m in models])
+        t.horizontalHeader().setVisible(True)
+        for c, m in enumerate(models, start=1):
+            t.horizontalHeaderItem(c).setToolTip(m["model"])
+            t.horizontalHeaderItem(c).setForeground(QColor(MODEL_COLORS[(c - 1) % 2]))
+        for r, (label, _value, tip) in enumerate(rows):
+            item = QTableWidgetItem(label)
+            item.setToolTip(f"{label}: {tip}")
+            t.setItem(r, 0, item)
+        for c, mr in enumerate(per_model, start=1):
             for r, (_label, value, tip) in enumerate(mr):
                 item = QTableWidgetItem(value)
                 item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 item.setToolTip(tip)
-                self.table.setItem(r, c, item)
-        for c in range(len(models)):
-            self.table.horizontalHeaderItem(c).setForeground(QColor(MODEL_COLORS[c % 2]))
+                t.setItem(r, c, item)
+        self._size_value_columns()
+
+    def _size_value_columns(self) -> None:
+        """Each model's column: its widest value (never cut) or a short header, whichever is wider;
+        the metric names get the rest of the width."""
+        t = self.table
+        hh = t.horizontalHeader()
+        hh.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        fm = t.fontMetrics()
+        pad = 2 * t.style().pixelMetric(t.style().PixelMetric.PM_FocusFrameHMargin) + 14
+        for c in range(1, t.columnCount()):
+            widest = max((fm.horizontalAdvance(t.item(r, c).text()) for r in range(t.rowCount())), default=0)
+            head = min(hh.fontMetrics().horizontalAdvance(t.horizontalHeaderItem(c).text()), 9 * fm.averageCharWidth())
+            hh.setSectionResizeMode(c, QHeaderView.ResizeMode.Fixed)
+            t.setColumnWidth(c, max(widest, head) + pad)
 
     def table_value(self, label: str, column: int = 0) -> str:
-        """The text in the results table for a row label (for tests and scripts)."""
+        """The value of model ``column`` (0 = the first model) in the row ``label`` (for tests and scripts)."""
         for r in range(self.table.rowCount()):
-            if self.table.verticalHeaderItem(r).text() == label:
-                return self.table.item(r, column).text()
+            if self.table.item(r, 0).text() == label:
+                return self.table.item(r, column + 1).text()
         raise KeyError(label)
 
     def _bars(self, plot: pg.PlotWidget, groups: list[str], values: list[list[float | None]]) -> None:

@@ -232,12 +232,9 @@ class RunsPage(QWidget):
         if len(selected_paths) > 1:  # a comparison stays selected
             self.select_runs([r.name for r in self.runs if r.path in selected_paths])
         elif selected is not None:
-            for row, r in enumerate(self.runs):
-                if r.path == selected.path:
-                    self.table.selectRow(row)
-                    break
+            self.select_runs([r.name for r in self.runs if r.path == selected.path])
         elif self.runs:
-            self.table.selectRow(0)
+            self.select_runs([self.runs[0].name])
         self._update_buttons()
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override

@@ -21,7 +21,6 @@ from typing import Any
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -44,6 +43,7 @@ from PySide6.QtWidgets import (
 from .. import engine_api
 from ..error_dialog import show_error
 from ..runs import RunInfo, list_runs, load_curves, new_run_dir
+from ..widgets.elided_combo import ElidedComboBox
 from ..widgets.live_plot import LivePlot
 
 #: Colours of the five law curves (index = law index), the LM loss and the total ethics loss.
@@ -201,7 +201,7 @@ class TrainPage(QWidget):
         # ---------------- left column
         model_box = QGroupBox("Model and data")
         form = QFormLayout(model_box)
-        self.base_combo = QComboBox()
+        self.base_combo = ElidedComboBox()
         self.base_combo.setObjectName("baseCombo")
         self.base_combo.setToolTip(
             "The model to start from: kala-tiny is trained from scratch in minutes on a CPU; the "
@@ -210,7 +210,7 @@ class TrainPage(QWidget):
         self.base_combo.addItems(presets)
         self.base_combo.addItem(LOCAL_FOLDER)
         self.base_combo.activated.connect(self._on_base_activated)
-        self.data_combo = QComboBox()
+        self.data_combo = ElidedComboBox()
         self.data_combo.setObjectName("dataCombo")
         self.data_combo.setToolTip("A KALA JSONL data set (make one on the Data page).")
         self.data_combo.activated.connect(self._on_data_activated)
@@ -368,7 +368,7 @@ class TrainPage(QWidget):
         self.smooth_slider.setToolTip("Exponential moving average of the loss curves (0: raw values).")
         self.smooth_slider.valueChanged.connect(self._on_smoothing)
         self.smooth_label = QLabel()
-        self.overlay_combo = QComboBox()
+        self.overlay_combo = ElidedComboBox()
         self.overlay_combo.setObjectName("overlayCombo")
         self.overlay_combo.setToolTip("Draw an earlier run's curves (dashed, grey) under this one.")
         self.overlay_combo.setMinimumWidth(220)

@@ -69,7 +69,7 @@ def test_two_models_side_by_side_and_the_report(qtbot, page, ctx, tmp_path) -> N
     assert page.table_value("Harmful flagged or stopped", 0) == "100.0 %"
     assert page.table_value("Over-refusal", 0) == "0.0 %"
     assert page.table_value("Harmful flagged or stopped", 1) == "0.0 %"
-    assert page.table.columnCount() == 2
+    assert page.table.columnCount() == 3  # the metric names, then one column per model
     from kala_engine.constitution import load_constitution
 
     law0 = load_constitution()[0].title

@@ -78,17 +78,17 @@ def test_delete_asks_first(page, ctx, monkeypatch):
 
 
 def test_several_runs_are_compared_side_by_side(qtbot, page, ctx):
-    from PySide6.QtCore import QPoint, Qt
-
     cfg = json.loads((ctx.runs_dir / "run-b" / "run.json").read_text())
     cfg["config"]["learning_rate"] = 0.0003
     (ctx.runs_dir / "run-b" / "run.json").write_text(json.dumps(cfg))
     page.refresh()
-    # Ctrl+click the second row adds it to the selection (the first is selected already)
-    page.table.selectRow(0)
-    rect = page.table.visualRect(page.table.model().index(1, 0))
-    qtbot.mouseClick(page.table.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ControlModifier,
-                     QPoint(rect.center()))
+    # what Ctrl+click does: the second row is added to the selection (the first is selected already)
+    from PySide6.QtCore import QItemSelectionModel
+
+    assert page.table.selectionMode() == page.table.SelectionMode.ExtendedSelection
+    page.select_run(page.runs[0].name)
+    flags = QItemSelectionModel.SelectionFlag.Select | QItemSelectionModel.SelectionFlag.Rows
+    page.table.selectionModel().select(page.table.model().index(1, 0), flags)
     assert {r.name for r in page.selected_runs()} == {"run-a", "run-b"}
     assert page.bottom.currentWidget() is page.compare_view
     t = page.compare_table
