@@ -132,7 +132,7 @@ class RecordsModel(QAbstractTableModel):
 class CoverageChart(pg.GraphicsLayoutWidget):
     """Horizontal grouped bars: for each kind, how many records violate each law (and none).
 
-    The legend sits in its own column right of the plot, so it never covers a bar.
+    Its legend (``legend_widget``) goes beside it, so it never covers a bar.
     """
 
     def __init__(self, law_titles: list[str]):
@@ -140,23 +140,31 @@ class CoverageChart(pg.GraphicsLayoutWidget):
         self.law_titles = law_titles
         self.setMinimumHeight(200)
         self.plotItem = self.addPlot(row=0, col=0)
-        self.plotItem.setTitle("Records of each kind violating each law", size="10pt")
+        # no title: the tab says what it is (a title was cut in a narrow window)
+        self.plotItem.setLabel("bottom", "records")
         self.plotItem.setMouseEnabled(x=False, y=False)
         self.plotItem.hideButtons()
         self.plotItem.getViewBox().invertY(True)
-        # the legend in one column right of the bars: the bars keep the whole height for the kinds
-        self.legend = pg.LegendItem(labelTextSize="8pt", verSpacing=-6, colCount=1)
-        self.addItem(self.legend, row=0, col=1)
+        # The legend is a column of plain labels right of the bars (pyqtgraph's legend clipped
+        # its texts in a narrow window): the bars keep the whole height for the kinds.
+        self.legend_widget = QWidget()
+        ll = QVBoxLayout(self.legend_widget)
+        ll.setContentsMargins(4, 28, 4, 4)
+        ll.setSpacing(2)
+        for name, color in zip([*law_titles, "no law violated"], [*LAW_COLORS, NO_VIOLATION_COLOR], strict=False):
+            lab = QLabel(f"<span style='color:{color}; font-size: 12pt'>■</span> {name}")
+            lab.setStyleSheet("font-size: 8pt; color: #333;")
+            lab.setMinimumWidth(lab.sizeHint().width())
+            ll.addWidget(lab)
+        ll.addStretch(1)
         self.counts: list[list[int]] = []
         self.kinds: list[str] = []
 
     def set_counts(self, kinds: list[str], counts: list[list[int]]) -> None:
         self.kinds, self.counts = kinds, counts
         self.plotItem.clear()
-        self.legend.clear()
         n_series = len(self.law_titles) + 1
         h = 0.8 / n_series
-        names = self.law_titles + ["no law violated"]
         colors = LAW_COLORS + [NO_VIOLATION_COLOR]
         for j in range(n_series):
             ys = [i - 0.4 + (j + 0.5) * h for i in range(len(kinds))]
@@ -164,10 +172,9 @@ class CoverageChart(pg.GraphicsLayoutWidget):
             bars = pg.BarGraphItem(x0=[0] * len(kinds), y=ys, height=h * 0.95, width=widths,
                                    brush=colors[j % len(colors)], pen=None)
             self.plotItem.addItem(bars)
-            self.legend.addItem(bars, names[j])
         self.plotItem.getAxis("left").setTicks([[(i, k.replace("_", " ")) for i, k in enumerate(kinds)]])
         top = max([max(c) for c in counts if c] + [1])
-        self.plotItem.setXRange(0, top * 1.05, padding=0)
+        self.plotItem.setXRange(0, top * 1.08, padding=0)
         self.plotItem.setYRange(-0.5, max(0.5, len(kinds) - 0.5), padding=0.02)
 
 
@@ -316,7 +323,13 @@ class DataPage(QWidget):
         # cut the chart's legend and the problem texts)
         bottom = QTabWidget()
         bottom.setObjectName("dataBottomTabs")
-        bottom.addTab(self.chart, "Coverage")
+        coverage = QWidget()
+        cov_lay = QHBoxLayout(coverage)
+        cov_lay.setContentsMargins(0, 0, 0, 0)
+        cov_lay.setSpacing(0)
+        cov_lay.addWidget(self.chart, 1)
+        cov_lay.addWidget(self.chart.legend_widget)
+        bottom.addTab(coverage, "Coverage: records violating each law")
         bottom.addTab(self.problems_box, "Problems")
         self.bottom_tabs = bottom
         table_box = QWidget()

@@ -36,9 +36,11 @@ from PySide6.QtWidgets import (
     QSlider,
     QSpinBox,
     QSplitter,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
+from superqt import QCollapsible
 
 from .. import engine_api
 from ..error_dialog import show_error
@@ -283,17 +285,27 @@ class TrainPage(QWidget):
                      "1e-3 suits kala-tiny from scratch; 1e-5–5e-5 suits fine-tuning Pythia."))
         hform.addRow("Ethics weight λ", dspin("ethics_weight", 0.0, 100.0, 1.0, 2, 0.1,
                      "λ in loss = LM + λ·Σ w_k·MSE_k: how much the law-score heads count against language modeling."))
-        hform.addRow("Warm-up steps", spin("warmup_steps", 0, 1_000_000, 20,
+        # the settings one rarely changes fold away, so that the left column fits a 640-px window
+        more = QWidget()
+        mform = QFormLayout(more)
+        mform.setContentsMargins(0, 0, 0, 0)
+        mform.addRow("Warm-up steps", spin("warmup_steps", 0, 1_000_000, 20,
                      "Steps over which the learning rate ramps up from 0.", 10))
-        hform.addRow("Validate every", spin("eval_every", 0, 1_000_000, 50,
+        mform.addRow("Validate every", spin("eval_every", 0, 1_000_000, 50,
                      "Steps between validation passes (0: never). Validation points appear as dots.", 10))
-        hform.addRow("Checkpoint every", spin("save_every", 0, 1_000_000, 100,
+        mform.addRow("Checkpoint every", spin("save_every", 0, 1_000_000, 100,
                      "Steps between checkpoints (0: only at the end). A run resumes from its last checkpoint.", 50))
-        hform.addRow("Seed", spin("seed", 0, 2**31 - 1, 0, "Random seed: the same seed and data give the same run."))
+        mform.addRow("Seed", spin("seed", 0, 2**31 - 1, 0, "Random seed: the same seed and data give the same run."))
         self.grad_ckpt = QCheckBox("Gradient checkpointing")
         self.grad_ckpt.setToolTip("Recompute activations in the backward pass: less memory, ~30% slower.")
         self.hp["gradient_checkpointing"] = self.grad_ckpt
-        hform.addRow(self.grad_ckpt)
+        mform.addRow(self.grad_ckpt)
+        self.more_settings = QCollapsible("More settings")
+        self.more_settings.setObjectName("moreSettings")
+        self.more_settings.setDuration(0)
+        self.more_settings.setToolTip("Warm-up, validation and checkpoint intervals, seed, gradient checkpointing")
+        self.more_settings.addWidget(more)
+        hform.addRow(self.more_settings)
         self._load_hp_settings()
 
         left = QWidget()
@@ -358,7 +370,6 @@ class TrainPage(QWidget):
         self.ethics_plot.add_points("ethics_val", "validation", VAL_COLOR)
         self.lr_plot = LivePlot("Learning rate", "lr", phase_ms=66)
         self.lr_plot.add_curve("lr", "learning rate", "#444", smooth=False)
-        self.lr_plot.setMaximumHeight(170)
         self.plots = [self.lm_plot, self.ethics_plot, self.lr_plot]
         # Not x-linked: a link makes every plot repaint whenever one redraws (3 paints in one go).
 
@@ -386,12 +397,22 @@ class TrainPage(QWidget):
         self.log_view.setMaximumBlockCount(2000)
         self.log_view.setPlaceholderText("training log")
 
+        # the learning rate and the log share a tabbed panel: in a 640-px-high window the two loss
+        # plots keep a readable height
+        self.aux_tabs = QTabWidget()
+        self.aux_tabs.setObjectName("trainAuxTabs")
+        self.aux_tabs.setDocumentMode(True)
+        self.aux_tabs.addTab(self.lr_plot, "Learning rate")
+        self.aux_tabs.addTab(self.log_view, "Log")
         plots = QSplitter(Qt.Orientation.Vertical)
         plots.addWidget(self.lm_plot)
         plots.addWidget(self.ethics_plot)
-        plots.addWidget(self.lr_plot)
-        plots.addWidget(self.log_view)
-        plots.setSizes([260, 300, 120, 90])
+        plots.addWidget(self.aux_tabs)
+        plots.setStretchFactor(0, 1)
+        plots.setStretchFactor(1, 1)
+        plots.setStretchFactor(2, 0)
+        self.aux_tabs.setMaximumHeight(165)
+        plots.setSizes([300, 340, 150])
 
         right = QWidget()
         rlay = QVBoxLayout(right)
@@ -798,6 +819,7 @@ class TrainPage(QWidget):
         if self._job_kind == "doctor":
             self.doc_labels["device"].setText("–")
         self.log_view.appendPlainText(f"FAILED: {message}")
+        self.aux_tabs.setCurrentWidget(self.log_view)
         show_error(self, title, message, traceback)
 
     def _on_finished(self, ev) -> None:
