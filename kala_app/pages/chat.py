@@ -417,7 +417,8 @@ class ChatPage(QWidget):
         menu.addAction("JSON with every token's scores (.json)", lambda: self._ask_export(".json"))
         self.export_button.setMenu(menu)
         sl.addWidget(self.export_button)
-        side.setMinimumWidth(170)
+        side.setMinimumWidth(max(170, self.rename_button.minimumSizeHint().width()
+                                 + self.delete_button.minimumSizeHint().width() + row.spacing() + 20))
         split.addWidget(side)
 
         # --- conversation
