@@ -286,7 +286,7 @@ def base_presets() -> list[str]:
         names = list(presets.keys())
     else:
         names = [p["name"] if isinstance(p, dict) else getattr(p, "name", str(p)) for p in presets]
-    names.sort(key=lambda n: (n != "kala-tiny", n))
+    names.sort(key=lambda n: n != "kala-tiny")  # then the presets' own order: smallest Pythia first
     return names
 
 

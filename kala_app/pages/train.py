@@ -47,6 +47,7 @@ from ..error_dialog import show_error
 from ..runs import RunInfo, list_runs, load_curves, new_run_dir
 from ..widgets.elided_combo import ElidedComboBox
 from ..widgets.live_plot import LivePlot
+from ..widgets.wrap_label import WrapLabel
 
 #: Colours of the five law curves (index = law index), the LM loss and the total ethics loss.
 LAW_COLORS = ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"]
@@ -94,8 +95,7 @@ class MemoryBar(QWidget):
         self.bar.setTextVisible(True)
         self.bar.setFormat("no estimate yet")
         self.bar.setValue(0)
-        self.reason = QLabel("")
-        self.reason.setWordWrap(True)
+        self.reason = WrapLabel("")
         self.reason.setObjectName("fitReason")
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -114,12 +114,18 @@ class MemoryBar(QWidget):
             self.bar.setValue(min(1000, int(1000 * estimate / available)))
             verdict = "fits" if fits else "does not fit"
             if base_problem:
-                verdict += ", but the base is not available"
+                verdict += "*"  # the line under the bar says: but the base is not available
             self.bar.setFormat(f"{estimate / GiB:.2f} of {available / GiB:.1f} GiB — {verdict}")
         color = ("#3a9d3a" if fits and not base_problem else "#d08a1a" if fits
                  else ("#c0392b" if fits is False else "#999"))
         self.bar.setStyleSheet(f"QProgressBar::chunk {{ background: {color}; }}")
-        why = "\n".join(x for x in (base_problem, reason if not fits else "") if x)
+        lines = []
+        if base_problem:
+            lines.append(f"* {'Fits' if fits else 'Would not fit anyway'}, but the base is not available: "
+                         "see the note under Base.")
+        if reason and not fits:
+            lines.append(reason)
+        why = "\n".join(lines)
         self.reason.setText(why)
         self.reason.setVisible(bool(why))
 
@@ -218,9 +224,8 @@ class TrainPage(QWidget):
         self.data_combo.activated.connect(self._on_data_activated)
         form.addRow("Base", self.base_combo)
         #: why the chosen base cannot be trained from (not downloaded, a folder without a model)
-        self.base_status = QLabel("")
+        self.base_status = WrapLabel("")
         self.base_status.setObjectName("baseStatus")
-        self.base_status.setWordWrap(True)
         self.base_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.base_status.setStyleSheet("#baseStatus { color: #9a3412; background: #fff4e0; "
                                        "border: 1px solid #f0c070; border-radius: 4px; padding: 4px; }")
@@ -239,9 +244,8 @@ class TrainPage(QWidget):
             ("precision", "Precision", "fp32 on CPU, fp16 autocast on Pascal (P100), bf16 where supported."),
             ("mode", "Plan", "Full training for small bases; a 4-bit frozen base with LoRA for large ones."),
         ]:
-            lab = QLabel("–")
+            lab = WrapLabel("–")
             lab.setToolTip(tip)
-            lab.setWordWrap(True)
             self.doc_labels[key] = lab
             dform.addRow(title, lab)
         self.memory_bar = MemoryBar()
