@@ -156,3 +156,21 @@ def test_data_problems_and_coverage_get_room_at_1024(window):
     _wait(0.2)
     assert data.chart.width() >= 250 and data.chart.legend_widget.isVisible()
     assert not cut_widgets(data.chart.legend_widget)
+
+
+def test_a_long_name_in_a_combo_is_elided_not_cut(qtbot):
+    from kala_app.widgets.elided_combo import ElidedComboBox
+
+    c = ElidedComboBox()
+    qtbot.addWidget(c)
+    name = "demo-20261129-234242-a-very-long-run-name · final"
+    c.addItem(name, "/runs/x/final")
+    c.resize(160, c.sizeHint().height())
+    c.show()
+    shown = c.shown_text()
+    assert shown != name and "…" in shown and shown.startswith("demo-") and shown.endswith("final")
+    assert c.toolTip() == name  # the full name, on hover
+    c.clear()
+    c.setPlaceholderText("No trained model yet")
+    c.resize(300, c.sizeHint().height())
+    assert c.shown_text() == "No trained model yet"
