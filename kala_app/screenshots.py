@@ -114,7 +114,8 @@ def _show_finished_run(train, run_dir: Path) -> None:
 
 
 def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None,
-               train_budget_s: float = TRAIN_BUDGET_S, sizes=SIZES, chat_and_eval: bool = True) -> list[Path]:
+               train_budget_s: float = TRAIN_BUDGET_S, sizes=SIZES, chat_and_eval: bool = True,
+               also_runs: list[Path] = ()) -> list[Path]:
     """Render every page at every size of ``sizes`` into ``out_dir``; returns the PNG paths.
 
     ``run``: a finished run folder (``kala train`` / ``kala demo``) to show on the Train and Runs
@@ -161,6 +162,10 @@ def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None,
         linked.symlink_to(run, target_is_directory=True)
         _show_finished_run(train, linked)
         trained = True
+        for other in also_runs:  # more runs: the Runs picture compares them side by side
+            other = Path(other).resolve()
+            name = other.name if other.name != "run" else f"{other.parent.name}-{other.name}"
+            (ctx.runs_dir / name).symlink_to(other, target_is_directory=True)
     elif data_path is not None:
         try:
             engine_api.make_train_config  # noqa: B018 - resolved lazily below
@@ -214,6 +219,8 @@ def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None,
             page = win.pages[key]
             if key == "runs" and hasattr(page, "refresh"):
                 page.refresh()
+                if also_runs and hasattr(page, "select_runs"):
+                    page.select_runs([r.name for r in page.runs])
             _wait(app, 0.4)
             for plot in page.findChildren(__import__("kala_app.widgets.live_plot", fromlist=["LivePlot"]).LivePlot):
                 plot.redraw()
@@ -276,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", action="append", default=None, metavar="WxH",
                     help="a window size (repeatable; default %s)" % " and ".join(f"{w}x{h}" for w, h in SIZES))
     ap.add_argument("--no-chat", action="store_true", help="skip the chat exchange and the evaluation")
+    ap.add_argument("--also-run", type=Path, action="append", default=[],
+                    help="another finished run (repeatable): the Runs page compares them all")
     args = ap.parse_args(argv)
     sizes = tuple(tuple(int(v) for v in s.lower().split("x")) for s in args.size) if args.size else SIZES
     import kala_app  # noqa: F401 - refcount guard before any Qt call
@@ -285,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("QT_QPA_PLATFORM", "offscreen").startswith("offscreen"):
         use_offscreen(1920, 1080)
     for p in render_all(Path(args.out), args.train_steps, args.run, args.train_budget, sizes,
-                        chat_and_eval=not args.no_chat):
+                        chat_and_eval=not args.no_chat, also_runs=args.also_run):
         print(p)
     return 0
 

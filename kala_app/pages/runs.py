@@ -172,7 +172,8 @@ class RunsPage(QWidget):
         self.compare_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.compare_table.setAlternatingRowColors(True)
         self.compare_table.setWordWrap(False)
-        self.compare_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        # columns as wide as their values; a long run name in the header elides in the middle
+        self.compare_table.horizontalHeader().setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.compare_table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.cmp_lm_plot = LivePlot("Language-modeling loss", "loss")
         self.cmp_ethics_plot = LivePlot("Ethics loss", "loss")
@@ -316,6 +317,12 @@ class RunsPage(QWidget):
                     f.setBold(True)
                     item.setFont(f)
                 t.setItem(i, c, item)
+        fm = t.fontMetrics()
+        for c in range(t.columnCount()):
+            widest = max((fm.horizontalAdvance(t.item(i, c).text()) for i in range(t.rowCount())), default=0)
+            head = min(fm.horizontalAdvance(t.horizontalHeaderItem(c).text()), 12 * fm.averageCharWidth())
+            t.horizontalHeader().setSectionResizeMode(c, QHeaderView.ResizeMode.Fixed)
+            t.setColumnWidth(c, max(widest, head) + 16)
         drawn = 0
         for p in (self.cmp_lm_plot, self.cmp_ethics_plot):
             for k in list(p.series):

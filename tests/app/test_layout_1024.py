@@ -80,6 +80,7 @@ def window(qapp, tmp_path_factory):
     run = ctx.runs_dir / "20261130-010000-kala-tiny"
     _demo_run(run, Path(data.path), steps=120)
     _show_finished_run(win.pages["train"], run)
+    _demo_run(ctx.runs_dir / "20261130-020000-kala-tiny-second", Path(data.path), steps=80)
     for name in ("scripted-a", "scripted-b"):
         (ctx.runs_dir / name / "final").mkdir(parents=True)
     chat = win.show_page("chat")
@@ -174,3 +175,19 @@ def test_a_long_name_in_a_combo_is_elided_not_cut(qtbot):
     c.setPlaceholderText("No trained model yet")
     c.resize(300, c.sizeHint().height())
     assert c.shown_text() == "No trained model yet"
+
+
+def test_runs_comparison_shows_every_value_at_1024(window):
+    window.resize(1024, 640)
+    runs = window.show_page("runs")
+    runs.refresh()
+    assert runs.select_runs([r.name for r in runs.runs]) == 2
+    _wait(0.3)
+    t = runs.compare_table
+    assert t.columnCount() == 2
+    for c in range(2):
+        assert t.columnViewportPosition(c) + t.columnWidth(c) <= t.viewport().width(), "a run's column is off screen"
+        for r in range(t.rowCount()):
+            text = t.item(r, c).text()
+            assert t.fontMetrics().horizontalAdvance(text) + 6 <= t.columnWidth(c), (text, t.columnWidth(c))
+    assert not cut_widgets(runs)
