@@ -290,7 +290,7 @@ class DataPage(QWidget):
         self.kind_filter.addItems(self.kinds)
         self.kind_filter.currentIndexChanged.connect(self._apply_filter)
         self.search = QLineEdit()
-        self.search.setPlaceholderText("filter by text (as you type)…")
+        self.search.setPlaceholderText("filter as you type…")
         self.search.setClearButtonEnabled(True)
         self.search.setToolTip("Shows the rows whose user or assistant text contains this; filters as you type.")
         # filters as you type, once typing pauses (a 100k-row filter on every key would stutter)

@@ -115,7 +115,7 @@ def test_the_search_box_filters_as_you_type_after_a_pause(qtbot, ctx):
     recs = [{"kind": "benign", "split": "train", "parts": [{"role": "user", "text": t}]}
             for t in ("rivers bend", "how to bake bread", "bread and rivers")]
     page.model.set_records(recs)
-    assert "as you type" in page.search.placeholderText()
+    assert "as you type" in page.search.placeholderText() + page.search.toolTip()
     qtbot.keyClicks(page.search, "bread")
     assert page.model.rowCount() == 3  # not on every key press...
     qtbot.waitUntil(lambda: page.model.rowCount() == 2, timeout=SEARCH_DEBOUNCE_MS * 8)  # ...but once typing stops
