@@ -191,3 +191,22 @@ def test_runs_comparison_shows_every_value_at_1024(window):
             text = t.item(r, c).text()
             assert t.fontMetrics().horizontalAdvance(text) + 6 <= t.columnWidth(c), (text, t.columnWidth(c))
     assert not cut_widgets(runs)
+
+
+def test_screenshot_dir_renders_every_page_at_both_sizes(qapp, tmp_path, monkeypatch):
+    """``kala-studio --screenshot-dir`` (render_all): <page>-1024x640.png and <page>-1440x900.png."""
+    from PySide6.QtGui import QImage
+
+    from kala_app.main_window import PAGES
+    from kala_app.screenshots import SIZES, _demo_run, render_all
+
+    monkeypatch.setenv("KALA_STUDIO_HOME", str(tmp_path / "home"))
+    run = tmp_path / "20261130-010000-kala-tiny"
+    _demo_run(run, tmp_path / "d.jsonl", steps=50)
+    paths = render_all(tmp_path / "shots", run=run, chat_and_eval=False)
+    assert SIZES == ((1024, 640), (1440, 900))
+    assert sorted(p.name for p in paths) == sorted(f"{k}-{w}x{h}.png" for k, *_ in PAGES for w, h in SIZES)
+    for p in paths:
+        img = QImage(str(p))
+        w, h = (int(v) for v in p.stem.split("-")[-1].split("x"))
+        assert (img.width(), img.height()) == (w, h), p.name
