@@ -394,7 +394,7 @@ def check_base(base: str) -> BaseCheck:
         except Exception:  # noqa: BLE001 - any cache miss means the same to the user
             return BaseCheck(base, None, (
                 f"{base} is not downloaded: its weights are not in the Hugging Face cache. Download them once "
-                f"(huggingface-cli download {repo}) or choose a local Pythia folder"))
+                f"(hf download {repo}, the Hugging Face CLI) or use a local Pythia folder as the base"))
         why = check_model_folder(folder)
         return BaseCheck(base, None if why else folder, f"the cached copy of {repo}: {why}" if why else "")
     return BaseCheck(base, None, f"{base!r} is neither a preset ({', '.join(PRESET_NAMES)}) nor a folder")

@@ -56,7 +56,7 @@ def test_a_preset_that_is_not_downloaded_says_so_before_start(qtbot, page, ctx):
     assert page.base() == "kala-tiny" and page.start_button.isEnabled() and page.base_status.isHidden()
     page.base_combo.setCurrentIndex(page.base_combo.findText("pythia-70m"))
     assert not page.base_status.isHidden()
-    assert "not downloaded" in page.base_status.text() and "huggingface-cli download" in page.base_status.text()
+    assert "not downloaded" in page.base_status.text() and "hf download EleutherAI/pythia-70m" in page.base_status.text()
     assert not page.start_button.isEnabled()
     assert "not downloaded" in page.start_button.toolTip()
     assert page.start_training() is False  # even when called directly
