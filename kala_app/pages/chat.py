@@ -433,7 +433,7 @@ class ChatPage(QWidget):
         tl.setContentsMargins(12, 8, 12, 8)
         tl.addWidget(QLabel("Model"))
         self.model_combo = ElidedComboBox()  # a long run name is elided, not cut
-        self.model_combo.setMinimumContentsLength(24)
+        self.model_combo.setMinimumContentsLength(16)  # elided beyond that
         self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.model_combo.setToolTip("A run's final model or one of its checkpoints (from the runs folder)")
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
@@ -583,8 +583,10 @@ class ChatPage(QWidget):
         elif self.model_combo.count() and self.model_combo.currentIndex() < 0:
             # with a placeholder text set, Qt 6 leaves a refilled combo on no item: pick the newest
             self.model_combo.setCurrentIndex(0)
+        # short: a placeholder sets the combo's minimum width (the rest is in the tooltip)
+        self.model_combo.setPlaceholderText("No trained model yet" if self.model_combo.count() == 0 else "")
         if self.model_combo.count() == 0:
-            self.model_combo.setPlaceholderText("No trained model yet: train one on the Train page, or Browse…")
+            self.model_combo.setToolTip("No trained model yet: train one on the Train page, or Browse…")
         self.model_combo.blockSignals(False)
         if not self._active and not self._loading:  # the markers follow the (new) choice
             self._thresholds_changed()

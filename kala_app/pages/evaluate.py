@@ -41,6 +41,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from superqt import QFlowLayout
 
 from ..widgets.elided_combo import ElidedComboBox
 from .chat import find_models, model_label
@@ -245,7 +246,7 @@ class EvaluatePage(QWidget):
         self.model_a = ElidedComboBox()  # long run names elide in the middle, full name in the tooltip
         self.model_b = ElidedComboBox()
         for combo in (self.model_a, self.model_b):
-            combo.setMinimumContentsLength(22)
+            combo.setMinimumContentsLength(14)  # elided beyond that
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             combo.currentIndexChanged.connect(self._update_buttons)
         g.addWidget(self._label("Model", MODEL_COLORS[0]), 0, 0)
@@ -267,14 +268,19 @@ class EvaluatePage(QWidget):
             self.suite_combo.setItemData(0, str(public), Qt.ItemDataRole.ToolTipRole)
         except (ImportError, FileNotFoundError):
             pass
-        self.suite_combo.setMinimumContentsLength(12)
+        self.suite_combo.setMinimumContentsLength(10)
         self.suite_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         g.addWidget(self.suite_combo, 1, 1)
         bs = QPushButton("Choose file…")
         bs.clicked.connect(self._browse_suite)
         g.addWidget(bs, 1, 2)
-        opts = QHBoxLayout()
-        opts.addWidget(QLabel("Threshold"))
+        # threshold and reply length wrap onto two lines in a narrow window instead of being cut
+        opts = QFlowLayout()
+        opts.setContentsMargins(0, 0, 0, 0)
+        th_group = QWidget()
+        th_lay = QHBoxLayout(th_group)
+        th_lay.setContentsMargins(0, 0, 8, 0)
+        th_lay.addWidget(QLabel("Threshold"))
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(0.0, 1.0)
         self.threshold_spin.setSingleStep(0.05)
@@ -289,16 +295,19 @@ class EvaluatePage(QWidget):
         self.calibrated_check.setChecked(True)
         self.calibrated_check.toggled.connect(self._on_calibrated_toggled)
         self.calibrated_check.setMinimumWidth(self.calibrated_check.sizeHint().width())
-        opts.addWidget(self.calibrated_check)
-        opts.addWidget(self.threshold_spin)
-        opts.addSpacing(8)
-        opts.addWidget(QLabel("Reply tokens"))
+        th_lay.addWidget(self.calibrated_check)
+        th_lay.addWidget(self.threshold_spin)
+        opts.addWidget(th_group)
+        tok_group = QWidget()
+        tok_lay = QHBoxLayout(tok_group)
+        tok_lay.setContentsMargins(0, 0, 0, 0)
+        tok_lay.addWidget(QLabel("Reply tokens"))
         self.tokens_spin = QSpinBox()
         self.tokens_spin.setRange(1, 1024)
         self.tokens_spin.setValue(48)
         self.tokens_spin.setToolTip("Longest monitored reply per prompt")
-        opts.addWidget(self.tokens_spin)
-        opts.addStretch(1)
+        tok_lay.addWidget(self.tokens_spin)
+        opts.addWidget(tok_group)
         g.addLayout(opts, 1, 3, 1, 2)
         self.run_button = QPushButton("Run evaluation")
         self.run_button.setStyleSheet(
@@ -394,8 +403,10 @@ class EvaluatePage(QWidget):
             elif combo.count() and combo.currentIndex() < 0:
                 combo.setCurrentIndex(0)  # Qt 6 leaves a refilled combo with a placeholder on no item
             combo.blockSignals(False)
-        if self.model_a.count() == 0:
-            self.model_a.setPlaceholderText("No trained model yet: train one, or Browse…")
+        # (a long placeholder would widen the combo, and the page, even once models exist)
+        self.model_a.setPlaceholderText("No trained model yet" if self.model_a.count() == 0 else "")
+        self.model_a.setToolTip("Train one on the Train page, or Browse… for a model folder"
+                                if self.model_a.count() == 0 else self.model_a.currentText())
         self._update_buttons()
 
     def set_models(self, a: str | Path, b: str | Path | None = None) -> None:

@@ -403,6 +403,8 @@ class TrainPage(QWidget):
 
         # the learning rate and the log share a tabbed panel: in a 640-px-high window the two loss
         # plots keep a readable height
+        self.lr_plot.setMinimumHeight(70)  # the panel may shrink before the loss plots do
+        self.log_view.setMinimumHeight(40)
         self.aux_tabs = QTabWidget()
         self.aux_tabs.setObjectName("trainAuxTabs")
         self.aux_tabs.setDocumentMode(True)

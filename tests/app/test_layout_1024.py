@@ -122,6 +122,11 @@ def test_nothing_is_cut(window, page, size):
     assert window.width() == size[0] and window.height() == size[1]
     bad = cut_widgets(window.pages[page]) + cut_widgets(window.statusBar())
     assert not bad, "\n".join(bad)
+    # the page fits whole in the room it has (with the first-start banner shown under it)
+    assert window.banner.isVisible()
+    w = window.pages[page]
+    need = w.minimumSizeHint()
+    assert need.width() <= w.width() and need.height() <= w.height(), (need, w.size())
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -210,3 +215,22 @@ def test_screenshot_dir_renders_every_page_at_both_sizes(qapp, tmp_path, monkeyp
         img = QImage(str(p))
         w, h = (int(v) for v in p.stem.split("-")[-1].split("x"))
         assert (img.width(), img.height()) == (w, h), p.name
+
+
+def test_first_start_pages_fit_1024x640(qtbot, studio_home):
+    """Before anything exists (no data, no model; the quickstart banner shown) every page fits too."""
+    from kala_app.context import AppContext
+    from kala_app.main_window import PAGES, MainWindow
+
+    win = MainWindow(AppContext.create(), show_quickstart=True)
+    qtbot.addWidget(win)
+    win.resize(1024, 640)
+    win.show()
+    qtbot.waitExposed(win)
+    for key, *_ in PAGES:
+        page = win.show_page(key)
+        _wait(0.2)
+        need = page.minimumSizeHint()
+        assert need.width() <= page.width() and need.height() <= page.height(), (key, need, page.size())
+        assert not cut_widgets(page), key
+    win.ctx.worker.shutdown(10)
