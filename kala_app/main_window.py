@@ -183,13 +183,13 @@ class MainWindow(QMainWindow):
     def _install_shortcuts(self) -> None:
         """Ctrl+Q quits (through closeEvent, so a running job is asked about); Ctrl+1…5 pick a page."""
         self.quit_shortcut = QShortcut(QKeySequence("Ctrl+Q"), self)
-        self.quit_shortcut.setContext(Qt.ShortcutContext.ApplicationShortcut)
+        self.quit_shortcut.setContext(Qt.ShortcutContext.WindowShortcut)
         # queued: the key release reaches the window before it closes (no modifier is left "held")
         self.quit_shortcut.activated.connect(self.close, Qt.ConnectionType.QueuedConnection)
         self.page_shortcuts: list[QShortcut] = []
         for i, (key, title, _m, _c) in enumerate(PAGES, start=1):
             sc = QShortcut(QKeySequence(f"Ctrl+{i}"), self)
-            sc.setContext(Qt.ShortcutContext.ApplicationShortcut)
+            sc.setContext(Qt.ShortcutContext.WindowShortcut)  # a second window would make it ambiguous
             sc.activated.connect(lambda k=key: self.show_page(k))
             self.page_shortcuts.append(sc)
             self.nav.item(i - 1).setToolTip(f"{title} (Ctrl+{i})")
