@@ -643,11 +643,20 @@ class EvaluatePage(QWidget):
         hh.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         fm = t.fontMetrics()
         pad = 2 * t.style().pixelMetric(t.style().PixelMetric.PM_FocusFrameHMargin) + 14
+        n = max(1, t.columnCount() - 1)
+        room = max(9 * fm.averageCharWidth(), (t.viewport().width() - 240) // n)  # names keep 240 px
         for c in range(1, t.columnCount()):
+            if t.horizontalHeaderItem(c) is None or t.item(0, c) is None:
+                continue
             widest = max((fm.horizontalAdvance(t.item(r, c).text()) for r in range(t.rowCount())), default=0)
-            head = min(hh.fontMetrics().horizontalAdvance(t.horizontalHeaderItem(c).text()), 9 * fm.averageCharWidth())
+            head = min(hh.fontMetrics().horizontalAdvance(t.horizontalHeaderItem(c).text()) + 8, room)
             hh.setSectionResizeMode(c, QHeaderView.ResizeMode.Fixed)
             t.setColumnWidth(c, max(widest, head) + pad)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        if self.table.columnCount() > 1 and self.table.rowCount():
+            self._size_value_columns()  # a wider page shows more of the model names
 
     def table_value(self, label: str, column: int = 0) -> str:
         """The value of model ``column`` (0 = the first model) in the row ``label`` (for tests and scripts)."""
