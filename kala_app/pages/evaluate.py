@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, Qt, QTimer, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -353,6 +353,7 @@ class EvaluatePage(QWidget):
         self.table.horizontalHeader().setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.table.horizontalHeader().setVisible(False)  # shown with the first results
+        self.table.viewport().installEventFilter(self)
         ll.addWidget(self.table, 1)
         self.save_button = QPushButton("Save report…")
         self.save_button.setToolTip("Write report.json, report.md and results.jsonl into a folder")
@@ -653,10 +654,11 @@ class EvaluatePage(QWidget):
             hh.setSectionResizeMode(c, QHeaderView.ResizeMode.Fixed)
             t.setColumnWidth(c, max(widest, head) + pad)
 
-    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
-        super().resizeEvent(event)
-        if self.table.columnCount() > 1 and self.table.rowCount():
-            self._size_value_columns()  # a wider page shows more of the model names
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt override
+        if (obj is self.table.viewport() and event.type() == QEvent.Type.Resize
+                and self.table.columnCount() > 1 and self.table.rowCount()):
+            self._size_value_columns()  # a wider table shows more of the model names
+        return super().eventFilter(obj, event)
 
     def table_value(self, label: str, column: int = 0) -> str:
         """The value of model ``column`` (0 = the first model) in the row ``label`` (for tests and scripts)."""
