@@ -121,3 +121,18 @@ def test_training_from_a_missing_base_leaves_no_run_folder(tmp_path, empty_hf_ca
     with pytest.raises(JobError, match="no tokenizer"):
         train(_cfg(tmp_path, str(pythia_dir), run_dir), lambda e: None)
     assert not run_dir.exists()
+
+
+def test_kala_doctor_says_no_go_for_a_base_that_is_not_here(empty_hf_cache, monkeypatch, capsys):
+    import json as _json
+
+    from kala_engine import doctor
+    from kala_engine.cli import main
+
+    monkeypatch.setattr(doctor, "probe_device", lambda device="auto": CPU)
+    assert main(["doctor", "--base", "pythia-70m"]) == 1
+    assert "NOT AVAILABLE" in capsys.readouterr().out
+    assert main(["doctor", "--base", "pythia-70m", "--json"]) == 1
+    out = _json.loads(capsys.readouterr().out)
+    assert out["plan"]["fits"] is True and "not downloaded" in out["plan"]["base_problem"]
+    assert main(["doctor", "--base", "kala-tiny"]) == 0
