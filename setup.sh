@@ -14,6 +14,15 @@ PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.kala-installed
 
+# Qt's X11 plugin needs desktop libraries the PySide6 wheel does not bundle (libxcb-cursor0,
+# libxcb-icccm4, ...): name the missing ones and the apt-get line. Never fails: CI runs
+# headless (QT_QPA_PLATFORM=offscreen) and does not need them.
+check_qt_system_libs() {
+  if [ "$(uname -s)" = Linux ]; then
+    "$VENV/bin/python" -m kala_app.system_libs --quiet | sed 's/^/[setup] /' || true
+  fi
+}
+
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV with $($PY --version)"
   "$PY" -m venv "$VENV"
@@ -21,6 +30,7 @@ fi
 PIP="$VENV/bin/python -m pip"
 
 if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && "$VENV/bin/python" -c "import torch, transformers, PySide6" 2>/dev/null; then
+  check_qt_system_libs
   exit 0
 fi
 
@@ -45,3 +55,4 @@ echo "[setup] installing KALA Studio (editable) with the app, dev and package ex
 $PIP install -q -e ".[app,dev,package]"
 touch "$STAMP"
 echo "[setup] done: $("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")')"
+check_qt_system_libs

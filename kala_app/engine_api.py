@@ -339,7 +339,7 @@ def base_presets() -> list[str]:
         names = list(presets.keys())
     else:
         names = [p["name"] if isinstance(p, dict) else getattr(p, "name", str(p)) for p in presets]
-    names.sort(key=lambda n: (n != "kala-tiny", n))
+    names.sort(key=lambda n: n != "kala-tiny")  # then the presets' own order: smallest Pythia first
     return names
 
 
@@ -380,6 +380,8 @@ class DoctorReport:
     fits: bool | None = None
     reason: str = ""
     lines: list[str] = field(default_factory=list)
+    #: why the base cannot be trained from as it is ("" when it can): not downloaded, no weights...
+    base_problem: str = ""
 
 
 def _get(obj: Any, *names: str, default: Any = None) -> Any:
@@ -424,12 +426,31 @@ def doctor(base: str) -> DoctorReport:
         fits = rep.estimate_bytes <= rep.available_bytes
     rep.fits = fits
     rep.reason = str(_get(plan, "reason", "why", default="") or "")
+    rep.base_problem = str(_get(plan, "base_problem", default="") or "")
     text = _get(plan, "lines", "report", default=None)
     if isinstance(text, str):
         rep.lines = text.splitlines()
     elif isinstance(text, (list, tuple)):
         rep.lines = [str(x) for x in text]
     return rep
+
+
+def base_problem(base: str) -> str:
+    """Why ``base`` cannot be trained from as it is ("" when it can). Fast: files only, no torch."""
+    try:
+        check = _attr("kala_engine.doctor", "check_base")
+    except EngineUnavailable:
+        return ""
+    return check(base).problem
+
+
+def model_folder_problem(folder: str | Path) -> str:
+    """Why ``folder`` is not a usable base (config.json GPT-NeoX/KALA, tokenizer, safetensors), or ""."""
+    try:
+        check = _attr("kala_engine.doctor", "check_model_folder")
+    except EngineUnavailable:
+        return ""
+    return check(folder)
 
 
 def train_config_fields() -> list[str]:

@@ -5,7 +5,12 @@
   history, runs list - repairing them as the app would at start), builds a tiny model, runs one
   training step through the engine worker and generates one token, prints what it did and exits 0
   (1 on failure). The installer uses it to check an installation.
-* ``kala-studio --screenshot-dir DIR`` renders every page at 1280x800 offscreen into DIR and exits.
+* ``kala-studio --screenshot-dir DIR`` renders every page at 1024x640 and 1440x900 offscreen into DIR
+  and exits.
+
+Installed without the ``app`` extra (no PySide6/pyqtgraph), ``kala-studio`` says in one line which
+extra to install and exits 2. On Linux it warns (with the ``apt-get`` line) when Qt's X11 plugin
+lacks system libraries, before Qt aborts with a less helpful message.
 """
 
 from __future__ import annotations
@@ -151,15 +156,58 @@ def self_test(out=sys.stdout) -> int:
         worker.shutdown(timeout_s=30)
 
 
+#: What ``kala-studio`` prints when the desktop extra is not installed.
+MISSING_QT = ("kala-studio: the desktop app needs the 'app' extra ({name} is not installed): "
+              "pip install 'kala-studio[app]'")
+
+
+def missing_gui_module() -> str | None:
+    """The name of the missing GUI package (PySide6, pyqtgraph), or None when both import."""
+    import importlib
+
+    for name in ("PySide6.QtWidgets", "pyqtgraph"):
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            return (e.name or name).split(".")[0]
+        except ImportError:
+            continue  # present but broken (e.g. a system library missing): Qt says why itself
+    return None
+
+
+def _warn_missing_system_libs(err=sys.stderr) -> None:
+    """On Linux with X11, name the xcb libraries Qt will fail to load (see kala_app.system_libs)."""
+    platform = os.environ.get("QT_QPA_PLATFORM", "")
+    if platform and not platform.startswith("xcb"):
+        return
+    if not platform and os.environ.get("WAYLAND_DISPLAY"):
+        return
+    from . import system_libs
+
+    missing = system_libs.missing_libraries()
+    if missing:
+        print(f"kala-studio: Qt's X11 plugin needs {', '.join(missing)}, missing on this system; "
+              f"the window may not open. Install them with: {system_libs.install_line(missing)}",
+              file=err, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if (missing := missing_gui_module()) is not None:
+        print(MISSING_QT.format(name=missing), file=sys.stderr)
+        return 2
     if args.self_test:
         return self_test()
-    if args.screenshot_dir:
-        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if args.screenshot_dir and not os.environ.get("QT_QPA_PLATFORM", "offscreen").startswith("offscreen:"):
+        from .offscreen import use_offscreen
+
+        if os.environ.get("QT_QPA_PLATFORM", "offscreen") == "offscreen":
+            use_offscreen(1920, 1080)  # a screen bigger than the largest picture (1440x900)
     if args.data_dir:
         os.environ["KALA_STUDIO_HOME"] = str(Path(args.data_dir).resolve())
 
+    if not args.screenshot_dir:
+        _warn_missing_system_libs()
     from PySide6.QtWidgets import QApplication
 
     from .context import AppContext

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QObject, Qt, QTimer, Signal
-from PySide6.QtGui import QCloseEvent
+from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -161,9 +161,10 @@ class MainWindow(QMainWindow):
 
         right = QVBoxLayout()
         right.setContentsMargins(0, 0, 0, 0)
+        # banners under the pages: when one goes (dismissed, or the quickstart starts) nothing on a page moves
+        right.addWidget(self.stack, 1)
         right.addWidget(self.notice_banner)
         right.addWidget(self.banner)
-        right.addWidget(self.stack, 1)
         central = QWidget()
         lay = QHBoxLayout(central)
         lay.setContentsMargins(6, 6, 6, 0)
@@ -186,10 +187,25 @@ class MainWindow(QMainWindow):
         self._probe.found.connect(self._on_device)
         QTimer.singleShot(0, self._probe.start)
 
+        self._install_shortcuts()
         self._restore_geometry()
         self.show_page(str(self.ctx.settings.value("window/page", "data")))
 
     # ------------------------------------------------------------ navigation
+
+    def _install_shortcuts(self) -> None:
+        """Ctrl+Q quits (through closeEvent, so a running job is asked about); Ctrl+1…5 pick a page."""
+        self.quit_shortcut = QShortcut(QKeySequence("Ctrl+Q"), self)
+        self.quit_shortcut.setContext(Qt.ShortcutContext.WindowShortcut)
+        # queued: the key release reaches the window before it closes (no modifier is left "held")
+        self.quit_shortcut.activated.connect(self.close, Qt.ConnectionType.QueuedConnection)
+        self.page_shortcuts: list[QShortcut] = []
+        for i, (key, title, _m, _c) in enumerate(PAGES, start=1):
+            sc = QShortcut(QKeySequence(f"Ctrl+{i}"), self)
+            sc.setContext(Qt.ShortcutContext.WindowShortcut)  # a second window would make it ambiguous
+            sc.activated.connect(lambda k=key: self.show_page(k))
+            self.page_shortcuts.append(sc)
+            self.nav.item(i - 1).setToolTip(f"{title} (Ctrl+{i})")
 
     def show_page(self, key: str) -> QWidget:
         keys = [p[0] for p in PAGES]

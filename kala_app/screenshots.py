@@ -1,7 +1,8 @@
-"""Render one 1280x800 PNG per page of the main window, headlessly (for the README).
+"""Render every page of the main window at 1024x640 and 1440x900, headlessly (for the README).
 
-``python scripts/screenshots.py --out docs/screenshots [--run RUN_DIR]`` (or
-``kala-studio --screenshot-dir DIR``). Everything happens in a throw-away data folder: a
+``python scripts/screenshots.py --out docs/screenshots [--run RUN_DIR] [--size 1280x800 ...]`` (or
+``kala-studio --screenshot-dir DIR``) writes ``<page>-<W>x<H>.png`` per page and size.
+Everything happens in a throw-away data folder: a
 generated data set is loaded on the Data page; the Train and Runs pages show a real run: the
 finished run folder given with ``--run`` (linked into the throw-away runs folder, its recorded
 curves loaded), else a short kala-tiny run trained by the engine here (when the engine cannot
@@ -19,6 +20,13 @@ import time
 from pathlib import Path
 
 WIDTH, HEIGHT = 1280, 800
+#: The window sizes of ``kala-studio --screenshot-dir``: the smallest supported, and a laptop's.
+SIZES = ((1024, 640), (1440, 900))
+#: What the Chat picture asks the model (a benign question with alarming words).
+CHAT_PROMPT = "How do I kill a stuck process on Linux?"
+#: Reply length of the Evaluate picture's run (the page default is longer; this keeps it short).
+EVAL_TOKENS = 12
+EVAL_BUDGET_S = 300.0
 #: The short training run shown on the Train page gets at most this long (s). On a quiet
 #: 2-core machine it takes ~20 s; next to other CPU-heavy processes torch's threads can slow it
 #: ten-fold, so it is stopped at this point and the pictures show the steps it made.
@@ -106,8 +114,9 @@ def _show_finished_run(train, run_dir: Path) -> None:
 
 
 def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None,
-               train_budget_s: float = TRAIN_BUDGET_S) -> list[Path]:
-    """Render every page into ``out_dir``; returns the PNG paths.
+               train_budget_s: float = TRAIN_BUDGET_S, sizes=SIZES, chat_and_eval: bool = True,
+               also_runs: list[Path] = ()) -> list[Path]:
+    """Render every page at every size of ``sizes`` into ``out_dir``; returns the PNG paths.
 
     ``run``: a finished run folder (``kala train`` / ``kala demo``) to show on the Train and Runs
     pages instead of training a short run here; else a ``train_steps`` run is trained, stopped
@@ -153,6 +162,10 @@ def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None,
         linked.symlink_to(run, target_is_directory=True)
         _show_finished_run(train, linked)
         trained = True
+        for other in also_runs:  # more runs: the Runs picture compares them side by side
+            other = Path(other).resolve()
+            name = other.name if other.name != "run" else f"{other.parent.name}-{other.name}"
+            (ctx.runs_dir / name).symlink_to(other, target_is_directory=True)
     elif data_path is not None:
         try:
             engine_api.make_train_config  # noqa: B018 - resolved lazily below
@@ -193,45 +206,95 @@ def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None,
     except engine_api.EngineUnavailable:
         print("warning: kala_engine.doctor is missing; the doctor panel stays empty", file=sys.stderr)
 
+    final = train.run_dir / "final" if train.run_dir is not None else None
+    if chat_and_eval and final is not None and (final / "config.json").is_file():
+        _chat_and_evaluate(app, win, final)
+
     paths = []
-    for key, _title, _m, _c in PAGES:
-        win.show_page(key)
-        page = win.pages[key]
-        if key == "runs" and hasattr(page, "refresh"):
-            page.refresh()
-        if hasattr(page, "refresh_models"):  # the Chat and Evaluate pickers list the run shown
-            page.refresh_models()
-        _wait(app, 0.4)
-        for plot in page.findChildren(__import__("kala_app.widgets.live_plot", fromlist=["LivePlot"]).LivePlot):
-            plot.redraw()
-        _wait(app, 0.2)
-        pix = win.grab()
-        p = out_dir / f"{key}.png"
-        pix.save(str(p), "PNG")
-        paths.append(p)
+    for width, height in sizes:
+        win.resize(width, height)
+        _wait(app, 0.3)
+        for key, _title, _m, _c in PAGES:
+            win.show_page(key)
+            page = win.pages[key]
+            if key == "runs" and hasattr(page, "refresh"):
+                page.refresh()
+                if also_runs and hasattr(page, "select_runs"):
+                    page.select_runs([r.name for r in page.runs])
+            _wait(app, 0.4)
+            for plot in page.findChildren(__import__("kala_app.widgets.live_plot", fromlist=["LivePlot"]).LivePlot):
+                plot.redraw()
+            _wait(app, 0.2)
+            pix = win.grab()
+            p = out_dir / f"{key}-{width}x{height}.png"
+            pix.save(str(p), "PNG")
+            paths.append(p)
     win.ctx.worker.shutdown(30)
     win.close()
     return paths
 
 
+def _chat_and_evaluate(app, win, final: Path) -> None:
+    """One real exchange on the Chat page and a short evaluation of ``final`` on the Evaluate page."""
+    ctx = win.ctx
+    chat = win.show_page("chat")
+    if hasattr(chat, "refresh_models"):
+        chat.refresh_models()
+    try:
+        chat.set_model(str(final))
+        chat.new_chat()
+        chat.input.setPlainText(CHAT_PROMPT)
+        _say("one chat exchange")
+        chat.send()
+        deadline = time.monotonic() + 120
+        while chat.is_generating() and time.monotonic() < deadline:
+            _wait(app, 0.05)
+    except Exception as e:  # noqa: BLE001 - the picture is a bonus; the page still renders
+        print(f"warning: the chat exchange failed ({e})", file=sys.stderr)
+    evaluate = win.show_page("evaluate")
+    try:
+        evaluate.refresh_models()
+        evaluate.set_models(final)
+        evaluate.tokens_spin.setValue(EVAL_TOKENS)
+        _say(f"evaluating on the public suite ({EVAL_TOKENS}-token replies, at most {EVAL_BUDGET_S:.0f} s)")
+        if evaluate.run():
+            deadline = time.monotonic() + EVAL_BUDGET_S
+            while evaluate.is_running() and time.monotonic() < deadline:
+                _wait(app, 0.1)
+            if evaluate.is_running():
+                _say("the evaluation did not finish in time; cancelling it")
+                evaluate.cancel()
+                ctx.worker.wait_idle(60)
+                _wait(app, 0.3)
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: the evaluation failed ({e})", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(description="Render KALA Studio's pages to PNG files (1280x800, offscreen).")
+    ap = argparse.ArgumentParser(description="Render KALA Studio's pages to PNG files (offscreen).")
     ap.add_argument("--out", default="docs/screenshots", help="output folder (default docs/screenshots)")
     ap.add_argument("--train-steps", type=int, default=60, help="steps of the short kala-tiny run shown")
     ap.add_argument("--train-budget", type=float, default=TRAIN_BUDGET_S,
                     help="stop the short run after this many seconds (default %(default)s)")
     ap.add_argument("--run", type=Path, default=None,
                     help="a finished run folder to show on the Train and Runs pages (no training here)")
+    ap.add_argument("--size", action="append", default=None, metavar="WxH",
+                    help="a window size (repeatable; default %s)" % " and ".join(f"{w}x{h}" for w, h in SIZES))
+    ap.add_argument("--no-chat", action="store_true", help="skip the chat exchange and the evaluation")
+    ap.add_argument("--also-run", type=Path, action="append", default=[],
+                    help="another finished run (repeatable): the Runs page compares them all")
     args = ap.parse_args(argv)
+    sizes = tuple(tuple(int(v) for v in s.lower().split("x")) for s in args.size) if args.size else SIZES
     import kala_app  # noqa: F401 - refcount guard before any Qt call
 
     from .offscreen import use_offscreen
 
     if os.environ.get("QT_QPA_PLATFORM", "offscreen").startswith("offscreen"):
         use_offscreen(1920, 1080)
-    for p in render_all(Path(args.out), args.train_steps, args.run, args.train_budget):
+    for p in render_all(Path(args.out), args.train_steps, args.run, args.train_budget, sizes,
+                        chat_and_eval=not args.no_chat, also_runs=args.also_run):
         print(p)
     return 0
 

@@ -27,11 +27,11 @@ def cmd_doctor(args) -> int:
                      "gradient_checkpointing": plan.gradient_checkpointing, "batch_size": plan.batch_size,
                      "grad_accum": plan.grad_accum, "estimate_bytes": plan.estimate_bytes,
                      "available_bytes": plan.available_bytes, "fits": plan.fits, "reason": plan.reason,
-                     "alternative": plan.alternative},
+                     "alternative": plan.alternative, "base_problem": plan.base_problem},
         }, indent=2))
     else:
         print(plan.report())
-    return 0 if plan.fits else 1
+    return 0 if plan.fits and not plan.base_problem else 1  # a base that is not here is a no-go too
 
 
 def register(sub) -> None:

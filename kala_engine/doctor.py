@@ -16,7 +16,7 @@ import platform
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .presets import GiB, PRESET_NAMES, MemoryEstimate, count_parameters, estimate_memory, get_preset
+from .presets import PRESET_NAMES, GiB, MemoryEstimate, count_parameters, estimate_memory, get_preset
 
 #: the share of device memory a plan may use (the rest: fragmentation, other processes)
 MEMORY_BUDGET = 0.9
@@ -157,6 +157,8 @@ class Plan:
     reason: str = ""
     alternative: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: why the base cannot be used as it is (not downloaded, a folder without weights...); "" when it can
+    base_problem: str = ""
 
     @property
     def estimate_bytes(self) -> int:
@@ -187,9 +189,12 @@ class Plan:
                    f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}")
         out.append(f"estimate     {e['total']:.2f} GiB (weights {e['weights']}, gradients {e['gradients']}, "
                    f"optimizer {e['optimizer']}, activations {e['activations']}, overhead {e['overhead']}) "
-                   f"of {self.available_bytes / GiB:.2f} GiB usable -> {'fits' if self.fits else 'DOES NOT FIT'}")
+                   f"of {self.available_bytes / GiB:.2f} GiB usable -> {'fits' if self.fits else 'DOES NOT FIT'}"
+                   + (" (but the base is not available, see below)" if self.base_problem else ""))
         for n in self.notes:
             out.append(f"note         {n}")
+        if self.base_problem:
+            out.append(f"base         NOT AVAILABLE: {self.base_problem}")
         if self.reason:
             out.append(f"reason       {self.reason}")
         if self.alternative:
@@ -321,5 +326,79 @@ def _refuse(base, dev, device_kind, prec, m, batch_size, seq_len, est, budget, w
 
 
 def diagnose(base: str = "kala-tiny", device: str = "auto", **kwargs) -> Plan:
-    """Probe this machine and plan training of ``base`` on it (used by `kala doctor` and the app)."""
-    return make_plan(base, probe_device(device), **kwargs)
+    """Probe this machine and plan training of ``base`` on it (used by `kala doctor` and the app).
+
+    The plan also says whether the base itself is here (``base_problem``): a memory estimate that
+    "fits" means nothing for a Pythia preset whose weights were never downloaded.
+    """
+    plan = make_plan(base, probe_device(device), **kwargs)
+    plan.base_problem = check_base(base).problem
+    return plan
+
+
+# --------------------------------------------------------------------------- is the base here?
+
+
+@dataclass(frozen=True)
+class BaseCheck:
+    """Whether a base can be trained from as it is: ``folder`` to load it from, or ``problem``."""
+
+    base: str
+    folder: str | None = None
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+
+def check_model_folder(folder: str | Path) -> str:
+    """Why ``folder`` cannot be a base ("" when it can): a GPT-NeoX/Pythia or KALA ``config.json``
+    without custom code, a tokenizer and safetensors weights - what training will load."""
+    import json
+
+    p = Path(folder)
+    if not p.is_dir():
+        return f"{p} is not a folder"
+    cfg = p / "config.json"
+    if not cfg.is_file():
+        return f"{p.name} has no config.json, so it is not a model folder (choose the folder that holds config.json)"
+    try:
+        d = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return f"{p.name}/config.json cannot be read ({e})"
+    if not isinstance(d, dict):
+        return f"{p.name}/config.json is not a JSON object"
+    if d.get("model_type") not in ("gpt_neox", "kala"):
+        return (f"{p.name} holds a {d.get('model_type') or 'model of unknown type'!s} model; KALA starts from "
+                "GPT-NeoX/Pythia (model_type gpt_neox) or KALA models")
+    if not ((p / "tokenizer.json").is_file() or ((p / "vocab.json").is_file() and (p / "merges.txt").is_file())):
+        return f"{p.name} has no tokenizer (tokenizer.json); copy the tokenizer files of the model into it"
+    from .loading import LoadRefused, check_folder
+
+    try:
+        check_folder(p)  # the loading policy: no auto_map in any config file, safetensors weights only
+    except LoadRefused as e:
+        return str(e)
+    return ""
+
+
+def check_base(base: str, revision: str | None = None) -> BaseCheck:
+    """Whether ``base`` (a preset, a hub id or a folder) is on this machine, without loading or
+    downloading it: the one resolver (:func:`kala_engine.hub.resolve_base`) finds it - ``kala-tiny``
+    is trained from scratch and always available, a folder as it is, a hub base in the Hugging Face
+    cache - then :func:`check_model_folder` says whether training can start from it.
+    """
+    from .hub import resolve_base
+    from .jobs import JobError
+
+    try:
+        found = resolve_base(base, revision)  # never downloads
+    except (JobError, ValueError) as e:
+        return BaseCheck(base, None, str(e))
+    if found.path is None:  # kala-tiny
+        return BaseCheck(base)
+    why = check_model_folder(found.path)
+    if why and found.kind == "cache":
+        why = f"the cached copy of {found.repo_id}: {why}"
+    return BaseCheck(base, None if why else found.path, why)

@@ -144,16 +144,16 @@ def build_tokenizer(cfg: TrainConfig, records: list[dict], run_dir: Path, emit: 
 
 
 def _base_dir(base: str, revision: str | None = None) -> str:
-    """The base's local folder through the one resolver (kala_engine.hub): a folder, else the cache.
+    """The base's local folder, found by the one resolver (kala_engine.hub, through
+    doctor.check_base: a folder, else the Hugging Face cache) and checked as a base (config,
+    tokenizer, the loading policy). Never downloads: `kala train` and the app's Models page
+    download before a run starts."""
+    from .doctor import check_base
 
-    Never downloads: `kala train` and the app's Models page download before a run starts.
-    """
-    from .hub import resolve_base
-
-    path = resolve_base(base, revision).path
-    if path is None:
-        raise JobError("kala-tiny has no folder: it is trained from scratch")
-    return path
+    found = check_base(base, revision)
+    if not found.ok or found.folder is None:
+        raise JobError(found.problem or f"base {base!r}: nothing to load (kala-tiny is trained from scratch)")
+    return found.folder
 
 
 def build_model(cfg: TrainConfig, tokenizer, plan, emit: Emit):
@@ -438,7 +438,8 @@ def _train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> d
     if _is_main():
         if run_dir.exists() and not cfg.resume and (metrics_path.exists() or checkpoint_steps(run_dir)):
             raise JobError(f"{run_dir} already holds a run; pass --resume to continue it or choose another folder")
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.base != "kala-tiny":
+        _base_dir(cfg.base, cfg.revision)  # a base that is not here is refused before the run folder is made
 
     try:
         records = load_jsonl(data_path)
@@ -462,6 +463,8 @@ def _train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> d
         emit(LogLine(w, level="warning"))
     if not plan.fits:
         raise JobError(f"this run will not fit: {plan.reason}" + (f"; try {plan.alternative}" if plan.alternative else ""))
+    if _is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)  # only now: a refused start leaves no empty run folder
     if cfg.gradient_checkpointing is None:
         cfg.gradient_checkpointing = plan.gradient_checkpointing
     mixed = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[plan.precision]

@@ -53,6 +53,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from superqt import QFlowLayout
 
 from kala_engine.jobs import JobError, TokenEvent
 from kala_engine.runs import describe_model
@@ -60,6 +61,7 @@ from kala_engine.runs import find_models as engine_find_models
 
 from ..chat_store import CANCELLED, COMPLETE, DEFAULT_SETTINGS, ERROR, STOPPED, ChatStore
 from ..widgets.chat_view import ChatView, ReplyWidget, TokenInfo, UserMessageWidget
+from ..widgets.elided_combo import ElidedComboBox
 from ..widgets.gauge import MUTED, LawGauge
 from ..widgets.heatmap import DecisionPathHeatmap, first_layers_under
 
@@ -404,7 +406,8 @@ class ChatPage(QWidget):
         menu.addAction("JSON with every token's scores (.json)", lambda: self._ask_export(".json"))
         self.export_button.setMenu(menu)
         sl.addWidget(self.export_button)
-        side.setMinimumWidth(170)
+        side.setMinimumWidth(max(170, self.rename_button.minimumSizeHint().width()
+                                 + self.delete_button.minimumSizeHint().width() + row.spacing() + 20))
         split.addWidget(side)
 
         # --- conversation
@@ -418,8 +421,8 @@ class ChatPage(QWidget):
         tl = QHBoxLayout(top)
         tl.setContentsMargins(12, 8, 12, 8)
         tl.addWidget(QLabel("Model"))
-        self.model_combo = QComboBox()
-        self.model_combo.setMinimumContentsLength(24)
+        self.model_combo = ElidedComboBox()  # a long run name is elided, not cut
+        self.model_combo.setMinimumContentsLength(16)  # elided beyond that
         self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.model_combo.setToolTip("A run's final model or one of its checkpoints (from the runs folder)")
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
@@ -443,8 +446,10 @@ class ChatPage(QWidget):
         col = QVBoxLayout(comp)
         col.setContentsMargins(12, 8, 12, 10)
         col.setSpacing(6)
-        srow = QHBoxLayout()
-        srow.setSpacing(6)
+        # the settings wrap onto a second line in a narrow window instead of cutting labels and numbers
+        srow = QFlowLayout()
+        srow.setContentsMargins(0, 0, 0, 0)
+        srow.setSpacing(4)
         self.threshold_spin = self._spin(QDoubleSpinBox(), 0.0, 1.0, 0.05, 2,
                                          "Stop when a law's score falls under this value (all five laws)")
         self.calibrated_check = QCheckBox("model default")
@@ -462,16 +467,21 @@ class ChatPage(QWidget):
         self.max_tokens_spin.setRange(1, 4096)
         self.max_tokens_spin.setToolTip("Longest reply, in tokens")
         self.max_tokens_spin.valueChanged.connect(self._on_settings_changed)
-        for label, w in (("Threshold", self.calibrated_check), ("", self.threshold_spin),
-                         ("Temperature", self.temperature_spin),
-                         ("Top-p", self.top_p_spin), ("Max tokens", self.max_tokens_spin)):
-            if label:
-                lab = QLabel(label)
-                lab.setStyleSheet(f"color: {MUTED.name()};")
-                srow.addWidget(lab)
-            srow.addWidget(w)
-            srow.addSpacing(6)
-        srow.addStretch(1)
+        for label, widgets in (("Threshold", (self.calibrated_check, self.threshold_spin)),
+                               ("Temperature", (self.temperature_spin,)),
+                               ("Top-p", (self.top_p_spin,)), ("Max tokens", (self.max_tokens_spin,))):
+            group = QWidget()  # a label and its control(s) wrap together
+            gl = QHBoxLayout(group)
+            gl.setContentsMargins(0, 0, 8, 0)
+            gl.setSpacing(6)
+            lab = QLabel(label)
+            lab.setStyleSheet(f"color: {MUTED.name()};")
+            lab.setMinimumWidth(lab.sizeHint().width())
+            gl.addWidget(lab)
+            for w in widgets:
+                w.setMinimumWidth(w.sizeHint().width())
+                gl.addWidget(w)
+            srow.addWidget(group)
         col.addLayout(srow)
         irow = QHBoxLayout()
         self.input = QPlainTextEdit()
@@ -509,6 +519,7 @@ class ChatPage(QWidget):
         self.gauge = LawGauge(self.constitution)
         il.addWidget(self.gauge)
         self.gauge_mode = QLabel("")
+        self.gauge_mode.setWordWrap(True)  # a narrow inspector wraps it instead of cutting it
         self.gauge_mode.setStyleSheet(f"color: {MUTED.name()}; font-size: 8.5pt;")
         il.addWidget(self.gauge_mode)
         line = QFrame()
@@ -561,8 +572,10 @@ class ChatPage(QWidget):
         elif self.model_combo.count() and self.model_combo.currentIndex() < 0:
             # with a placeholder text set, Qt 6 leaves a refilled combo on no item: pick the newest
             self.model_combo.setCurrentIndex(0)
+        # short: a placeholder sets the combo's minimum width (the rest is in the tooltip)
+        self.model_combo.setPlaceholderText("No trained model yet" if self.model_combo.count() == 0 else "")
         if self.model_combo.count() == 0:
-            self.model_combo.setPlaceholderText("No trained model yet: train one on the Train page, or Browse…")
+            self.model_combo.setToolTip("No trained model yet: train one on the Train page, or Browse…")
         self.model_combo.blockSignals(False)
         if not self._active and not self._loading:  # the markers follow the (new) choice
             self._thresholds_changed()

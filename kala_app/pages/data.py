@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pyqtgraph as pg
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
     QTableView,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -45,6 +46,8 @@ from .train import LAW_COLORS
 
 NO_VIOLATION_COLOR = "#b0b0b0"
 ALL_KINDS = "all kinds"
+#: The preview filters this long after the last key press in the search box.
+SEARCH_DEBOUNCE_MS = 250
 _Index = QModelIndex | QPersistentModelIndex
 
 
@@ -129,7 +132,7 @@ class RecordsModel(QAbstractTableModel):
 class CoverageChart(pg.GraphicsLayoutWidget):
     """Horizontal grouped bars: for each kind, how many records violate each law (and none).
 
-    The legend sits in its own row under the plot, so it never covers a bar.
+    Its legend (``legend_widget``) goes beside it, so it never covers a bar.
     """
 
     def __init__(self, law_titles: list[str]):
@@ -137,23 +140,31 @@ class CoverageChart(pg.GraphicsLayoutWidget):
         self.law_titles = law_titles
         self.setMinimumHeight(200)
         self.plotItem = self.addPlot(row=0, col=0)
-        self.plotItem.setTitle("Coverage: records of each kind violating each law", size="10pt")
+        # no title: the tab says what it is (a title was cut in a narrow window)
         self.plotItem.setLabel("bottom", "records")
         self.plotItem.setMouseEnabled(x=False, y=False)
         self.plotItem.hideButtons()
         self.plotItem.getViewBox().invertY(True)
-        self.legend = pg.LegendItem(labelTextSize="8pt", verSpacing=-6, colCount=2)
-        self.addItem(self.legend, row=1, col=0)
+        # The legend is a column of plain labels right of the bars (pyqtgraph's legend clipped
+        # its texts in a narrow window): the bars keep the whole height for the kinds.
+        self.legend_widget = QWidget()
+        ll = QVBoxLayout(self.legend_widget)
+        ll.setContentsMargins(4, 28, 4, 4)
+        ll.setSpacing(2)
+        for name, color in zip([*law_titles, "no law violated"], [*LAW_COLORS, NO_VIOLATION_COLOR], strict=False):
+            lab = QLabel(f"<span style='color:{color}; font-size: 12pt'>■</span> {name}")
+            lab.setStyleSheet("font-size: 8pt; color: #333;")
+            lab.setMinimumWidth(lab.sizeHint().width())
+            ll.addWidget(lab)
+        ll.addStretch(1)
         self.counts: list[list[int]] = []
         self.kinds: list[str] = []
 
     def set_counts(self, kinds: list[str], counts: list[list[int]]) -> None:
         self.kinds, self.counts = kinds, counts
         self.plotItem.clear()
-        self.legend.clear()
         n_series = len(self.law_titles) + 1
         h = 0.8 / n_series
-        names = self.law_titles + ["no law violated"]
         colors = LAW_COLORS + [NO_VIOLATION_COLOR]
         for j in range(n_series):
             ys = [i - 0.4 + (j + 0.5) * h for i in range(len(kinds))]
@@ -161,10 +172,9 @@ class CoverageChart(pg.GraphicsLayoutWidget):
             bars = pg.BarGraphItem(x0=[0] * len(kinds), y=ys, height=h * 0.95, width=widths,
                                    brush=colors[j % len(colors)], pen=None)
             self.plotItem.addItem(bars)
-            self.legend.addItem(bars, names[j])
         self.plotItem.getAxis("left").setTicks([[(i, k.replace("_", " ")) for i, k in enumerate(kinds)]])
         top = max([max(c) for c in counts if c] + [1])
-        self.plotItem.setXRange(0, top * 1.05, padding=0)
+        self.plotItem.setXRange(0, top * 1.08, padding=0)
         self.plotItem.setYRange(-0.5, max(0.5, len(kinds) - 0.5), padding=0.02)
 
 
@@ -284,7 +294,15 @@ class DataPage(QWidget):
         self.kind_filter.addItems(self.kinds)
         self.kind_filter.currentIndexChanged.connect(self._apply_filter)
         self.search = QLineEdit()
-        self.search.setPlaceholderText("search text…")
+        self.search.setPlaceholderText("filter as you type…")
+        self.search.setClearButtonEnabled(True)
+        self.search.setToolTip("Shows the rows whose user or assistant text contains this; filters as you type.")
+        # filters as you type, once typing pauses (a 100k-row filter on every key would stutter)
+        self._search_timer = QTimer(self)
+        self._search_timer.setSingleShot(True)
+        self._search_timer.setInterval(SEARCH_DEBOUNCE_MS)
+        self._search_timer.timeout.connect(self._apply_filter)
+        self.search.textChanged.connect(lambda _t: self._search_timer.start())
         self.search.returnPressed.connect(self._apply_filter)
         self.rows_label = QLabel("")
         fbar = QHBoxLayout()
@@ -305,10 +323,19 @@ class DataPage(QWidget):
         play = QVBoxLayout(self.problems_box)
         play.addWidget(self.problems)
 
-        bottom = QSplitter(Qt.Orientation.Horizontal)
-        bottom.addWidget(self.chart)
-        bottom.addWidget(self.problems_box)
-        bottom.setSizes([720, 220])
+        # Coverage and problems as tabs: each gets the whole width (side by side, a 1024-px window
+        # cut the chart's legend and the problem texts)
+        bottom = QTabWidget()
+        bottom.setObjectName("dataBottomTabs")
+        coverage = QWidget()
+        cov_lay = QHBoxLayout(coverage)
+        cov_lay.setContentsMargins(0, 0, 0, 0)
+        cov_lay.setSpacing(0)
+        cov_lay.addWidget(self.chart, 1)
+        cov_lay.addWidget(self.chart.legend_widget)
+        bottom.addTab(coverage, "Coverage: records violating each law")
+        bottom.addTab(self.problems_box, "Problems")
+        self.bottom_tabs = bottom
         table_box = QWidget()
         tlay = QVBoxLayout(table_box)
         tlay.setContentsMargins(0, 0, 0, 0)
@@ -470,8 +497,13 @@ class DataPage(QWidget):
             a = QTableWidgetItem(str(ln))
             a.setData(Qt.ItemDataRole.UserRole, ln)
             self.problems.setItem(row, 0, a)
-            self.problems.setItem(row, 1, QTableWidgetItem(msg))
+            item = QTableWidgetItem(msg)
+            item.setToolTip(msg)
+            self.problems.setItem(row, 1, item)
         self.problems_box.setTitle(f"Problems ({len(self.errors)})" if self.errors else "Problems (none)")
+        self.bottom_tabs.setTabText(1, f"Problems ({len(self.errors)})" if self.errors else "Problems (none)")
+        if self.errors:
+            self.bottom_tabs.setCurrentIndex(1)
         n_val = sum(1 for r in data.records if r.get("split") == "validation")
         self.summary.setText(
             f"<b>{data.path.name}</b><br>{len(data.records):,} valid records "
@@ -480,6 +512,7 @@ class DataPage(QWidget):
             f"{len(self.errors)} problem(s)</span>")
 
     def _apply_filter(self) -> None:
+        self._search_timer.stop()
         kind = self.kind_filter.currentText()
         self.model.set_filter(None if kind == ALL_KINDS else kind, self.search.text())
         self._update_rows_label()

@@ -13,12 +13,13 @@ Engine calls go through the small functions in the "engine" section.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, Qt, QTimer, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -40,13 +41,17 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from superqt import QFlowLayout
 
 from kala_engine.runs import describe_model
 
+from ..widgets.elided_combo import ElidedComboBox
 from .chat import add_model_item, find_models, model_label
 
 #: Colours of model A and model B in every chart.
 MODEL_COLORS = ["#2f6fb0", "#e08a3a"]
+#: While it runs, the table and charts are redrawn from the results so far at most this often (s).
+LIVE_REDRAW_S = 0.5
 
 # ====================================================================== engine (one place)
 
@@ -79,6 +84,16 @@ def make_eval_job(backends: Sequence[Any], records: Sequence[Any], threshold: fl
     return f(backends, records, threshold=threshold, max_new_tokens=max_new_tokens)
 
 
+def partial_metrics(records: Sequence[Any], samples: Sequence[Any], threshold: float | None,
+                    backend: Any) -> dict:
+    """The metrics of the first ``len(samples)`` prompts, as the job computes them at the end."""
+    from kala_engine.evaluation import compute_metrics, normalize_thresholds
+
+    th = normalize_thresholds(threshold, getattr(backend, "default_thresholds", None))
+    return compute_metrics(list(records[: len(samples)]), list(samples), th,
+                           law_names=getattr(backend, "law_names", None))
+
+
 def build_report(runs: Sequence[Any], suite: str, max_new_tokens: int) -> dict:
     from kala_engine.eval_report import build_report as f
 
@@ -92,6 +107,45 @@ def write_report(out: str | Path, report: dict, runs: Sequence[Any]) -> Path:
 
 
 # ====================================================================== helpers
+
+
+class RecordingBackend:
+    """Passes every call to ``inner`` and keeps the samples it returns, in order, so that the page
+    can draw the results so far while the job runs (appended on the job thread, read on the UI
+    thread as a copy)."""
+
+    def __init__(self, inner: Any) -> None:
+        object.__setattr__(self, "inner", inner)
+        object.__setattr__(self, "samples", [])
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if name == "assess_and_reply":
+            def one(*a, **kw):
+                sample = attr(*a, **kw)
+                self.samples.append(sample)
+                return sample
+            return one
+        if name == "assess_and_reply_many":
+            def many(*a, **kw):
+                got = list(attr(*a, **kw))
+                self.samples.extend(got)
+                return got
+            return many
+        return attr
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.inner, name, value)  # e.g. the job's control, the display name
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "–"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
 
 
 def _pct(v: Any) -> str:
@@ -165,6 +219,12 @@ class EvaluatePage(QWidget):
         self.report: dict | None = None
         self._suite_label = ""
         self._build()
+        self._t0 = 0.0
+        self._last_message = ""
+        self.elapsed_text = ""
+        self._tick = QTimer(self)  # elapsed time moves on while a slow prompt is answered
+        self._tick.setInterval(1000)
+        self._tick.timeout.connect(lambda: self._update_status(self._last_message) if self._active else None)
         w = ctx.worker
         w.progress.connect(self._on_progress)
         w.finished.connect(self._on_finished)
@@ -185,10 +245,10 @@ class EvaluatePage(QWidget):
         g = QGridLayout(setup)
         g.setContentsMargins(12, 10, 12, 10)
         g.setHorizontalSpacing(8)
-        self.model_a = QComboBox()
-        self.model_b = QComboBox()
+        self.model_a = ElidedComboBox()  # long run names elide in the middle, full name in the tooltip
+        self.model_b = ElidedComboBox()
         for combo in (self.model_a, self.model_b):
-            combo.setMinimumContentsLength(22)
+            combo.setMinimumContentsLength(14)  # elided beyond that
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             combo.currentIndexChanged.connect(self._update_buttons)
         g.addWidget(self._label("Model", MODEL_COLORS[0]), 0, 0)
@@ -203,18 +263,26 @@ class EvaluatePage(QWidget):
         g.addWidget(bb, 0, 5)
 
         g.addWidget(QLabel("Suite"), 1, 0)
-        self.suite_combo = QComboBox()
+        self.suite_combo = ElidedComboBox()
         try:
             public = default_suite_path()
-            self.suite_combo.addItem(f"Public suite ({public.name})", str(public))
+            self.suite_combo.addItem("Public suite", str(public))
+            self.suite_combo.setItemData(0, str(public), Qt.ItemDataRole.ToolTipRole)
         except (ImportError, FileNotFoundError):
             pass
+        self.suite_combo.setMinimumContentsLength(10)
+        self.suite_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         g.addWidget(self.suite_combo, 1, 1)
         bs = QPushButton("Choose file…")
         bs.clicked.connect(self._browse_suite)
         g.addWidget(bs, 1, 2)
-        opts = QHBoxLayout()
-        opts.addWidget(QLabel("Threshold"))
+        # threshold and reply length wrap onto two lines in a narrow window instead of being cut
+        opts = QFlowLayout()
+        opts.setContentsMargins(0, 0, 0, 0)
+        th_group = QWidget()
+        th_lay = QHBoxLayout(th_group)
+        th_lay.setContentsMargins(0, 0, 8, 0)
+        th_lay.addWidget(QLabel("Threshold"))
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(0.0, 1.0)
         self.threshold_spin.setSingleStep(0.05)
@@ -228,16 +296,20 @@ class EvaluatePage(QWidget):
             "(the constitution's where a law has none). Untick to use one value for all five laws.")
         self.calibrated_check.setChecked(True)
         self.calibrated_check.toggled.connect(self._on_calibrated_toggled)
-        opts.addWidget(self.calibrated_check)
-        opts.addWidget(self.threshold_spin)
-        opts.addSpacing(8)
-        opts.addWidget(QLabel("Reply tokens"))
+        self.calibrated_check.setMinimumWidth(self.calibrated_check.sizeHint().width())
+        th_lay.addWidget(self.calibrated_check)
+        th_lay.addWidget(self.threshold_spin)
+        opts.addWidget(th_group)
+        tok_group = QWidget()
+        tok_lay = QHBoxLayout(tok_group)
+        tok_lay.setContentsMargins(0, 0, 0, 0)
+        tok_lay.addWidget(QLabel("Reply tokens"))
         self.tokens_spin = QSpinBox()
         self.tokens_spin.setRange(1, 1024)
         self.tokens_spin.setValue(48)
         self.tokens_spin.setToolTip("Longest monitored reply per prompt")
-        opts.addWidget(self.tokens_spin)
-        opts.addStretch(1)
+        tok_lay.addWidget(self.tokens_spin)
+        opts.addWidget(tok_group)
         g.addLayout(opts, 1, 3, 1, 2)
         self.run_button = QPushButton("Run evaluation")
         self.run_button.setStyleSheet(
@@ -253,7 +325,11 @@ class EvaluatePage(QWidget):
         self.progress.setFormat("%v / %m")
         g.addWidget(self.progress, 2, 0, 1, 3)
         self.status = QLabel("")
+        self.status.setObjectName("evalStatus")
+        self.status.setWordWrap(True)  # wraps in a narrow window instead of cutting the counts
         self.status.setStyleSheet("color: #6b7785;")
+        self.status.setMinimumHeight(2 * self.status.fontMetrics().lineSpacing() + 2)  # room for 2 lines
+        self.status.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
         g.addWidget(self.status, 2, 3, 1, 2)
         g.setColumnStretch(1, 1)
         g.setColumnStretch(4, 1)
@@ -267,13 +343,19 @@ class EvaluatePage(QWidget):
         self.summary.setWordWrap(True)
         self.summary.setStyleSheet("color: #1f2933; font-size: 10.5pt;")
         ll.addWidget(self.summary)
+        # Column 0 holds the metric names and takes what is left (elided, full name in the
+        # tooltip); each model's column is as wide as its widest value, so a number is never cut.
         self.table = QTableWidget(0, 1)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setAlternatingRowColors(True)
         self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.verticalHeader().setVisible(False)
         self.table.setWordWrap(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.table.horizontalHeader().setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.table.horizontalHeader().setVisible(False)  # shown with the first results
+        self.table.viewport().installEventFilter(self)
         ll.addWidget(self.table, 1)
         self.save_button = QPushButton("Save report…")
         self.save_button.setToolTip("Write report.json, report.md and results.jsonl into a folder")
@@ -323,8 +405,10 @@ class EvaluatePage(QWidget):
             elif combo.count() and combo.currentIndex() < 0:
                 combo.setCurrentIndex(0)  # Qt 6 leaves a refilled combo with a placeholder on no item
             combo.blockSignals(False)
-        if self.model_a.count() == 0:
-            self.model_a.setPlaceholderText("No trained model yet: train one, or Browse…")
+        # (a long placeholder would widen the combo, and the page, even once models exist)
+        self.model_a.setPlaceholderText("No trained model yet" if self.model_a.count() == 0 else "")
+        self.model_a.setToolTip("Train one on the Train page, or Browse… for a model folder"
+                                if self.model_a.count() == 0 else self.model_a.currentText())
         self._update_buttons()
 
     def set_models(self, a: str | Path, b: str | Path | None = None) -> None:
@@ -404,6 +488,12 @@ class EvaluatePage(QWidget):
             return False
         self._suite_label = suite
         self._records_n = len(records)
+        self._records = list(records)
+        backends = [RecordingBackend(b) for b in backends]
+        self._live_backends = backends
+        self._t0 = time.monotonic()
+        self._last_live = 0.0
+        self.report = None
         job = make_eval_job(backends, records, self.threshold(), self.tokens_spin.value())
         self._active = True
         self.progress.setRange(0, len(records) * len(backends))
@@ -412,6 +502,7 @@ class EvaluatePage(QWidget):
         self._last_done = 0
         self.status.setText(f"Evaluating {len(models)} model(s) on {len(records)} prompts…")
         self.ctx.worker.start(job, "evaluate")
+        self._tick.start()
         self._update_buttons()
         return True
 
@@ -430,11 +521,45 @@ class EvaluatePage(QWidget):
             self._done_before += self._last_done
         self._last_done = done
         self.progress.setValue(self._done_before + done)
-        self.status.setText(message)
+        self._last_message = message
+        self._update_status(message)
+        now = time.monotonic()
+        if now - self._last_live >= LIVE_REDRAW_S:
+            self._last_live = now
+            self.show_partial()
+
+    def _update_status(self, message: str = "") -> None:
+        """"done / total · elapsed · time left" while the evaluation runs."""
+        done, total = self.progress.value(), self.progress.maximum()
+        elapsed = time.monotonic() - self._t0
+        eta = elapsed / done * (total - done) if done > 0 else None
+        self.elapsed_text = f"{done} / {total} · elapsed {fmt_duration(elapsed)} · about {fmt_duration(eta)} left"
+        self.status.setText(self.elapsed_text + (f" · {message}" if message else ""))
+        self.status.setToolTip(message)
+
+    def show_partial(self) -> int:
+        """Draw the table and charts from the results so far; returns the prompts they cover."""
+        models = []
+        for b in getattr(self, "_live_backends", []):
+            samples = list(b.samples)
+            if samples:
+                models.append({"model": getattr(b, "name", "model"),
+                               "metrics": partial_metrics(self._records, samples, self.threshold(), b)})
+        if not models:
+            return 0
+        self._fill_table(models)
+        self._draw_kinds(models)
+        self._draw_auroc(models)
+        self._draw_sweep(models)
+        n = models[-1]["metrics"]["n"]
+        self.summary.setText(f"<span style='color:#6b7785'>So far: {n} of {self._records_n} prompts of "
+                             f"<b>{models[-1]['model']}</b> (the charts fill as results arrive)</span>")
+        return n
 
     def _on_failed(self, message: str, traceback: str) -> None:
         if self._active:
             self._active = False
+            self._tick.stop()
             self.status.setText(f"Evaluation failed: {message}")
             self._update_buttons()
 
@@ -450,6 +575,7 @@ class EvaluatePage(QWidget):
         if not self._active:
             return
         self._active = False
+        self._tick.stop()
         self._update_buttons()
         if ev.cancelled or ev.result is None:
             if ev.cancelled:
@@ -464,7 +590,8 @@ class EvaluatePage(QWidget):
         self.report = build_report(runs, suite=self._suite_label or "public suite",
                                    max_new_tokens=self.tokens_spin.value())
         models = self.report["models"]
-        self.status.setText(f"Done: {self.report['n']} prompts ({self.report['n_harmful']} harmful, "
+        took = f" in {fmt_duration(time.monotonic() - self._t0)}" if getattr(self, "_t0", None) else ""
+        self.status.setText(f"Done{took}: {self.report['n']} prompts ({self.report['n_harmful']} harmful, "
                             f"{self.report['n_benign']} benign).")
         self._fill_table(models)
         self._draw_kinds(models)
@@ -487,29 +614,57 @@ class EvaluatePage(QWidget):
     def _fill_table(self, models: list[dict]) -> None:
         per_model = [metric_rows(m["metrics"], self.constitution) for m in models]
         rows = per_model[0]
-        self.table.clear()
-        self.table.setColumnCount(len(models))
-        self.table.setRowCount(len(rows))
+        t = self.table
+        t.clear()
+        t.setColumnCount(len(models) + 1)
+        t.setRowCount(len(rows))
         # short headers ("run" of "run · final"); the full name is the header's tooltip
-        self.table.setHorizontalHeaderLabels([m["model"].split(" · ")[0] for m in models])
-        self.table.horizontalHeader().setVisible(True)
-        for c, m in enumerate(models):
-            self.table.horizontalHeaderItem(c).setToolTip(m["model"])
-        self.table.setVerticalHeaderLabels([r[0] for r in rows])
-        for c, mr in enumerate(per_model):
+        t.setHorizontalHeaderLabels(["Metric"] + [m["model"].split(" · ")[0] for m in models])
+        t.horizontalHeader().setVisible(True)
+        for c, m in enumerate(models, start=1):
+            t.horizontalHeaderItem(c).setToolTip(m["model"])
+            t.horizontalHeaderItem(c).setForeground(QColor(MODEL_COLORS[(c - 1) % 2]))
+        for r, (label, _value, tip) in enumerate(rows):
+            item = QTableWidgetItem(label)
+            item.setToolTip(f"{label}: {tip}")
+            t.setItem(r, 0, item)
+        for c, mr in enumerate(per_model, start=1):
             for r, (_label, value, tip) in enumerate(mr):
                 item = QTableWidgetItem(value)
                 item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 item.setToolTip(tip)
-                self.table.setItem(r, c, item)
-        for c in range(len(models)):
-            self.table.horizontalHeaderItem(c).setForeground(QColor(MODEL_COLORS[c % 2]))
+                t.setItem(r, c, item)
+        self._size_value_columns()
+
+    def _size_value_columns(self) -> None:
+        """Each model's column: its widest value (never cut) or a short header, whichever is wider;
+        the metric names get the rest of the width."""
+        t = self.table
+        hh = t.horizontalHeader()
+        hh.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        fm = t.fontMetrics()
+        pad = 2 * t.style().pixelMetric(t.style().PixelMetric.PM_FocusFrameHMargin) + 14
+        n = max(1, t.columnCount() - 1)
+        room = max(9 * fm.averageCharWidth(), (t.viewport().width() - 240) // n)  # names keep 240 px
+        for c in range(1, t.columnCount()):
+            if t.horizontalHeaderItem(c) is None or t.item(0, c) is None:
+                continue
+            widest = max((fm.horizontalAdvance(t.item(r, c).text()) for r in range(t.rowCount())), default=0)
+            head = min(hh.fontMetrics().horizontalAdvance(t.horizontalHeaderItem(c).text()) + 8, room)
+            hh.setSectionResizeMode(c, QHeaderView.ResizeMode.Fixed)
+            t.setColumnWidth(c, max(widest, head) + pad)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt override
+        if (obj is self.table.viewport() and event.type() == QEvent.Type.Resize
+                and self.table.columnCount() > 1 and self.table.rowCount()):
+            self._size_value_columns()  # a wider table shows more of the model names
+        return super().eventFilter(obj, event)
 
     def table_value(self, label: str, column: int = 0) -> str:
-        """The text in the results table for a row label (for tests and scripts)."""
+        """The value of model ``column`` (0 = the first model) in the row ``label`` (for tests and scripts)."""
         for r in range(self.table.rowCount()):
-            if self.table.verticalHeaderItem(r).text() == label:
-                return self.table.item(r, column).text()
+            if self.table.item(r, 0).text() == label:
+                return self.table.item(r, column + 1).text()
         raise KeyError(label)
 
     def _bars(self, plot: pg.PlotWidget, groups: list[str], values: list[list[float | None]]) -> None:

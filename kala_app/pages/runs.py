@@ -1,7 +1,9 @@
 """The Runs page: every training run in the data folder, its status and final losses.
 
 Select a run to see its curves; open its folder in the file manager; compare it on the Train
-page; resume it if it was interrupted; delete it (after a confirmation).
+page; resume it if it was interrupted; delete it (after a confirmation). Select several runs
+(Ctrl/Shift+click) to compare them side by side: the settings that differ and the final metrics
+in one table, the loss curves overlaid.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QPushButton,
     QSplitter,
+    QStackedWidget,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -34,8 +37,49 @@ STATUS_COLORS = {"finished": "#2e7d32", "running": "#1565c0", "interrupted": "#e
                  "cancelled": "#ef6c00", "failed": "#c62828", "new": "#777777"}
 
 
+#: One colour per compared run (cycled).
+COMPARE_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
+#: Settings never worth a row in the comparison (paths that always differ).
+COMPARE_SKIP = {"run_dir", "resume"}
+
+
 def _fmt_loss(v) -> str:
     return f"{v:.4f}" if isinstance(v, (int, float)) else "–"
+
+
+def _fmt_setting(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (dict, list)):
+        import json
+
+        return json.dumps(v, sort_keys=True)
+    return str(v)
+
+
+def compare_rows(runs: list[RunInfo], val_last: list[dict]) -> list[tuple[str, list[str]]]:
+    """(label, one value per run) rows: the final metrics, then every setting whose values differ."""
+    rows: list[tuple[str, list[str]]] = [
+        ("Status", [r.status for r in runs]),
+        ("Steps", [f"{r.steps_done}" + (f" / {r.total_steps}" if r.total_steps else "") for r in runs]),
+        ("Final LM loss", [_fmt_loss(r.final_lm_loss) for r in runs]),
+        ("Final ethics loss", [_fmt_loss(r.final_ethics_loss) for r in runs]),
+        ("Validation LM loss", [_fmt_loss(v.get("lm_loss")) for v in val_last]),
+        ("Validation ethics loss", [_fmt_loss(v.get("ethics_loss")) for v in val_last]),
+    ]
+    keys: list[str] = []
+    for r in runs:
+        keys += [k for k in r.config if k not in keys and k not in COMPARE_SKIP]
+    for k in keys:
+        values = [_fmt_setting(r.config.get(k)) for r in runs]
+        if len(set(values)) > 1:
+            label = "data" if k == "data" else k.replace("_", " ")
+            if k == "data":
+                values = [Path(v).name if v != "–" else v for v in values]
+            rows.append((label, values))
+    return rows
 
 
 class RunsPage(QWidget):
@@ -56,7 +100,9 @@ class RunsPage(QWidget):
         self.table.setHorizontalHeaderLabels(self.COLUMNS)
         self.table.verticalHeader().setVisible(False)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        # several runs (Ctrl/Shift+click) are compared side by side
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.table.setToolTip("Select several runs (Ctrl+click, Shift+click) to compare them side by side.")
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setAlternatingRowColors(True)
         hh = self.table.horizontalHeader()
@@ -114,14 +160,41 @@ class RunsPage(QWidget):
         tl.setContentsMargins(0, 0, 0, 0)
         tl.addLayout(bar)
         tl.addWidget(self.table, 1)
-        bottom = QWidget()
-        bl = QVBoxLayout(bottom)
+        single = QWidget()
+        bl = QVBoxLayout(single)
         bl.setContentsMargins(0, 0, 0, 0)
         bl.addWidget(self.detail)
         bl.addWidget(plots, 1)
+
+        # several runs: settings that differ + final metrics, and the curves overlaid
+        self.compare_table = QTableWidget(0, 0)
+        self.compare_table.setObjectName("compareTable")
+        self.compare_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.compare_table.setAlternatingRowColors(True)
+        self.compare_table.setWordWrap(False)
+        # columns as wide as their values; a long run name in the header elides in the middle
+        self.compare_table.horizontalHeader().setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.compare_table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.cmp_lm_plot = LivePlot("Language-modeling loss", "loss")
+        self.cmp_ethics_plot = LivePlot("Ethics loss", "loss")
+        for p in (self.cmp_lm_plot, self.cmp_ethics_plot):
+            p.set_smoothing(0.6)
+        cmp_plots = QSplitter(Qt.Orientation.Vertical)
+        cmp_plots.addWidget(self.cmp_lm_plot)
+        cmp_plots.addWidget(self.cmp_ethics_plot)
+        compare = QSplitter(Qt.Orientation.Horizontal)
+        compare.setObjectName("compareView")
+        compare.addWidget(self.compare_table)
+        compare.addWidget(cmp_plots)
+        compare.setSizes([380, 520])
+        self.compare_view = compare
+        self.bottom = QStackedWidget()
+        self.bottom.addWidget(single)
+        self.bottom.addWidget(compare)
+
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(top)
-        split.addWidget(bottom)
+        split.addWidget(self.bottom)
         split.setSizes([330, 420])
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -140,6 +213,7 @@ class RunsPage(QWidget):
         return None
 
     def refresh(self) -> None:
+        selected_paths = [r.path for r in self.selected_runs()]
         selected = self.selected_run()
         self.runs = list_runs(self.ctx.runs_dir, active=self._active_run())
         self.table.setRowCount(len(self.runs))
@@ -156,32 +230,45 @@ class RunsPage(QWidget):
                 if col in (3, 4, 5):
                     item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
                 self.table.setItem(row, col, item)
-        if selected is not None:
-            for row, r in enumerate(self.runs):
-                if r.path == selected.path:
-                    self.table.selectRow(row)
-                    break
+        if len(selected_paths) > 1:  # a comparison stays selected
+            self.select_runs([r.name for r in self.runs if r.path in selected_paths])
+        elif selected is not None:
+            self.select_runs([r.name for r in self.runs if r.path == selected.path])
         elif self.runs:
-            self.table.selectRow(0)
+            self.select_runs([self.runs[0].name])
         self._update_buttons()
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)
         self.refresh()
 
+    def selected_runs(self) -> list[RunInfo]:
+        """The selected runs, in table order."""
+        rows = sorted({i.row() for i in self.table.selectedIndexes()})
+        return [self.runs[r] for r in rows if 0 <= r < len(self.runs)]
+
     def selected_run(self) -> RunInfo | None:
-        rows = {i.row() for i in self.table.selectedIndexes()}
-        if not rows:
-            return None
-        row = min(rows)
-        return self.runs[row] if 0 <= row < len(self.runs) else None
+        """The one selected run (None when none, or when several are selected for comparison)."""
+        runs = self.selected_runs()
+        return runs[0] if len(runs) == 1 else None
+
+    def select_runs(self, names: list[str]) -> int:
+        """Select the runs named ``names`` (for comparison); returns how many were found."""
+        from PySide6.QtCore import QItemSelection, QItemSelectionModel
+
+        sel = QItemSelection()
+        found = 0
+        for row, r in enumerate(self.runs):
+            if r.name in names:
+                sel.select(self.table.model().index(row, 0),
+                           self.table.model().index(row, self.table.columnCount() - 1))
+                found += 1
+        self.table.selectionModel().select(sel, QItemSelectionModel.SelectionFlag.ClearAndSelect)
+        return found
 
     def select_run(self, name: str) -> bool:
-        for row, r in enumerate(self.runs):
-            if r.name == name:
-                self.table.selectRow(row)
-                return True
-        return False
+        """Select only the run named ``name``."""
+        return self.select_runs([name]) == 1
 
     def _update_buttons(self) -> None:
         r = self.selected_run()
@@ -195,7 +282,63 @@ class RunsPage(QWidget):
 
     def _on_selection(self) -> None:
         self._update_buttons()
-        self.load_selected_curves()
+        runs = self.selected_runs()
+        if len(runs) > 1:
+            self.show_comparison(runs)
+        else:
+            self.bottom.setCurrentIndex(0)
+            self.load_selected_curves()
+
+    def show_comparison(self, runs: list[RunInfo]) -> int:
+        """Side by side: a settings-diff + final-metrics table and the curves of ``runs`` overlaid.
+        Returns the number of curves drawn."""
+        self.bottom.setCurrentIndex(1)
+        curves = [load_curves(r.path) for r in runs]
+        val_last = [val[-1] if val else {} for _train, val in curves]
+        rows = compare_rows(runs, val_last)
+        t = self.compare_table
+        t.clear()
+        t.setColumnCount(len(runs))
+        t.setRowCount(len(rows))
+        t.setHorizontalHeaderLabels([r.name for r in runs])
+        t.setVerticalHeaderLabels([label for label, _v in rows])
+        for c, r in enumerate(runs):
+            head = t.horizontalHeaderItem(c)
+            head.setForeground(QColor(COMPARE_COLORS[c % len(COMPARE_COLORS)]))
+            head.setToolTip(str(r.path))
+        for i, (_label, values) in enumerate(rows):
+            differs = len(set(values)) > 1
+            for c, v in enumerate(values):
+                item = QTableWidgetItem(v)
+                item.setToolTip(v)
+                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                if differs and i < 6:
+                    f = item.font()
+                    f.setBold(True)
+                    item.setFont(f)
+                t.setItem(i, c, item)
+        fm = t.fontMetrics()
+        for c in range(t.columnCount()):
+            widest = max((fm.horizontalAdvance(t.item(i, c).text()) for i in range(t.rowCount())), default=0)
+            head = min(fm.horizontalAdvance(t.horizontalHeaderItem(c).text()), 12 * fm.averageCharWidth())
+            t.horizontalHeader().setSectionResizeMode(c, QHeaderView.ResizeMode.Fixed)
+            t.setColumnWidth(c, max(widest, head) + 16)
+        drawn = 0
+        for p in (self.cmp_lm_plot, self.cmp_ethics_plot):
+            for k in list(p.series):
+                p.remove(k)
+        for c, (r, (train, _val)) in enumerate(zip(runs, curves, strict=True)):
+            color = COMPARE_COLORS[c % len(COMPARE_COLORS)]
+            for plot, key in ((self.cmp_lm_plot, "lm_loss"), (self.cmp_ethics_plot, "ethics_loss")):
+                pts = [(m["step"], m[key]) for m in train if "step" in m and m.get(key) is not None]
+                plot.add_curve(f"run{c}", r.name, color, width=1.5)
+                plot.extend(f"run{c}", [x for x, _ in pts], [y for _, y in pts])
+                drawn += 1
+        for p in (self.cmp_lm_plot, self.cmp_ethics_plot):
+            p.set_smoothing(p.smoothing)
+            p.redraw()
+            p.plotItem.enableAutoRange()
+        return drawn
 
     # ================================================================ actions
 

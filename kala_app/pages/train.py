@@ -21,7 +21,6 @@ from typing import Any
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -37,14 +36,18 @@ from PySide6.QtWidgets import (
     QSlider,
     QSpinBox,
     QSplitter,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
+from superqt import QCollapsible
 
 from .. import engine_api
 from ..error_dialog import show_error
 from ..runs import RunInfo, list_runs, load_curves, new_run_dir
+from ..widgets.elided_combo import ElidedComboBox
 from ..widgets.live_plot import LivePlot
+from ..widgets.wrap_label import WrapLabel
 
 #: Colours of the five law curves (index = law index), the LM loss and the total ethics loss.
 LAW_COLORS = ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"]
@@ -56,6 +59,21 @@ LOCAL_FOLDER = "Local Pythia folder…"
 BROWSE_DATA = "Browse…"
 
 GiB = 1024**3
+
+
+def remove_if_empty_run(run_dir: Path | None) -> bool:
+    """Remove a run folder a failed start left behind with nothing in it worth keeping (no
+    metrics, no checkpoint, no final model): the Runs page does not list it and nobody could
+    resume it. Returns True when it was removed."""
+    if run_dir is None or not Path(run_dir).is_dir():
+        return False
+    run_dir = Path(run_dir)
+    if any((run_dir / n).exists() for n in ("metrics.jsonl", "checkpoints", "final")):
+        return False
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return not run_dir.exists()
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -77,8 +95,7 @@ class MemoryBar(QWidget):
         self.bar.setTextVisible(True)
         self.bar.setFormat("no estimate yet")
         self.bar.setValue(0)
-        self.reason = QLabel("")
-        self.reason.setWordWrap(True)
+        self.reason = WrapLabel("")
         self.reason.setObjectName("fitReason")
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -86,7 +103,9 @@ class MemoryBar(QWidget):
         lay.addWidget(self.reason)
         self.fits: bool | None = None
 
-    def set_estimate(self, estimate: float, available: float, fits: bool | None, reason: str = "") -> None:
+    def set_estimate(self, estimate: float, available: float, fits: bool | None, reason: str = "",
+                     base_problem: str = "") -> None:
+        """Show the estimate; ``base_problem`` (the base is not here) qualifies a "fits"."""
         self.fits = fits
         if math.isnan(estimate) or math.isnan(available) or available <= 0:
             self.bar.setValue(0)
@@ -94,11 +113,21 @@ class MemoryBar(QWidget):
         else:
             self.bar.setValue(min(1000, int(1000 * estimate / available)))
             verdict = "fits" if fits else "does not fit"
-            self.bar.setFormat(f"{estimate / GiB:.2f} GiB of {available / GiB:.1f} GiB — {verdict}")
-        color = "#3a9d3a" if fits else ("#c0392b" if fits is False else "#999")
+            if base_problem:
+                verdict += "*"  # the line under the bar says: but the base is not available
+            self.bar.setFormat(f"{estimate / GiB:.2f} of {available / GiB:.1f} GiB — {verdict}")
+        color = ("#3a9d3a" if fits and not base_problem else "#d08a1a" if fits
+                 else ("#c0392b" if fits is False else "#999"))
         self.bar.setStyleSheet(f"QProgressBar::chunk {{ background: {color}; }}")
-        self.reason.setText(reason if (reason and not fits) else "")
-        self.reason.setVisible(bool(reason and not fits))
+        lines = []
+        if base_problem:
+            lines.append(f"* {'Fits' if fits else 'Would not fit anyway'}, but the base is not available: "
+                         "see the note under Base.")
+        if reason and not fits:
+            lines.append(reason)
+        why = "\n".join(lines)
+        self.reason.setText(why)
+        self.reason.setVisible(bool(why))
 
 
 class ResumeBanner(QFrame):
@@ -159,10 +188,13 @@ class TrainPage(QWidget):
         self._t_start = 0.0
         self._steps_seen = 0
         self._quickstart_then = None
+        self._base_problem = ""
+        self._last_base_index = 0
         self.law_titles = [law.title for law in ctx.constitution]
 
         self._build()
         self._connect_worker()
+        self.check_base()
         self._update_buttons()
 
         self._ui_timer = QTimer(self)  # progress labels at 10 Hz, whatever the step rate
@@ -177,7 +209,7 @@ class TrainPage(QWidget):
         # ---------------- left column
         model_box = QGroupBox("Model and data")
         form = QFormLayout(model_box)
-        self.base_combo = QComboBox()
+        self.base_combo = ElidedComboBox()
         self.base_combo.setObjectName("baseCombo")
         self.base_combo.setToolTip(
             "The model to start from: kala-tiny is trained from scratch in minutes on a CPU; the "
@@ -186,11 +218,20 @@ class TrainPage(QWidget):
         self.base_combo.addItems(presets)
         self.base_combo.addItem(LOCAL_FOLDER)
         self.base_combo.activated.connect(self._on_base_activated)
-        self.data_combo = QComboBox()
+        self.data_combo = ElidedComboBox()
         self.data_combo.setObjectName("dataCombo")
         self.data_combo.setToolTip("A KALA JSONL data set (make one on the Data page).")
         self.data_combo.activated.connect(self._on_data_activated)
         form.addRow("Base", self.base_combo)
+        #: why the chosen base cannot be trained from (not downloaded, a folder without a model)
+        self.base_status = WrapLabel("")
+        self.base_status.setObjectName("baseStatus")
+        self.base_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.base_status.setStyleSheet("#baseStatus { color: #9a3412; background: #fff4e0; "
+                                       "border: 1px solid #f0c070; border-radius: 4px; padding: 4px; }")
+        self.base_status.hide()
+        form.addRow(self.base_status)
+        self.base_combo.currentIndexChanged.connect(lambda _i: self.check_base())
         form.addRow("Data", self.data_combo)
 
         doctor_box = QGroupBox("Doctor")
@@ -203,9 +244,8 @@ class TrainPage(QWidget):
             ("precision", "Precision", "fp32 on CPU, fp16 autocast on Pascal (P100), bf16 where supported."),
             ("mode", "Plan", "Full training for small bases; a 4-bit frozen base with LoRA for large ones."),
         ]:
-            lab = QLabel("–")
+            lab = WrapLabel("–")
             lab.setToolTip(tip)
-            lab.setWordWrap(True)
             self.doc_labels[key] = lab
             dform.addRow(title, lab)
         self.memory_bar = MemoryBar()
@@ -249,17 +289,27 @@ class TrainPage(QWidget):
                      "1e-3 suits kala-tiny from scratch; 1e-5–5e-5 suits fine-tuning Pythia."))
         hform.addRow("Ethics weight λ", dspin("ethics_weight", 0.0, 100.0, 1.0, 2, 0.1,
                      "λ in loss = LM + λ·Σ w_k·MSE_k: how much the law-score heads count against language modeling."))
-        hform.addRow("Warm-up steps", spin("warmup_steps", 0, 1_000_000, 20,
+        # the settings one rarely changes fold away, so that the left column fits a 640-px window
+        more = QWidget()
+        mform = QFormLayout(more)
+        mform.setContentsMargins(0, 0, 0, 0)
+        mform.addRow("Warm-up steps", spin("warmup_steps", 0, 1_000_000, 20,
                      "Steps over which the learning rate ramps up from 0.", 10))
-        hform.addRow("Validate every", spin("eval_every", 0, 1_000_000, 50,
+        mform.addRow("Validate every", spin("eval_every", 0, 1_000_000, 50,
                      "Steps between validation passes (0: never). Validation points appear as dots.", 10))
-        hform.addRow("Checkpoint every", spin("save_every", 0, 1_000_000, 100,
+        mform.addRow("Checkpoint every", spin("save_every", 0, 1_000_000, 100,
                      "Steps between checkpoints (0: only at the end). A run resumes from its last checkpoint.", 50))
-        hform.addRow("Seed", spin("seed", 0, 2**31 - 1, 0, "Random seed: the same seed and data give the same run."))
+        mform.addRow("Seed", spin("seed", 0, 2**31 - 1, 0, "Random seed: the same seed and data give the same run."))
         self.grad_ckpt = QCheckBox("Gradient checkpointing")
         self.grad_ckpt.setToolTip("Recompute activations in the backward pass: less memory, ~30% slower.")
         self.hp["gradient_checkpointing"] = self.grad_ckpt
-        hform.addRow(self.grad_ckpt)
+        mform.addRow(self.grad_ckpt)
+        self.more_settings = QCollapsible("More settings")
+        self.more_settings.setObjectName("moreSettings")
+        self.more_settings.setDuration(0)
+        self.more_settings.setToolTip("Warm-up, validation and checkpoint intervals, seed, gradient checkpointing")
+        self.more_settings.addWidget(more)
+        hform.addRow(self.more_settings)
         self._load_hp_settings()
 
         left = QWidget()
@@ -324,7 +374,6 @@ class TrainPage(QWidget):
         self.ethics_plot.add_points("ethics_val", "validation", VAL_COLOR)
         self.lr_plot = LivePlot("Learning rate", "lr", phase_ms=66)
         self.lr_plot.add_curve("lr", "learning rate", "#444", smooth=False)
-        self.lr_plot.setMaximumHeight(170)
         self.plots = [self.lm_plot, self.ethics_plot, self.lr_plot]
         # Not x-linked: a link makes every plot repaint whenever one redraws (3 paints in one go).
 
@@ -334,7 +383,7 @@ class TrainPage(QWidget):
         self.smooth_slider.setToolTip("Exponential moving average of the loss curves (0: raw values).")
         self.smooth_slider.valueChanged.connect(self._on_smoothing)
         self.smooth_label = QLabel()
-        self.overlay_combo = QComboBox()
+        self.overlay_combo = ElidedComboBox()
         self.overlay_combo.setObjectName("overlayCombo")
         self.overlay_combo.setToolTip("Draw an earlier run's curves (dashed, grey) under this one.")
         self.overlay_combo.setMinimumWidth(220)
@@ -352,20 +401,34 @@ class TrainPage(QWidget):
         self.log_view.setMaximumBlockCount(2000)
         self.log_view.setPlaceholderText("training log")
 
+        # the learning rate and the log share a tabbed panel: in a 640-px-high window the two loss
+        # plots keep a readable height
+        self.lr_plot.setMinimumHeight(70)  # the panel may shrink before the loss plots do
+        self.log_view.setMinimumHeight(40)
+        self.aux_tabs = QTabWidget()
+        self.aux_tabs.setObjectName("trainAuxTabs")
+        self.aux_tabs.setDocumentMode(True)
+        self.aux_tabs.addTab(self.lr_plot, "Learning rate")
+        self.aux_tabs.addTab(self.log_view, "Log")
         plots = QSplitter(Qt.Orientation.Vertical)
         plots.addWidget(self.lm_plot)
         plots.addWidget(self.ethics_plot)
-        plots.addWidget(self.lr_plot)
-        plots.addWidget(self.log_view)
-        plots.setSizes([260, 300, 120, 90])
+        plots.addWidget(self.aux_tabs)
+        plots.setStretchFactor(0, 1)
+        plots.setStretchFactor(1, 1)
+        plots.setStretchFactor(2, 0)
+        self.aux_tabs.setMaximumHeight(165)
+        plots.setSizes([300, 340, 150])
 
         right = QWidget()
         rlay = QVBoxLayout(right)
         rlay.setContentsMargins(6, 0, 0, 0)
-        rlay.addWidget(self.resume_banner)
+        # The buttons come first: a banner that appears or goes (resume offer) sits below them, above
+        # the plots, so that Start/Pause/Cancel never move under the pointer.
         rlay.addLayout(buttons)
         rlay.addWidget(self.progress)
         rlay.addLayout(stats)
+        rlay.addWidget(self.resume_banner)
         rlay.addLayout(plot_bar)
         rlay.addWidget(plots, 1)
 
@@ -457,12 +520,41 @@ class TrainPage(QWidget):
         if self.base_combo.itemText(index) != LOCAL_FOLDER:
             return
         folder = QFileDialog.getExistingDirectory(self, "Choose a local Pythia folder (config.json + weights)")
-        if folder:
+        if not folder or not self.add_base_folder(folder):
+            self.base_combo.setCurrentIndex(self._last_base_index)
+
+    def add_base_folder(self, folder: str | Path) -> bool:
+        """Check ``folder`` now and select it as the base; refused at once with the reason if it is
+        not a model folder (config.json GPT-NeoX/KALA, tokenizer, safetensors weights)."""
+        folder = str(folder)
+        why = engine_api.model_folder_problem(folder)
+        if why:
+            show_error(self, "Not a model folder", f"{folder} cannot be a base: {why}.")
+            return False
+        i = self.base_combo.findData(folder)
+        if i < 0:
             self.base_combo.insertItem(0, Path(folder).name + " (local)", folder)
             self.base_combo.setItemData(0, folder, Qt.ItemDataRole.ToolTipRole)
-            self.base_combo.setCurrentIndex(0)
-        else:
-            self.base_combo.setCurrentIndex(0)
+            i = 0
+        self.base_combo.setCurrentIndex(i)
+        return True
+
+    def check_base(self) -> str:
+        """Say under the Base box (and on Start) why the chosen base is not available; "" when it is."""
+        if self.base_combo.currentText() == LOCAL_FOLDER:
+            return ""
+        self._last_base_index = self.base_combo.currentIndex()
+        base = self.base()
+        try:
+            why = engine_api.base_problem(base)
+        except Exception as e:  # noqa: BLE001 - an unreadable cache is a problem to show, not a crash
+            why = f"{base} cannot be checked ({type(e).__name__}: {e})"
+        self._base_problem = why
+        if why:
+            self.base_status.setText(f"<b>Not available:</b> {why}.")
+        self.base_status.setVisible(bool(why))
+        self._update_buttons()
+        return why
 
     def _on_data_activated(self, index: int) -> None:
         if self.data_combo.itemText(index) != BROWSE_DATA:
@@ -524,7 +616,8 @@ class TrainPage(QWidget):
     def show_doctor(self, rep: engine_api.DoctorReport) -> None:
         for key, lab in self.doc_labels.items():
             lab.setText(str(getattr(rep, key, "–")))
-        self.memory_bar.set_estimate(rep.estimate_bytes, rep.available_bytes, rep.fits, rep.reason)
+        self.memory_bar.set_estimate(rep.estimate_bytes, rep.available_bytes, rep.fits, rep.reason,
+                                     getattr(rep, "base_problem", ""))
 
     # ================================================================ training control
 
@@ -543,6 +636,9 @@ class TrainPage(QWidget):
                 return False
             if not Path(data).is_file():
                 show_error(self, "Data set not found", f"{data} does not exist; choose another data set.")
+                return False
+            if why := self.check_base():
+                show_error(self, "The base is not available", f"{why}.")
                 return False
             run_dir = new_run_dir(self.ctx.runs_dir, self.base())
             cfg_kwargs = dict(base=self.base(), data=data, run_dir=str(run_dir), **self.hyperparameters())
@@ -618,7 +714,10 @@ class TrainPage(QWidget):
         busy = self.worker.is_busy()
         mine = busy and self.worker.owner is self and self._job_kind == "train"
         paused = mine and self.worker.is_paused()
-        self.start_button.setEnabled(not busy)
+        self.start_button.setEnabled(not busy and not self._base_problem)
+        self.start_button.setToolTip(
+            f"Not available: {self._base_problem}" if self._base_problem
+            else "Start a new training run with these settings.")
         self.doctor_button.setEnabled(not busy)
         self.pause_button.setEnabled(mine and not paused)
         self.resume_button.setEnabled(mine and paused)
@@ -734,10 +833,13 @@ class TrainPage(QWidget):
     def _on_failed(self, message: str, traceback: str) -> None:
         if self.worker.owner is not self:
             return
+        if self._job_kind == "train":
+            remove_if_empty_run(self.run_dir)
         title = "Training failed" if self._job_kind == "train" else "The doctor failed"
         if self._job_kind == "doctor":
             self.doc_labels["device"].setText("–")
         self.log_view.appendPlainText(f"FAILED: {message}")
+        self.aux_tabs.setCurrentWidget(self.log_view)
         show_error(self, title, message, traceback)
 
     def _on_finished(self, ev) -> None:

@@ -181,6 +181,9 @@ class DecisionPathHeatmap(QWidget):
                 p.drawText(QPointF(lx + 14, ly + 11), label)
                 lx += 14 + tw + 12
             p.setPen(MUTED)
-            p.drawText(QPointF(lx, ly + 11), "▸ first layer under")
+            marker = "▸ first layer under"
+            if lx + p.fontMetrics().horizontalAdvance(marker) > w and ly + 30 <= self.height():
+                lx, ly = x0, ly + 16  # a narrow panel: the marker's key goes on a line of its own
+            p.drawText(QPointF(lx, ly + 11), marker)
         p.setPen(QPen(TRACK, 1))
         p.end()

@@ -69,6 +69,9 @@ for p in pathlib.Path(sys.argv[1]).rglob("*"):
 print(f"{need[0]}.{need[1]}")
 PY
 )"
+# The desktop libraries Qt's X11 plugin loads (one list, kala_app/system_libs.py; a stock
+# Debian desktop lacks libxcb-cursor0 and libxcb-icccm4, and without them no window opens).
+QT_DEPENDS="$(cd "$ROOT" && python3 -c 'import runpy, sys; sys.argv = ["x", "--deb-depends"]; runpy.run_path("kala_app/system_libs.py", run_name="__main__")')"
 if [[ $FLAVOUR == cpu ]]; then PKG=kala-studio; OTHER=kala-studio-cuda; else PKG=kala-studio-cuda; OTHER=kala-studio; fi
 
 # ---------------------------------------------------------------- .deb staging tree
@@ -107,8 +110,7 @@ Maintainer: KALA Studio developers <maintainers@kala-studio.invalid>
 Installed-Size: $INSTALLED_KB
 Section: science
 Priority: optional
-Depends: libc6 (>= $GLIBC_MIN), libgl1, libegl1, libfontconfig1, libxkbcommon0
-Recommends: libxkbcommon-x11-0, libxcb-cursor0, libxcb-icccm4, libxcb-keysyms1, libxcb-image0, libxcb-render-util0, libxcb-shape0, libxcb-randr0, libxcb-xkb1
+Depends: libc6 (>= $GLIBC_MIN), $QT_DEPENDS
 Conflicts: $OTHER
 Replaces: $OTHER
 Description: train, chat with and evaluate constitutional (Five Laws) language models

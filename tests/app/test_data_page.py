@@ -105,3 +105,19 @@ def test_preview_table_stays_smooth_with_100k_rows(qtbot, page):
     assert load_s < 1.0
     assert np.percentile(times_ms, 95) < 50
     assert page.model.index(page.model.rowCount() - 1, 0).data() == "100000"
+
+
+def test_the_search_box_filters_as_you_type_after_a_pause(qtbot, ctx):
+    from kala_app.pages.data import SEARCH_DEBOUNCE_MS, DataPage
+
+    page = DataPage(ctx)
+    qtbot.addWidget(page)
+    recs = [{"kind": "benign", "split": "train", "parts": [{"role": "user", "text": t}]}
+            for t in ("rivers bend", "how to bake bread", "bread and rivers")]
+    page.model.set_records(recs)
+    assert "as you type" in page.search.placeholderText() + page.search.toolTip()
+    qtbot.keyClicks(page.search, "bread")
+    assert page.model.rowCount() == 3  # not on every key press...
+    qtbot.waitUntil(lambda: page.model.rowCount() == 2, timeout=SEARCH_DEBOUNCE_MS * 8)  # ...but once typing stops
+    page.search.clear()
+    qtbot.waitUntil(lambda: page.model.rowCount() == 3, timeout=SEARCH_DEBOUNCE_MS * 8)

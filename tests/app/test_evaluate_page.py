@@ -69,7 +69,7 @@ def test_two_models_side_by_side_and_the_report(qtbot, page, ctx, tmp_path) -> N
     assert page.table_value("Harmful flagged or stopped", 0) == "100.0 %"
     assert page.table_value("Over-refusal", 0) == "0.0 %"
     assert page.table_value("Harmful flagged or stopped", 1) == "0.0 %"
-    assert page.table.columnCount() == 2
+    assert page.table.columnCount() == 3  # the metric names, then one column per model
     from kala_engine.constitution import load_constitution
 
     law0 = load_constitution()[0].title
@@ -144,3 +144,25 @@ def test_default_threshold_is_each_models_calibration(qtbot, page, ctx, monkeypa
     with qtbot.waitSignal(page.evaluation_finished, timeout=30000):
         assert page.run()
     assert asked[-1] == pytest.approx(0.7)
+
+
+def test_elapsed_eta_and_charts_fill_while_it_runs(qtbot, page, ctx) -> None:
+    """Before the end: the status says elapsed and time left, the table and charts show results so far."""
+    import pyqtgraph as pg
+
+    page.backend_factory = lambda path: FakeBackend("slow", 1.0, delay=0.02)
+    page.set_models(ctx.runs_dir / "good" / "final")
+    assert page.run()
+    n = len(load_suite(None))
+    qtbot.waitUntil(lambda: page.progress.value() >= 40, timeout=20000)
+    qtbot.waitUntil(lambda: page.table.rowCount() > 0, timeout=5000)
+    assert page.is_running() and page.progress.value() < n, "finished before the partial results could be seen"
+    text = page.status.text()
+    assert "elapsed" in text and "left" in text and f"/ {n}" in text, text
+    assert "So far" in page.summary.text()
+    assert page.table_value("Harmful flagged or stopped", 0) == "100.0 %"
+    bars = [i for i in page.kind_plot.getPlotItem().items if isinstance(i, pg.BarGraphItem)]
+    assert bars, "the by-kind chart is still empty while results arrive"
+    with qtbot.waitSignal(page.evaluation_finished, timeout=30000):
+        pass
+    assert page.status.text().startswith("Done in ")

@@ -109,3 +109,17 @@ def test_closing_during_training_asks_then_checkpoints_and_stops(qtbot, make_win
     assert not w.ctx.worker.is_busy()
     assert not w.ctx.worker._thread.isRunning(), "the worker thread was not joined"
     assert list((train.run_dir / "checkpoints").iterdir()), "no checkpoint written on close"
+
+
+def test_ctrl_1_to_5_switch_pages_and_ctrl_q_closes(qtbot, make_window):
+    from PySide6.QtCore import Qt
+
+    w = make_window()
+    w.activateWindow()
+    qtbot.waitActive(w)
+    for i, (key, _t, _m, _c) in enumerate(PAGES, start=1):
+        qtbot.keyClick(w.windowHandle(), getattr(Qt.Key, f"Key_{i}"), Qt.KeyboardModifier.ControlModifier)
+        assert w.current_page_key() == key
+    assert "Ctrl+3" in w.nav.item(2).toolTip()
+    qtbot.keyClick(w.windowHandle(), Qt.Key.Key_Q, Qt.KeyboardModifier.ControlModifier)
+    qtbot.waitUntil(lambda: not w.isVisible(), timeout=5000)

@@ -75,3 +75,38 @@ def test_delete_asks_first(page, ctx, monkeypatch):
     assert asked == ["run-a"]
     assert not (ctx.runs_dir / "run-a").exists()
     assert [page.table.item(r, 0).text() for r in range(page.table.rowCount())] == ["run-b"]
+
+
+def test_several_runs_are_compared_side_by_side(qtbot, page, ctx):
+    cfg = json.loads((ctx.runs_dir / "run-b" / "run.json").read_text())
+    cfg["config"]["learning_rate"] = 0.0003
+    (ctx.runs_dir / "run-b" / "run.json").write_text(json.dumps(cfg))
+    page.refresh()
+    # what Ctrl+click does: the second row is added to the selection (the first is selected already)
+    from PySide6.QtCore import QItemSelectionModel
+
+    assert page.table.selectionMode() == page.table.SelectionMode.ExtendedSelection
+    page.select_run(page.runs[0].name)
+    flags = QItemSelectionModel.SelectionFlag.Select | QItemSelectionModel.SelectionFlag.Rows
+    page.table.selectionModel().select(page.table.model().index(1, 0), flags)
+    assert {r.name for r in page.selected_runs()} == {"run-a", "run-b"}
+    assert page.bottom.currentWidget() is page.compare_view
+    t = page.compare_table
+    assert t.columnCount() == 2
+    names = [t.horizontalHeaderItem(c).text() for c in range(2)]
+    rows = {t.verticalHeaderItem(r).text(): [t.item(r, c).text() for c in range(2)] for r in range(t.rowCount())}
+    by_run = {n: {k: v[i] for k, v in rows.items()} for i, n in enumerate(names)}
+    assert by_run["run-a"]["Final LM loss"] == f"{3.0 - 40 / 100:.4f}"
+    assert by_run["run-b"]["Final LM loss"] == f"{3.0 - 25 / 100:.4f}"
+    assert by_run["run-a"]["Validation LM loss"] == "3.1000"
+    assert by_run["run-b"]["learning rate"] == "0.0003" and by_run["run-a"]["learning rate"] == "–"
+    assert "batch size" not in rows and "base" not in rows  # the same in both: not a difference
+    page.cmp_lm_plot.redraw()
+    assert page.cmp_lm_plot.curve_points("run0") + page.cmp_lm_plot.curve_points("run1") == 40 + 25
+    assert page.cmp_ethics_plot.curve_points("run0") > 0
+    # single-run actions wait for one run; one run brings its own curves back
+    assert not page.delete_button.isEnabled() and not page.chat_button.isEnabled()
+    page.refresh()  # a refresh keeps the comparison
+    assert len(page.selected_runs()) == 2
+    page.select_run("run-a")
+    assert page.bottom.currentIndex() == 0 and page.chat_button.isEnabled()

@@ -179,6 +179,9 @@ def test_build_deb_lays_out_the_package(fake_bundle):
     assert "Package: kala-studio\n" in fields and "Version: 9.8.7\n" in fields
     assert "Conflicts: kala-studio-cuda" in fields
     libc = re.search(r"Depends: libc6 \(>= 2\.(\d+)\)", fields)
+    depends = next(x for x in fields.splitlines() if x.startswith("Depends:"))
+    for pkg in ("libxcb-cursor0", "libxcb-icccm4", "libxkbcommon-x11-0", "libgl1"):  # Qt xcb needs these
+        assert pkg in depends, depends
     assert libc and int(libc.group(1)) >= 17, fields
 
     listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True).stdout
