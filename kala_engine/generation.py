@@ -42,7 +42,7 @@ from transformers import (
 )
 
 from .chat import ASSISTANT, END, EOS, SYSTEM, USER, format_conversation
-from .constitution import NUM_LAWS
+from .constitution import NUM_LAWS, is_violated, model_thresholds, resolve_thresholds
 from .explain import (
     Assessment,
     Explanation,
@@ -53,8 +53,6 @@ from .explain import (
     ethics_stop,
     explain,
     length_stop,
-    model_thresholds,
-    normalize_thresholds,
 )
 from .jobs import Cancelled, Emit, JobControl, TokenEvent
 
@@ -97,7 +95,7 @@ class GenerationSettings:
             raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
         if not self.repetition_penalty > 0:
             raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
-        normalize_thresholds(self.thresholds)
+        resolve_thresholds(self.thresholds)
 
 
 @dataclass
@@ -360,7 +358,7 @@ def generate_with_ethics_events(
     settings = GenerationSettings(max_new_tokens, thresholds, temperature, top_k, top_p, repetition_penalty, seed,
                                   output_layer_scores)
     settings.check()
-    thr = normalize_thresholds(thresholds, model_thresholds(model))
+    thr = resolve_thresholds(thresholds, model_thresholds(model))
     ids = encode_prompt(tokenizer, prompt)
     ctx = context_length(model)
     _check_prompt_fits(len(ids), ctx)
@@ -436,7 +434,7 @@ def generate_with_ethics(model, tokenizer, prompt: Prompt, *, emit: Emit | None 
 @torch.inference_mode()
 def assess_prompt(model, tokenizer, prompt: Prompt, thresholds: float | Sequence[float] | None = None) -> Assessment:
     """The prompt assessment alone: law and per-layer scores at the prompt's last token."""
-    thr = normalize_thresholds(thresholds, model_thresholds(model))
+    thr = resolve_thresholds(thresholds, model_thresholds(model))
     ids = encode_prompt(tokenizer, prompt)
     _check_prompt_fits(len(ids), context_length(model) + 1)
     out = model(torch.tensor([ids], device=_device(model)), use_cache=False, output_layer_scores=True)
@@ -474,7 +472,7 @@ def generate_batch(
     GenerationSettings(max_new_tokens, thresholds, temperature, top_k, top_p, repetition_penalty, seed).check()
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    thr = normalize_thresholds(thresholds, model_thresholds(model))
+    thr = resolve_thresholds(thresholds, model_thresholds(model))
     ctx = context_length(model)
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     for ids in encoded:
@@ -595,7 +593,7 @@ class EthicsStoppingCriteria(StoppingCriteria):
     """
 
     def __init__(self, thresholds: float | Sequence[float] | None = None, model=None):
-        self.thresholds = normalize_thresholds(thresholds, model_thresholds(model))
+        self.thresholds = resolve_thresholds(thresholds, model_thresholds(model))
         self._handle = None
         self._reset()
         if model is not None:
@@ -661,7 +659,7 @@ class EthicsStoppingCriteria(StoppingCriteria):
         if position < self._prompt_len:  # the prompt's last token: an assessment, not a stop
             return self._stopped
         thr = torch.tensor(self.thresholds, device=self._scores.device)
-        bad = (self._scores < thr) | (thr >= 1.0)  # (B, K), the rule of kala_engine.explain.is_violated
+        bad = is_violated(self._scores, thr)  # (B, K)
         newly = bad.any(dim=-1) & ~self._stopped
         if bool(newly.any()):
             token_index = position - self._prompt_len

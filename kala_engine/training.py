@@ -33,9 +33,10 @@ from typing import Any
 
 import torch
 
+from .constitution import NUM_LAWS
 from .jobs import Cancelled, CheckpointSaved, Emit, JobControl, JobError, LogLine, TrainStep, Validation
 
-LAW_KEYS = [f"law_loss_{k}" for k in range(5)]
+LAW_KEYS = [f"law_loss_{k}" for k in range(NUM_LAWS)]
 #: metrics that depend on wall time (everything else in a metrics line is reproducible)
 TIMING_KEYS = ("tokens_per_s", "elapsed", "eta", "memory_mb", "time")
 
@@ -546,8 +547,8 @@ def _train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> d
         if val_set is None or len(val_set) == 0:
             return None
         model.eval()
-        sums = torch.zeros(3 + 5, dtype=torch.float64)
-        abs_err = torch.zeros(5, dtype=torch.float64)
+        sums = torch.zeros(3 + NUM_LAWS, dtype=torch.float64)
+        abs_err = torch.zeros(NUM_LAWS, dtype=torch.float64)
         n_tok = torch.zeros((), dtype=torch.float64)
         with torch.no_grad():
             for j in range(min(cfg.eval_batches, math.ceil(len(val_set) / cfg.batch_size))):
@@ -568,7 +569,7 @@ def _train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> d
         line = {"split": "validation", "step": step, "lm_loss": float(sums[0] / k),
                 "ethics_loss": float(sums[1] / k),
                 **{f"val_mae_{i}": round(v, 6) for i, v in enumerate(mae)},
-                "mae_mean": round(sum(mae) / 5, 6)}
+                "mae_mean": round(sum(mae) / NUM_LAWS, 6)}
         return line
 
     def checkpoint(step: int) -> None:
@@ -595,7 +596,7 @@ def _train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> d
             lr = lr_at(step, total_steps, cfg, warmup)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            parts = torch.zeros(4 + 5, device=accelerator.device)  # loss, lm, ethics, deep, per law
+            parts = torch.zeros(4 + NUM_LAWS, device=accelerator.device)  # loss, lm, ethics, deep, per law
             n_tokens = 0
             for k in range(cfg.grad_accum):
                 b = batch_for(step, k)
@@ -628,7 +629,7 @@ def _train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> d
             line = {
                 "step": step, "epoch": round(step / steps_per_epoch, 4), "loss": float(parts[0]),
                 "lm_loss": last_lm, "ethics_loss": last_eth, "deep_loss": float(parts[3]),
-                **{LAW_KEYS[i]: float(parts[4 + i]) for i in range(5)},
+                **{LAW_KEYS[i]: float(parts[4 + i]) for i in range(NUM_LAWS)},
                 "lr": lr, "grad_norm": float(grad_norm),
                 "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1), "elapsed": round(elapsed, 3),
                 "eta": round(elapsed / done * (total_steps - step), 1), "memory_mb": _memory_mb(),
