@@ -7,11 +7,9 @@ import math
 
 import pytest
 
-pytest.importorskip("kala_engine.generation")
-
-from kala_engine import cli  # noqa: E402
-from kala_engine.constitution import violated_laws  # noqa: E402
-from kala_engine.evaluation import KALABackend, load_suite  # noqa: E402
+from kala_engine import cli
+from kala_engine.constitution import violated_laws
+from kala_engine.evaluation import KALABackend, load_suite
 
 
 @pytest.fixture(scope="module")
