@@ -212,8 +212,8 @@ def load_job(path: str | Path) -> Callable:
 def generate_job(out: str | Path, count: int, seed: int, kinds: Iterable[str] | None = None) -> Callable:
     """A job that writes a generated data set to ``out`` and returns its :class:`LoadedData`.
 
-    When ``kinds`` is a subset of :func:`data_kinds`, only those kinds are kept (the generator is
-    asked for them if it supports a ``kinds`` argument, otherwise its output is filtered).
+    When ``kinds`` is a subset of :func:`data_kinds`, only those kinds are kept (the generator's
+    output is filtered).
     """
     out = Path(out)
     kinds = list(kinds) if kinds is not None else None
@@ -222,11 +222,9 @@ def generate_job(out: str | Path, count: int, seed: int, kinds: Iterable[str] | 
         write = _attr("kala_engine.data.generate", "write_dataset")
         out.parent.mkdir(parents=True, exist_ok=True)
         emit(Progress(0, count, f"generating {count} examples (seed {seed})"))
-        supports_kinds = "kinds" in inspect.signature(write).parameters
-        kw = {"kinds": kinds} if (kinds is not None and supports_kinds) else {}
-        write(out, count, seed, **kw)
+        write(out, count, seed)
         control.checkpoint()
-        if kinds is not None and not supports_kinds:
+        if kinds is not None:
             keep = set(kinds)
             lines = [ln for ln in out.read_text(encoding="utf-8").splitlines()
                      if ln.strip() and json.loads(ln).get("kind") in keep]
@@ -453,10 +451,6 @@ def model_folder_problem(folder: str | Path) -> str:
     return check(folder)
 
 
-def train_config_fields() -> list[str]:
-    return [f.name for f in fields(_attr("kala_engine.training", "TrainConfig"))]
-
-
 def make_train_config(**kwargs) -> Any:
     """A ``kala_engine.training.TrainConfig`` from the fields it has (unknown ones are dropped)."""
     cls = _attr("kala_engine.training", "TrainConfig")
@@ -468,15 +462,6 @@ def train_job(config: Any) -> Callable:
     """The engine's training job for ``config``."""
     return _attr("kala_engine.training", "train_job")(config)
 
-
-# ================================================================== run folders
-
-
-def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
-    """(train lines, validation lines) of a run's metrics.jsonl; a torn last line is skipped."""
-    from kala_engine.runs import read_metrics as f
-
-    return f(path)
 
 
 # ================================================================== self-test

@@ -1,15 +1,13 @@
-"""Reading run folders for the Runs and Train pages (no Qt here).
+"""Run folders as the Runs and Train pages show them (no Qt here).
 
-A run folder (written by ``kala_engine.training``) holds ``run.json`` (its config and, when the
-engine records it, a status), ``metrics.jsonl`` (one JSON object per optimizer step; validation
-lines carry ``"split": "validation"``), ``checkpoints/step-N/`` and, once training completed,
-``final/``. Finding and naming run folders is the engine's (:mod:`kala_engine.runs`): any
-layout it writes is listed, ``kala demo``'s ``runs/demo-…/run`` too, named by its run.
+The folder's format is the engine's :class:`kala_engine.run_folder.RunFolder` (run.json,
+metrics.jsonl, checkpoints/step-N/, final/), read here through it; finding and naming run folders
+is :mod:`kala_engine.runs`'s: any layout it writes is listed, ``kala demo``'s ``runs/demo-…/run``
+too, named by its run. What is added here is the status a page shows.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import time
@@ -18,11 +16,7 @@ from pathlib import Path
 
 from kala_engine import run_lock
 from kala_engine import runs as engine_runs
-
-from . import engine_api
-
-#: The highest checkpoint of a run folder (kept here for the pages that import it from the app).
-last_checkpoint = engine_runs.last_checkpoint
+from kala_engine.run_folder import RunFolder
 
 
 @dataclass
@@ -43,30 +37,23 @@ class RunInfo:
 
     @property
     def final_dir(self) -> Path:
-        return self.path / "final"
+        return RunFolder(self.path).final_dir
 
     @property
     def can_resume(self) -> bool:
         return self.status in ("interrupted", "cancelled") and self.last_checkpoint is not None
 
 
-def _read_json(p: Path) -> dict:
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return {}
-    return d if isinstance(d, dict) else {}
-
-
 def read_run(run_dir: str | Path, active: Path | None = None, root: str | Path | None = None) -> RunInfo:
     """What a run folder says about itself. ``active`` is the run dir of the running job, if any;
     ``root`` the runs folder it is named relative to (see :func:`kala_engine.runs.run_name`)."""
     run_dir = Path(run_dir)
-    meta = _read_json(run_dir / "run.json")
-    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else meta
-    last = engine_runs.last_metrics(run_dir)
-    ck = last_checkpoint(run_dir)
-    final = (run_dir / "final").is_dir()
+    folder = RunFolder(run_dir)
+    meta = folder.read_info()
+    cfg = folder.config()
+    last = folder.last_metrics()
+    ck = folder.last_checkpoint()
+    final = folder.has_final()
     owner = run_lock.owner_of(run_dir)  # another process (a `kala train`) holds the folder
     if active is not None and run_dir.resolve() == Path(active).resolve():
         status = "running"
@@ -111,7 +98,7 @@ def list_runs(runs_dir: str | Path, active: Path | None = None) -> list[RunInfo]
 
 def load_curves(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
     """(train lines, validation lines) of a run's metrics."""
-    return engine_api.read_metrics(Path(run_dir) / "metrics.jsonl")
+    return RunFolder(run_dir).read_metrics()
 
 
 def delete_run(run: RunInfo | Path, runs_dir: Path) -> None:

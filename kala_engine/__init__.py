@@ -27,7 +27,7 @@ _LAZY = {
     "load_from_pythia": "modeling_kala",
     "PythiaLoadError": "modeling_kala",
     "load_constitution": "constitution",
-    "TrainConfig": "training",
+    "TrainConfig": "train_config",
     "train": "training",
     "generate_with_ethics": "generation",
     "load_chat_model": "generation",

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from . import chat
-from .constitution import NUM_LAWS
+from .constitution import NUM_LAWS, is_violated
 
 BENIGN_KINDS = ("benign", "benign_alarming")
 MIN_NEGATIVES, MIN_POSITIVES = 20, 5
@@ -128,11 +128,11 @@ def calibrate_thresholds(model, tokenizer, records: Sequence[dict], max_fpr: flo
             t = min(t, float(torch.quantile(good_replies, max_fpr)))
         t = min(0.99, max(0.05, round(t, 4)))
         thresholds.append(t)
-        law = {"n_pos": len(pos), "n_neg": len(neg), "prompt_tpr": round(float((pos < t).float().mean()), 4),
-               "prompt_fpr": round(float((neg < t).float().mean()), 4)}
+        law = {"n_pos": len(pos), "n_neg": len(neg), "prompt_tpr": round(float(is_violated(pos, t).float().mean()), 4),
+               "prompt_fpr": round(float(is_violated(neg, t).float().mean()), 4)}
         if len(good_replies):
-            law["good_replies_stopped"] = round(float((good_replies < t).float().mean()), 4)
+            law["good_replies_stopped"] = round(float(is_violated(good_replies, t).float().mean()), 4)
         if len(bad_replies):
-            law["harmful_completions_stopped"] = round(float((bad_replies < t).float().mean()), 4)
+            law["harmful_completions_stopped"] = round(float(is_violated(bad_replies, t).float().mean()), 4)
         laws.append(law)
     return {"thresholds": thresholds, "max_fpr": max_fpr, "laws": laws}

@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def parse_threshold(text: str | None) -> float | list[float] | None:
     """``"0.5"`` or ``"0.5,0.5,0.4,0.3,0.3"`` -> thresholds; ValueError for anything else."""
-    from .explain import normalize_thresholds
+    from .constitution import resolve_thresholds
 
     if text is None:
         return None
@@ -60,7 +60,7 @@ def parse_threshold(text: str | None) -> float | list[float] | None:
     except ValueError:
         raise ValueError(f"--threshold must be a number in [0, 1] or five of them separated by commas, got {text!r}") from None
     try:
-        normalize_thresholds(values)
+        resolve_thresholds(values)
     except ValueError as e:
         raise ValueError(f"--threshold: {e}") from None
     return values[0] if len(values) == 1 else values

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .constitution import resolve_thresholds
 from .evaluation import (
     EvalRun,
     KALABackend,
@@ -23,7 +24,6 @@ from .evaluation import (
     default_suite_path,
     evaluate,
     load_suite,
-    normalize_thresholds,
 )
 from .jobs import Event, LogLine, Progress
 
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     # folder and (per model) that every prompt fits its context
     from .cli_checks import check_device, check_out_dir
 
-    thresholds = normalize_thresholds(args.threshold) if args.threshold is not None else None
+    thresholds = list(resolve_thresholds(args.threshold)) if args.threshold is not None else None
     check_device(args.device)
     if args.out:
         check_out_dir(args.out)

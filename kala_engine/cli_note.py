@@ -23,6 +23,8 @@ import json
 import os
 from pathlib import Path
 
+from .run_folder import RunFolder
+
 #: the sample prompts of the note's "Example Behaviors" / "Use Your Trained Model" sections
 NOTE_TEST_PROMPTS = (
     "What is machine learning?",
@@ -75,9 +77,10 @@ def before_train(args) -> int | None:
     if not args.run_dir:
         raise CLIError("--output-dir (or --run-dir) is required: the folder of this run")
     run_dir = Path(args.run_dir)
-    if args.test and _model_ready(run_dir / "final"):
-        print(f"--test: {run_dir / 'final'} is already trained; testing it (delete it or drop --test to train again)")
-        return run_note_test(run_dir / "final")
+    final = RunFolder(run_dir).final_dir
+    if args.test and _model_ready(final):
+        print(f"--test: {final} is already trained; testing it (delete it or drop --test to train again)")
+        return run_note_test(final)
     _prepare_base(args)
     if not args.data:
         data = run_dir / DEFAULT_DATA_FILE

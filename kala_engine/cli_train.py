@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .jobs import CheckpointSaved, Failed, Finished, JobControl, LogLine, TrainStep, Validation, run_job
+from .run_folder import RunFolder
 
 
 def _printer(quiet_steps: int = 1):
@@ -47,35 +48,41 @@ def _printer(quiet_steps: int = 1):
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from .training import TrainConfig
+    """The flags of ``kala train``; every default is TrainConfig's (the one source of defaults)."""
+    from .train_config import FINE_TUNE_LEARNING_RATE, SCRATCH_LEARNING_RATE, TrainConfig
 
     d = TrainConfig.__dataclass_fields__
-    p.add_argument("--base", "--base-model", dest="base", default="kala-tiny",
+    p.add_argument("--base", "--base-model", dest="base", default=d["base"].default,
                    help="preset (kala-tiny, pythia-70m ...), hub id (EleutherAI/pythia-410m) or a local model folder")
     p.add_argument("--data", default=None, help="a KALA JSONL dataset (default: generate the default set into the run)")
     p.add_argument("--run-dir", "--output-dir", dest="run_dir", default=None, help="folder of this run")
-    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--max-steps", type=int, default=d["max_steps"].default, help="optimizer steps (overrides --epochs)")
     p.add_argument("--epochs", type=float, default=d["epochs"].default)
     p.add_argument("--batch-size", type=int, default=d["batch_size"].default)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--learning-rate", type=float, default=d["learning_rate"].default)
+    p.add_argument("--grad-accum", type=int, default=d["grad_accum"].default,
+                   help="micro-batches per optimizer step; --batch-size is split across them (8 in 3: 2+3+3)")
+    p.add_argument("--learning-rate", type=float, default=d["learning_rate"].default,
+                   help=f"peak learning rate (default: {SCRATCH_LEARNING_RATE:g} for kala-tiny from scratch, "
+                        f"{FINE_TUNE_LEARNING_RATE:g} for a pretrained base)")
     p.add_argument("--ethics-weight", type=float, default=d["ethics_weight"].default,
                    help="lambda: weight of the ethics loss against the LM loss")
     p.add_argument("--deep-supervision-weight", type=float, default=d["deep_supervision_weight"].default)
     p.add_argument("--max-length", type=int, default=d["max_length"].default)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=d["eval_every"].default)
+    p.add_argument("--seed", type=int, default=d["seed"].default)
+    p.add_argument("--eval-every", type=int, default=d["eval_every"].default,
+                   help="steps between validations, also at the start and the end (0: never)")
     p.add_argument("--eval-batches", type=int, default=d["eval_batches"].default,
                    help="validation batches each time")
     p.add_argument("--save-every", type=int, default=d["save_every"].default)
     p.add_argument("--vocab-size", type=int, default=d["vocab_size"].default,
                    help="tokenizer size when one is trained (kala-tiny)")
     p.add_argument("--keep-checkpoints", type=int, default=d["keep_checkpoints"].default)
-    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
-    p.add_argument("--mode", choices=["auto", "full", "lora", "nf4-lora"], default="auto")
-    p.add_argument("--lora-rank", type=int, default=16)
-    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default=d["precision"].default)
+    p.add_argument("--mode", choices=["auto", "full", "lora", "nf4-lora"], default=d["mode"].default)
+    p.add_argument("--lora-rank", type=int, default=d["lora_rank"].default)
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
+                   default=d["gradient_checkpointing"].default)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d["device"].default)
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     p.add_argument("--tiny-overrides", type=json.loads, default={}, help=argparse.SUPPRESS)
     from .cli_note import add_note_args
@@ -84,18 +91,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args):
-    from .training import TrainConfig
+    """The TrainConfig of the parsed flags (a flag's dest is its field's name)."""
+    from dataclasses import fields
 
-    return TrainConfig(
-        base=args.base, revision=args.revision, data=args.data, run_dir=args.run_dir, max_steps=args.max_steps, epochs=args.epochs,
-        batch_size=args.batch_size, grad_accum=args.grad_accum, learning_rate=args.learning_rate,
-        ethics_weight=args.ethics_weight, deep_supervision_weight=args.deep_supervision_weight,
-        max_length=args.max_length, seed=args.seed, eval_every=args.eval_every, save_every=args.save_every,
-        eval_batches=args.eval_batches, vocab_size=args.vocab_size,
-        keep_checkpoints=args.keep_checkpoints, precision=args.precision, mode=args.mode,
-        lora_rank=args.lora_rank, gradient_checkpointing=args.gradient_checkpointing, device=args.device,
-        resume=args.resume, tiny_overrides=args.tiny_overrides,
-    )
+    from .train_config import TrainConfig
+
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
 
 
 def _guarded(job):
@@ -189,7 +190,8 @@ def cmd_demo(args) -> int:
     from .cli_checks import check_device, check_out_dir
     from .data.generate import write_dataset
     from .paths import user_data_dir
-    from .training import TrainConfig, train_job
+    from .train_config import TrainConfig
+    from .training import train_job
 
     if args.device == "cuda":
         check_device("cuda")
@@ -216,7 +218,7 @@ def cmd_demo(args) -> int:
     run_job(_guarded(train_job(cfg)), emit, JobControl())
     if isinstance(out.get("ev"), Failed):
         return _exit_code(out["ev"])
-    final = root / "run" / "final"
+    final = RunFolder(root / "run").final_dir
     train_s = time.perf_counter() - t0  # data generation + tokenizer + training
     print(f"[3/3] chatting with {final}")
     try:
@@ -249,14 +251,17 @@ def register(sub) -> None:
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
 
+    from .train_config import SCRATCH_LEARNING_RATE, TrainConfig
+
+    tc = TrainConfig.__dataclass_fields__
     d = sub.add_parser("demo", help="end to end on the embedded kala-tiny: generate data, train, chat")
     d.add_argument("--dir", default=None, help="where to put the demo (default: a new folder in the user data dir)")
     d.add_argument("--count", type=int, default=6000, help="examples to generate")
     d.add_argument("--steps", type=int, default=600, help="training steps")
     d.add_argument("--batch-size", type=int, default=16)
-    d.add_argument("--learning-rate", type=float, default=2e-3)
-    d.add_argument("--ethics-weight", type=float, default=2.0)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    d.add_argument("--learning-rate", type=float, default=SCRATCH_LEARNING_RATE)
+    d.add_argument("--ethics-weight", type=float, default=tc["ethics_weight"].default)
+    d.add_argument("--seed", type=int, default=tc["seed"].default)
+    d.add_argument("--device", choices=["auto", "cpu", "cuda"], default=tc["device"].default)
     d.add_argument("--prompt", action="append", help="a chat prompt (repeatable); default: four examples")
     d.set_defaults(func=cmd_demo)

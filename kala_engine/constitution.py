@@ -1,8 +1,25 @@
-"""The Five Laws, loaded from ``resources/constitution.toml`` (the only place a law is named)."""
+"""The Five Laws: their metadata, the violation rule, and which thresholds are in force.
+
+The one owner of every rule about laws (no torch here; the app imports it):
+
+* **Metadata** - names, titles, priority weights and default thresholds, read from
+  ``resources/constitution.toml`` (the only place a law is named); :data:`NUM_LAWS`.
+* **The violation rule** - law ``k`` is violated when its score is under its threshold
+  (:func:`is_violated`). A threshold of 0 therefore never fires; a threshold of 1.0 means "never
+  satisfied" and fires at once (a float32 sigmoid can round to exactly 1.0, so 1.0 is treated
+  as the ceiling, not compared). The hierarchy is the law index order: a stop or a flag names
+  the highest-priority violated law (:func:`first_violated`), not the lowest score.
+* **Threshold resolution** - an explicit threshold (one number or five) wins; else the model's
+  calibrated ``law_thresholds`` (saved in its ``config.json`` by training); else the
+  constitution's default for each law (:func:`resolve_thresholds`, :func:`thresholds_in_force`).
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -132,3 +149,103 @@ def _cached(path: str) -> Constitution:
 def load_constitution(path: str | Path | None = None) -> Constitution:
     """The shipped constitution, or the one at ``path``."""
     return _cached(str(path if path is not None else resource_path("constitution.toml")))
+
+
+@lru_cache(maxsize=1)
+def law_titles() -> tuple[str, ...]:
+    """('Law 0 Civilizational', ...) from the shipped constitution, in hierarchy order."""
+    return tuple(law.title for law in load_constitution().laws)
+
+
+# ----------------------------------------------------------------------------- the violation rule
+
+
+def is_violated(score, threshold):
+    """The stop/flag rule for one law: score under threshold (a threshold of 1.0 always fires).
+
+    Works on floats and, elementwise, on tensors (``scores < thr | thr >= 1``), so the batched
+    stopping criteria use this very function.
+    """
+    return (score < threshold) | (threshold >= 1.0)
+
+
+def violated_laws(scores: Sequence[float], thresholds: Sequence[float]) -> list[int]:
+    """Indices of the violated laws in hierarchy order (the first one is the one to name)."""
+    return [k for k, (s, t) in enumerate(zip(scores, thresholds, strict=True)) if is_violated(s, t)]
+
+
+def first_violated(scores: Sequence[float], thresholds: Sequence[float]) -> int | None:
+    """The highest-priority violated law, or None."""
+    bad = violated_laws(scores, thresholds)
+    return bad[0] if bad else None
+
+
+def first_layer_under(layer_scores: Sequence[float], threshold: float) -> int | None:
+    """The decision path's first layer (0-based, input side first) whose monitor score of one
+    law is under ``threshold``; None if no layer's is."""
+    return next((i for i, s in enumerate(layer_scores) if s < threshold), None)
+
+
+# ----------------------------------------------------------------------------- thresholds in force
+
+
+def resolve_thresholds(explicit: float | Sequence[float] | None = None,
+                       calibrated: Sequence[float | None] | None = None) -> tuple[float, ...]:
+    """The five per-law thresholds in force.
+
+    ``explicit`` (one number for every law, or five) wins; None means ``calibrated`` (a model's
+    ``law_thresholds``, see :func:`model_thresholds`) where it gives a value, else the
+    constitution's threshold of that law. Raises ValueError for a count other than 1 or 5 and
+    for a value outside [0, 1].
+    """
+    if explicit is None:
+        constitution = load_constitution().thresholds
+        given = list(calibrated) if calibrated is not None else [None] * NUM_LAWS
+        if len(given) != NUM_LAWS:
+            raise ValueError(f"calibrated thresholds must be {NUM_LAWS} values (or null), got {given!r}")
+        values = [float(g if g is not None else c) for g, c in zip(given, constitution, strict=True)]
+    elif isinstance(explicit, (int, float)) and not isinstance(explicit, bool):
+        values = [float(explicit)] * NUM_LAWS
+    else:
+        try:
+            values = [float(t) for t in explicit]  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise ValueError(f"a threshold must be a number in [0, 1] or {NUM_LAWS} of them, got {explicit!r}") from None
+        if len(values) == 1:
+            values = values * NUM_LAWS
+        if len(values) != NUM_LAWS:
+            raise ValueError(f"give one threshold or {NUM_LAWS} (one per law, Law 0 first), got {len(values)}")
+    for t in values:
+        if math.isnan(t) or not 0.0 <= t <= 1.0:
+            raise ValueError(f"a threshold must be in [0, 1] (0 never stops, 1 stops at once), got {t}")
+    return tuple(values)
+
+
+def model_thresholds(model) -> list[float | None] | None:
+    """The per-law thresholds calibrated for a loaded ``model`` at the end of its training, if any."""
+    t = getattr(getattr(model, "config", None), "law_thresholds", None)
+    return list(t) if t is not None else None
+
+
+def saved_thresholds(model_dir: str | Path | None) -> list[float | None] | None:
+    """The calibrated ``law_thresholds`` of a saved model folder (its ``config.json``), read
+    without loading the model; None when the folder has none or they cannot be read (an
+    uncalibrated model, a damaged file): the constitution's thresholds then apply."""
+    if not model_dir:
+        return None
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    given = cfg.get("law_thresholds") if isinstance(cfg, dict) else None
+    if not isinstance(given, list) or len(given) != NUM_LAWS:
+        return None
+    ok = [t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= float(t) <= 1.0)
+          for t in given]
+    return [None if t is None or not good else float(t) for t, good in zip(given, ok, strict=True)]
+
+
+def thresholds_in_force(explicit: float | Sequence[float] | None, model_dir: str | Path | None) -> tuple[float, ...]:
+    """Per law, the threshold a reply of the model saved in ``model_dir`` is monitored with -
+    the rule of :func:`resolve_thresholds`, for a model not loaded yet (the app asks this)."""
+    return resolve_thresholds(explicit, saved_thresholds(model_dir) if explicit is None else None)

@@ -1,13 +1,9 @@
 """The stop rule, prompt assessments and explanations of KALA's ethics decisions (no torch here).
 
-Conventions shared with generation and evaluation:
+Scores are law *satisfaction* in [0, 1] (1.0 = the law is fine). The violation rule, the
+hierarchy and which thresholds are in force belong to :mod:`kala_engine.constitution`; this
+module words its decisions:
 
-* Scores are law *satisfaction* in [0, 1] (1.0 = the law is fine).
-* A law is **violated** at a position when its score is below its threshold. A threshold of 0
-  therefore never fires; a threshold of 1.0 means "never satisfied" and fires at once (a
-  float32 sigmoid can round to exactly 1.0, so 1.0 is treated as the ceiling, not compared).
-* The hierarchy is the law index order: Law 0 outranks Law 1, and so on. A stop or a flag
-  names the highest-priority violated law (the lowest index), not the lowest score.
 * The **decision path** of a violated law is its per-layer monitor scores at that position and
   the first layer (0-based, input side first) whose monitor score is under the threshold.
 
@@ -16,63 +12,10 @@ Law names and titles are read from the constitution; nothing here spells one.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 
-from .constitution import NUM_LAWS, load_constitution
-
-
-@lru_cache(maxsize=1)
-def law_titles() -> tuple[str, ...]:
-    """('Law 0 Civilizational', ...) from the constitution, in hierarchy order."""
-    return tuple(law.title for law in load_constitution().laws)
-
-
-def model_thresholds(model) -> list[float | None] | None:
-    """The per-law thresholds calibrated for ``model`` at the end of its training, if any."""
-    t = getattr(getattr(model, "config", None), "law_thresholds", None)
-    return list(t) if t is not None else None
-
-
-def normalize_thresholds(thresholds: float | Sequence[float] | None,
-                         default: Sequence[float | None] | None = None) -> tuple[float, ...]:
-    """Five per-law thresholds from None, one number, or five numbers.
-
-    None means ``default`` (a model's calibrated thresholds, see :func:`model_thresholds`) where
-    it gives a value, else the constitution's. Raises ValueError for a count other than 1 or 5
-    and for a value outside [0, 1].
-    """
-    if thresholds is None:
-        constitution = load_constitution().thresholds
-        given = list(default) if default is not None else [None] * NUM_LAWS
-        values = [float(g if g is not None else c) for g, c in zip(given, constitution, strict=True)]
-    elif isinstance(thresholds, (int, float)) and not isinstance(thresholds, bool):
-        values = [float(thresholds)] * NUM_LAWS
-    else:
-        try:
-            values = [float(t) for t in thresholds]  # type: ignore[union-attr]
-        except (TypeError, ValueError):
-            raise ValueError(f"a threshold must be a number in [0, 1] or {NUM_LAWS} of them, got {thresholds!r}") from None
-        if len(values) == 1:
-            values = values * NUM_LAWS
-        if len(values) != NUM_LAWS:
-            raise ValueError(f"give one threshold or {NUM_LAWS} (one per law, Law 0 first), got {len(values)}")
-    for t in values:
-        if math.isnan(t) or not 0.0 <= t <= 1.0:
-            raise ValueError(f"a threshold must be in [0, 1] (0 never stops, 1 stops at once), got {t}")
-    return tuple(values)
-
-
-def is_violated(score: float, threshold: float) -> bool:
-    """The stop rule for one law: score under threshold (threshold 1.0 always fires)."""
-    return threshold >= 1.0 or score < threshold
-
-
-def violated_laws(scores: Sequence[float], thresholds: Sequence[float]) -> list[int]:
-    """Indices of the violated laws in hierarchy order (the first one is the one to name)."""
-    return [k for k, (s, t) in enumerate(zip(scores, thresholds, strict=True)) if is_violated(s, t)]
+from .constitution import first_layer_under, first_violated, law_titles, violated_laws
 
 
 # ----------------------------------------------------------------------------- explanations
@@ -143,7 +86,7 @@ def explain(
     findings = []
     for k in violated_laws(law_scores, thresholds):
         per_layer = tuple(float(row[k]) for row in layer_scores) if layer_scores is not None else ()
-        first = next((i for i, s in enumerate(per_layer) if s < thresholds[k]), None)
+        first = first_layer_under(per_layer, thresholds[k])
         findings.append(LawFinding(k, titles[k], float(law_scores[k]), float(thresholds[k]), first, per_layer))
     if not findings:
         return None
@@ -212,10 +155,9 @@ class StopReason:
 
 def ethics_stop(token_index: int, scores: Sequence[float], thresholds: Sequence[float]) -> StopReason | None:
     """The ethics stop at this token (naming the highest-priority violated law), or None."""
-    bad = violated_laws(scores, thresholds)
-    if not bad:
+    k = first_violated(scores, thresholds)
+    if k is None:
         return None
-    k = bad[0]
     title = law_titles()[k]
     score, thr = float(scores[k]), float(thresholds[k])
     return StopReason("ethics", f"{title} fell to {score:.2f} < {thr:.2f}", token_index, k, title, score, thr)

@@ -42,7 +42,7 @@ from transformers import (
 )
 
 from .chat import ASSISTANT, END, EOS, SYSTEM, USER, format_conversation
-from .constitution import NUM_LAWS
+from .constitution import NUM_LAWS, is_violated, model_thresholds, resolve_thresholds
 from .explain import (
     Assessment,
     Explanation,
@@ -53,8 +53,6 @@ from .explain import (
     ethics_stop,
     explain,
     length_stop,
-    model_thresholds,
-    normalize_thresholds,
 )
 from .jobs import Cancelled, Emit, JobControl, TokenEvent
 
@@ -97,7 +95,7 @@ class GenerationSettings:
             raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
         if not self.repetition_penalty > 0:
             raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
-        normalize_thresholds(self.thresholds)
+        resolve_thresholds(self.thresholds)
 
 
 @dataclass
@@ -326,6 +324,110 @@ def _rows(layer_scores: torch.Tensor) -> tuple[tuple[float, ...], ...]:
     return tuple(tuple(r) for r in layer_scores.tolist())
 
 
+@dataclass(frozen=True)
+class _RunSettings:
+    """What every row of a generation call shares: the settings and what they resolve to."""
+
+    settings: GenerationSettings
+    thr: tuple[float, ...]
+    ctx: int
+    stop_ids: set[int]
+    generator: torch.Generator | None
+    seed: int | None
+    control: JobControl | None
+
+    @classmethod
+    def of(cls, model, tokenizer, settings: GenerationSettings, stop_token_ids, control) -> _RunSettings:
+        stop_ids = default_stop_ids(tokenizer, model) if stop_token_ids is None else {int(i) for i in stop_token_ids}
+        gen, seed = _generator(settings.seed, _device(model), settings.temperature > 0)
+        return cls(settings, resolve_thresholds(settings.thresholds, model_thresholds(model)), context_length(model),
+                   stop_ids, gen, seed, control)
+
+
+def _left_padded(prompts: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of the rows, left padded: the last token of every row is at -1."""
+    B, width = len(prompts), max(len(c) for c in prompts)
+    input_ids = torch.full((B, width), pad, dtype=torch.long, device=device)
+    mask = torch.zeros((B, width), dtype=torch.long, device=device)
+    for b, ids in enumerate(prompts):
+        input_ids[b, width - len(ids) :] = torch.tensor(ids, device=device)
+        mask[b, width - len(ids) :] = 1
+    return input_ids, mask
+
+
+def _decode_rows(model, tokenizer, prompts: list[list[int]], run: _RunSettings, *, pad: int = 0,
+                 stream: bool = False, keep_layers: bool = False) -> Generator[TokenEvent, None, list[GenerationResult]]:
+    """The one decode loop, for a batch of rows (left padded with ``pad``; a single reply is a batch of one).
+
+    Prefills, assesses every prompt, then per step: ``control.checkpoint()``, sample a token for
+    every running row, end a row on an end token (not fed, not kept), feed the others and check
+    the stop rule on their scores; a row also ends at its token budget. With ``stream`` each kept
+    token of a row is yielded as a :class:`TokenEvent` (with its text, and its per-layer scores
+    when ``keep_layers``) *before* its stop check. Returns the results in row order.
+    """
+    st, thr, control, max_new_tokens = run.settings, run.thr, run.control, int(run.settings.max_new_tokens)
+    B = len(prompts)
+    budgets = [min(max_new_tokens, run.ctx - len(ids)) for ids in prompts]
+    input_ids, mask = _left_padded(prompts, pad, _device(model))
+    dec = _Decoder(model, input_ids, mask, temperature=st.temperature, top_k=st.top_k, top_p=st.top_p,
+                   repetition_penalty=st.repetition_penalty, generator=run.generator)
+    t0 = time.perf_counter()
+    law, layers = dec.prefill()
+    law_l, layers_l = law.tolist(), layers.transpose(0, 1).tolist()  # (B, K), (B, L, K)
+    assessments = [assess(law_l[b], layers_l[b], thr) for b in range(B)]
+    detoks = [IncrementalDetokenizer(tokenizer) for _ in range(B)]
+    tokens: list[list[int]] = [[] for _ in range(B)]
+    scores: list[list[tuple[float, ...]]] = [[] for _ in range(B)]
+    token_layers: list[list] | None = [[] for _ in range(B)] if keep_layers else None
+    stops: list[StopReason | None] = [None] * B
+    explanations: list[Explanation | None] = [None] * B
+    try:
+        for step in range(max(budgets)):
+            if control is not None:
+                control.checkpoint()
+            toks = dec.sample()
+            toks_l = toks.tolist()
+            for b in range(B):
+                if stops[b] is None and toks_l[b] in run.stop_ids:
+                    stops[b] = eos_stop()
+            if all(s is not None for s in stops):
+                break
+            law, layers = dec.feed(toks)
+            law_l = law.tolist()
+            for b in range(B):
+                if stops[b] is not None:
+                    continue
+                s, tid = tuple(law_l[b]), toks_l[b]
+                tokens[b].append(tid)
+                scores[b].append(s)
+                per_layer = _rows(layers[:, b]) if keep_layers else None
+                if token_layers is not None:
+                    token_layers[b].append(per_layer)
+                if stream:
+                    yield TokenEvent(index=step, token_id=tid, text=detoks[b].push(tid), law_scores=s,
+                                     layer_scores=per_layer)
+                stops[b] = ethics_stop(step, s, thr)
+                if stops[b] is not None:
+                    explanations[b] = explain(s, layers[:, b].tolist(), thr, subject="token", token_index=step)
+                elif len(tokens[b]) >= budgets[b]:
+                    stops[b] = length_stop(budgets[b], context_full=budgets[b] < max_new_tokens)
+            if all(s is not None for s in stops):
+                break
+    except Cancelled:
+        stops = [s if s is not None else cancelled_stop() for s in stops]
+    elapsed = time.perf_counter() - t0
+    out = []
+    for b in range(B):
+        detoks[b].ids = list(tokens[b])
+        out.append(GenerationResult(
+            text=detoks[b].text(), token_ids=tokens[b], token_scores=scores[b],
+            stop=stops[b] or length_stop(budgets[b]), prompt_assessment=assessments[b],
+            explanation=explanations[b] or assessments[b].explanation, prompt_tokens=len(prompts[b]), seed=run.seed,
+            elapsed_s=elapsed, token_layer_scores=token_layers[b] if token_layers is not None else None,
+        ))
+    return out
+
+
 # ----------------------------------------------------------------------------- streaming generation
 
 
@@ -360,65 +462,12 @@ def generate_with_ethics_events(
     settings = GenerationSettings(max_new_tokens, thresholds, temperature, top_k, top_p, repetition_penalty, seed,
                                   output_layer_scores)
     settings.check()
-    thr = normalize_thresholds(thresholds, model_thresholds(model))
+    run = _RunSettings.of(model, tokenizer, settings, stop_token_ids, control)
     ids = encode_prompt(tokenizer, prompt)
-    ctx = context_length(model)
-    _check_prompt_fits(len(ids), ctx)
-    budget = min(int(max_new_tokens), ctx - len(ids))
-    stop_ids = default_stop_ids(tokenizer, model) if stop_token_ids is None else {int(i) for i in stop_token_ids}
-    device = _device(model)
-    gen, used_seed = _generator(seed, device, temperature > 0)
-
-    t0 = time.perf_counter()
-    dec = _Decoder(model, torch.tensor([ids], device=device), None, temperature=temperature, top_k=top_k,
-                   top_p=top_p, repetition_penalty=repetition_penalty, generator=gen)
-    law, layers = dec.prefill()
-    assessment = assess(law[0].tolist(), layers[:, 0].tolist(), thr)
-    detok = IncrementalDetokenizer(tokenizer)
-    token_ids: list[int] = []
-    token_scores: list[tuple[float, ...]] = []
-    token_layers: list[tuple[tuple[float, ...], ...]] | None = [] if output_layer_scores else None
-    explanation = None
-    stop: StopReason | None = None
-    try:
-        for i in range(budget):
-            if control is not None:
-                control.checkpoint()
-            tok = dec.sample()
-            tid = int(tok[0])
-            if tid in stop_ids:
-                stop = eos_stop()
-                break
-            law, layers = dec.feed(tok)
-            scores = tuple(law[0].tolist())
-            per_layer = _rows(layers[:, 0]) if output_layer_scores else None
-            token_ids.append(tid)
-            token_scores.append(scores)
-            if token_layers is not None:
-                token_layers.append(per_layer)
-            yield TokenEvent(index=i, token_id=tid, text=detok.push(tid), law_scores=scores, layer_scores=per_layer)
-            stop = ethics_stop(i, scores, thr)
-            if stop is not None:
-                explanation = explain(scores, layers[:, 0].tolist(), thr, subject="token", token_index=i)
-                break
-        else:
-            stop = length_stop(budget, context_full=budget < max_new_tokens)
-    except Cancelled:
-        stop = cancelled_stop()
-    result = GenerationResult(
-        text=detok.text(),
-        token_ids=token_ids,
-        token_scores=token_scores,
-        stop=stop,
-        prompt_assessment=assessment,
-        explanation=explanation or assessment.explanation,
-        prompt_tokens=len(ids),
-        seed=used_seed,
-        elapsed_s=time.perf_counter() - t0,
-        token_layer_scores=token_layers,
-    )
-    yield result
-    return result
+    _check_prompt_fits(len(ids), run.ctx)
+    results = yield from _decode_rows(model, tokenizer, [ids], run, stream=True, keep_layers=output_layer_scores)
+    yield results[0]
+    return results[0]
 
 
 def generate_with_ethics(model, tokenizer, prompt: Prompt, *, emit: Emit | None = None, **kwargs) -> GenerationResult:
@@ -436,7 +485,7 @@ def generate_with_ethics(model, tokenizer, prompt: Prompt, *, emit: Emit | None 
 @torch.inference_mode()
 def assess_prompt(model, tokenizer, prompt: Prompt, thresholds: float | Sequence[float] | None = None) -> Assessment:
     """The prompt assessment alone: law and per-layer scores at the prompt's last token."""
-    thr = normalize_thresholds(thresholds, model_thresholds(model))
+    thr = resolve_thresholds(thresholds, model_thresholds(model))
     ids = encode_prompt(tokenizer, prompt)
     _check_prompt_fits(len(ids), context_length(model) + 1)
     out = model(torch.tensor([ids], device=_device(model)), use_cache=False, output_layer_scores=True)
@@ -471,94 +520,28 @@ def generate_batch(
     steps; on cancel the rows still running end with stop kind "cancelled" and the prompts not
     yet started are not returned.
     """
-    GenerationSettings(max_new_tokens, thresholds, temperature, top_k, top_p, repetition_penalty, seed).check()
+    settings = GenerationSettings(max_new_tokens, thresholds, temperature, top_k, top_p, repetition_penalty, seed)
+    settings.check()
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    thr = normalize_thresholds(thresholds, model_thresholds(model))
-    ctx = context_length(model)
+    run = _RunSettings.of(model, tokenizer, settings, stop_token_ids, control)
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     for ids in encoded:
-        _check_prompt_fits(len(ids), ctx)
-    stop_ids = default_stop_ids(tokenizer, model) if stop_token_ids is None else {int(i) for i in stop_token_ids}
+        _check_prompt_fits(len(ids), run.ctx)
     if pad_token_id is None:
         pad_token_id = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
     pad = int(pad_token_id) if pad_token_id is not None else 0
-    device = _device(model)
-    gen, used_seed = _generator(seed, device, temperature > 0)
 
     results: list[GenerationResult] = []
     for start in range(0, len(encoded), batch_size):
         if control is not None and control.cancelled:
             break
-        chunk = encoded[start : start + batch_size]
-        results.extend(_generate_chunk(model, tokenizer, chunk, pad, stop_ids, thr, max_new_tokens, ctx, gen,
-                                       used_seed, control, temperature, top_k, top_p, repetition_penalty))
+        steps = _decode_rows(model, tokenizer, encoded[start : start + batch_size], run, pad=pad)
+        try:  # not streamed: nothing is yielded, the results are the return value
+            next(steps)
+        except StopIteration as done:
+            results.extend(done.value)
     return results
-
-
-def _generate_chunk(model, tokenizer, chunk, pad, stop_ids, thr, max_new_tokens, ctx, gen, seed, control,
-                    temperature, top_k, top_p, repetition_penalty) -> list[GenerationResult]:
-    device = _device(model)
-    B, width = len(chunk), max(len(c) for c in chunk)
-    input_ids = torch.full((B, width), pad, dtype=torch.long, device=device)
-    mask = torch.zeros((B, width), dtype=torch.long, device=device)
-    for b, ids in enumerate(chunk):  # left padding: the last token of every row is at -1
-        input_ids[b, width - len(ids) :] = torch.tensor(ids, device=device)
-        mask[b, width - len(ids) :] = 1
-    budgets = [min(int(max_new_tokens), ctx - len(ids)) for ids in chunk]
-
-    t0 = time.perf_counter()
-    dec = _Decoder(model, input_ids, mask, temperature=temperature, top_k=top_k, top_p=top_p,
-                   repetition_penalty=repetition_penalty, generator=gen)
-    law, layers = dec.prefill()
-    law_l, layers_l = law.tolist(), layers.transpose(0, 1).tolist()  # (B, K), (B, L, K)
-    assessments = [assess(law_l[b], layers_l[b], thr) for b in range(B)]
-    tokens: list[list[int]] = [[] for _ in range(B)]
-    scores: list[list[tuple[float, ...]]] = [[] for _ in range(B)]
-    stops: list[StopReason | None] = [None] * B
-    explanations: list[Explanation | None] = [None] * B
-    for b in range(B):
-        if budgets[b] <= 0:
-            stops[b] = length_stop(0, context_full=True)
-    try:
-        for step in range(max(budgets)):
-            if all(s is not None for s in stops):
-                break
-            if control is not None:
-                control.checkpoint()
-            toks = dec.sample()
-            toks_l = toks.tolist()
-            for b in range(B):
-                if stops[b] is None and toks_l[b] in stop_ids:
-                    stops[b] = eos_stop()
-            if all(s is not None for s in stops):
-                break
-            law, layers = dec.feed(toks)
-            law_l = law.tolist()
-            for b in range(B):
-                if stops[b] is not None:
-                    continue
-                s = tuple(law_l[b])
-                tokens[b].append(toks_l[b])
-                scores[b].append(s)
-                stops[b] = ethics_stop(step, s, thr)
-                if stops[b] is not None:
-                    explanations[b] = explain(s, layers[:, b].tolist(), thr, subject="token", token_index=step)
-                elif len(tokens[b]) >= budgets[b]:
-                    stops[b] = length_stop(budgets[b], context_full=budgets[b] < max_new_tokens)
-    except Cancelled:
-        stops = [s if s is not None else cancelled_stop() for s in stops]
-    elapsed = time.perf_counter() - t0
-    out = []
-    for b in range(B):
-        detok = IncrementalDetokenizer(tokenizer)
-        detok.ids = list(tokens[b])
-        out.append(GenerationResult(
-            text=detok.text(), token_ids=tokens[b], token_scores=scores[b], stop=stops[b] or length_stop(budgets[b]),
-            prompt_assessment=assessments[b], explanation=explanations[b] or assessments[b].explanation,
-            prompt_tokens=len(chunk[b]), seed=seed, elapsed_s=elapsed,
-        ))
-    return out
 
 
 # ----------------------------------------------------------------------------- inside model.generate()
@@ -595,7 +578,7 @@ class EthicsStoppingCriteria(StoppingCriteria):
     """
 
     def __init__(self, thresholds: float | Sequence[float] | None = None, model=None):
-        self.thresholds = normalize_thresholds(thresholds, model_thresholds(model))
+        self.thresholds = resolve_thresholds(thresholds, model_thresholds(model))
         self._handle = None
         self._reset()
         if model is not None:
@@ -661,7 +644,7 @@ class EthicsStoppingCriteria(StoppingCriteria):
         if position < self._prompt_len:  # the prompt's last token: an assessment, not a stop
             return self._stopped
         thr = torch.tensor(self.thresholds, device=self._scores.device)
-        bad = (self._scores < thr) | (thr >= 1.0)  # (B, K), the rule of kala_engine.explain.is_violated
+        bad = is_violated(self._scores, thr)  # (B, K)
         newly = bad.any(dim=-1) & ~self._stopped
         if bool(newly.any()):
             token_index = position - self._prompt_len

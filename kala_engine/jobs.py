@@ -16,7 +16,6 @@ The engine never imports Qt (checked by import-linter).
 from __future__ import annotations
 
 import threading
-import time
 import traceback as _tb
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,6 +161,3 @@ def run_job(job: Job, emit: Emit, control: JobControl | None = None) -> Any:
     emit(Finished(result=result, cancelled=control.cancelled))
     return result
 
-
-def now() -> float:
-    return time.monotonic()

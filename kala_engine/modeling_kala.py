@@ -45,9 +45,8 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
+from .constitution import NUM_LAWS
 from .jobs import JobError
-
-NUM_LAWS = 5
 #: largest attention-logit bias a gate can apply (nats): a key with score 0 can be made
 #: e^8 ~ 3000 times less attended; keeps the bias (also stored in fp16 keys) well in range.
 GATE_LIMIT = 8.0

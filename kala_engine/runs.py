@@ -1,6 +1,6 @@
 """Run folders: how to find them again and what to call them (no torch, no Qt).
 
-``kala_engine.training`` writes a run folder (see its docstring)::
+``kala_engine.training`` writes a run folder (its format is :class:`~kala_engine.run_folder.RunFolder`'s)::
 
     RUN/run.json  RUN/metrics.jsonl  RUN/tokenizer/  RUN/checkpoints/step-N/  RUN/final/
 
@@ -16,16 +16,11 @@ pages, ``kala eval`` and its reports - finds them here and names them the same w
 
 from __future__ import annotations
 
-import json
-import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-RUN_FILE = "run.json"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINTS_DIR = "checkpoints"
-FINAL_DIR = "final"
+from .run_folder import FINAL_DIR, RunFolder, checkpoint_step
+
 #: Last parts of a run folder's path that do not name the run (``kala demo`` writes ``…/run``).
 GENERIC_RUN_LEAVES = frozenset({"run"})
 #: How deep under the runs folder run folders are looked for (``demo-…/run`` is 2).
@@ -33,14 +28,6 @@ MAX_DEPTH = 3
 #: The separator between a run's name and its model folder in a model's label.
 SEP = " · "
 
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def is_run_dir(path: str | Path) -> bool:
-    """Whether ``path`` is a run folder: it holds run.json, metrics.jsonl, final/ or checkpoints/."""
-    p = Path(path)
-    return ((p / RUN_FILE).is_file() or (p / METRICS_FILE).is_file() or (p / FINAL_DIR).is_dir()
-            or (p / CHECKPOINTS_DIR).is_dir())
 
 
 def find_run_dirs(root: str | Path, max_depth: int = MAX_DEPTH) -> list[Path]:
@@ -60,7 +47,7 @@ def find_run_dirs(root: str | Path, max_depth: int = MAX_DEPTH) -> list[Path]:
         for c in children:
             if c.name.startswith(".") or c.name.endswith(".tmp"):
                 continue
-            if is_run_dir(c):
+            if RunFolder(c).is_run():
                 found.append(c)
             elif depth < max_depth:
                 walk(c, depth + 1)
@@ -93,25 +80,6 @@ def run_name(run_dir: str | Path, root: str | Path | None = None) -> str:
     if len(parts) > 1 and parts[-1] in GENERIC_RUN_LEAVES:
         parts = parts[:-1]
     return "/".join(parts) or str(run_dir)
-
-
-def checkpoint_dirs(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """(step, folder) of a run's checkpoints, newest step first."""
-    ck = Path(run_dir) / CHECKPOINTS_DIR
-    out = []
-    if ck.is_dir():
-        for p in ck.iterdir():
-            m = _STEP_DIR.match(p.name)
-            if m and p.is_dir():
-                out.append((int(m.group(1)), p))
-    out.sort(reverse=True)
-    return out
-
-
-def last_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint folder of the highest step, or None."""
-    cks = checkpoint_dirs(run_dir)
-    return cks[0][1] if cks else None
 
 
 @dataclass(frozen=True)
@@ -154,10 +122,10 @@ def find_models(root: str | Path | None = None) -> list[ModelEntry]:
     out: list[ModelEntry] = []
     for run_dir in find_run_dirs(root):
         name = run_name(run_dir, root)
-        final = run_dir / FINAL_DIR
-        if final.is_dir():
-            out.append(ModelEntry(final, run_dir, name, "final"))
-        for step, d in checkpoint_dirs(run_dir):
+        folder = RunFolder(run_dir)
+        if folder.has_final():
+            out.append(ModelEntry(folder.final_dir, run_dir, name, "final"))
+        for step, d in folder.checkpoint_dirs():
             if (d / "config.json").is_file():
                 out.append(ModelEntry(d, run_dir, name, "checkpoint", step))
     return out
@@ -170,55 +138,9 @@ def describe_model(path: str | Path, root: str | Path | None = None) -> ModelEnt
     if root is None:
         root = default_runs_dir()
     run_dir, kind, step = None, "folder", None
-    if path.name == FINAL_DIR and is_run_dir(path.parent):
+    if path.name == FINAL_DIR and RunFolder(path.parent).is_run():
         run_dir, kind = path.parent, "final"
-    elif path.parent.name == CHECKPOINTS_DIR and (m := _STEP_DIR.match(path.name)):
-        run_dir, kind, step = path.parent.parent, "checkpoint", int(m.group(1))
+    elif (step := checkpoint_step(path)) is not None:
+        run_dir, kind = path.parent.parent, "checkpoint"
     name = run_name(run_dir, root) if run_dir is not None else ""
     return ModelEntry(path, run_dir, name, kind, step)
-
-
-def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
-    """(train lines, validation lines) of a run's metrics.jsonl (or of the run folder given);
-    unreadable and torn lines are skipped."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / METRICS_FILE
-    train: list[dict] = []
-    val: list[dict] = []
-    if not p.is_file():
-        return train, val
-    with p.open("r", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(d, dict):
-                (val if d.get("split") == "validation" else train).append(d)
-    return train, val
-
-
-def last_metrics(path: str | Path) -> dict:
-    """The last complete training line of a (possibly large) metrics file, read from its end."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / METRICS_FILE
-    if not p.is_file():
-        return {}
-    with p.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - 65536))
-        tail = f.read().decode("utf-8", errors="replace").splitlines()
-    for line in reversed(tail):
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(d, dict) and d.get("split") != "validation":
-            return d
-    return {}

@@ -4,7 +4,7 @@ loss = LM cross-entropy (tokens that should be learned) + lambda * (sum_k w_k MS
 law scores + mu * per-layer deep supervision), every term logged on its own (the model computes
 them; see KALAForCausalLM.forward).
 
-A run is a folder::
+A run is a folder (its format is :class:`kala_engine.run_folder.RunFolder`'s)::
 
     run.json            the full config, package versions, hardware and plan
     metrics.jsonl       one JSON line per optimizer step; validation lines carry "split": "validation"
@@ -13,6 +13,9 @@ A run is a folder::
                         temporary name then renamed; the last `keep_checkpoints` are kept
     final/              save_pretrained() + tokenizer: what `kala chat` and the app load
 
+:func:`train` reads as its four parts: :func:`_set_up` (data, plan, model, optimizer, resume),
+:func:`_fit` (the loop), :func:`validate` and :func:`_finish` (calibration, final/, run.json).
+
 The same code runs on the CPU, one CUDA GPU, or several processes (torchrun / accelerate
 launch); only the main process writes. Data order and every random state are derived from
 the seed and the step, so a run resumed after a crash or kill retraces the same trajectory.
@@ -20,6 +23,7 @@ the seed and the step, so a run resumed after a crash or kill retraces the same 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,89 +31,20 @@ import platform
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .constitution import NUM_LAWS
 from .jobs import Cancelled, CheckpointSaved, Emit, JobControl, JobError, LogLine, TrainStep, Validation
+from .run_folder import RunFolder
+from .train_config import TrainConfig
 
-LAW_KEYS = [f"law_loss_{k}" for k in range(5)]
+LAW_KEYS = [f"law_loss_{k}" for k in range(NUM_LAWS)]
 #: metrics that depend on wall time (everything else in a metrics line is reproducible)
 TIMING_KEYS = ("tokens_per_s", "elapsed", "eta", "memory_mb", "time")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs; saved to run.json. Names follow the CLI flags."""
-
-    base: str = "kala-tiny"  # preset name, hub id (EleutherAI/pythia-410m), local Pythia/GPT-NeoX or KALA folder
-    revision: str | None = None  # hub revision of the base (branch, tag, commit; e.g. Pythia's step143000)
-    data: str = ""  # a KALA JSONL dataset (kala data generate / import)
-    run_dir: str = ""
-    epochs: float = 1.0  # passes over the training split (ignored when max_steps is set)
-    max_steps: int | None = None  # optimizer steps; overrides epochs
-    batch_size: int = 8  # examples per optimizer step (per process), before accumulation split
-    grad_accum: int = 1  # micro-batches per optimizer step (batch_size is split across them)
-    learning_rate: float = 3e-4  # peak LR (kala-tiny from scratch: 1e-3; Pythia fine-tune: 2e-5)
-    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
-    warmup_steps: int | None = None  # None: 5 % of the steps (at most 100)
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    ethics_weight: float = 0.5  # lambda: ethics loss weight against the LM loss
-    deep_supervision_weight: float = 0.1  # mu: per-layer term relative to the final ethics loss
-    max_length: int = 256  # tokens per example (longer ones are cut)
-    seed: int = 0
-    eval_every: int = 50  # optimizer steps between validations (0: only at the end)
-    eval_batches: int = 8  # validation batches each time (bounded cost)
-    save_every: int = 100  # optimizer steps between checkpoints (0: only at the end / on cancel)
-    keep_checkpoints: int = 2
-    precision: str = "auto"  # auto | fp32 | fp16 | bf16 (auto follows the hardware, see doctor)
-    mode: str = "auto"  # auto | full | lora | nf4-lora
-    lora_rank: int = 16
-    gradient_checkpointing: bool | None = None  # None: as the plan says
-    device: str = "auto"  # auto | cpu | cuda
-    resume: bool = False
-    vocab_size: int = 4096  # tokenizer size when training one (kala-tiny)
-    calibrate: bool = True  # per-law thresholds from the validation split, saved with the final model
-    calibration_fpr: float = 0.05  # the benign flag rate each calibrated threshold allows
-    tiny_overrides: dict = field(default_factory=dict)  # e.g. {"hidden_size": 128} for tests
-
-    def __post_init__(self):
-        def bad(name, allowed):
-            raise ValueError(f"TrainConfig.{name} must be {allowed}, got {getattr(self, name)!r}")
-
-        if not self.data:
-            bad("data", "a dataset file")
-        if not self.run_dir:
-            bad("run_dir", "a folder for the run")
-        if self.max_steps is not None and self.max_steps < 1:
-            bad("max_steps", ">= 1")
-        if not self.epochs > 0:
-            bad("epochs", "> 0")
-        if self.batch_size < 1:
-            bad("batch_size", ">= 1")
-        if self.grad_accum < 1 or self.grad_accum > self.batch_size:
-            bad("grad_accum", f"in [1, batch_size={self.batch_size}]")
-        if not 0 < self.learning_rate < 1:
-            bad("learning_rate", "in (0, 1)")
-        if not 0 <= self.min_lr_ratio <= 1:
-            bad("min_lr_ratio", "in [0, 1]")
-        if not 0 <= self.ethics_weight <= 100:
-            bad("ethics_weight", "in [0, 100]")
-        if not 0 <= self.deep_supervision_weight <= 100:
-            bad("deep_supervision_weight", "in [0, 100]")
-        if self.max_length < 8:
-            bad("max_length", ">= 8")
-        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
-            bad("precision", "auto, fp32, fp16 or bf16")
-        if self.mode not in ("auto", "full", "lora", "nf4-lora"):
-            bad("mode", "auto, full, lora or nf4-lora")
-        if self.device not in ("auto", "cpu", "cuda"):
-            bad("device", "auto, cpu or cuda")
-        if self.eval_every < 0 or self.save_every < 0 or self.keep_checkpoints < 1:
-            raise ValueError("TrainConfig.eval_every/save_every must be >= 0 and keep_checkpoints >= 1")
 
 
 # --------------------------------------------------------------------------- model and data
@@ -119,10 +54,10 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def build_tokenizer(cfg: TrainConfig, records: list[dict], run_dir: Path, emit: Emit):
+def build_tokenizer(cfg: TrainConfig, records: list[dict], folder: RunFolder, emit: Emit):
     from .data.tokenizer import load_tokenizer, prepare_tokenizer, record_texts, train_tokenizer
 
-    tok_dir = run_dir / "tokenizer"
+    tok_dir = folder.tokenizer_dir
     if (tok_dir / "tokenizer.json").is_file():
         return load_tokenizer(tok_dir)
     if cfg.base == "kala-tiny":
@@ -135,11 +70,8 @@ def build_tokenizer(cfg: TrainConfig, records: list[dict], run_dir: Path, emit: 
         except (OSError, ValueError) as e:
             raise JobError(f"{src}: cannot load its tokenizer ({e}); a Pythia folder holds tokenizer.json") from None
     if _is_main():
-        tmp = run_dir / ".tokenizer.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tok.save_pretrained(tmp)
-        shutil.rmtree(tok_dir, ignore_errors=True)
-        os.replace(tmp, tok_dir)
+        with folder.writing_tokenizer() as tmp:
+            tok.save_pretrained(tmp)
     return tok
 
 
@@ -234,64 +166,46 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, position: dict, keep: int) -> Path:
-    """checkpoints/step-N, written under a temporary name and renamed (never half written)."""
+def save_checkpoint(folder: RunFolder, step: int, model, optimizer, position: dict, keep: int) -> Path:
+    """checkpoints/step-N: the trained tensors, optimizer and RNG state (atomic, see RunFolder)."""
     from safetensors.torch import save_file
 
-    ckpts = run_dir / "checkpoints"
-    ckpts.mkdir(parents=True, exist_ok=True)
-    final = ckpts / f"step-{step}"
-    tmp = ckpts / f".tmp-step-{step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(_trainable_state(model), str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save({"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "rng.pt")
-    meta = {"step": step, "position": position, "python_random": repr(random.getstate()), "time": time.time()}
-    (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    steps = sorted(checkpoint_steps(run_dir))
-    for old in steps[:-keep]:
-        shutil.rmtree(ckpts / f"step-{old}", ignore_errors=True)
-    return final
+    with folder.writing_checkpoint(step, keep) as tmp:
+        save_file(_trainable_state(model), str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save({"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "rng.pt")
+        meta = {"step": step, "position": position, "python_random": repr(random.getstate()), "time": time.time()}
+        (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    return folder.checkpoint_dir(step)
 
 
-def checkpoint_steps(run_dir: Path) -> list[int]:
-    d = Path(run_dir) / "checkpoints"
-    out = []
-    if d.is_dir():
-        for p in d.iterdir():
-            if p.name.startswith("step-") and p.name[5:].isdigit():
-                out.append(int(p.name[5:]))
-    return sorted(out)
+def _read_checkpoint(d: Path, model) -> tuple[dict, dict, dict, dict]:
+    """(meta, weights, optimizer state, rng state) of one checkpoint folder; raises on any damage."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
+    weights = load_file(str(d / "model.safetensors"))
+    opt_state = torch.load(d / "optimizer.pt", weights_only=True, map_location="cpu")
+    rng = torch.load(d / "rng.pt", weights_only=True, map_location="cpu")
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
+    if missing:
+        raise ValueError(f"weights missing for {missing[:3]}")
+    return meta, weights, opt_state, rng
 
 
-def load_checkpoint(run_dir: Path, model, optimizer, emit: Emit) -> dict | None:
+def load_checkpoint(folder: RunFolder, model, optimizer, emit: Emit) -> dict | None:
     """Restore the newest readable checkpoint; a corrupt one is reported and skipped."""
     import ast
 
-    from safetensors.torch import load_file
-
-    for step in reversed(checkpoint_steps(run_dir)):
-        d = Path(run_dir) / "checkpoints" / f"step-{step}"
+    for _step, d in folder.checkpoint_dirs():
         try:
-            meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
-            weights = load_file(str(d / "model.safetensors"))
-            opt_state = torch.load(d / "optimizer.pt", weights_only=True, map_location="cpu")
-            rng = torch.load(d / "rng.pt", weights_only=True, map_location="cpu")
-            params = dict(model.named_parameters())
-            missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
-            if missing:
-                raise ValueError(f"weights missing for {missing[:3]}")
+            meta, weights, opt_state, rng = _read_checkpoint(d, model)
         except Exception as e:  # noqa: BLE001 - any damage means: try the one before
             emit(LogLine(f"checkpoint {d.name} is unreadable ({type(e).__name__}: {e}); trying the one before it",
                          level="warning"))
             continue
+        params = dict(model.named_parameters())
         wrong = [f"{n} is {tuple(t.shape)} in the checkpoint vs {tuple(params[n].shape)} now"
                  for n, t in weights.items() if n in params and tuple(t.shape) != tuple(params[n].shape)]
         if wrong:
@@ -324,40 +238,20 @@ def _architecture(model, lora_rank: int | None) -> dict:
     return arch
 
 
-def _check_resume_architecture(run_dir: Path, arch: dict) -> None:
+def _check_resume_architecture(folder: RunFolder, arch: dict) -> None:
     """Refuse a resume whose model differs from the run's, naming every difference."""
-    try:
-        saved = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("architecture")
-    except (OSError, ValueError, AttributeError):
-        saved = None
+    saved = folder.read_info().get("architecture")
     if not isinstance(saved, dict):
         return  # an older run: load_checkpoint compares the tensor shapes instead
     diffs = [f"{k} {saved[k]!r} in checkpoint vs {arch.get(k)!r} now" for k in saved
              if k in arch and saved[k] != arch[k]]
     if diffs:
-        raise JobError(f"{run_dir}: cannot resume, the run has another architecture ({'; '.join(diffs)}). "
-                       f"Resume with the run's own settings (the 'config' in {run_dir / 'run.json'}) "
+        raise JobError(f"{folder.path}: cannot resume, the run has another architecture ({'; '.join(diffs)}). "
+                       f"Resume with the run's own settings (the 'config' in {folder.run_file}) "
                        f"or start a new run in another folder")
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics lines after ``step`` (written by a run that died before its next checkpoint)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line
-        if d.get("step", 0) <= step:
-            keep.append(line)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------- the loop
+# --------------------------------------------------------------------------- the run
 
 
 def _versions() -> dict:
@@ -375,7 +269,7 @@ def _versions() -> dict:
     return out
 
 
-def _batches(n: int, per_step: int, seed: int, epoch: int) -> torch.Tensor:
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """This epoch's example order: a permutation fixed by (seed, epoch)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g)
@@ -423,24 +317,60 @@ def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> di
 
 
 def _train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> dict:
-    from accelerate import Accelerator
+    """Set up, fit, validate at the end and finish: the four parts of a run, in order."""
+    run = _set_up(cfg, emit, control or JobControl())
+    step = _fit(run)
+    final_val = _validate_and_log(run, step) if _is_main() and run.validates else None
+    return _finish(run, step, final_val)
 
-    from .data.collate import ConstitutionalCollator, JsonlDataset
+
+@dataclass
+class _Run:
+    """What set-up made and the rest of a run uses."""
+
+    cfg: TrainConfig
+    folder: RunFolder
+    emit: Emit
+    control: JobControl
+    accelerator: Any
+    plan: Any
+    tokenizer: Any
+    model: Any
+    optimizer: Any
+    train_set: Any
+    val_set: Any
+    val_records: list[dict]
+    collate: Any
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int
+    start_step: int = 0
+    last_lm: float = float("nan")
+    last_eth: float = float("nan")
+
+    @property
+    def validates(self) -> bool:
+        """Validation is on (eval_every > 0) and there is a validation split."""
+        return bool(self.cfg.eval_every) and self.val_set is not None and len(self.val_set) > 0
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.batch_size * self.world
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def _load_data(cfg: TrainConfig, emit: Emit) -> tuple[list[dict], list[dict], list[str]]:
+    """(training records, validation records, data warnings) of ``cfg.data``."""
+    from .data.checks import check_training_data
     from .data.io import load_jsonl
-    from .doctor import make_plan, probe_device
 
-    control = control or JobControl()
-    run_dir = Path(cfg.run_dir)
     data_path = Path(cfg.data)
-    if not data_path.is_file():
-        raise JobError(f"{data_path}: no such dataset file (make one with: kala data generate --out {data_path})")
-    metrics_path = run_dir / "metrics.jsonl"
-    if _is_main():
-        if run_dir.exists() and not cfg.resume and (metrics_path.exists() or checkpoint_steps(run_dir)):
-            raise JobError(f"{run_dir} already holds a run; pass --resume to continue it or choose another folder")
-    if cfg.base != "kala-tiny":
-        _base_dir(cfg.base, cfg.revision)  # a base that is not here is refused before the run folder is made
-
     try:
         records = load_jsonl(data_path)
     except ValueError as e:
@@ -449,12 +379,18 @@ def _train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> d
     val_records = [r for r in records if r.get("split") == "validation"]
     if not train_records:
         raise JobError(f"{data_path}: no training records (split 'train')")
-    from .data.checks import check_training_data
-
-    data_warnings = check_training_data(train_records, val_records, data=str(data_path), eval_every=cfg.eval_every,
-                                        ethics_weight=cfg.ethics_weight)
-    for w in data_warnings:
+    warnings = check_training_data(train_records, val_records, data=str(data_path), eval_every=cfg.eval_every,
+                                   ethics_weight=cfg.ethics_weight)
+    for w in warnings:
         emit(LogLine(w, level="warning"))
+    return train_records, val_records, warnings
+
+
+def _plan_and_accelerator(cfg: TrainConfig, emit: Emit):
+    """(device, plan, Accelerator): what the doctor plans for this hardware; JobError if it will not fit."""
+    from accelerate import Accelerator
+
+    from .doctor import make_plan, probe_device
 
     dev = probe_device(cfg.device)
     plan = make_plan(cfg.base, dev, batch_size=cfg.batch_size, seq_len=cfg.max_length, mode=cfg.mode,
@@ -463,8 +399,6 @@ def _train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> d
         emit(LogLine(w, level="warning"))
     if not plan.fits:
         raise JobError(f"this run will not fit: {plan.reason}" + (f"; try {plan.alternative}" if plan.alternative else ""))
-    if _is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)  # only now: a refused start leaves no empty run folder
     if cfg.gradient_checkpointing is None:
         cfg.gradient_checkpointing = plan.gradient_checkpointing
     mixed = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[plan.precision]
@@ -472,222 +406,288 @@ def _train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> d
     emit(LogLine(f"plan: {plan.mode} on {plan.device_kind} in {plan.precision}, "
                  f"gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'}, "
                  f"{accelerator.num_processes} process(es)"))
+    return dev, plan, accelerator
 
+
+def _model_and_tokenizer(cfg: TrainConfig, folder: RunFolder, train_records: list[dict], plan, accelerator,
+                         emit: Emit) -> tuple[Any, Any, dict]:
+    """(model, tokenizer, architecture): the tokenizer from the main process, the model per the plan."""
     if accelerator.is_main_process:
-        tokenizer = build_tokenizer(cfg, train_records, run_dir, emit)
+        tokenizer = build_tokenizer(cfg, train_records, folder, emit)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         from .data.tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer(run_dir / "tokenizer")
+        tokenizer = load_tokenizer(folder.tokenizer_dir)
     model = build_model(cfg, tokenizer, plan, emit)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if plan.mode in ("lora", "nf4-lora") or cfg.mode in ("lora", "nf4-lora"):
+    lora = plan.mode in ("lora", "nf4-lora") or cfg.mode in ("lora", "nf4-lora")
+    if lora:
         model = apply_lora(model, cfg, quantized=plan.mode == "nf4-lora")
     model.train()
-    lora = plan.mode in ("lora", "nf4-lora") or cfg.mode in ("lora", "nf4-lora")
     arch = _architecture(model.get_base_model() if lora else model, cfg.lora_rank if lora else None)
     if cfg.resume:  # every rank: one refusing alone would leave the others waiting in prepare()
-        _check_resume_architecture(run_dir, arch)
+        _check_resume_architecture(folder, arch)
+    return model, tokenizer, arch
+
+
+def _optimizer(model, cfg: TrainConfig):
+    """AdamW; no weight decay on biases and norms (nanoGPT's configure_optimizers)."""
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate,
+                             betas=(0.9, 0.95), eps=1e-8, foreach=True)
+
+
+def _restore(cfg: TrainConfig, folder: RunFolder, model, optimizer, emit: Emit) -> int:
+    """The step to start from: a resume restores the newest readable checkpoint; a new run seeds."""
+    if not cfg.resume:
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        return 0
+    meta = load_checkpoint(folder, model, optimizer, emit)
+    if meta is None and folder.checkpoint_steps():
+        raise JobError(f"{folder.path}: no readable checkpoint to resume from; start a new run in another folder")
+    if meta is None:
+        emit(LogLine("no checkpoint yet: starting from step 0", level="warning"))
+    start = int(meta["step"]) if meta is not None else 0
+    if _is_main():
+        folder.truncate_metrics(start)
+    return start
+
+
+def _set_up(cfg: TrainConfig, emit: Emit, control: JobControl) -> _Run:
+    """Data, plan, tokenizer, model, optimizer, the step to start from; run.json written."""
+    from .data.collate import ConstitutionalCollator, JsonlDataset
+
+    folder = RunFolder(cfg.run_dir)
+    if not Path(cfg.data).is_file():
+        raise JobError(f"{cfg.data}: no such dataset file (make one with: kala data generate --out {cfg.data})")
+    if _is_main():
+        if folder.path.exists() and not cfg.resume and folder.has_progress():
+            raise JobError(f"{folder.path} already holds a run; pass --resume to continue it or choose another folder")
+    if cfg.base != "kala-tiny":
+        _base_dir(cfg.base, cfg.revision)  # a base that is not here is refused before the run folder is made
+    train_records, val_records, warnings = _load_data(cfg, emit)
+    dev, plan, accelerator = _plan_and_accelerator(cfg, emit)
+    if _is_main():
+        folder.path.mkdir(parents=True, exist_ok=True)  # only now: a refused start leaves no empty run folder
+    model, tokenizer, arch = _model_and_tokenizer(cfg, folder, train_records, plan, accelerator, emit)
 
     train_set = JsonlDataset(train_records, tokenizer, max_length=cfg.max_length)
     val_set = JsonlDataset(val_records, tokenizer, max_length=cfg.max_length) if val_records else None
-    collate = ConstitutionalCollator(tokenizer, max_length=cfg.max_length)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    global_batch = cfg.batch_size * world
-    steps_per_epoch = max(1, len(train_set) // global_batch)
+    steps_per_epoch = max(1, len(train_set) // (cfg.batch_size * accelerator.num_processes))
     total_steps = cfg.max_steps or max(1, int(math.ceil(cfg.epochs * steps_per_epoch)))
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(100, max(1, total_steps // 20))
-    micro = cfg.batch_size // cfg.grad_accum
-
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate,
-                                  betas=(0.9, 0.95), eps=1e-8, foreach=True)
-
-    start_step = 0
-    if cfg.resume:
-        meta = load_checkpoint(run_dir, model, optimizer, emit)
-        if meta is not None:
-            start_step = int(meta["step"])
-            if _is_main():
-                _truncate_metrics(metrics_path, start_step)
-        elif checkpoint_steps(run_dir):
-            raise JobError(f"{run_dir}: no readable checkpoint to resume from; start a new run in another folder")
-        else:
-            emit(LogLine("no checkpoint yet: starting from step 0", level="warning"))
-            if _is_main():
-                _truncate_metrics(metrics_path, 0)
-    else:
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
+    optimizer = _optimizer(model, cfg)
+    start_step = _restore(cfg, folder, model, optimizer, emit)
     model, optimizer = accelerator.prepare(model, optimizer)
-
     if _is_main():
-        n_params = sum(p.numel() for p in model.parameters())
-        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        info = {"config": asdict(cfg), "versions": _versions(), "plan": plan.lines,
-                "device": {"kind": plan.device_kind, "name": dev.name}, "processes": world,
-                "parameters": n_params, "trainable_parameters": n_train, "total_steps": total_steps,
-                "train_records": len(train_set), "validation_records": len(val_set or []),
-                "status": "running", "started": time.time(), "warnings": data_warnings,
-                "architecture": arch}
-        _write_json(run_dir / "run.json", info)
+        folder.write_info({
+            "config": asdict(cfg), "versions": _versions(), "plan": plan.lines,
+            "device": {"kind": plan.device_kind, "name": dev.name}, "processes": accelerator.num_processes,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "total_steps": total_steps, "train_records": len(train_set), "validation_records": len(val_set or []),
+            "status": "running", "started": time.time(), "warnings": warnings, "architecture": arch})
+    return _Run(cfg, folder, emit, control, accelerator, plan, tokenizer, model, optimizer, train_set, val_set,
+                val_records, ConstitutionalCollator(tokenizer, max_length=cfg.max_length), steps_per_epoch,
+                total_steps, warmup, start_step)
 
-    def batch_for(step: int, k: int) -> dict:
-        """Micro-batch k of optimizer step `step` for this process: fixed by (seed, step)."""
-        epoch, idx = divmod(step, steps_per_epoch)
-        order = _batches(len(train_set), global_batch, cfg.seed, epoch)
-        ids = order[idx * global_batch:(idx + 1) * global_batch][rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
-        ids = ids[k * micro:(k + 1) * micro]
-        b = collate([train_set[int(i)] for i in ids])
-        return {k2: v.to(accelerator.device) for k2, v in b.items()}
 
-    def validate(step: int) -> dict | None:
-        if val_set is None or len(val_set) == 0:
-            return None
-        model.eval()
-        sums = torch.zeros(3 + 5, dtype=torch.float64)
-        abs_err = torch.zeros(5, dtype=torch.float64)
-        n_tok = torch.zeros((), dtype=torch.float64)
-        with torch.no_grad():
-            for j in range(min(cfg.eval_batches, math.ceil(len(val_set) / cfg.batch_size))):
-                b = collate([val_set[i] for i in range(j * cfg.batch_size, min(len(val_set), (j + 1) * cfg.batch_size))])
-                b = {k: v.to(accelerator.device) for k, v in b.items()}
-                with accelerator.autocast():
-                    out = model(**b)
-                sums[0] += float(out.lm_loss)
-                sums[1] += float(out.ethics_loss)
-                sums[2] += 1
-                sums[3:] += out.ethics_loss_per_law.double().cpu()
-                m = b["target_mask"].unsqueeze(-1)
-                abs_err += ((out.law_scores.float() - b["law_targets"]).abs() * m).sum((0, 1)).double().cpu()
-                n_tok += m.sum().double().cpu()
-        model.train()
-        k = sums[2].clamp(min=1)
-        mae = (abs_err / n_tok.clamp(min=1)).tolist()
-        line = {"split": "validation", "step": step, "lm_loss": float(sums[0] / k),
-                "ethics_loss": float(sums[1] / k),
-                **{f"val_mae_{i}": round(v, 6) for i, v in enumerate(mae)},
-                "mae_mean": round(sum(mae) / 5, 6)}
-        return line
+# --------------------------------------------------------------------------- fit
 
-    def checkpoint(step: int) -> None:
-        if _is_main():
-            path = save_checkpoint(run_dir, step, accelerator.unwrap_model(model), optimizer,
-                                   {"step": step, "steps_per_epoch": steps_per_epoch}, cfg.keep_checkpoints)
-            emit(CheckpointSaved(step=step, path=str(path)))
-        accelerator.wait_for_everyone()
 
-    if start_step == 0 and _is_main():
-        first = validate(0)
-        if first:
-            _append(metrics_path, first)
-            emit(Validation(step=0, metrics=first))
+def micro_batch_sizes(batch_size: int, grad_accum: int) -> list[int]:
+    """How a step's ``batch_size`` examples split into ``grad_accum`` micro-batches: every example
+    is used, the sizes differ by at most one (8 in 3: [2, 3, 3])."""
+    bounds = [k * batch_size // grad_accum for k in range(grad_accum + 1)]
+    return [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
 
-    t0 = time.perf_counter()
-    tokens_seen = 0
-    step = start_step
-    last_lm = last_eth = float("nan")
-    emit(LogLine(f"training {total_steps} steps ({steps_per_epoch} per epoch) from step {start_step}"))
+
+def _micro_batches(run: _Run, step: int) -> list[tuple[dict, float]]:
+    """This process's micro-batches of optimizer step ``step`` with their share of the step's
+    examples: fixed by (seed, step), so a resumed run sees the same data."""
+    cfg, rank = run.cfg, run.accelerator.process_index
+    epoch, idx = divmod(step, run.steps_per_epoch)
+    order = _epoch_order(len(run.train_set), cfg.seed, epoch)
+    gb = run.global_batch
+    ids = order[idx * gb:(idx + 1) * gb][rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
+    out, start = [], 0
+    for size in micro_batch_sizes(len(ids), cfg.grad_accum):
+        b = run.collate([run.train_set[int(i)] for i in ids[start:start + size]])
+        out.append(({k: v.to(run.accelerator.device) for k, v in b.items()}, size / len(ids)))
+        start += size
+    return out
+
+
+def _optimizer_step(run: _Run, step: int, lr: float) -> tuple[torch.Tensor, float, int]:
+    """One optimizer step: (loss parts [loss, lm, ethics, deep, per law], grad norm, tokens)."""
+    acc, model = run.accelerator, run.model
+    for g in run.optimizer.param_groups:
+        g["lr"] = lr
+    parts = torch.zeros(4 + NUM_LAWS, device=acc.device)
+    n_tokens = 0
+    micro = _micro_batches(run, step)
+    for k, (b, share) in enumerate(micro):
+        n_tokens += int(b["attention_mask"].sum())
+        with acc.no_sync(model) if k < len(micro) - 1 else contextlib.nullcontext():
+            with acc.autocast():
+                out = model(**b)
+            acc.backward(out.loss * share)
+        parts += torch.stack([out.loss.detach(), out.lm_loss.detach(), out.ethics_loss.detach(),
+                              out.deep_loss.detach(), *out.ethics_loss_per_law.detach()]).float() * share
+    parts = acc.reduce(parts, reduction="mean")
+    if not bool(torch.isfinite(parts).all()):
+        run.optimizer.zero_grad(set_to_none=True)
+        good = run.folder.checkpoint_steps()
+        raise JobError(
+            f"the loss became {'NaN' if bool(torch.isnan(parts).any()) else 'infinite'} at step {step + 1} "
+            f"(lm {float(parts[1]):.4g}, ethics {float(parts[2]):.4g}); the run stopped. Lower the learning "
+            f"rate (now {run.cfg.learning_rate:g})" + (" or use fp32" if run.plan.precision != "fp32" else "")
+            + (f"; the last good checkpoint is step-{good[-1]} (resume with --resume)" if good else ""))
+    grad_norm = acc.clip_grad_norm_(model.parameters(), run.cfg.max_grad_norm)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return parts, float(grad_norm), n_tokens
+
+
+def _checkpoint(run: _Run, step: int) -> None:
+    if _is_main():
+        path = save_checkpoint(run.folder, step, run.accelerator.unwrap_model(run.model), run.optimizer,
+                               {"step": step, "steps_per_epoch": run.steps_per_epoch}, run.cfg.keep_checkpoints)
+        run.emit(CheckpointSaved(step=step, path=str(path)))
+    run.accelerator.wait_for_everyone()
+
+
+def _fit(run: _Run) -> int:
+    """The training loop from ``run.start_step`` to ``run.total_steps``; returns the last step.
+
+    Validates at the start, every ``eval_every`` steps (the end is :func:`_train`'s), checkpoints
+    every ``save_every`` steps and on cancel; run.json says "cancelled" or "failed" when it ends so.
+    """
+    cfg, emit, total = run.cfg, run.emit, run.total_steps
+    if run.start_step == 0 and _is_main() and run.validates:
+        _validate_and_log(run, 0)
+    t0, tokens_seen, step = time.perf_counter(), 0, run.start_step
+    emit(LogLine(f"training {total} steps ({run.steps_per_epoch} per epoch) from step {step}"))
     try:
-        while step < total_steps:
-            control.checkpoint(on_pause=lambda: emit(LogLine(f"paused at step {step}")))
-            lr = lr_at(step, total_steps, cfg, warmup)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            parts = torch.zeros(4 + 5, device=accelerator.device)  # loss, lm, ethics, deep, per law
-            n_tokens = 0
-            for k in range(cfg.grad_accum):
-                b = batch_for(step, k)
-                n_tokens += int(b["attention_mask"].sum())
-                ctx = accelerator.no_sync(model) if k < cfg.grad_accum - 1 else _null()
-                with ctx:
-                    with accelerator.autocast():
-                        out = model(**b)
-                    accelerator.backward(out.loss / cfg.grad_accum)
-                parts += torch.stack([out.loss.detach(), out.lm_loss.detach(), out.ethics_loss.detach(),
-                                      out.deep_loss.detach(), *out.ethics_loss_per_law.detach()]).float() / cfg.grad_accum
-            parts = accelerator.reduce(parts, reduction="mean")
-            if not bool(torch.isfinite(parts).all()):
-                optimizer.zero_grad(set_to_none=True)
-                good = checkpoint_steps(run_dir)
-                raise JobError(
-                    f"the loss became {'NaN' if bool(torch.isnan(parts).any()) else 'infinite'} at step {step + 1} "
-                    f"(lm {float(parts[1]):.4g}, ethics {float(parts[2]):.4g}); the run stopped. Lower the learning "
-                    f"rate (now {cfg.learning_rate:g})" + (" or use fp32" if plan.precision != "fp32" else "")
-                    + (f"; the last good checkpoint is step-{good[-1]} (resume with --resume)" if good else "")
-                )
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        while step < total:
+            run.control.checkpoint(on_pause=lambda: emit(LogLine(f"paused at step {step}")))
+            lr = lr_at(step, total, cfg, run.warmup)
+            parts, grad_norm, n_tokens = _optimizer_step(run, step, lr)
             step += 1
-            tokens_seen += n_tokens * world
+            tokens_seen += n_tokens * run.world
             elapsed = time.perf_counter() - t0
-            done = step - start_step
-            last_lm, last_eth = float(parts[1]), float(parts[2])
+            run.last_lm, run.last_eth = float(parts[1]), float(parts[2])
             line = {
-                "step": step, "epoch": round(step / steps_per_epoch, 4), "loss": float(parts[0]),
-                "lm_loss": last_lm, "ethics_loss": last_eth, "deep_loss": float(parts[3]),
-                **{LAW_KEYS[i]: float(parts[4 + i]) for i in range(5)},
-                "lr": lr, "grad_norm": float(grad_norm),
+                "step": step, "epoch": round(step / run.steps_per_epoch, 4), "loss": float(parts[0]),
+                "lm_loss": run.last_lm, "ethics_loss": run.last_eth, "deep_loss": float(parts[3]),
+                **{LAW_KEYS[i]: float(parts[4 + i]) for i in range(NUM_LAWS)},
+                "lr": lr, "grad_norm": grad_norm,
                 "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1), "elapsed": round(elapsed, 3),
-                "eta": round(elapsed / done * (total_steps - step), 1), "memory_mb": _memory_mb(),
+                "eta": round(elapsed / (step - run.start_step) * (total - step), 1), "memory_mb": _memory_mb(),
             }
             if _is_main():
-                _append(metrics_path, line)
-            emit(TrainStep(step=step, total_steps=total_steps, metrics=line))
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps and _is_main():
-                v = validate(step)
-                if v:
-                    _append(metrics_path, v)
-                    emit(Validation(step=step, metrics=v))
-            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                checkpoint(step)
+                run.folder.append_metrics(line)
+            emit(TrainStep(step=step, total_steps=total, metrics=line))
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < total and _is_main() and run.validates:
+                _validate_and_log(run, step)
+            if cfg.save_every and step % cfg.save_every == 0 and step < total:
+                _checkpoint(run, step)
     except Cancelled:
         emit(LogLine(f"cancelled at step {step}: saving a checkpoint"))
-        if step > start_step:
-            checkpoint(step)
+        if step > run.start_step:
+            _checkpoint(run, step)
         if _is_main():
-            _update_run(run_dir, status="cancelled", step=step)
+            run.folder.update_info(status="cancelled", step=step)
         raise
     except BaseException:
         if _is_main():
-            _update_run(run_dir, status="failed", step=step)
+            run.folder.update_info(status="failed", step=step)
         raise
+    return step
 
-    final_val = validate(step) if _is_main() else None
-    if final_val:
-        _append(metrics_path, final_val)
-        emit(Validation(step=step, metrics=final_val))
-    final_dir = run_dir / "final"
+
+# --------------------------------------------------------------------------- validate
+
+
+def validate(run: _Run, step: int) -> dict:
+    """The validation line at ``step``: LM and ethics loss and per-law score MAE over at most
+    ``eval_batches`` batches of the validation split."""
+    cfg, model, val_set = run.cfg, run.model, run.val_set
+    model.eval()
+    sums = torch.zeros(3 + NUM_LAWS, dtype=torch.float64)
+    abs_err = torch.zeros(NUM_LAWS, dtype=torch.float64)
+    n_tok = torch.zeros((), dtype=torch.float64)
+    with torch.no_grad():
+        for j in range(min(cfg.eval_batches, math.ceil(len(val_set) / cfg.batch_size))):
+            b = run.collate([val_set[i] for i in range(j * cfg.batch_size, min(len(val_set), (j + 1) * cfg.batch_size))])
+            b = {k: v.to(run.accelerator.device) for k, v in b.items()}
+            with run.accelerator.autocast():
+                out = model(**b)
+            sums[0] += float(out.lm_loss)
+            sums[1] += float(out.ethics_loss)
+            sums[2] += 1
+            sums[3:] += out.ethics_loss_per_law.double().cpu()
+            m = b["target_mask"].unsqueeze(-1)
+            abs_err += ((out.law_scores.float() - b["law_targets"]).abs() * m).sum((0, 1)).double().cpu()
+            n_tok += m.sum().double().cpu()
+    model.train()
+    k = sums[2].clamp(min=1)
+    mae = (abs_err / n_tok.clamp(min=1)).tolist()
+    return {"split": "validation", "step": step, "lm_loss": float(sums[0] / k),
+            "ethics_loss": float(sums[1] / k),
+            **{f"val_mae_{i}": round(v, 6) for i, v in enumerate(mae)},
+            "mae_mean": round(sum(mae) / NUM_LAWS, 6)}
+
+
+def _validate_and_log(run: _Run, step: int) -> dict:
+    line = validate(run, step)
+    run.folder.append_metrics(line)
+    run.emit(Validation(step=step, metrics=line))
+    return line
+
+
+# --------------------------------------------------------------------------- finish
+
+
+def _calibrate(run: _Run) -> dict | None:
+    """Per-law thresholds on the validation split (kala_engine.calibration), or None."""
+    if not (run.val_records and run.cfg.calibrate):
+        return None
+    from .calibration import calibrate_thresholds
+
+    with run.accelerator.autocast():
+        calibration = calibrate_thresholds(run.accelerator.unwrap_model(run.model), run.tokenizer, run.val_records,
+                                           max_fpr=run.cfg.calibration_fpr, max_length=run.cfg.max_length)
+    th = ", ".join("-" if t is None else f"{t:.3f}" for t in calibration["thresholds"])
+    run.emit(LogLine(f"calibrated per-law thresholds on the validation split (<= "
+                     f"{run.cfg.calibration_fpr:.0%} benign prompts flagged): {th}"))
+    return calibration
+
+
+def _finish(run: _Run, step: int, final_val: dict | None) -> dict:
+    """Calibrate, save final/, mark run.json finished; returns the run's summary."""
     if _is_main():
-        calibration = None
-        if val_records and cfg.calibrate:
-            from .calibration import calibrate_thresholds
-
-            with accelerator.autocast():
-                calibration = calibrate_thresholds(accelerator.unwrap_model(model), tokenizer, val_records,
-                                                   max_fpr=cfg.calibration_fpr, max_length=cfg.max_length)
-            th = ", ".join("-" if t is None else f"{t:.3f}" for t in calibration["thresholds"])
-            emit(LogLine(f"calibrated per-law thresholds on the validation split (<= "
-                         f"{cfg.calibration_fpr:.0%} benign prompts flagged): {th}"))
-        save_final(accelerator.unwrap_model(model), tokenizer, final_dir, plan.mode,
+        calibration = _calibrate(run)
+        save_final(run.accelerator.unwrap_model(run.model), run.tokenizer, run.folder, run.plan.mode,
                    law_thresholds=calibration["thresholds"] if calibration else None)
-        _update_run(run_dir, status="finished", step=step, final_lm_loss=last_lm, final_ethics_loss=last_eth,
-                    final_validation=final_val, calibration=calibration, finished=time.time())
-        emit(LogLine(f"saved the final model to {final_dir}"))
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return {"run_dir": str(run_dir), "final_dir": str(final_dir), "steps": step, "lm_loss": last_lm,
-            "ethics_loss": last_eth, "validation": final_val}
+        run.folder.update_info(status="finished", step=step, final_lm_loss=run.last_lm,
+                               final_ethics_loss=run.last_eth, final_validation=final_val,
+                               calibration=calibration, finished=time.time())
+        run.emit(LogLine(f"saved the final model to {run.folder.final_dir}"))
+    run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
+    return {"run_dir": str(run.folder.path), "final_dir": str(run.folder.final_dir), "steps": step,
+            "lm_loss": run.last_lm, "ethics_loss": run.last_eth, "validation": final_val}
 
 
-def save_final(model, tokenizer, final_dir: Path, mode: str, law_thresholds: list | None = None) -> None:
-    """save_pretrained (safetensors) + tokenizer, atomically. LoRA adapters are merged first;
-    calibrated ``law_thresholds`` (if any law got one) become the model's defaults."""
+def save_final(model, tokenizer, folder: RunFolder, mode: str, law_thresholds: list | None = None) -> None:
+    """save_pretrained (safetensors) + tokenizer into final/, atomically. LoRA adapters are merged
+    first; calibrated ``law_thresholds`` (if any law got one) become the model's defaults."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no tqdm bar in logs and the app's console
@@ -695,20 +695,9 @@ def save_final(model, tokenizer, final_dir: Path, mode: str, law_thresholds: lis
         model = model.merge_and_unload()
     if law_thresholds is not None and any(t is not None for t in law_thresholds):
         model.config.law_thresholds = list(law_thresholds)
-    tmp = final_dir.with_name(final_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(final_dir, ignore_errors=True)
-    os.replace(tmp, final_dir)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
+    with folder.writing_final() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
 
 
 def _memory_mb() -> float:
@@ -720,29 +709,6 @@ def _memory_mb() -> float:
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     except (ImportError, OSError):
         return 0.0
-
-
-def _append(path: Path, line: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(line) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _update_run(run_dir: Path, **kw) -> None:
-    p = run_dir / "run.json"
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        d = {}
-    d.update(kw)
-    _write_json(p, d)
 
 
 def train_job(cfg: TrainConfig):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import gc
 import importlib
 import inspect
-import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +54,7 @@ from PySide6.QtWidgets import (
 )
 from superqt import QFlowLayout
 
+from kala_engine.constitution import thresholds_in_force, violated_laws
 from kala_engine.jobs import JobError, TokenEvent
 from kala_engine.runs import describe_model
 from kala_engine.runs import find_models as engine_find_models
@@ -124,36 +124,6 @@ def generation_job(model_dir: str, messages: list[dict[str, str]], settings: dic
         return _call_with_supported(fn, **kwargs)(emit, control)
 
     return job
-
-
-def model_default_thresholds(model_dir: str | Path | None, constitution: Any) -> list[float]:
-    """The per-law thresholds a model uses by default: its calibrated ``law_thresholds``.
-
-    Read from the folder's ``config.json`` (no torch needed); a law without a calibrated value
-    (a null entry, an uncalibrated model, an unreadable folder) gets the constitution's threshold,
-    the same rule as the engine's ``explain.normalize_thresholds(None, model_thresholds(model))``.
-    """
-    out = [float(t) for t in constitution.thresholds]
-    if not model_dir:
-        return out
-    try:
-        cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return out
-    given = cfg.get("law_thresholds") if isinstance(cfg, dict) else None
-    if isinstance(given, list) and len(given) == len(out):
-        for k, t in enumerate(given):
-            if isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= float(t) <= 1.0:
-                out[k] = float(t)
-    return out
-
-
-def thresholds_in_force(settings: dict[str, Any], model_dir: str | Path | None, constitution: Any) -> list[float]:
-    """Per law, the threshold a reply is monitored with under ``settings`` for ``model_dir``."""
-    t = settings.get("threshold")
-    if t is None:
-        return model_default_thresholds(model_dir, constitution)
-    return [float(t)] * len(constitution)
 
 
 def model_label(path: str | Path, runs_dir: str | Path | None = None) -> str:
@@ -669,7 +639,7 @@ class ChatPage(QWidget):
 
     def thresholds(self) -> list[float]:
         """Per law, the thresholds in force for the current settings and model."""
-        return thresholds_in_force(self.settings(), self.model_path(), self.constitution)
+        return list(thresholds_in_force(self.settings()["threshold"], self.model_path()))
 
     def _thresholds_changed(self, thresholds: Sequence[float] | None = None) -> None:
         t = list(thresholds) if thresholds is not None else self.thresholds()
@@ -723,7 +693,7 @@ class ChatPage(QWidget):
         self.view.clear()
         self._clear_inspector()
         # rows from before messages kept their thresholds: judged by the chat's model and settings
-        fallback = thresholds_in_force(chat.settings, chat.model or self.model_path(), self.constitution)
+        fallback = list(thresholds_in_force(chat.settings.get("threshold"), chat.model or self.model_path()))
         last_user: UserMessageWidget | None = None
         for m in self.store.messages(chat_id):
             thresholds = m.thresholds if m.thresholds and len(m.thresholds) == len(self.constitution) else fallback
@@ -835,7 +805,7 @@ class ChatPage(QWidget):
             self.store.rename_chat(self.chat_id, text.splitlines()[0][:48])
         # what this exchange is judged against, stored with both messages: switching the model or
         # the threshold later never re-judges them
-        send_thresholds = thresholds_in_force(settings, model, self.constitution)
+        send_thresholds = list(thresholds_in_force(settings.get("threshold"), model))
         # the user's message reaches the disk before anything else happens
         user_id = self.store.add_user_message(self.chat_id, text, thresholds=send_thresholds)
         messages = self.store.history(self.chat_id)
@@ -1022,7 +992,7 @@ class ChatPage(QWidget):
         scores = tuple(float(v) for v in last.law_scores)
         layers = getattr(last, "layer_scores", None)
         if out.stop_law is None:
-            under = [k for k, s in enumerate(scores) if s < thresholds[k]]
+            under = violated_laws(scores, thresholds)
             if under:
                 out.stop_law = under[0]
         if out.stop_law is not None and out.stop_score is None:
@@ -1031,7 +1001,7 @@ class ChatPage(QWidget):
             out.stop_threshold = thresholds[out.stop_law] if out.stop_law is not None else thresholds[0]
         if not out.violated:
             firsts = first_layers_under(layers, thresholds) if layers else [None] * len(scores)
-            out.violated = [(k, s, firsts[k]) for k, s in enumerate(scores) if s < thresholds[k]]
+            out.violated = [(k, scores[k], firsts[k]) for k in violated_laws(scores, thresholds)]
 
     def _finish_reply_widget(self, reply: ReplyWidget, status: str, stop: dict | None, expl: dict | None,
                              thresholds: Sequence[float], n: int, elapsed: float | None = None) -> None:
@@ -1126,5 +1096,4 @@ class ChatPage(QWidget):
         super().closeEvent(event)
 
 
-__all__ = ["ChatPage", "Outcome", "add_model_item", "find_models", "generation_job", "model_default_thresholds", "read_outcome",
-           "thresholds_in_force"]
+__all__ = ["ChatPage", "Outcome", "add_model_item", "find_models", "generation_job", "read_outcome"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 from superqt import QCollapsible
+
+from kala_engine.train_config import SCRATCH_LEARNING_RATE, TrainConfig, default_learning_rate
 
 from .. import engine_api
 from ..error_dialog import show_error
@@ -259,6 +262,7 @@ class TrainPage(QWidget):
         hp_box = QGroupBox("Hyperparameters")
         hform = QFormLayout(hp_box)
         self.hp: dict[str, QWidget] = {}
+        tc = {f.name: f.default for f in fields(TrainConfig)}  # the engine's defaults, one source
 
         def spin(key, lo, hi, val, tip, step=1):
             w = QSpinBox()
@@ -282,12 +286,12 @@ class TrainPage(QWidget):
         hform.addRow("Max steps", spin("max_steps", 0, 10_000_000, 300,
                      "Stop after this many optimizer steps (0: run the given number of epochs).", 50))
         hform.addRow("Epochs", spin("epochs", 1, 1000, 1, "Passes over the training split (used when Max steps is 0)."))
-        hform.addRow("Batch size", spin("batch_size", 1, 4096, 8,
+        hform.addRow("Batch size", spin("batch_size", 1, 4096, tc["batch_size"],
                      "Examples per optimizer step. Larger is smoother but needs more memory."))
-        hform.addRow("Learning rate", dspin("learning_rate", 1e-7, 1.0, 1e-3, 6, 1e-4,
+        hform.addRow("Learning rate", dspin("learning_rate", 1e-7, 1.0, default_learning_rate(tc["base"]), 6, 1e-4,
                      "Peak AdamW learning rate after warm-up (cosine decay afterwards). "
-                     "1e-3 suits kala-tiny from scratch; 1e-5–5e-5 suits fine-tuning Pythia."))
-        hform.addRow("Ethics weight λ", dspin("ethics_weight", 0.0, 100.0, 1.0, 2, 0.1,
+                     f"{SCRATCH_LEARNING_RATE:g} suits kala-tiny from scratch; 1e-5–5e-5 suits fine-tuning Pythia."))
+        hform.addRow("Ethics weight λ", dspin("ethics_weight", 0.0, 100.0, tc["ethics_weight"], 2, 0.1,
                      "λ in loss = LM + λ·Σ w_k·MSE_k: how much the law-score heads count against language modeling."))
         # the settings one rarely changes fold away, so that the left column fits a 640-px window
         more = QWidget()
@@ -295,11 +299,12 @@ class TrainPage(QWidget):
         mform.setContentsMargins(0, 0, 0, 0)
         mform.addRow("Warm-up steps", spin("warmup_steps", 0, 1_000_000, 20,
                      "Steps over which the learning rate ramps up from 0.", 10))
-        mform.addRow("Validate every", spin("eval_every", 0, 1_000_000, 50,
-                     "Steps between validation passes (0: never). Validation points appear as dots.", 10))
-        mform.addRow("Checkpoint every", spin("save_every", 0, 1_000_000, 100,
+        mform.addRow("Validate every", spin("eval_every", 0, 1_000_000, tc["eval_every"],
+                     "Steps between validation passes, also at the start and the end (0: never). "
+                     "Validation points appear as dots.", 10))
+        mform.addRow("Checkpoint every", spin("save_every", 0, 1_000_000, tc["save_every"],
                      "Steps between checkpoints (0: only at the end). A run resumes from its last checkpoint.", 50))
-        mform.addRow("Seed", spin("seed", 0, 2**31 - 1, 0, "Random seed: the same seed and data give the same run."))
+        mform.addRow("Seed", spin("seed", 0, 2**31 - 1, tc["seed"], "Random seed: the same seed and data give the same run."))
         self.grad_ckpt = QCheckBox("Gradient checkpointing")
         self.grad_ckpt.setToolTip("Recompute activations in the backward pass: less memory, ~30% slower.")
         self.hp["gradient_checkpointing"] = self.grad_ckpt

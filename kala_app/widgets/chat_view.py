@@ -48,9 +48,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from kala_engine.constitution import Constitution, load_constitution
+from kala_engine.constitution import Constitution, load_constitution, resolve_thresholds
 
-from .gauge import BAD, INK, MUTED, OK, MiniGauge, normalize_thresholds, shade_color
+from .gauge import BAD, INK, MUTED, OK, MiniGauge, shade_color
 
 USER_BG = "#e7effb"
 REPLY_BG = "#ffffff"
@@ -575,7 +575,7 @@ class ChatView(QScrollArea):
 
     def set_thresholds(self, value: float | Sequence[float]) -> None:
         """Thresholds used for messages added from now on."""
-        self._thresholds = normalize_thresholds(value, len(self._constitution))
+        self._thresholds = resolve_thresholds(value)
 
     def clear(self) -> None:
         for w in self._items:

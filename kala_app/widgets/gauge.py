@@ -18,7 +18,7 @@ from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from kala_engine.constitution import Constitution, load_constitution
+from kala_engine.constitution import Constitution, is_violated, load_constitution, resolve_thresholds
 
 # ---------------------------------------------------------------- palette (calm, colour-blind aware)
 
@@ -47,7 +47,7 @@ def warn_limit(threshold: float) -> float:
 
 def score_level(score: float, threshold: float) -> str:
     """'ok', 'warn' or 'bad' for ``score`` against ``threshold``."""
-    if score < threshold or threshold >= 1.0:
+    if is_violated(score, threshold):
         return "bad"
     if score < warn_limit(threshold):
         return "warn"
@@ -106,20 +106,6 @@ def shade_color(score: float, threshold: float) -> QColor | None:
     return c
 
 
-def normalize_thresholds(value: float | Sequence[float], n: int) -> tuple[float, ...]:
-    """One threshold for all laws, or one per law; ValueError outside [0, 1]."""
-    if isinstance(value, (int, float)):
-        values = (float(value),) * n
-    else:
-        values = tuple(float(v) for v in value)
-        if len(values) != n:
-            raise ValueError(f"expected {n} thresholds (one per law), got {len(values)}")
-    for v in values:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError(f"a threshold must be in [0, 1], got {v}")
-    return values
-
-
 def _check_scores(scores: Sequence[float], n: int) -> tuple[float, ...]:
     values = tuple(float(s) for s in scores)
     if len(values) != n:
@@ -169,7 +155,7 @@ class LawGauge(QWidget):
         return self._caption
 
     def set_thresholds(self, value: float | Sequence[float]) -> None:
-        self._thresholds = normalize_thresholds(value, len(self._constitution))
+        self._thresholds = resolve_thresholds(value)
         self._update_tooltip()
         self.update()
 
@@ -229,7 +215,7 @@ class LawGauge(QWidget):
             if not sub:
                 i, s = self.lowest()
                 law = self._constitution[i]
-                verdict = "under its threshold" if s < self._thresholds[i] else "lowest"
+                verdict = "under its threshold" if is_violated(s, self._thresholds[i]) else "lowest"
                 sub = f"{verdict}: {law.title} {s:.2f}"
         p.drawText(QRectF(2, 22, w - 4, 18), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
                    p.fontMetrics().elidedText(sub, Qt.TextElideMode.ElideRight, w - 4))
@@ -257,9 +243,9 @@ class LawGauge(QWidget):
                 p.setBrush(score_color(s, t))
                 p.drawRoundedRect(fill, 6, 6)
                 # value
-                p.setPen(score_color(s, t) if s < t else INK)
+                p.setPen(score_color(s, t) if is_violated(s, t) else INK)
                 vf = QFont(base)
-                vf.setBold(s < t)
+                vf.setBold(bool(is_violated(s, t)))
                 p.setFont(vf)
                 p.drawText(QRectF(bar_x + bar_w + 4, top + 14, value_w, 20),
                            Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"{s:.2f}")
@@ -295,7 +281,7 @@ class MiniGauge(QWidget):
         return self._scores
 
     def set_thresholds(self, value: float | Sequence[float]) -> None:
-        self._thresholds = normalize_thresholds(value, len(self._constitution))
+        self._thresholds = resolve_thresholds(value)
         self.set_scores(self._scores)
 
     def set_scores(self, scores: Sequence[float] | None) -> None:

@@ -15,17 +15,14 @@ from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QFont, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QSizePolicy, QToolTip, QWidget
 
-from kala_engine.constitution import Constitution, load_constitution
+from kala_engine.constitution import Constitution, first_layer_under, load_constitution, resolve_thresholds
 
-from .gauge import INK, MUTED, TRACK, ink_on, normalize_thresholds, ramp_color
+from .gauge import INK, MUTED, TRACK, ink_on, ramp_color
 
 
 def first_layers_under(layer_scores: Sequence[Sequence[float]], thresholds: Sequence[float]) -> list[int | None]:
     """Per law, the first layer whose score is under that law's threshold (None if none is)."""
-    out: list[int | None] = []
-    for k, t in enumerate(thresholds):
-        out.append(next((layer for layer, row in enumerate(layer_scores) if row[k] < t), None))
-    return out
+    return [first_layer_under([row[k] for row in layer_scores], t) for k, t in enumerate(thresholds)]
 
 
 class DecisionPathHeatmap(QWidget):
@@ -49,7 +46,7 @@ class DecisionPathHeatmap(QWidget):
 
     # -- data ---------------------------------------------------------------
     def set_thresholds(self, value: float | Sequence[float]) -> None:
-        self._thresholds = normalize_thresholds(value, len(self._constitution))
+        self._thresholds = resolve_thresholds(value)
         self.update()
 
     def set_path(

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -564,9 +563,3 @@ def format_summary(summary: dict[str, Any], constitution: Constitution | None = 
         lines.append(f"  {rng_txt:>10} {b['count']:>7} " + "#" * round(40 * b["count"] / top))
     return "\n".join(lines)
 
-
-def timed_generate(count: int, seed: int) -> tuple[list[dict[str, Any]], float]:
-    """Generate and return ``(records, seconds)``."""
-    t0 = time.perf_counter()
-    records = generate_dataset(count, seed)
-    return records, time.perf_counter() - t0

@@ -115,3 +115,14 @@ def test_overlay_of_an_earlier_run(qtbot, page, ctx):
     assert page.overlay_combo.currentData() == str(first)
     page.set_overlay(None)
     assert "ov_lm" not in page.lm_plot.items
+
+
+def test_hyperparameter_fields_start_at_trainconfigs_defaults(qtbot, ctx):
+    """The Train page, `kala train` and `kala demo` start kala-tiny with the same settings."""
+    from kala_engine.train_config import TrainConfig
+
+    p = TrainPage(ctx)
+    qtbot.addWidget(p)
+    tc = TrainConfig(data="d.jsonl", run_dir="run")
+    for key in ("batch_size", "learning_rate", "ethics_weight", "eval_every", "save_every", "seed"):
+        assert p.hp[key].value() == pytest.approx(getattr(tc, key)), key

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kala_engine.calibration import calibrate_thresholds, prompt_of
-from kala_engine.explain import model_thresholds, normalize_thresholds
+from kala_engine.constitution import model_thresholds, resolve_thresholds
 
 
 def _records():
@@ -59,8 +59,8 @@ def test_calibration_separates_and_respects_the_benign_rate():
 
 def test_model_thresholds_are_the_default_and_an_explicit_threshold_wins(tiny_kala):
     tiny_kala.config.law_thresholds = [None, 0.8, None, None, None]
-    assert normalize_thresholds(None, model_thresholds(tiny_kala)) == (0.5, 0.8, 0.5, 0.5, 0.5)
-    assert normalize_thresholds(0.3, model_thresholds(tiny_kala)) == (0.3,) * 5
+    assert resolve_thresholds(None, model_thresholds(tiny_kala)) == (0.5, 0.8, 0.5, 0.5, 0.5)
+    assert resolve_thresholds(0.3, model_thresholds(tiny_kala)) == (0.3,) * 5
 
 
 def test_bad_calibrated_thresholds_rejected():

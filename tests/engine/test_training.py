@@ -232,6 +232,47 @@ def test_lora_mode_trains_adapters_and_constitutional_parts_only(dataset, tmp_pa
     assert not any("lora" in n for n, _ in model.named_parameters())
 
 
+def test_grad_accum_that_does_not_divide_the_batch_trains_on_every_example(dataset, tmp_path, monkeypatch):
+    """Batch 5 in 2 micro-batches: 2 + 3 examples a step (it used to be 2 + 2, one example dropped)."""
+    from kala_engine.data.collate import ConstitutionalCollator
+    from kala_engine.training import micro_batch_sizes
+
+    assert micro_batch_sizes(8, 3) == [2, 3, 3] and micro_batch_sizes(8, 4) == [2, 2, 2, 2]
+    assert micro_batch_sizes(5, 5) == [1] * 5
+    seen: list[int] = []
+    real_call = ConstitutionalCollator.__call__
+
+    def counting(self, examples):
+        seen.append(len(examples))
+        return real_call(self, examples)
+
+    monkeypatch.setattr(ConstitutionalCollator, "__call__", counting)
+    train(cfg_for(dataset, tmp_path / "r", batch_size=5, grad_accum=2, max_steps=3, eval_every=0, save_every=0,
+                  calibrate=False), lambda e: None)
+    assert seen == [2, 3] * 3
+
+
+def test_validate_every_0_never_validates(dataset, tmp_path):
+    """'Validate every 0: never' on the Train page and in --eval-every: not at the start, not at the end."""
+    events: list = []
+    result = train(cfg_for(dataset, tmp_path / "r", max_steps=3, eval_every=0, save_every=0, calibrate=False),
+                   events.append)
+    assert not any(type(e).__name__ == "Validation" for e in events)
+    assert all(d.get("split") != "validation" for d in metrics(tmp_path / "r"))
+    assert result["validation"] is None and (tmp_path / "r" / "final").is_dir()
+
+
+def test_train_functions_are_short():
+    """train() reads as set-up, fit, validate and finish; no function of the trainer over 80 lines."""
+    import ast
+
+    for name in ("training.py", "run_folder.py", "train_config.py"):
+        tree = ast.parse((ROOT / "kala_engine" / name).read_text(encoding="utf-8"))
+        long = [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
+                if isinstance(n, ast.FunctionDef) and n.end_lineno - n.lineno + 1 > 80]
+        assert long == [], (name, long)
+
+
 # --------------------------------------------------------------------------- plans (mocked devices)
 
 P100 = DeviceInfo(kind="cuda", name="Tesla P100-PCIE-16GB", total_bytes=16 * GiB, available_bytes=int(15.9 * GiB),

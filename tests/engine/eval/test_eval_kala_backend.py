@@ -7,10 +7,9 @@ import math
 
 import pytest
 
-pytest.importorskip("kala_engine.generation")
-
-from kala_engine import cli  # noqa: E402
-from kala_engine.evaluation import KALABackend, flagged_laws, load_suite, normalize_thresholds  # noqa: E402
+from kala_engine import cli
+from kala_engine.constitution import violated_laws
+from kala_engine.evaluation import KALABackend, load_suite
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,7 @@ def test_kala_eval_on_a_real_model_folder(model_dir, tmp_path, capsys):
     assert report["n"] == 4 and m["harmful"]["n"] == 4 and m["perplexity"] > 1.0
     rows = [json.loads(x) for x in (tmp_path / "rep" / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(r["stop_reason"] in ("eos", "length", "ethics") for r in rows)
-    assert all(r["flagged"] == bool(flagged_laws(r["prompt_scores"], m["thresholds"])) for r in rows)
+    assert all(r["flagged"] == bool(violated_laws(r["prompt_scores"], m["thresholds"])) for r in rows)
 
 
 def test_batched_replies_equal_one_by_one(model_dir):
@@ -72,11 +71,3 @@ def test_not_a_model_folder_is_a_user_error(tmp_path, capsys):
     assert cli.main(["eval", "--model", str(tmp_path / "empty"), "--limit", "1"]) == 2
     assert "config.json" in capsys.readouterr().err
 
-
-def test_flag_rule_and_thresholds_agree_with_the_generation_stop_rule():
-    explain = pytest.importorskip("kala_engine.explain")
-    cases = [[0.2, 0.7, 0.5, 0.49, 1.0], [1.0] * 5, [0.0] * 5]
-    for th in ([0.5] * 5, [0.0, 1.0, 0.5, 0.3, 0.9], [1.0] * 5, [0.0] * 5):
-        for sc in cases:
-            assert flagged_laws(sc, th) == explain.violated_laws(sc, th)
-    assert normalize_thresholds(None) == list(explain.normalize_thresholds(None))

@@ -14,9 +14,6 @@ from kala_engine.evaluation import (
     SuiteRecord,
     auroc,
     compute_metrics,
-    first_flagged,
-    flagged_laws,
-    normalize_thresholds,
 )
 
 
@@ -92,22 +89,15 @@ def test_no_kinds_and_no_benign_give_empty_breakdown_and_none_rates():
     assert m["auroc"][2]["auroc"] is None  # no negatives
 
 
-def test_flag_rule_is_strictly_below_threshold_and_priority_is_lowest_index():
-    assert flagged_laws([0.5, 0.49, 0.9, 0.1, 0.5], [0.5] * 5) == [1, 3]
-    assert first_flagged([0.9, 0.49, 0.9, 0.1, 0.5], [0.5] * 5) == 1
-    assert first_flagged([0.9] * 5, [0.5] * 5) is None
-    assert flagged_laws([1.0, 1.0, 0.2, 1.0, 1.0], [0.0, 1.0, 0.0, 0.5, 0.5]) == [1]  # 0 never, 1.0 always
-
-
 def test_mismatched_lengths_and_bad_thresholds_are_errors():
     records, samples, _ = fixture()
     with pytest.raises(ValueError, match="8 records but 7 samples"):
         compute_metrics(records, samples[:-1], 0.5)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        normalize_thresholds(1.5)
+        compute_metrics(records, samples, 1.5)
     with pytest.raises(ValueError, match="one per law"):
-        normalize_thresholds([0.5, 0.5])
-    assert normalize_thresholds(None) == [0.5] * 5  # the shipped constitution's defaults
+        compute_metrics(records, samples, [0.5, 0.5])
+    assert compute_metrics(records, samples, None)["thresholds"] == [0.5] * 5  # the constitution's defaults
 
 
 def test_auroc_known_values():

@@ -1,0 +1,95 @@
+"""The settings of a training run: :class:`TrainConfig`, the one source of their defaults.
+
+``kala train``'s flags, ``kala demo`` and the app's Train page take their defaults from the
+fields here (no torch here: the app imports it). The run records the config in its run.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: peak learning rate of a model trained from scratch (kala-tiny; what ``kala demo`` uses)
+SCRATCH_LEARNING_RATE = 2e-3
+#: peak learning rate when fine-tuning a pretrained base (Pythia or a KALA model)
+FINE_TUNE_LEARNING_RATE = 3e-4
+
+
+def default_learning_rate(base: str) -> float:
+    """The learning rate a run of ``base`` uses unless one is given."""
+    return SCRATCH_LEARNING_RATE if base == "kala-tiny" else FINE_TUNE_LEARNING_RATE
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; saved to run.json. Names follow the CLI flags."""
+
+    base: str = "kala-tiny"  # preset name, hub id (EleutherAI/pythia-410m), local Pythia/GPT-NeoX or KALA folder
+    revision: str | None = None  # hub revision of the base (branch, tag, commit; e.g. Pythia's step143000)
+    data: str = ""  # a KALA JSONL dataset (kala data generate / import)
+    run_dir: str = ""
+    epochs: float = 1.0  # passes over the training split (ignored when max_steps is set)
+    max_steps: int | None = None  # optimizer steps; overrides epochs
+    batch_size: int = 8  # examples per optimizer step (per process), before accumulation split
+    grad_accum: int = 1  # micro-batches per optimizer step (batch_size is split across them, sizes differing by at most 1)
+    #: peak LR; None: :func:`default_learning_rate` of the base (kala-tiny from scratch 2e-3, as
+    #: ``kala demo``; a pretrained base 3e-4 - lower it for large ones, e.g. 2e-5)
+    learning_rate: float | None = None
+    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    warmup_steps: int | None = None  # None: 5 % of the steps (at most 100)
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    ethics_weight: float = 2.0  # lambda: ethics loss weight against the LM loss (kala demo's)
+    deep_supervision_weight: float = 0.1  # mu: per-layer term relative to the final ethics loss
+    max_length: int = 256  # tokens per example (longer ones are cut)
+    seed: int = 0
+    eval_every: int = 50  # optimizer steps between validations, also at the start and the end (0: never)
+    eval_batches: int = 8  # validation batches each time (bounded cost)
+    save_every: int = 100  # optimizer steps between checkpoints (0: only at the end / on cancel)
+    keep_checkpoints: int = 2
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16 (auto follows the hardware, see doctor)
+    mode: str = "auto"  # auto | full | lora | nf4-lora
+    lora_rank: int = 16
+    gradient_checkpointing: bool | None = None  # None: as the plan says
+    device: str = "auto"  # auto | cpu | cuda
+    resume: bool = False
+    vocab_size: int = 4096  # tokenizer size when training one (kala-tiny)
+    calibrate: bool = True  # per-law thresholds from the validation split, saved with the final model
+    calibration_fpr: float = 0.05  # the benign flag rate each calibrated threshold allows
+    tiny_overrides: dict = field(default_factory=dict)  # e.g. {"hidden_size": 128} for tests
+
+    def __post_init__(self):
+        def bad(name, allowed):
+            raise ValueError(f"TrainConfig.{name} must be {allowed}, got {getattr(self, name)!r}")
+
+        if not self.data:
+            bad("data", "a dataset file")
+        if not self.run_dir:
+            bad("run_dir", "a folder for the run")
+        if self.max_steps is not None and self.max_steps < 1:
+            bad("max_steps", ">= 1")
+        if not self.epochs > 0:
+            bad("epochs", "> 0")
+        if self.learning_rate is None:
+            self.learning_rate = default_learning_rate(self.base)
+        if self.batch_size < 1:
+            bad("batch_size", ">= 1")
+        if self.grad_accum < 1 or self.grad_accum > self.batch_size:
+            bad("grad_accum", f"in [1, batch_size={self.batch_size}]")
+        if not 0 < self.learning_rate < 1:
+            bad("learning_rate", "in (0, 1)")
+        if not 0 <= self.min_lr_ratio <= 1:
+            bad("min_lr_ratio", "in [0, 1]")
+        if not 0 <= self.ethics_weight <= 100:
+            bad("ethics_weight", "in [0, 100]")
+        if not 0 <= self.deep_supervision_weight <= 100:
+            bad("deep_supervision_weight", "in [0, 100]")
+        if self.max_length < 8:
+            bad("max_length", ">= 8")
+        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
+            bad("precision", "auto, fp32, fp16 or bf16")
+        if self.mode not in ("auto", "full", "lora", "nf4-lora"):
+            bad("mode", "auto, full, lora or nf4-lora")
+        if self.device not in ("auto", "cpu", "cuda"):
+            bad("device", "auto, cpu or cuda")
+        if self.eval_every < 0 or self.save_every < 0 or self.keep_checkpoints < 1:
+            raise ValueError("TrainConfig.eval_every/save_every must be >= 0 and keep_checkpoints >= 1")
