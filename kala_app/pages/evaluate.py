@@ -87,9 +87,10 @@ def make_eval_job(backends: Sequence[Any], records: Sequence[Any], threshold: fl
 def partial_metrics(records: Sequence[Any], samples: Sequence[Any], threshold: float | None,
                     backend: Any) -> dict:
     """The metrics of the first ``len(samples)`` prompts, as the job computes them at the end."""
-    from kala_engine.evaluation import compute_metrics, normalize_thresholds
+    from kala_engine.constitution import resolve_thresholds
+    from kala_engine.evaluation import compute_metrics
 
-    th = normalize_thresholds(threshold, getattr(backend, "default_thresholds", None))
+    th = list(resolve_thresholds(threshold, getattr(backend, "default_thresholds", None)))
     return compute_metrics(list(records[: len(samples)]), list(samples), th,
                            law_names=getattr(backend, "law_names", None))
 

@@ -70,9 +70,12 @@ def remove_if_empty_run(run_dir: Path | None) -> bool:
     resume it. Returns True when it was removed."""
     if run_dir is None or not Path(run_dir).is_dir():
         return False
-    run_dir = Path(run_dir)
-    if any((run_dir / n).exists() for n in ("metrics.jsonl", "checkpoints", "final")):
+    from kala_engine.run_folder import RunFolder
+
+    folder = RunFolder(run_dir)
+    if folder.metrics_file.exists() or folder.checkpoints_dir.exists() or folder.has_final():
         return False
+    run_dir = folder.path
     import shutil
 
     shutil.rmtree(run_dir, ignore_errors=True)
