@@ -73,9 +73,7 @@ def _fill_settings(train, config: dict, steps: list[dict]) -> None:
     from PySide6.QtWidgets import QCheckBox
 
     if config.get("base"):
-        i = train.base_combo.findText(str(config["base"]))
-        if i >= 0:
-            train.base_combo.setCurrentIndex(i)
+        train.select_base(str(config["base"]))
     if config.get("data") and Path(config["data"]).is_file():
         train.set_data_path(config["data"])
     if config.get("warmup_steps") is None and steps:  # "auto": where the learning rate peaked
