@@ -64,7 +64,10 @@ def human_params(n: float) -> str:
 def progress_text(done: int, total: int, rate: float, eta: float | None) -> str:
     """What a download's bar says: percent, bytes, rate and ETA (short enough for a 1024-px window)."""
     pct = 100 * done / total if total else 0
-    return f"{pct:.0f}% · {human_bytes(done)} of {human_bytes(total)} · {human_bytes(rate)}/s · ETA {human_eta(eta)}"
+    a, b = human_bytes(done), human_bytes(total)
+    if a.split()[-1] == b.split()[-1]:
+        a = a.split()[0]  # "9.9/24.7 MB"
+    return f"{pct:.0f}% · {a}/{b} · {human_bytes(rate)}/s · ETA {human_eta(eta)}"
 
 
 class _Lister(QObject):
@@ -213,7 +216,7 @@ class ModelsPage(QWidget):
         self.status.setText(message)
 
     def set_rows(self, rows: list[dict]) -> None:
-        keep = self.selected_name()
+        keep = self.selected_name() or self._downloading  # (a download asked for before the list arrived)
         self.rows = list(rows)
         self._bars.clear()
         self.table.setRowCount(len(self.rows))
@@ -222,7 +225,7 @@ class ModelsPage(QWidget):
             cached = "yes" if r["cached"] else (f"partial: {human_bytes(partial)}" if partial else "no")
             est = human_bytes(r["estimate_bytes"])
             plan = (f"fits: {r['mode']}, {r['precision']}, ~{est}" if r["fits"]
-                    else f"does not fit: ~{est} of {human_bytes(r['available_bytes'])}")
+                    else f"does not fit: ~{est} > {human_bytes(r['available_bytes'])}")
             cells = [r["name"], human_params(r["params"]), human_bytes(r["download_bytes"]), cached, plan]
             for j, text in enumerate(cells):
                 item = QTableWidgetItem(text)
