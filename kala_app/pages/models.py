@@ -178,12 +178,14 @@ class ModelsPage(QWidget):
         w.busy_changed.connect(lambda _b: self._update_buttons())
         w.started.connect(lambda _name: self._update_buttons())
         self._listed = False  # the catalogue is read when the page is first shown (never at start-up)
+        self._stale = False
         self._update_buttons()
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)
-        if not self._listed:
+        if not self._listed or self._stale:  # first show, or a job ended since (it may have downloaded a base)
             self._listed = True
+            self._stale = False
             self.refresh()
 
     # ------------------------------------------------------------------ the table
@@ -383,6 +385,9 @@ class ModelsPage(QWidget):
             elif ev.result:
                 self.status.setText(f"{name} is in the cache: {ev.result['path']}")
             self.refresh()
-        elif self._listed and self.busy_note.isVisible():
-            self.refresh()  # another page's job ended; the list may be stale (a run downloaded its base)
+        elif self._listed:  # another page's job ended (a run may have downloaded its base)
+            if self.isVisible():
+                self.refresh()
+            else:
+                self._stale = True  # re-read when shown
         self._update_buttons()
