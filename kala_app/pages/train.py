@@ -663,7 +663,7 @@ class TrainPage(QWidget):
         self._base_problem = why
         offer = self._downloadable(base) if why else None
         if offer:
-            here = "Download… below (the Models page shows its progress) or " if "models" in self.ctx.pages else ""
+            here = "the Download button below (the Models page shows its progress) or " if "models" in self.ctx.pages else ""
             self.base_status.setText(
                 f"<b>Not available:</b> {base} is not downloaded yet ({_size(offer['download_bytes'])}). Get it with "
                 f"{here}`kala models download {base}`.")
@@ -671,6 +671,7 @@ class TrainPage(QWidget):
             self.base_status.setText(f"<b>Not available:</b> {why}.")
         self.base_status.setVisible(bool(why))
         self.base_download_button.setVisible(bool(offer) and "models" in self.ctx.pages)
+        self.base_download_button.setText(f"Download {base}…" if offer else "Download…")
         self.base_download_button.setToolTip(
             f"Download {offer['repo_id']} ({_size(offer['download_bytes'])}) into the Hugging Face cache; the "
             f"Models page opens with its progress." if offer else "")
