@@ -364,6 +364,67 @@ def delete_base(name: str) -> int:
     return _attr("kala_engine.hub", "delete_from_cache")(name)
 
 
+def hub_cache_dir() -> Path:
+    """The Hugging Face cache folder bases and public data sets go to (``HF_HOME`` / ``HF_HUB_CACHE``)."""
+    return Path(_attr("kala_engine.hub", "hub_cache_dir")())
+
+
+def base_catalog() -> list[dict]:
+    """Every Pythia size the Models page lists: name, repo_id, params, download_bytes (no I/O)."""
+    return _attr("kala_engine.hub", "catalog")()
+
+
+def cached_bases() -> dict[str, str]:
+    """{preset name: commit} of the catalogue's bases complete in the HF cache. Files only: no network,
+    no torch (a few ms once huggingface_hub is imported), so the Train page can ask on every show."""
+    cached = _attr("kala_engine.hub", "cached_snapshot")
+    out = {}
+    for m in base_catalog():
+        hit = cached(m["repo_id"])
+        if hit is not None:
+            out[m["name"]] = hit[1]
+    return out
+
+
+def hub_datasets() -> dict[str, str]:
+    """{format: public repo id} of the data sets the Data page can download (``kala data import --from-hub``)."""
+    try:
+        known = _attr("kala_engine.hub", "DATASETS")
+    except EngineUnavailable:
+        return {}
+    return {fmt: d["repo_id"] for fmt, d in known.items()}
+
+
+def hub_import_job(fmt: str, out_dir: str | Path) -> Callable:
+    """A job: fetch the public data set of format ``fmt`` from the hub (cache first, else a resumable
+    download with ``DownloadProgress`` events), convert it to KALA JSONL in ``out_dir`` and load it.
+
+    The output is named after the repo and the file (``hh-rlhf-harmless-base-train.jsonl``). A cancel
+    keeps the bytes received (the next run resumes); every failure is one line (a JobError).
+    """
+
+    def job(emit: Emit, control: JobControl) -> LoadedData:
+        from kala_engine.jobs import JobError
+
+        fetch = _attr("kala_engine.hub", "fetch_dataset")
+        src = Path(fetch(fmt, emit=emit, control=control))
+        parts = src.parts
+        rel = parts[parts.index("snapshots") + 2:] if "snapshots" in parts else (src.name,)
+        stem = "-".join([fmt, *rel[:-1], rel[-1].split(".")[0]])
+        out_path = Path(out_dir) / f"{stem}.jsonl"
+        emit(LogLine(f"importing {src.name} ({fmt}) into {out_path}"))
+        fn = _attr("kala_engine.data.importers", "import_dataset")
+        try:
+            fn(src, fmt, out_path)
+        except (ValueError, OSError) as e:  # the file's fault: said in one message, no traceback
+            raise JobError(f"{src.name}: {e}") from None
+        data = load_and_validate(out_path, emit, control)
+        data.summary = summarize(data.records)
+        return data
+
+    return job
+
+
 @dataclass
 class DoctorReport:
     """What the Train page's doctor panel shows."""

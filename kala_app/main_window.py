@@ -1,6 +1,6 @@
 """The main window: a side list of pages, a stack of page widgets, and a status bar.
 
-Pages: Data, Train, Chat, Evaluate, Runs (one module each under ``kala_app.pages``). The status
+Pages: Data, Models, Train, Chat, Evaluate, Runs (one module each under ``kala_app.pages``). The status
 bar shows the compute device and the running job. Window geometry is saved in QSettings and
 restored. On first start a banner offers the quickstart (the demo flow: generate a small data
 set, train ``kala-tiny`` on it, then chat with the result).
@@ -42,6 +42,7 @@ from .pages import PlaceholderPage
 #: (key, title, module, class) of every page, in side-list order.
 PAGES = [
     ("data", "Data", "kala_app.pages.data", "DataPage"),
+    ("models", "Models", "kala_app.pages.models", "ModelsPage"),
     ("train", "Train", "kala_app.pages.train", "TrainPage"),
     ("chat", "Chat", "kala_app.pages.chat", "ChatPage"),
     ("evaluate", "Evaluate", "kala_app.pages.evaluate", "EvaluatePage"),
@@ -52,6 +53,7 @@ OPTIONAL_PAGE_MODULES = {"kala_app.pages.chat", "kala_app.pages.evaluate"}
 
 PAGE_ICONS = {
     "data": QStyle.StandardPixmap.SP_DirIcon,
+    "models": QStyle.StandardPixmap.SP_DriveHDIcon,
     "train": QStyle.StandardPixmap.SP_MediaPlay,
     "chat": QStyle.StandardPixmap.SP_MessageBoxQuestion,
     "evaluate": QStyle.StandardPixmap.SP_DialogApplyButton,
@@ -194,7 +196,8 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------ navigation
 
     def _install_shortcuts(self) -> None:
-        """Ctrl+Q quits (through closeEvent, so a running job is asked about); Ctrl+1…5 pick a page."""
+        """Ctrl+Q quits (through closeEvent, so a running job is asked about); Ctrl+1…6 pick a page
+        (in the side list's order)."""
         self.quit_shortcut = QShortcut(QKeySequence("Ctrl+Q"), self)
         self.quit_shortcut.setContext(Qt.ShortcutContext.WindowShortcut)
         # queued: the key release reaches the window before it closes (no modifier is left "held")

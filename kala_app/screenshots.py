@@ -73,9 +73,7 @@ def _fill_settings(train, config: dict, steps: list[dict]) -> None:
     from PySide6.QtWidgets import QCheckBox
 
     if config.get("base"):
-        i = train.base_combo.findText(str(config["base"]))
-        if i >= 0:
-            train.base_combo.setCurrentIndex(i)
+        train.select_base(str(config["base"]))
     if config.get("data") and Path(config["data"]).is_file():
         train.set_data_path(config["data"])
     if config.get("warmup_steps") is None and steps:  # "auto": where the learning rate peaked
@@ -217,6 +215,10 @@ def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None,
         for key, _title, _m, _c in PAGES:
             win.show_page(key)
             page = win.pages[key]
+            if key == "models" and hasattr(page, "rows"):  # its table is read on a thread when first shown
+                deadline = time.monotonic() + 60
+                while not page.rows and time.monotonic() < deadline:
+                    _wait(app, 0.1)
             if key == "runs" and hasattr(page, "refresh"):
                 page.refresh()
                 if also_runs and hasattr(page, "select_runs"):

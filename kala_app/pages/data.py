@@ -2,7 +2,10 @@
 
 * Generate: count, seed and the kinds to keep (``kala_engine.data.generate``).
 * Import: a local copy of a well-known safety data set, converted to KALA JSONL; or open a KALA
-  file as it is. Every file is validated; problems are listed by line.
+  file as it is. Every file is validated; problems are listed by line. HH-RLHF, PKU-SafeRLHF and
+  BeaverTails can also come straight from the Hugging Face hub ("Download from the hub":
+  ``kala_engine.hub.fetch_dataset`` as a worker job with bytes, rate and ETA; the cache first, a
+  cancelled download resumes), then are converted the same way.
 * Preview: a model/view table that stays smooth with 100k rows (fixed row height, no
   per-row sizing, display strings computed only for the rows on screen), filterable by kind.
 * Coverage: a kind × law bar chart — how many records of each kind violate each law.
@@ -200,6 +203,7 @@ class DataPage(QWidget):
         self._then = None
         self._job_label = ""
         self._t0 = 0.0
+        self._download_text = ""  # the bar's text for the progress signal that follows a download event
 
         # ---------------- generate
         gen_box = QGroupBox("Generate")
@@ -249,7 +253,15 @@ class DataPage(QWidget):
         self.import_button = QPushButton("Open file…")
         self.import_button.setToolTip("Choose a file; it is converted if needed and validated line by line.")
         self.import_button.clicked.connect(self._choose_file)
-        iform.addRow(self.import_button)
+        self.hub_datasets = self._hub_datasets()
+        self.hub_button = QPushButton("Download from the hub")
+        self.hub_button.setObjectName("hubDownloadButton")
+        self.hub_button.clicked.connect(lambda: self.download_from_hub())
+        self.format_combo.currentIndexChanged.connect(lambda _i: self._on_busy(self.worker.is_busy()))
+        import_row = QHBoxLayout()
+        import_row.addWidget(self.import_button)
+        import_row.addWidget(self.hub_button)
+        iform.addRow(import_row)
 
         self.summary = QLabel("No data set loaded.")
         self.summary.setWordWrap(True)
@@ -259,13 +271,21 @@ class DataPage(QWidget):
         self.progress.setValue(0)
         self.progress.setTextVisible(True)
         self.progress.setFormat("")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setObjectName("dataCancelButton")
+        self.cancel_button.setToolTip("Stop this job (a download keeps what arrived; the next one resumes it).")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.hide()
+        progress_row = QHBoxLayout()
+        progress_row.addWidget(self.progress, 1)
+        progress_row.addWidget(self.cancel_button)
 
         left = QWidget()
         llay = QVBoxLayout(left)
         llay.setContentsMargins(0, 0, 6, 0)
         llay.addWidget(gen_box)
         llay.addWidget(imp_box)
-        llay.addWidget(self.progress)
+        llay.addLayout(progress_row)
         llay.addWidget(self.summary)
         llay.addStretch(1)
         left.setFixedWidth(370)
@@ -353,6 +373,7 @@ class DataPage(QWidget):
 
         w = self.worker
         w.progress.connect(self._on_progress)
+        w.event.connect(self._on_download_event)
         w.failed.connect(self._on_failed)
         w.finished.connect(self._on_finished)
         w.busy_changed.connect(self._on_busy)
@@ -404,6 +425,28 @@ class DataPage(QWidget):
         self._start(engine_api.import_job(path, fmt, out), f"reading {path.name}")
         return True
 
+    @staticmethod
+    def _hub_datasets() -> dict[str, str]:
+        try:
+            return engine_api.hub_datasets()
+        except Exception:  # noqa: BLE001 - an engine without the hub: the button stays off
+            return {}
+
+    def download_from_hub(self, fmt: str | None = None) -> bool:
+        """Fetch the public data set of the chosen format (HH-RLHF, PKU-SafeRLHF, BeaverTails) from the
+        hub on the worker - the cached copy when there is one - and import it as :meth:`open_file` does."""
+        fmt = fmt or self.chosen_format()
+        repo = self.hub_datasets.get(fmt)
+        if repo is None or self.worker.is_busy():
+            return False
+        self._start(engine_api.hub_import_job(fmt, self.ctx.datasets_dir), f"downloading {repo}")
+        return True
+
+    def cancel(self) -> None:
+        if self._mine():
+            self.worker.cancel()
+            self.progress.setFormat("cancelling…")
+
     def chosen_format(self) -> str:
         return str(self.format_combo.currentData() or engine_api.AUTO_FORMAT)
 
@@ -428,14 +471,31 @@ class DataPage(QWidget):
     def _on_busy(self, busy: bool) -> None:
         self.generate_button.setEnabled(not busy)
         self.import_button.setEnabled(not busy)
+        repo = self.hub_datasets.get(self.chosen_format())
+        self.hub_button.setEnabled(not busy and repo is not None)
+        self.hub_button.setToolTip(
+            f"'{self.worker.job_name or 'another job'}' is running: one job at a time; download when it ends."
+            if busy and repo and not self._mine() else
+            f"Download {repo} from the Hugging Face hub (or take it from the cache), convert it to KALA JSONL "
+            f"and load it. A cancelled download resumes." if repo else
+            "Choose HH-RLHF, PKU-SafeRLHF or BeaverTails under Format to download it from the hub.")
+        self.cancel_button.setVisible(busy and self._mine())
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
         if not self._mine():
             return
-        if total > 0:
-            self.progress.setRange(0, total)
-            self.progress.setValue(min(done, total))
-        self.progress.setFormat(message or self._job_label)
+        if total > 0:  # in thousandths: a download's byte count passes a Qt int's 2**31
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(min(1000, done * 1000 // total))
+        text, self._download_text = self._download_text, ""
+        self.progress.setFormat(text or message or self._job_label)
+
+    def _on_download_event(self, ev) -> None:
+        """A download's bar says bytes, rate and ETA (after _on_progress set its value)."""
+        if self._mine() and getattr(ev, "rate", None) is not None and getattr(ev, "total", 0):
+            from .models import progress_text
+
+            self._download_text = progress_text(ev.done, ev.total, ev.rate, ev.eta)  # the progress signal follows
 
     def _on_failed(self, message: str, traceback: str) -> None:
         if not self._mine():

@@ -6,11 +6,18 @@ Download / Cancel / Resume / Delete from cache. A download runs as an engine job
 (``engine_api.download_base_job``); its ``DownloadProgress`` events drive the row's progress bar
 with bytes, rate and ETA. Cancel keeps what arrived, so Resume (the same download again) continues
 with a Range request. Nothing here touches the network except a download the user started.
+
+The catalogue itself is read on a plain thread (cache files and the device probe, no network), not
+as a worker job: the list shows while a training run holds the worker for hours. Only downloads
+are jobs, one at a time like every job; while another job runs the page says which, and waits.
+The Train page's "Download…" button calls :meth:`ModelsPage.download`.
 """
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+import threading
+
+from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -50,12 +57,45 @@ def human_eta(s: float | None) -> str:
         else f"{s} s"
 
 
+def human_params(n: float) -> str:
+    return f"{n / 1e9:.1f} B" if n >= 1e9 else f"{n / 1e6:,.0f} M"
+
+
+def progress_text(done: int, total: int, rate: float, eta: float | None) -> str:
+    """What a download's bar says: percent, bytes, rate and ETA (short enough for a 1024-px window)."""
+    pct = 100 * done / total if total else 0
+    a, b = human_bytes(done), human_bytes(total)
+    if a.split()[-1] == b.split()[-1]:
+        a = a.split()[0]  # "9.9/24.7 MB"
+    return f"{pct:.0f}% · {a}/{b} · {human_bytes(rate)}/s · ETA {human_eta(eta)}"
+
+
+class _Lister(QObject):
+    """Reads the catalogue off the UI thread (the first call imports torch for the device probe)."""
+
+    listed = Signal(object)
+    failed = Signal(str)
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="kala-list-models", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            rows = engine_api.list_models()
+        except Exception as e:  # noqa: BLE001 - shown in the page's status line
+            self.failed.emit(f"Could not list the models: {type(e).__name__}: {e}")
+            return
+        self.listed.emit(rows)
+
+
 class ModelsPage(QWidget):
     """The catalogue as a table; one download at a time through the engine worker."""
 
-    COLUMNS = ["Model", "Parameters", "Download", "In cache", "This device", "Progress"]
+    COLUMNS = ["Model", "Parameters", "Size", "In cache", "This device", "Progress"]
     #: the page shows its jobs' failures itself (in its status line)
     handles_job_errors = True
+    #: the table was (re)read: the cache may have changed (a download ended, a model was deleted)
+    listed = Signal()
 
     def __init__(self, ctx):
         super().__init__()
@@ -63,7 +103,11 @@ class ModelsPage(QWidget):
         self.rows: list[dict] = []
         self._downloading: str | None = None  # model name of this page's running download
         self._bars: dict[str, QProgressBar] = {}
-        self._refresh_pending = False
+        self._listing = False
+        self._list_again = False
+        self._lister = _Lister()
+        self._lister.listed.connect(self._on_listed)
+        self._lister.failed.connect(self._on_list_failed)
 
         self.table = QTableWidget(0, len(self.COLUMNS))
         self.table.setObjectName("modelsTable")
@@ -72,6 +116,7 @@ class ModelsPage(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setWordWrap(False)
         header = self.table.horizontalHeader()
         for i in range(len(self.COLUMNS) - 1):
             header.setSectionResizeMode(i, QHeaderView.ResizeMode.ResizeToContents)
@@ -80,23 +125,34 @@ class ModelsPage(QWidget):
 
         self.download_button = QPushButton("Download")
         self.download_button.setObjectName("downloadButton")
-        self.download_button.setToolTip("Download the selected model into the Hugging Face cache (resumable).")
-        self.download_button.clicked.connect(self.download_selected)
+        self.download_button.clicked.connect(lambda: self.download_selected())
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setObjectName("cancelDownloadButton")
         self.cancel_button.setToolTip("Stop the download; what arrived is kept and Resume continues it.")
         self.cancel_button.clicked.connect(self.cancel_download)
         self.delete_button = QPushButton("Delete from cache")
         self.delete_button.setObjectName("deleteModelButton")
+        self.delete_button.setToolTip("Remove the selected model (and any partial download) from the cache.")
         self.delete_button.clicked.connect(lambda: self.delete_selected())
         self.refresh_button = QPushButton("Refresh")
+        self.refresh_button.setToolTip("Read the cache again (no network).")
         self.refresh_button.clicked.connect(self.refresh)
 
-        self.status = QLabel("")
+        #: says which job holds the worker while it is not this page's download
+        self.busy_note = QLabel("")
+        self.busy_note.setObjectName("modelsBusyNote")
+        self.busy_note.setWordWrap(True)
+        self.busy_note.setStyleSheet("#modelsBusyNote { color: #9a3412; background: #fff4e0; "
+                                     "border: 1px solid #f0c070; border-radius: 4px; padding: 4px; }")
+        self.busy_note.hide()
+        self.status = QLabel("Reading the cache…")
         self.status.setObjectName("modelsStatus")
         self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.cache_label = QLabel("")
         self.cache_label.setObjectName("cacheLabel")
+        self.cache_label.setWordWrap(True)
+        self.cache_label.setStyleSheet("#cacheLabel { color: #666; }")
         self.cache_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
 
         buttons = QHBoxLayout()
@@ -105,10 +161,11 @@ class ModelsPage(QWidget):
         buttons.addStretch(1)
         buttons.addWidget(self.refresh_button)
         lay = QVBoxLayout(self)
-        title = QLabel("<b>Base models</b> — Pythia sizes (GPT-NeoX) in the Hugging Face cache. Cached models "
-                       "train offline; a download is resumable.")
+        title = QLabel("<b>Base models</b> — the Pythia sizes (GPT-NeoX) a run can start from. Cached models "
+                       "train offline; downloads are resumable and happen only when you ask.")
         title.setWordWrap(True)
         lay.addWidget(title)
+        lay.addWidget(self.busy_note)
         lay.addWidget(self.table, 1)
         lay.addLayout(buttons)
         lay.addWidget(self.status)
@@ -119,59 +176,95 @@ class ModelsPage(QWidget):
         w.finished.connect(self._on_finished)
         w.failed.connect(self._on_failed)
         w.busy_changed.connect(lambda _b: self._update_buttons())
+        w.started.connect(lambda _name: self._update_buttons())
         self._listed = False  # the catalogue is read when the page is first shown (never at start-up)
+        self._stale = False
+        self._update_buttons()
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)
-        if not self._listed:
+        if not self._listed or self._stale:  # first show, or a job ended since (it may have downloaded a base)
             self._listed = True
+            self._stale = False
             self.refresh()
 
     # ------------------------------------------------------------------ the table
 
     def refresh(self) -> None:
-        """Re-read the catalogue (cache state and the doctor's plan) on the worker thread."""
-        if self.ctx.worker.is_busy():
-            self._refresh_pending = True
-            self.status.setText(self.status.text() or "The list refreshes when the running job ends.")
+        """Re-read the catalogue (cache state and the doctor's plan) on a background thread."""
+        if self._listing:
+            self._list_again = True
             return
-        self._refresh_pending = False
-        self.ctx.worker.start(lambda emit, control: engine_api.list_models(), "list models", owner=self)
+        self._listing = True
+        self._lister.start()
+
+    def _on_listed(self, rows: list) -> None:
+        self._listing = False
+        if self._list_again:
+            self._list_again = False
+            self.refresh()
+        self.set_rows(rows)
+        if self.status.text() == "Reading the cache…":
+            cached = sum(1 for r in rows if r["cached"])
+            self.status.setText(f"{cached} of {len(rows)} models in the cache. Select one to download or delete it.")
+        try:
+            self.cache_label.setText(f"Cache: {engine_api.hub_cache_dir()} (set HF_HOME to use another disk)")
+        except Exception:  # noqa: BLE001 - only a hint
+            self.cache_label.setText("")
+        self.listed.emit()
+
+    def _on_list_failed(self, message: str) -> None:
+        self._listing = False
+        self.status.setText(message)
 
     def set_rows(self, rows: list[dict]) -> None:
-        keep = self.selected_name()
+        keep = self.selected_name() or self._downloading  # (a download asked for before the list arrived)
         self.rows = list(rows)
         self._bars.clear()
         self.table.setRowCount(len(self.rows))
         for i, r in enumerate(self.rows):
-            cached = f"yes ({(r.get('commit') or '')[:8]})" if r["cached"] else (
-                f"partial: {human_bytes(r['partial_bytes'])}" if r.get("partial_bytes") else "no")
-            plan = (f"fits: {r['mode']}, {r['precision']}, ~{human_bytes(r['estimate_bytes'])}" if r["fits"]
-                    else f"does not fit (~{human_bytes(r['estimate_bytes'])} of {human_bytes(r['available_bytes'])})")
-            cells = [r["name"], f"{r['params'] / 1e6:,.0f} M", human_bytes(r["download_bytes"]), cached, plan]
+            partial = r.get("partial_bytes") or 0
+            cached = "yes" if r["cached"] else (f"partial: {human_bytes(partial)}" if partial else "no")
+            est = human_bytes(r["estimate_bytes"])
+            plan = (f"fits: {r['mode']}, {r['precision']}, ~{est}" if r["fits"]
+                    else f"does not fit: ~{est} > {human_bytes(r['available_bytes'])}")
+            cells = [r["name"], human_params(r["params"]), human_bytes(r["download_bytes"]), cached, plan]
             for j, text in enumerate(cells):
                 item = QTableWidgetItem(text)
+                if j == 0:
+                    item.setToolTip(r["repo_id"])
+                if j == 2:
+                    item.setToolTip("Download size (fp16 safetensors and the tokenizer), about 2 bytes a parameter.")
+                if j == 3:
+                    revs = ", ".join(f"{k} ({v[:8]})" for k, v in (r.get("revisions") or {}).items())
+                    item.setToolTip(f"{r['path']}\nrevisions: {revs or '-'}" if r.get("path") else
+                                    f"{human_bytes(partial)} of a download kept; Resume continues it" if partial
+                                    else "not downloaded")
                 if j == 4:
                     item.setForeground(FIT_COLOR if r["fits"] else NO_FIT_COLOR)
-                    item.setToolTip(r.get("reason") or "")
-                if j == 3 and r.get("path"):
-                    item.setToolTip(r["path"])
+                    item.setToolTip(r.get("reason") or f"training plan on this device ({r.get('device', '')}): "
+                                    f"{r['mode']}, {r['precision']}, about {est} of {human_bytes(r['available_bytes'])}")
                 self.table.setItem(i, j, item)
             bar = QProgressBar()
             bar.setRange(0, 1000)
             bar.setValue(1000 if r["cached"] else 0)
-            bar.setFormat("in cache" if r["cached"] else ("Resume to continue" if r.get("partial_bytes") else ""))
+            bar.setFormat("in cache" if r["cached"] else (f"{human_bytes(partial)} kept · Resume continues"
+                                                          if partial else ""))
+            if r["name"] == self._downloading:
+                bar.setFormat("downloading…")  # the next progress event fills it in
             self._bars[r["name"]] = bar
             self.table.setCellWidget(i, 5, bar)
         if keep:
             self.select(keep)
         self._update_buttons()
 
-    def select(self, name: str) -> None:
+    def select(self, name: str) -> bool:
         for i, r in enumerate(self.rows):
             if r["name"] == name:
                 self.table.selectRow(i)
-                return
+                self.table.scrollToItem(self.table.item(i, 0))
+                return True
+        return False
 
     def selected_name(self) -> str | None:
         rows = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
@@ -180,23 +273,46 @@ class ModelsPage(QWidget):
     def _row(self, name: str | None) -> dict | None:
         return next((r for r in self.rows if r["name"] == name), None)
 
+    def other_job(self) -> str:
+        """The name of a job that holds the worker and is not this page's download ("" if none)."""
+        w = self.ctx.worker
+        if not w.is_busy() or (w.owner is self and self._downloading is not None):
+            return ""
+        return w.job_name or "another job"
+
     def _update_buttons(self) -> None:
         r = self._row(self.selected_name())
         busy = self.ctx.worker.is_busy()
+        other = self.other_job()
+        resumable = bool(r and r.get("partial_bytes") and not r["cached"])
         self.download_button.setEnabled(bool(r) and not busy and not r["cached"])
-        self.download_button.setText("Resume" if r and r.get("partial_bytes") and not r["cached"] else "Download")
+        self.download_button.setText("Resume" if resumable else "Download")
+        self.download_button.setToolTip(
+            f"Wait: '{other}' is running (one job at a time)." if other else
+            "Continue the kept partial download (a Range request)." if resumable else
+            "Download the selected model into the Hugging Face cache (resumable).")
         self.cancel_button.setEnabled(self._downloading is not None)
         self.delete_button.setEnabled(bool(r) and not busy and (r["cached"] or bool(r.get("partial_bytes"))))
+        self.busy_note.setText(f"<b>'{other}'</b> is running. KALA runs one job at a time: downloads wait until it "
+                               f"ends (or cancel it on its page)." if other else "")
+        self.busy_note.setVisible(bool(other))
 
     # ------------------------------------------------------------------ actions
 
-    def download_selected(self) -> None:
-        name = self.selected_name()
-        if name is None:
-            return
+    def download(self, name: str) -> str:
+        """Select ``name`` and start (or resume) its download. "" when started, else why not (also shown).
+
+        Works before the list was read (the Train page may ask first): the row's bar follows the
+        download as soon as the list arrives.
+        """
+        if not self._listed:
+            self._listed = True
+            self.refresh()
+        self.select(name)
         if self.ctx.worker.is_busy():
-            self.status.setText(f"'{self.ctx.worker.job_name}' is running; download when it ends.")
-            return
+            why = f"'{self.ctx.worker.job_name or 'another job'}' is running; download {name} when it ends."
+            self.status.setText(why)
+            return why
         self._downloading = name
         bar = self._bars.get(name)
         if bar is not None:
@@ -204,10 +320,22 @@ class ModelsPage(QWidget):
         self.status.setText(f"Downloading {name}…")
         self.ctx.worker.start(engine_api.download_base_job(name), f"download {name}", owner=self)
         self._update_buttons()
+        return ""
+
+    def download_selected(self) -> str:
+        """Start the selected model's download; "" when started, else the reason."""
+        name = self.selected_name()
+        return self.download(name) if name is not None else "no model selected"
+
+    @property
+    def downloading(self) -> str | None:
+        """The model this page is downloading now (None when none)."""
+        return self._downloading
 
     def cancel_download(self) -> None:
         if self._downloading is not None and self.ctx.worker.owner is self:
             self.ctx.worker.cancel()
+            self.status.setText(f"Cancelling the download of {self._downloading}…")
 
     def delete_selected(self, confirm: bool = True) -> None:
         name = self.selected_name()
@@ -240,28 +368,26 @@ class ModelsPage(QWidget):
         bar = self._bars.get(self._downloading)
         if bar is not None and ev.total:
             bar.setValue(int(1000 * ev.done / ev.total))
-            bar.setFormat(f"{100 * ev.done / ev.total:.0f}%  {human_bytes(ev.done)} / {human_bytes(ev.total)}  "
-                          f"{human_bytes(rate)}/s  ETA {human_eta(ev.eta)}")
+            bar.setFormat(progress_text(ev.done, ev.total, rate, ev.eta))
+            bar.setToolTip(f"{ev.filename}: {human_bytes(ev.done)} of {human_bytes(ev.total)}")
         self.status.setText(f"Downloading {self._downloading}: {ev.filename}")
 
     def _on_failed(self, message: str, _traceback: str) -> None:
         if self.ctx.worker.owner is self:
-            self.status.setText(message)
+            self.status.setText(f"<b>Download failed:</b> {message}")
 
     def _on_finished(self, ev) -> None:
         mine = self.ctx.worker.owner is self
-        if mine and self._downloading is None and isinstance(ev.result, list):
-            self.set_rows(ev.result)  # the list job
-            self.cache_label.setText("")
-        elif mine and self._downloading is not None:
+        if mine and self._downloading is not None:
             name, self._downloading = self._downloading, None
             if ev.cancelled:
                 self.status.setText(f"Download of {name} cancelled; what arrived is kept - Resume continues it.")
             elif ev.result:
                 self.status.setText(f"{name} is in the cache: {ev.result['path']}")
-        if mine or self._refresh_pending:
-            from PySide6.QtCore import QTimer
-
-            if not (mine and isinstance(ev.result, list)):
-                QTimer.singleShot(0, self.refresh)  # after the worker is idle again
+            self.refresh()
+        elif self._listed:  # another page's job ended (a run may have downloaded its base)
+            if self.isVisible():
+                self.refresh()
+            else:
+                self._stale = True  # re-read when shown
         self._update_buttons()

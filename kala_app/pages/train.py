@@ -82,6 +82,12 @@ def remove_if_empty_run(run_dir: Path | None) -> bool:
     return not run_dir.exists()
 
 
+def _size(n: float | None) -> str:
+    from .models import human_bytes
+
+    return human_bytes(n)
+
+
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return "–"
@@ -196,6 +202,8 @@ class TrainPage(QWidget):
         self._quickstart_then = None
         self._base_problem = ""
         self._last_base_index = 0
+        self._cached_bases: dict[str, str] = {}  # {preset name: commit} in the HF cache (fill_bases)
+        self._watched_download: str | None = None  # a base download running (from here or the Models page)
         self.law_titles = [law.title for law in ctx.constitution]
 
         self._build()
@@ -219,10 +227,9 @@ class TrainPage(QWidget):
         self.base_combo.setObjectName("baseCombo")
         self.base_combo.setToolTip(
             "The model to start from: kala-tiny is trained from scratch in minutes on a CPU; the "
-            "Pythia presets need their weights in a local folder or the Hugging Face cache.")
-        presets = self._safe(engine_api.base_presets, ["kala-tiny"])
-        self.base_combo.addItems(presets)
-        self.base_combo.addItem(LOCAL_FOLDER)
+            "Pythia presets need their weights in a local folder or the Hugging Face cache "
+            "(downloaded ones are listed first; the others offer the download).")
+        self.fill_bases()
         self.base_combo.activated.connect(self._on_base_activated)
         self.data_combo = ElidedComboBox()
         self.data_combo.setObjectName("dataCombo")
@@ -237,6 +244,12 @@ class TrainPage(QWidget):
                                        "border: 1px solid #f0c070; border-radius: 4px; padding: 4px; }")
         self.base_status.hide()
         form.addRow(self.base_status)
+        #: offered under the note when the chosen base is a catalogue model not downloaded yet
+        self.base_download_button = QPushButton("Download…")
+        self.base_download_button.setObjectName("baseDownloadButton")
+        self.base_download_button.clicked.connect(self.download_base)
+        self.base_download_button.hide()
+        form.addRow(self.base_download_button)
         self.base_combo.currentIndexChanged.connect(lambda _i: self.check_base())
         form.addRow("Data", self.data_combo)
 
@@ -459,6 +472,8 @@ class TrainPage(QWidget):
         w.failed.connect(self._on_failed)
         w.finished.connect(self._on_finished)
         w.busy_changed.connect(lambda _busy: self._update_buttons())
+        w.started.connect(self._on_job_started)
+        w.event.connect(self._on_download_event)
 
     @staticmethod
     def _safe(fn, default):
@@ -503,6 +518,7 @@ class TrainPage(QWidget):
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)
+        self.fill_bases()  # a base may have been downloaded or deleted on the Models page
         if not self.worker.is_busy():
             self.refresh_lists()
 
@@ -523,6 +539,101 @@ class TrainPage(QWidget):
     def base(self) -> str:
         b = self.base_combo.currentData()
         return str(b) if b else self.base_combo.currentText()
+
+    # ---------------------------------------------------------------- bases: cached first, download offered
+
+    def fill_bases(self) -> None:
+        """(Re)fill the Base picker: kala-tiny, the Pythia models in the cache (marked downloaded),
+        then the others (marked with their download size); local folders picked earlier stay.
+        Reads cache files only (no network, no torch), so it runs on every show of the page."""
+        combo = self.base_combo
+        keep = self.base() if combo.count() else ""
+        folders = [(combo.itemText(i), combo.itemData(i)) for i in range(combo.count())
+                   if combo.itemData(i) and Path(str(combo.itemData(i))).is_absolute()
+                   and Path(str(combo.itemData(i))).is_dir()]
+        presets = self._safe(engine_api.base_presets, ["kala-tiny"])
+        catalog = {m["name"]: m for m in self._safe(engine_api.base_catalog, [])}
+        self._cached_bases = self._safe(engine_api.cached_bases, {})
+        cached = [n for n in catalog if n in self._cached_bases]
+        missing = [n for n in presets if n != "kala-tiny" and n not in self._cached_bases]
+        combo.blockSignals(True)
+        combo.clear()
+        for text, folder in folders:
+            combo.addItem(text, folder)
+            combo.setItemData(combo.count() - 1, folder, Qt.ItemDataRole.ToolTipRole)
+        if "kala-tiny" in presets:
+            combo.addItem("kala-tiny", "kala-tiny")
+            combo.setItemData(combo.count() - 1, "kala-tiny: trained from scratch, nothing to download",
+                              Qt.ItemDataRole.ToolTipRole)
+        for n in cached:
+            combo.addItem(f"{n}  ✓ downloaded", n)
+            combo.setItemData(combo.count() - 1, f"{catalog[n]['repo_id']} is in the Hugging Face cache (commit "
+                              f"{self._cached_bases[n][:8]}): trains offline", Qt.ItemDataRole.ToolTipRole)
+        for n in missing:
+            size = catalog[n]["download_bytes"] if n in catalog else None
+            combo.addItem(f"{n}  (download {_size(size)})" if size else n, n)
+            combo.setItemData(combo.count() - 1, f"not downloaded yet: pick it, then Download… ({_size(size)})",
+                              Qt.ItemDataRole.ToolTipRole)
+        combo.addItem(LOCAL_FOLDER)
+        i = combo.findData(keep) if keep else -1
+        combo.setCurrentIndex(i if i >= 0 else 0)
+        combo.blockSignals(False)
+        if hasattr(self, "base_status"):
+            self.check_base()
+
+    def select_base(self, name: str) -> bool:
+        """Choose the base ``name`` (a preset or a folder picked before) in the picker."""
+        i = self.base_combo.findData(str(name))
+        if i >= 0:
+            self.base_combo.setCurrentIndex(i)
+        return i >= 0
+
+    def _downloadable(self, base: str) -> dict | None:
+        """The catalogue entry of ``base`` when it is a Pythia model not in the cache yet."""
+        if base in self._cached_bases:
+            return None
+        return next((m for m in self._safe(engine_api.base_catalog, []) if m["name"] == base), None)
+
+    def download_base(self) -> str:
+        """Download the chosen base on the Models page (it shows the table and the row's progress
+        bar); this page shows the progress under Base and enables Start once it is cached.
+        "" when it started, else why not (also said under Base)."""
+        base = self.base()
+        models = self.ctx.pages.get("models")
+        if models is None or not hasattr(models, "download"):
+            return "no Models page"
+        why = models.download(base)
+        if why:
+            self.base_status.setText(f"<b>Not available:</b> {base} is not downloaded yet; {why}")
+            return why
+        self._watched_download = base
+        self.base_download_button.setEnabled(False)
+        self.base_status.setText(f"<b>Downloading {base}…</b> (on the Models page; Start is enabled when it is "
+                                 f"in the cache)")
+        win = self.window()
+        if hasattr(win, "show_page") and win is not self:
+            win.show_page("models")
+        return ""
+
+    def _on_job_started(self, name: str) -> None:
+        if name.startswith("download "):
+            self._watched_download = name.removeprefix("download ")
+
+    def _on_download_event(self, ev) -> None:
+        name = self._watched_download
+        if name is None or name != self.base() or getattr(ev, "rate", None) is None or not getattr(ev, "total", 0):
+            return
+        from .models import progress_text
+
+        self.base_status.setText(f"<b>Downloading {name}:</b> {progress_text(ev.done, ev.total, ev.rate, ev.eta)}")
+
+    def _after_download(self, ev) -> None:
+        name, self._watched_download = self._watched_download, None
+        if name is None:
+            return
+        self.fill_bases()  # cached now: listed first, Start enabled (when it was the chosen base)
+        if ev.cancelled and name == self.base():
+            self.base_status.setText(self.base_status.text() + " (download cancelled: the Models page resumes it)")
 
     def _on_base_activated(self, index: int) -> None:
         if self.base_combo.itemText(index) != LOCAL_FOLDER:
@@ -558,9 +669,20 @@ class TrainPage(QWidget):
         except Exception as e:  # noqa: BLE001 - an unreadable cache is a problem to show, not a crash
             why = f"{base} cannot be checked ({type(e).__name__}: {e})"
         self._base_problem = why
-        if why:
+        offer = self._downloadable(base) if why else None
+        if offer:
+            here = "the Download button below (the Models page shows its progress) or " if "models" in self.ctx.pages else ""
+            self.base_status.setText(
+                f"<b>Not available:</b> {base} is not downloaded yet ({_size(offer['download_bytes'])}). Get it with "
+                f"{here}`kala models download {base}`.")
+        elif why:
             self.base_status.setText(f"<b>Not available:</b> {why}.")
         self.base_status.setVisible(bool(why))
+        self.base_download_button.setVisible(bool(offer) and "models" in self.ctx.pages)
+        self.base_download_button.setText(f"Download {base}…" if offer else "Download…")
+        self.base_download_button.setToolTip(
+            f"Download {offer['repo_id']} ({_size(offer['download_bytes'])}) into the Hugging Face cache; the "
+            f"Models page opens with its progress." if offer else "")
         self._update_buttons()
         return why
 
@@ -698,9 +820,7 @@ class TrainPage(QWidget):
         the hyperparameter fields, ``overrides`` on top); ``then(run_dir)`` runs once the final
         model is saved."""
         self.set_data_path(data_path)
-        i = self.base_combo.findText("kala-tiny")
-        if i >= 0:
-            self.base_combo.setCurrentIndex(i)
+        self.select_base("kala-tiny")
         hp = engine_api.quickstart_hyperparameters(steps or engine_api.QUICKSTART_STEPS)
         hp.update(overrides or {})
         for key, value in hp.items():
@@ -727,6 +847,11 @@ class TrainPage(QWidget):
             f"Not available: {self._base_problem}" if self._base_problem
             else "Start a new training run with these settings.")
         self.doctor_button.setEnabled(not busy)
+        self.base_download_button.setEnabled(not busy)
+        if busy and not self.base_download_button.isHidden() and not mine:
+            self.base_download_button.setToolTip(
+                f"'{self.worker.job_name or 'another job'}' is running: KALA runs one job at a time; "
+                f"download when it ends.")
         self.pause_button.setEnabled(mine and not paused)
         self.resume_button.setEnabled(mine and paused)
         self.cancel_button.setEnabled(mine)
@@ -851,6 +976,8 @@ class TrainPage(QWidget):
         show_error(self, title, message, traceback)
 
     def _on_finished(self, ev) -> None:
+        if self._watched_download is not None:  # one job at a time: this is that download ending
+            self._after_download(ev)
         if self.worker.owner is not self:
             return
         kind, self._job_kind = self._job_kind, ""

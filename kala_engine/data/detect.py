@@ -78,8 +78,18 @@ def _expected() -> str:
 
 
 def _head(path: Path) -> str:
-    with path.open("rb") as f:
-        raw = f.read(_SNIFF_BYTES)
+    """The first bytes of the file's text; a ``.gz``/``.xz`` file (as the hub serves data sets) is
+    looked at decompressed (its compressed bytes looked like CSV once past a few KB). A damaged
+    archive reads as empty here; reading its rows then names the file and the reason."""
+    import gzip
+    import lzma
+
+    opener = gzip.open if path.suffix == ".gz" else lzma.open if path.suffix == ".xz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read(_SNIFF_BYTES)
+    except (EOFError, lzma.LZMAError, gzip.BadGzipFile):
+        raw = b""
     return raw.decode("utf-8-sig", errors="replace")
 
 

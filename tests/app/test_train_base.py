@@ -54,19 +54,19 @@ def model_folder(root, *, weights=True, tokenizer=True, model_type="gpt_neox"):
 
 def test_a_preset_that_is_not_downloaded_says_so_before_start(qtbot, page, ctx):
     assert page.base() == "kala-tiny" and page.start_button.isEnabled() and page.base_status.isHidden()
-    page.base_combo.setCurrentIndex(page.base_combo.findText("pythia-70m"))
+    page.base_combo.setCurrentIndex(page.base_combo.findData("pythia-70m"))
     assert not page.base_status.isHidden()
     assert "not downloaded" in page.base_status.text() and "kala models download pythia-70m" in page.base_status.text()
     assert not page.start_button.isEnabled()
     assert "not downloaded" in page.start_button.toolTip()
     assert page.start_training() is False  # even when called directly
     assert not list(ctx.runs_dir.glob("*")), "a refused start made a run folder"
-    page.base_combo.setCurrentIndex(page.base_combo.findText("kala-tiny"))
+    page.base_combo.setCurrentIndex(page.base_combo.findData("kala-tiny"))
     assert page.base_status.isHidden() and page.start_button.isEnabled()
 
 
 def test_the_doctor_does_not_say_fits_alone_for_a_missing_base(qtbot, page, ctx):
-    page.base_combo.setCurrentIndex(page.base_combo.findText("pythia-70m"))
+    page.base_combo.setCurrentIndex(page.base_combo.findData("pythia-70m"))
     with qtbot.waitSignal(ctx.worker.finished, timeout=60000):
         page.run_doctor()
     fmt = page.memory_bar.bar.format()

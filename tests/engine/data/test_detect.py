@@ -89,3 +89,25 @@ def test_cli_import_detects_the_format_and_names_the_right_one(tmp_path, capsys)
     assert "(pku-saferlhf)" in capsys.readouterr().out and out.is_file()
     assert cli.main(["data", "import", str(FILES["hh-rlhf"]), "--format", "beavertails", "--out", str(out)]) == 2
     assert "looks like HH-RLHF (JSON lines), not BeaverTails: choose the format hh-rlhf" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".xz"])
+def test_a_compressed_file_past_a_few_kb_is_detected_decompressed(suffix, tmp_path):
+    """The hub serves HH-RLHF as .jsonl.gz and BeaverTails as .jsonl.xz: their compressed bytes
+    were sniffed as text and looked like CSV once the archive passed a few KB (import failed)."""
+    import gzip
+    import lzma
+    import random
+
+    rnd = random.Random(0)
+    words = [f"w{i}" for i in range(300)]
+    rows = [{"chosen": f"\n\nHuman: {' '.join(rnd.choices(words, k=12))}?\n\nAssistant: {' '.join(rnd.choices(words, k=24))}.",
+             "rejected": "\n\nHuman: hi?\n\nAssistant: no."} for _ in range(1500)]
+    raw = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    path = tmp_path / f"train.jsonl{suffix}"
+    path.write_bytes(gzip.compress(raw) if suffix == ".gz" else lzma.compress(raw))
+    assert path.stat().st_size > 20_000
+    d = detect_format(path)
+    assert (d.fmt, d.container) == ("hh-rlhf", "jsonl")
+    records, report = import_records(path, "hh-rlhf")
+    assert report.lines == 1500 and records
