@@ -559,6 +559,7 @@ class KALAForCausalLM(KALAPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         law_targets: torch.Tensor | None = None,
         target_mask: torch.Tensor | None = None,
+        target_weight: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_layer_scores: bool = False,
         output_hidden_states: bool | None = None,
@@ -569,6 +570,8 @@ class KALAForCausalLM(KALAPreTrainedModel, GenerationMixin):
         labels (B, T): LM labels, -100 where no LM loss (shifted inside, as in Hugging Face).
         law_targets (B, T, K): per-token target law scores in [0, 1].
         target_mask (B, T): tokens that carry law targets (default: every attended token).
+        target_weight (B, T): per-token weight of the law targets in the ethics losses (the
+            collator's: more on the first reply tokens after a harmful request); default 1.
         """
         out = self.gpt_neox(
             input_ids,
@@ -600,6 +603,8 @@ class KALAForCausalLM(KALAPreTrainedModel, GenerationMixin):
         if law_targets is not None:
             if target_mask is None:
                 target_mask = attention_mask if attention_mask is not None else torch.ones_like(law_targets[..., 0])
+            if target_weight is not None:
+                target_mask = target_mask.to(target_weight.dtype) * target_weight
             w = normalized_law_weights(self.config, logits.device)
             per_law = weighted_mse(out.law_scores, law_targets, target_mask)  # (K,)
             ethics_loss = (per_law * w).sum()
