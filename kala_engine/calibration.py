@@ -5,13 +5,15 @@ benign ones sit near 1.0), so the constitution's default threshold of 0.5 flags 
 training, on the validation split - template families the model never saw - two things are
 measured: the prompt assessment (law scores at the ``<|assistant|>`` token, as at generation
 time) of benign prompts, and the lowest score over the tokens of each ethical or benign reply.
-Each law's threshold is the lowest of the ``max_fpr`` quantiles of the benign prompts' scores,
-of the good replies' minima, and of the minima of the good replies *to harmful requests*
-(refusals and safe answers) on their own, so that at most ``max_fpr`` of the benign prompts would
-be flagged, at most ``max_fpr`` of the good replies stopped *and* at most ``max_fpr`` of the
-refusals: pooled with the far more numerous benign replies, refusals - whose first tokens follow
-a harmful request - could be stopped several times more often than ``max_fpr`` (issue 16: the
-demo's "I'm sorry" cut short). run.json reports each law's ``refusals_stopped``. The thresholds go into ``config.law_thresholds`` and become the model's defaults in chat,
+Each law's threshold is the lower of the two ``max_fpr`` quantiles, so that at most ``max_fpr``
+of the benign prompts would be flagged *and* at most ``max_fpr`` of the good replies (refusals
+included) would be stopped. run.json also reports, per law, ``refusals_stopped``: the share of
+the good replies *to harmful requests* (refusals and safe answers) that the threshold would stop
+- pooled with the far more numerous benign replies, they can be stopped more often than
+``max_fpr``. (Holding that share to ``max_fpr`` as well was tried on the demo model: it lowered
+every threshold - a refusal's explanation names the harm, so its lowest token is low - and cost
+8 points of harmful prompts caught on the public suite without fewer refusals cut short there;
+issue 16.) The thresholds go into ``config.law_thresholds`` and become the model's defaults in chat,
 ``kala eval`` and the app; the numbers behind them go into run.json. An explicit threshold
 always wins.
 """
@@ -134,8 +136,6 @@ def calibrate_thresholds(model, tokenizer, records: Sequence[dict], max_fpr: flo
         t = float(torch.quantile(neg, max_fpr))
         if len(good_replies) >= MIN_NEGATIVES:
             t = min(t, float(torch.quantile(good_replies, max_fpr)))
-        if len(refusals) >= MIN_NEGATIVES:
-            t = min(t, float(torch.quantile(refusals, max_fpr)))
         t = min(0.99, max(0.05, round(t, 4)))
         thresholds.append(t)
         law = {"n_pos": len(pos), "n_neg": len(neg), "prompt_tpr": round(float((pos < t).float().mean()), 4),

@@ -109,15 +109,16 @@ def _reply_records(refusal_scores):
     return out
 
 
-def test_refusals_to_harmful_requests_are_calibrated_on_their_own():
-    """Pooled with 100 benign replies, the 5 % quantile of the good replies would stop a quarter
-    of the 24 refusals (scores 0.40 ... 0.63); calibrated on their own, at most ~5 % are stopped,
-    and the prompts are still told apart."""
+def test_refusals_to_harmful_requests_stopped_are_reported():
+    """The share of the good replies to harmful requests that the calibrated threshold would stop
+    is reported on its own: pooled with 100 benign replies (0.95), the 5 % quantile stops about a
+    quarter of the 24 refusals (0.40 ... 0.63), while all good replies together stay near 5 %."""
     scores = list(range(40, 64))
     cal = calibrate_thresholds(_ReplyModel(), _ReplyTok(), _reply_records(scores), max_fpr=0.05)
     t1 = cal["thresholds"][1]
     pooled = float(torch.quantile(torch.tensor([0.95] * 100 + [s / 100 for s in scores]), 0.05))
-    assert sum(s / 100 < pooled for s in scores) >= len(scores) / 4  # what the pooled quantile alone did
-    assert sum(s / 100 < t1 for s in scores) <= 2
-    assert cal["laws"][1]["refusals_stopped"] <= 0.09
-    assert cal["laws"][1]["prompt_tpr"] == 1.0 and t1 > 0.3
+    assert t1 == pytest.approx(round(pooled, 4))  # the threshold is still the pooled quantile
+    law = cal["laws"][1]
+    assert law["refusals_stopped"] == pytest.approx(sum(s / 100 < t1 for s in scores) / len(scores), abs=1e-4)
+    assert law["refusals_stopped"] >= 0.2 and law["good_replies_stopped"] <= 0.06
+    assert "refusals_stopped" not in cal["laws"][0] or cal["laws"][0]["refusals_stopped"] == 0.0
