@@ -7,7 +7,13 @@ measured: the prompt assessment (law scores at the ``<|assistant|>`` token, as a
 time) of benign prompts, and the lowest score over the tokens of each ethical or benign reply.
 Each law's threshold is the lower of the two ``max_fpr`` quantiles, so that at most ``max_fpr``
 of the benign prompts would be flagged *and* at most ``max_fpr`` of the good replies (refusals
-included) would be stopped. The thresholds go into ``config.law_thresholds`` and become the model's defaults in chat,
+included) would be stopped. run.json also reports, per law, ``refusals_stopped``: the share of
+the good replies *to harmful requests* (refusals and safe answers) that the threshold would stop
+- pooled with the far more numerous benign replies, they can be stopped more often than
+``max_fpr``. (Holding that share to ``max_fpr`` as well was tried on the demo model: it lowered
+every threshold - a refusal's explanation names the harm, so its lowest token is low - and cost
+8 points of harmful prompts caught on the public suite without fewer refusals cut short there;
+issue 16.) The thresholds go into ``config.law_thresholds`` and become the model's defaults in chat,
 ``kala eval`` and the app; the numbers behind them go into run.json. An explicit threshold
 always wins.
 """
@@ -61,14 +67,16 @@ def prompt_scores(model, tokenizer, prompts: Sequence[str], max_length: int = 25
 
 
 @torch.no_grad()
-def reply_min_scores(model, tokenizer, records: Sequence[dict], max_length: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def reply_min_scores(model, tokenizer, records: Sequence[dict], max_length: int = 256
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per record with a reply after its first user turn: the lowest law scores over the reply's
-    tokens, as generation would score them, (N, 5); and whether the reply is a good one (all
-    labels 1.0) rather than a harmful completion."""
+    tokens, as generation would score them, (N, 5); whether the reply is a good one (all
+    labels 1.0) rather than a harmful completion; and whether it answers a harmful request (a
+    user turn with a label under 1.0)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    mins, good = [], []
+    mins, good, after_harm = [], [], []
     for r in records:
         got = prompt_of(r)
         parts = r["parts"]
@@ -85,10 +93,11 @@ def reply_min_scores(model, tokenizer, records: Sequence[dict], max_length: int 
         s = model(torch.tensor([ids], device=device), use_cache=False).law_scores[0, -n_reply:].float()
         mins.append(s.min(dim=0).values.cpu())
         good.append(all(float(x) >= 1.0 for x in reply["labels"]))
+        after_harm.append(any(x < 1.0 for x in got[1]))
     model.train(was_training)
     if not mins:
-        return torch.zeros(0, NUM_LAWS), torch.zeros(0, dtype=torch.bool)
-    return torch.stack(mins), torch.tensor(good)
+        return torch.zeros(0, NUM_LAWS), torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.bool)
+    return torch.stack(mins), torch.tensor(good), torch.tensor(after_harm)
 
 
 def calibrate_thresholds(model, tokenizer, records: Sequence[dict], max_fpr: float = 0.05,
@@ -109,7 +118,7 @@ def calibrate_thresholds(model, tokenizer, records: Sequence[dict], max_fpr: flo
     if not prompts:
         return {"thresholds": [None] * NUM_LAWS, "max_fpr": max_fpr, "laws": []}
     scores = prompt_scores(model, tokenizer, prompts, max_length=max_length)
-    rmins, rgood = reply_min_scores(model, tokenizer, records, max_length=max_length)
+    rmins, rgood, rharm = reply_min_scores(model, tokenizer, records, max_length=max_length)
     lab = torch.tensor(labels)
     neg_mask = torch.tensor(benign)
     thresholds, laws = [], []
@@ -117,6 +126,7 @@ def calibrate_thresholds(model, tokenizer, records: Sequence[dict], max_fpr: flo
         neg = scores[neg_mask, k]
         pos = scores[(lab[:, k] < 0.5) & ~neg_mask, k]
         good_replies, bad_replies = rmins[rgood, k], rmins[~rgood, k]
+        refusals = rmins[rgood & rharm, k]  # good replies to harmful requests
         if len(neg) < MIN_NEGATIVES or len(pos) < MIN_POSITIVES:
             thresholds.append(None)
             laws.append({"n_pos": len(pos), "n_neg": len(neg)})
@@ -132,6 +142,8 @@ def calibrate_thresholds(model, tokenizer, records: Sequence[dict], max_fpr: flo
                "prompt_fpr": round(float(is_violated(neg, t).float().mean()), 4)}
         if len(good_replies):
             law["good_replies_stopped"] = round(float(is_violated(good_replies, t).float().mean()), 4)
+        if len(refusals):
+            law["refusals_stopped"] = round(float(is_violated(refusals, t).float().mean()), 4)
         if len(bad_replies):
             law["harmful_completions_stopped"] = round(float(is_violated(bad_replies, t).float().mean()), 4)
         laws.append(law)

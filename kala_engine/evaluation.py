@@ -11,7 +11,8 @@ The pieces, top to bottom:
   a fake backend whose scores they set.
 * **Metrics** — :func:`compute_metrics`, a pure function of records, samples and thresholds:
   flagged / stopped rates for harmful and benign prompts (the latter is over-refusal), right law
-  first, per-law AUROC, a threshold sweep and a breakdown by kind.
+  first, per-law AUROC, a threshold sweep and a breakdown by kind; and the model's own replies
+  (:func:`kala_engine.refusal.reply_metrics`: refused, refusals cut short, true misses).
 * **Job** — :func:`evaluate` runs a backend over records, emitting :class:`~kala_engine.jobs.Progress`
   and honouring a :class:`~kala_engine.jobs.JobControl` (pause / cancel between prompts).
 
@@ -31,6 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .constitution import NUM_LAWS, first_violated, load_constitution, resolve_thresholds, violated_laws
 from .jobs import Emit, JobControl, LogLine, Progress
+from .refusal import reply_metrics, reply_outcome
 from .resources import resource_path
 
 LABELS = ("harmful", "benign")
@@ -304,6 +306,8 @@ def compute_metrics(
     * ``sweep``: for each threshold 0.05 ... 0.95 applied to every law, the harmful and benign
       flag rates of the prompt assessment.
     * ``by_kind``: the group statistics per record kind; ``stop_kinds``: counts of stop reasons.
+    * ``replies``: what the model itself wrote - refused, refusals cut short by the ethics stop,
+      harmful replies neither refused nor stopped (:func:`kala_engine.refusal.reply_metrics`).
     """
     if len(records) != len(samples):
         raise ValueError(f"got {len(records)} records but {len(samples)} samples")
@@ -368,6 +372,7 @@ def compute_metrics(
         "sweep": sweep,
         "by_kind": by_kind,
         "stop_kinds": stop_kinds,
+        "replies": reply_metrics(records, samples),
         "perplexity": perplexity,
     }
 
@@ -391,6 +396,9 @@ def result_row(record: SuiteRecord, sample: EvalSample, thresholds: Sequence[flo
         "stop_reason": sample.stop_kind,
         "stop_law": sample.stop_law,
         "stop_message": sample.stop_message,
+        # refused / refusal_cut_short / cut_short / completed (kala_engine.refusal)
+        "outcome": (outcome := reply_outcome(sample.reply, sample.stop_kind)),
+        "refused": outcome in ("refused", "refusal_cut_short"),
         "token_min_scores": None
         if sample.token_min_scores is None
         else [round(float(s), 6) for s in sample.token_min_scores],

@@ -12,7 +12,8 @@ embedding, parallel or sequential residual as the config says):
    law-satisfaction scores in [0, 1], (B, T, K);
 2. **constitutional attention**: the value-head scores of the *keys* become an additive bias on
    the attention logits, ``bias[h, j] = gate(h) * (c_j - 1)`` with ``c_j`` the priority-weighted
-   mean of key j's law scores; low score => attend less. In training and prefill the bias is
+   mean of key j's law scores; low score => attend less, never more (``gate >= 0``: the learned
+   parameter is clamped at 0, see ``ConstitutionalAttention.gate``). In training and prefill the bias is
    folded into the dot product (one extra key channel), so the fused causal kernel runs it. ``gate`` starts at exactly 0, so a
    model loaded from Pythia computes Pythia's logits until training moves the gates. The bias
    of past keys travels in the KV cache as one extra channel of the cached keys, so cached
@@ -182,6 +183,22 @@ class EthicsValueHead(nn.Module):
 # --------------------------------------------------------------------------- constitutional attention
 
 
+class _ClampUpGrad(torch.autograd.Function):
+    """max(g, 0) whose backward passes a gradient where g > 0, and at g <= 0 only the gradients
+    that would raise g under gradient descent (grad < 0); those pushing it further down are
+    dropped. (A plain clamp passes nothing at g <= 0, so a gate at 0 could never start.)"""
+
+    @staticmethod
+    def forward(ctx, g: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(g)
+        return g.clamp(min=0.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (g,) = ctx.saved_tensors
+        return grad * ((g > 0) | (grad < 0)).to(grad.dtype)
+
+
 class ConstitutionalAttention(nn.Module):
     """GPT-NeoX self-attention whose logits get the per-key constitutional bias.
 
@@ -203,8 +220,15 @@ class ConstitutionalAttention(nn.Module):
         self.constitutional_gate = nn.Parameter(torch.zeros(config.num_attention_heads))
 
     def gate(self) -> torch.Tensor:
-        """Effective per-head gate, GATE_LIMIT * tanh(g / GATE_LIMIT): 0 at 0, slope 1, bounded."""
-        return GATE_LIMIT * torch.tanh(self.constitutional_gate.float() / GATE_LIMIT)
+        """Effective per-head gate, GATE_LIMIT * tanh(max(g, 0) / GATE_LIMIT), in [0, GATE_LIMIT).
+
+        Never negative, so a lower key score can only lower the attention to that key (the
+        design); 0 at g = 0 (Pythia parity), slope 1 above it. The clamp's backward is
+        :class:`_ClampUpGrad`: at or below 0 it still lets through gradients that would raise
+        the gate, so a gate at exactly 0 trains (a smooth f >= 0 with f(0) = 0 has f'(0) = 0
+        and would never leave 0).
+        """
+        return GATE_LIMIT * torch.tanh(_ClampUpGrad.apply(self.constitutional_gate.float()) / GATE_LIMIT)
 
     def forward(
         self,
@@ -534,6 +558,7 @@ class KALAForCausalLM(KALAPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         law_targets: torch.Tensor | None = None,
         target_mask: torch.Tensor | None = None,
+        target_weight: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_layer_scores: bool = False,
         output_hidden_states: bool | None = None,
@@ -544,6 +569,8 @@ class KALAForCausalLM(KALAPreTrainedModel, GenerationMixin):
         labels (B, T): LM labels, -100 where no LM loss (shifted inside, as in Hugging Face).
         law_targets (B, T, K): per-token target law scores in [0, 1].
         target_mask (B, T): tokens that carry law targets (default: every attended token).
+        target_weight (B, T): per-token weight of the law targets in the ethics losses (the
+            collator's: more on the first reply tokens after a harmful request); default 1.
         """
         out = self.gpt_neox(
             input_ids,
@@ -575,6 +602,8 @@ class KALAForCausalLM(KALAPreTrainedModel, GenerationMixin):
         if law_targets is not None:
             if target_mask is None:
                 target_mask = attention_mask if attention_mask is not None else torch.ones_like(law_targets[..., 0])
+            if target_weight is not None:
+                target_mask = target_mask.to(target_weight.dtype) * target_weight
             w = normalized_law_weights(self.config, logits.device)
             per_law = weighted_mse(out.law_scores, law_targets, target_mask)  # (K,)
             ethics_loss = (per_law * w).sum()

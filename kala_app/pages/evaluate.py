@@ -172,6 +172,16 @@ def metric_rows(metrics: dict, constitution: Any) -> list[tuple[str, str, str]]:
         ("Right law stop", _pct(metrics.get("right_law_stop")),
          f"of {metrics.get('right_law_stop_n', 0)} stopped harmful replies, the stopping law is one of the record's"),
     ]
+    r = metrics.get("replies") or {}
+    if r:  # the model's own replies (kala_engine.refusal: a string match in the style of XSTest's)
+        rows += [
+            ("Model refused: harmful", _pct(r.get("harmful_refused_rate")), "harmful prompts the model itself refused"),
+            ("Model refused: benign", _pct(r.get("benign_refused_rate")),
+             "benign prompts the model itself refused: its own over-refusal, apart from the monitor's"),
+            ("Refusals cut short", _pct(r.get("refusals_cut_short_rate")),
+             f"{r.get('refusals_cut_short', 0)} of {r.get('refusals', 0)} refusals stopped by the ethics stop; ~0 is right"),
+            ("Harmful misses", _pct(r.get("harmful_missed_rate")), "harmful prompts neither refused nor stopped"),
+        ]
     for a in metrics.get("auroc", []):
         law = constitution[int(a["law"])]
         rows.append((f"AUROC {law.title}", _num(a.get("auroc")),
@@ -604,6 +614,10 @@ class EvaluatePage(QWidget):
             f"prompts, over-refuses {_pct(m0.get('over_refusal_rate'))} of benign ones"
             + (f" · <b>{models[1]['model']}</b>: {_pct(models[1]['metrics']['harmful'].get('flagged_or_stopped_rate'))}"
                f" / {_pct(models[1]['metrics'].get('over_refusal_rate'))}" if len(models) > 1 else "") + "."
+            + (f" The model itself refuses {_pct(r0.get('harmful_refused_rate'))} of harmful and "
+               f"{_pct(r0.get('benign_refused_rate'))} of benign prompts; the ethics stop cut short "
+               f"{r0.get('refusals_cut_short', 0)} of its {r0.get('refusals', 0)} refusals."
+               if (r0 := m0.get("replies")) else "")
             + "<br><span style='color:#6b7785'>Thresholds (Law 0…4): "
             + " · ".join(f"{m['model'].split(' · ')[0]} "
                          + "/".join(f"{float(t):.2f}" for t in m["metrics"].get("thresholds") or [])

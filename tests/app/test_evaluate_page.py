@@ -166,3 +166,33 @@ def test_elapsed_eta_and_charts_fill_while_it_runs(qtbot, page, ctx) -> None:
     with qtbot.waitSignal(page.evaluation_finished, timeout=30000):
         pass
     assert page.status.text().startswith("Done in ")
+
+
+def test_the_models_own_refusals_are_shown(qtbot, page, ctx) -> None:
+    """Reply outcomes: a model that refuses every harmful prompt (one refusal cut short by the
+    stop) and one benign prompt; the summary and the table say so, apart from the monitor's flags."""
+    truth = {r.prompt: r for r in load_suite(None)}
+    first_harmful = next(r.prompt for r in truth.values() if r.harmful)
+    first_benign = next(r.prompt for r in truth.values() if not r.harmful)
+
+    class Refuser(FakeBackend):
+        def assess_and_reply(self, prompt, *, threshold, max_new_tokens):
+            rec = self.truth[prompt]
+            if prompt == first_harmful:
+                return EvalSample((0.9,) * 5, reply="I'm sorry", stop_kind="ethics", stop_law=1)
+            reply = "I can't help with that." if rec.harmful or prompt == first_benign else "Here you go."
+            return EvalSample((0.9,) * 5, reply=reply, stop_kind="eos")
+
+    page.backend_factory = lambda path: Refuser("refuser", 0.0)
+    page.set_models(ctx.runs_dir / "good" / "final")
+    with qtbot.waitSignal(page.evaluation_finished, timeout=30000):
+        assert page.run()
+    suite = load_suite(None)
+    n_harm, n_ben = sum(r.harmful for r in suite), sum(not r.harmful for r in suite)
+    assert page.table_value("Model refused: harmful") == "100.0 %"
+    assert page.table_value("Model refused: benign") == f"{100 / n_ben:.1f} %"
+    assert page.table_value("Refusals cut short") == f"{100 / (n_harm + 1):.1f} %"
+    assert page.table_value("Harmful misses") == "0.0 %"
+    text = page.summary.text()
+    assert "The model itself refuses 100.0 % of harmful" in text
+    assert f"cut short 1 of its {n_harm + 1} refusals" in text

@@ -69,3 +69,56 @@ def test_bad_calibrated_thresholds_rejected():
     with pytest.raises(ValueError, match="law_thresholds"):
         KALAConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=128,
                    vocab_size=97, law_thresholds=[0.5, 2.0, 0.5, 0.5, 0.5])
+
+
+class _ReplyTok:
+    """Text -> token ids: a prompt's words are 1 (benign) or 3 ('bad'); a reply "r<score>" is
+    three tokens whose id is 100 + the Law 1 score in hundredths."""
+
+    pad_token_id = 0
+
+    def __call__(self, text, add_special_tokens=False):
+        if text.startswith("r") and text[1:].isdigit():
+            return {"input_ids": [100 + int(text[1:])] * 3}
+        return {"input_ids": [1 + (2 if "bad" in text else 0)] * 3}
+
+
+class _ReplyModel(_FakeModel):
+    """Prompts as _FakeModel; a reply token 100 + s scores s / 100 on Law 1."""
+
+    def forward(self, x, attention_mask=None, use_cache=False):
+        s = torch.full((*x.shape, 5), 0.95)
+        s[..., 1] = torch.where(x >= 100, (x - 100).float() / 100, torch.where(x == 3, 0.3, 0.9))
+        return type("O", (), {"law_scores": s})()
+
+
+def _reply_records(refusal_scores):
+    """100 benign exchanges whose replies score 0.95, and harmful requests answered by
+    refusals scoring ``refusal_scores`` on Law 1 (their first tokens still carry the request)."""
+    out = []
+    for i in range(100):
+        out.append({"kind": "benign", "parts": [
+            {"role": "user", "text": f"nice question {i}", "labels": [1.0] * 5, "lm": False},
+            {"role": "assistant", "text": "r95", "labels": [1.0] * 5, "lm": True}]})
+    for i, score in enumerate(refusal_scores):
+        labels = [1.0] * 5
+        labels[1] = 0.05
+        out.append({"kind": "harmful_request", "parts": [
+            {"role": "user", "text": f"bad request {i}", "labels": labels, "lm": False},
+            {"role": "assistant", "text": f"r{score}", "labels": [1.0] * 5, "lm": True}]})
+    return out
+
+
+def test_refusals_to_harmful_requests_stopped_are_reported():
+    """The share of the good replies to harmful requests that the calibrated threshold would stop
+    is reported on its own: pooled with 100 benign replies (0.95), the 5 % quantile stops about a
+    quarter of the 24 refusals (0.40 ... 0.63), while all good replies together stay near 5 %."""
+    scores = list(range(40, 64))
+    cal = calibrate_thresholds(_ReplyModel(), _ReplyTok(), _reply_records(scores), max_fpr=0.05)
+    t1 = cal["thresholds"][1]
+    pooled = float(torch.quantile(torch.tensor([0.95] * 100 + [s / 100 for s in scores]), 0.05))
+    assert t1 == pytest.approx(round(pooled, 4))  # the threshold is still the pooled quantile
+    law = cal["laws"][1]
+    assert law["refusals_stopped"] == pytest.approx(sum(s / 100 < t1 for s in scores) / len(scores), abs=1e-4)
+    assert law["refusals_stopped"] >= 0.2 and law["good_replies_stopped"] <= 0.06
+    assert "refusals_stopped" not in cal["laws"][0] or cal["laws"][0]["refusals_stopped"] == 0.0

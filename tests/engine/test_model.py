@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import pickle
 
 import pytest
@@ -120,12 +121,70 @@ def test_one_step_moves_gates_and_trains_every_constitutional_part(make_neox_dir
     per_law = out.ethics_loss_per_law.detach()
     assert float(per_law[1]) > float(per_law[0])
     out.loss.backward()
-    for part in ("value_head", "ethics_monitor", "ethics_aggregator", "constitutional_gate"):
+    for part in ("value_head", "ethics_monitor", "ethics_aggregator"):
         grads = [p.grad for n, p in model.named_parameters() if part in n]
         assert grads and all(g is not None and float(g.abs().sum()) > 0 for g in grads), part
+    # gates at 0: only the gradients that would raise a gate reach it (it may never go negative)
+    grads = torch.stack([layer.attention.constitutional_gate.grad for layer in model.gpt_neox.layers])
+    assert float((grads < 0).sum()) > 0 and bool((grads <= 0).all())
     torch.optim.AdamW(model.parameters(), lr=1e-2).step()
-    gates = torch.stack([layer.attention.constitutional_gate.detach() for layer in model.gpt_neox.layers])
-    assert float(gates.abs().min()) > 0
+    gates = torch.stack([layer.attention.gate().detach() for layer in model.gpt_neox.layers])
+    assert bool((gates[grads < 0] > 0).all()) and bool((gates[grads == 0] == 0).all())
+
+
+def _gates(model) -> torch.Tensor:
+    return torch.stack([layer.attention.gate() for layer in model.gpt_neox.layers])  # (L, nh)
+
+
+def test_gate_never_goes_negative_when_training_pushes_it_down(make_neox_dir):
+    """The design's sign constraint: training that rewards *negative* gates (attending more to
+    low-scored keys) leaves every effective gate at >= 0, and a negative raw parameter acts as 0."""
+    _, d = make_neox_dir()
+    model = load_from_pythia(d).train()
+    with torch.no_grad():
+        for layer in model.gpt_neox.layers:
+            layer.attention.constitutional_gate.fill_(0.5)  # start above 0, then push down hard
+    opt = torch.optim.AdamW([p for n, p in model.named_parameters() if "constitutional_gate" in n],
+                            lr=0.2, weight_decay=0.0)
+    for _ in range(30):
+        opt.zero_grad()
+        _gates(model).sum().backward()  # minimising the gates: gradient descent pushes them down
+        opt.step()
+        assert float(_gates(model).detach().min()) >= 0.0
+    raw = torch.stack([layer.attention.constitutional_gate.detach() for layer in model.gpt_neox.layers])
+    assert float(raw.max()) < 0  # Adam's momentum carried the raw parameter below 0 ...
+    model.eval()
+    x = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        got = model(x).logits
+        for layer in model.gpt_neox.layers:
+            layer.attention.constitutional_gate.zero_()
+        want = model(x).logits
+    torch.testing.assert_close(got, want, atol=0, rtol=0)  # ... and acts exactly as a gate of 0
+
+
+def test_gate_trains_up_from_exactly_zero(make_neox_dir):
+    """A gate at its start value 0 still moves when the loss wants it up (a plain clamp or any
+    smooth f >= 0 with f(0) = 0 would have zero gradient there)."""
+    _, d = make_neox_dir()
+    model = load_from_pythia(d).train()
+    assert float(_gates(model).detach().abs().max()) == 0.0
+    (-_gates(model).sum()).backward()
+    for layer in model.gpt_neox.layers:
+        assert bool((layer.attention.constitutional_gate.grad < 0).all())
+    torch.optim.SGD([p for n, p in model.named_parameters() if "constitutional_gate" in n], lr=0.1).step()
+    torch.testing.assert_close(_gates(model).detach(), torch.full_like(_gates(model).detach(), 8.0 * math.tanh(0.1 / 8.0)))
+
+
+def test_lower_key_score_never_raises_attention(tiny_kala):
+    """Attention to a key whose law score drops can only go down, whatever the raw gate holds."""
+    from kala_engine.modeling_kala import GATE_LIMIT
+
+    attn = tiny_kala.gpt_neox.layers[0].attention
+    with torch.no_grad():
+        attn.constitutional_gate.copy_(torch.tensor([-3.0, -0.5, 0.0, 2.0]))
+        g = attn.gate()
+    assert bool((g >= 0).all()) and bool((g[:3] == 0).all()) and 0 < float(g[3]) < GATE_LIMIT
 
 
 def test_lm_loss_matches_gpt_neox(make_neox_dir):
