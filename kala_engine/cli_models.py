@@ -15,22 +15,7 @@ import sys
 import time
 
 from .jobs import Cancelled, JobControl, LogLine
-
-
-def _size(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit, div in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
-        if n >= div:
-            return f"{n / div:.1f} {unit}"
-    return f"{int(n)} B"
-
-
-def _duration(s: float | None) -> str:
-    if s is None:
-        return "?"
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+from .units import format_bytes, format_duration
 
 
 def progress_printer(stream=None):
@@ -49,8 +34,8 @@ def progress_printer(stream=None):
                 return
             last[:] = [now, ev.done]
             pct = 100.0 * ev.done / ev.total if ev.total else 0.0
-            line = (f"{pct:5.1f}%  {_size(ev.done)} / {_size(ev.total)}  {_size(ev.rate)}/s  "
-                    f"eta {_duration(ev.eta)}  {ev.filename}")
+            line = (f"{pct:5.1f}%  {format_bytes(ev.done)} / {format_bytes(ev.total)}  {format_bytes(ev.rate)}/s  "
+                    f"eta {format_duration(ev.eta)}  {ev.filename}")
             print(("\r" + line.ljust(78)) if tty else line, end="" if tty else "\n", file=stream, flush=True)
         elif isinstance(ev, LogLine):
             print(ev.message, file=stream if ev.level != "info" else sys.stdout, flush=True)
@@ -69,13 +54,13 @@ def cmd_list(args) -> int:
     print(f"{'model':<22} {'params':>8} {'download':>9}  {'cached':<18} plan on {rows[0]['device'] if rows else '-'}")
     for r in rows:
         cached = f"yes {r['commit'][:8]}" if r["cached"] else (
-            f"partial {_size(r['partial_bytes'])}" if r["partial_bytes"] else "no")
+            f"partial {format_bytes(r['partial_bytes'])}" if r["partial_bytes"] else "no")
         extra = [rev for rev in r["revisions"] if rev != "main"]
         if extra:
             cached += f" (+{', '.join(extra)})"
-        plan = (f"fits: {r['mode']} {r['precision']} ~{_size(r['estimate_bytes'])}" if r["fits"]
-                else f"does not fit (~{_size(r['estimate_bytes'])} of {_size(r['available_bytes'])})")
-        print(f"{r['name']:<22} {r['params'] / 1e6:>7.0f}M {_size(r['download_bytes']):>9}  {cached:<18} {plan}")
+        plan = (f"fits: {r['mode']} {r['precision']} ~{format_bytes(r['estimate_bytes'])}" if r["fits"]
+                else f"does not fit (~{format_bytes(r['estimate_bytes'])} of {format_bytes(r['available_bytes'])})")
+        print(f"{r['name']:<22} {r['params'] / 1e6:>7.0f}M {format_bytes(r['download_bytes']):>9}  {cached:<18} {plan}")
     print("\ndownload one: kala models download NAME [--revision stepN]; cached models train offline")
     return 0
 
@@ -108,7 +93,7 @@ def cmd_delete(args) -> int:
     from .hub import delete_from_cache
 
     freed = delete_from_cache(args.name)
-    print(f"{args.name}: {'removed, ' + _size(freed) + ' freed' if freed else 'not in the cache'}")
+    print(f"{args.name}: {'removed, ' + format_bytes(freed) + ' freed' if freed else 'not in the cache'}")
     return 0
 
 

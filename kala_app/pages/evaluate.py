@@ -44,6 +44,7 @@ from PySide6.QtWidgets import (
 from superqt import QFlowLayout
 
 from kala_engine.runs import describe_model
+from kala_engine.units import format_duration
 
 from ..widgets.elided_combo import ElidedComboBox
 from .chat import add_model_item, find_models, model_label
@@ -139,13 +140,6 @@ class RecordingBackend:
         setattr(self.inner, name, value)  # e.g. the job's control, the display name
 
 
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "–"
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 
@@ -544,7 +538,7 @@ class EvaluatePage(QWidget):
         done, total = self.progress.value(), self.progress.maximum()
         elapsed = time.monotonic() - self._t0
         eta = elapsed / done * (total - done) if done > 0 else None
-        self.elapsed_text = f"{done} / {total} · elapsed {fmt_duration(elapsed)} · about {fmt_duration(eta)} left"
+        self.elapsed_text = f"{done} / {total} · elapsed {format_duration(elapsed)} · about {format_duration(eta)} left"
         self.status.setText(self.elapsed_text + (f" · {message}" if message else ""))
         self.status.setToolTip(message)
 
@@ -601,7 +595,7 @@ class EvaluatePage(QWidget):
         self.report = build_report(runs, suite=self._suite_label or "public suite",
                                    max_new_tokens=self.tokens_spin.value())
         models = self.report["models"]
-        took = f" in {fmt_duration(time.monotonic() - self._t0)}" if getattr(self, "_t0", None) else ""
+        took = f" in {format_duration(time.monotonic() - self._t0)}" if getattr(self, "_t0", None) else ""
         self.status.setText(f"Done{took}: {self.report['n']} prompts ({self.report['n_harmful']} harmful, "
                             f"{self.report['n_benign']} benign).")
         self._fill_table(models)

@@ -33,28 +33,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from kala_engine.units import format_bytes, format_duration
+
 from .. import engine_api
 from ..error_dialog import show_error
 
 FIT_COLOR = QColor("#2e7d32")
 NO_FIT_COLOR = QColor("#c62828")
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "–"
-    for unit, div in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
-        if n >= div:
-            return f"{n / div:.1f} {unit}"
-    return f"{int(n)} B"
-
-
-def human_eta(s: float | None) -> str:
-    if s is None:
-        return "?"
-    s = int(s)
-    return f"{s // 3600} h {s % 3600 // 60:02d} min" if s >= 3600 else f"{s // 60} min {s % 60:02d} s" if s >= 60 \
-        else f"{s} s"
 
 
 def human_params(n: float) -> str:
@@ -64,10 +49,10 @@ def human_params(n: float) -> str:
 def progress_text(done: int, total: int, rate: float, eta: float | None) -> str:
     """What a download's bar says: percent, bytes, rate and ETA (short enough for a 1024-px window)."""
     pct = 100 * done / total if total else 0
-    a, b = human_bytes(done), human_bytes(total)
+    a, b = format_bytes(done), format_bytes(total)
     if a.split()[-1] == b.split()[-1]:
         a = a.split()[0]  # "9.9/24.7 MB"
-    return f"{pct:.0f}% · {a}/{b} · {human_bytes(rate)}/s · ETA {human_eta(eta)}"
+    return f"{pct:.0f}% {a}/{b} · {format_bytes(rate)}/s · ETA {format_duration(eta)}"
 
 
 class _Lister(QObject):
@@ -224,11 +209,11 @@ class ModelsPage(QWidget):
         self.table.setRowCount(len(self.rows))
         for i, r in enumerate(self.rows):
             partial = r.get("partial_bytes") or 0
-            cached = "yes" if r["cached"] else (f"partial: {human_bytes(partial)}" if partial else "no")
-            est = human_bytes(r["estimate_bytes"])
+            cached = "yes" if r["cached"] else (f"partial: {format_bytes(partial)}" if partial else "no")
+            est = format_bytes(r["estimate_bytes"])
             plan = (f"fits: {r['mode']}, {r['precision']}, ~{est}" if r["fits"]
-                    else f"does not fit: ~{est} > {human_bytes(r['available_bytes'])}")
-            cells = [r["name"], human_params(r["params"]), human_bytes(r["download_bytes"]), cached, plan]
+                    else f"does not fit: ~{est} > {format_bytes(r['available_bytes'])}")
+            cells = [r["name"], human_params(r["params"]), format_bytes(r["download_bytes"]), cached, plan]
             for j, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if j == 0:
@@ -238,17 +223,17 @@ class ModelsPage(QWidget):
                 if j == 3:
                     revs = ", ".join(f"{k} ({v[:8]})" for k, v in (r.get("revisions") or {}).items())
                     item.setToolTip(f"{r['path']}\nrevisions: {revs or '-'}" if r.get("path") else
-                                    f"{human_bytes(partial)} of a download kept; Resume continues it" if partial
+                                    f"{format_bytes(partial)} of a download kept; Resume continues it" if partial
                                     else "not downloaded")
                 if j == 4:
                     item.setForeground(FIT_COLOR if r["fits"] else NO_FIT_COLOR)
                     item.setToolTip(r.get("reason") or f"training plan on this device ({r.get('device', '')}): "
-                                    f"{r['mode']}, {r['precision']}, about {est} of {human_bytes(r['available_bytes'])}")
+                                    f"{r['mode']}, {r['precision']}, about {est} of {format_bytes(r['available_bytes'])}")
                 self.table.setItem(i, j, item)
             bar = QProgressBar()
             bar.setRange(0, 1000)
             bar.setValue(1000 if r["cached"] else 0)
-            bar.setFormat("in cache" if r["cached"] else (f"{human_bytes(partial)} kept · Resume continues"
+            bar.setFormat("in cache" if r["cached"] else (f"{format_bytes(partial)} kept · Resume continues"
                                                           if partial else ""))
             if r["name"] == self._downloading:
                 bar.setFormat("downloading…")  # the next progress event fills it in
@@ -354,7 +339,7 @@ class ModelsPage(QWidget):
         except (OSError, ValueError) as e:
             show_error(self, "Delete from cache", str(e))
             return
-        self.status.setText(f"Removed {r['repo_id']} from the cache ({human_bytes(freed)} freed).")
+        self.status.setText(f"Removed {r['repo_id']} from the cache ({format_bytes(freed)} freed).")
         self.refresh()
 
     # ------------------------------------------------------------------ worker events
@@ -369,7 +354,7 @@ class ModelsPage(QWidget):
         if bar is not None and ev.total:
             bar.setValue(int(1000 * ev.done / ev.total))
             bar.setFormat(progress_text(ev.done, ev.total, rate, ev.eta))
-            bar.setToolTip(f"{ev.filename}: {human_bytes(ev.done)} of {human_bytes(ev.total)}")
+            bar.setToolTip(f"{ev.filename}: {format_bytes(ev.done)} of {format_bytes(ev.total)}")
         self.status.setText(f"Downloading {self._downloading}: {ev.filename}")
 
     def _on_failed(self, message: str, _traceback: str) -> None:

@@ -44,6 +44,7 @@ from PySide6.QtWidgets import (
 from superqt import QCollapsible
 
 from kala_engine.train_config import SCRATCH_LEARNING_RATE, TrainConfig, default_learning_rate
+from kala_engine.units import format_bytes, format_duration
 
 from .. import engine_api
 from ..error_dialog import show_error
@@ -80,21 +81,6 @@ def remove_if_empty_run(run_dir: Path | None) -> bool:
 
     shutil.rmtree(run_dir, ignore_errors=True)
     return not run_dir.exists()
-
-
-def _size(n: float | None) -> str:
-    from .models import human_bytes
-
-    return human_bytes(n)
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return "–"
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 class MemoryBar(QWidget):
@@ -571,8 +557,8 @@ class TrainPage(QWidget):
                               f"{self._cached_bases[n][:8]}): trains offline", Qt.ItemDataRole.ToolTipRole)
         for n in missing:
             size = catalog[n]["download_bytes"] if n in catalog else None
-            combo.addItem(f"{n}  (download {_size(size)})" if size else n, n)
-            combo.setItemData(combo.count() - 1, f"not downloaded yet: pick it, then Download… ({_size(size)})",
+            combo.addItem(f"{n}  (download {format_bytes(size)})" if size else n, n)
+            combo.setItemData(combo.count() - 1, f"not downloaded yet: pick it, then Download… ({format_bytes(size)})",
                               Qt.ItemDataRole.ToolTipRole)
         combo.addItem(LOCAL_FOLDER)
         i = combo.findData(keep) if keep else -1
@@ -673,7 +659,7 @@ class TrainPage(QWidget):
         if offer:
             here = "the Download button below (the Models page shows its progress) or " if "models" in self.ctx.pages else ""
             self.base_status.setText(
-                f"<b>Not available:</b> {base} is not downloaded yet ({_size(offer['download_bytes'])}). Get it with "
+                f"<b>Not available:</b> {base} is not downloaded yet ({format_bytes(offer['download_bytes'])}). Get it with "
                 f"{here}`kala models download {base}`.")
         elif why:
             self.base_status.setText(f"<b>Not available:</b> {why}.")
@@ -681,7 +667,7 @@ class TrainPage(QWidget):
         self.base_download_button.setVisible(bool(offer) and "models" in self.ctx.pages)
         self.base_download_button.setText(f"Download {base}…" if offer else "Download…")
         self.base_download_button.setToolTip(
-            f"Download {offer['repo_id']} ({_size(offer['download_bytes'])}) into the Hugging Face cache; the "
+            f"Download {offer['repo_id']} ({format_bytes(offer['download_bytes'])}) into the Hugging Face cache; the "
             f"Models page opens with its progress." if offer else "")
         self._update_buttons()
         return why
@@ -957,8 +943,8 @@ class TrainPage(QWidget):
         self.stats["step"].setText(f"{step}" + (f" / {total}" if total else ""))
         ep = m.get("epoch")
         self.stats["epoch"].setText(f"{ep:.2f}" if isinstance(ep, (int, float)) else "–")
-        self.stats["elapsed"].setText(fmt_duration(elapsed))
-        self.stats["eta"].setText(fmt_duration(eta))
+        self.stats["elapsed"].setText(format_duration(elapsed))
+        self.stats["eta"].setText(format_duration(eta))
         self.stats["tokens_per_s"].setText(f"{tps:,.0f}" if isinstance(tps, (int, float)) else "–")
         lr = m.get("lr")
         self.stats["lr"].setText(f"{lr:.2e}" if isinstance(lr, (int, float)) else "–")

@@ -30,3 +30,12 @@ def test_kala_demo_trains_with_trainconfigs_kala_tiny_defaults():
     args = build_parser().parse_args(["demo"])
     tc = TrainConfig(data="d", run_dir="r")
     assert (args.learning_rate, args.ethics_weight, args.seed) == (tc.learning_rate, tc.ethics_weight, tc.seed)
+
+
+def test_sizes_and_durations_read_the_same_in_the_cli_and_the_app():
+    from kala_engine.units import format_bytes, format_duration
+
+    assert [format_bytes(n) for n in (None, 512, 12 * 1024, 311.6 * 1024**2, 1.9 * 1024**3)] == [
+        "–", "512 B", "12.0 KB", "311.6 MB", "1.9 GB"]
+    assert [format_duration(s) for s in (None, float("nan"), -1, 16, 724, 3723)] == [
+        "–", "–", "–", "0:16", "12:04", "1:02:03"]
