@@ -238,7 +238,7 @@ def check_model_folder(path: str | os.PathLike, flag: str, kinds: tuple[str, ...
         raise _error(
             f"{flag} {p}: the weights are only in {pickled[0].name} (a pickle); KALA reads safetensors only. "
             f"Convert them once where you trust the file's origin: "
-            f"transformers' from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)"
+            f"transformers' from_pretrained(DIR, trust_remote_code=False).save_pretrained(DIR, safe_serialization=True)"
         )
     for w in weights:
         check_safetensors(w)

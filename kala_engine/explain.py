@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 
 from .constitution import first_layer_under, first_violated, law_titles, violated_laws
 
-
 # ----------------------------------------------------------------------------- explanations
 
 

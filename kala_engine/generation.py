@@ -748,7 +748,11 @@ def load_chat_model(path: str | Path, device: str | torch.device = "cpu", dtype:
     cfg_file = p / "config.json"
     if not cfg_file.is_file():
         raise ValueError(f"{p}: not a model folder (no config.json); train one with `kala train` or `kala demo`")
-    from .loading import check_no_remote_code, check_weights
+    from .loading import (  # SAFE_KWARGS: trust_remote_code=False, local files only
+        SAFE_KWARGS,
+        check_no_remote_code,
+        check_weights,
+    )
 
     check_no_remote_code(p)  # an auto_map would make transformers import the folder's Python files
     try:
@@ -778,8 +782,8 @@ def load_chat_model(path: str | Path, device: str | torch.device = "cpu", dtype:
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of a chat
     try:
-        model = KALAForCausalLM.from_pretrained(str(p), dtype=dtype, local_files_only=True,
-                                                use_safetensors=True).to(device).eval()
+        model = KALAForCausalLM.from_pretrained(str(p), dtype=dtype, use_safetensors=True,
+                                                **SAFE_KWARGS).to(device).eval()
         tokenizer = _load_tokenizer(p)
     finally:
         if bars:
@@ -793,12 +797,8 @@ def load_chat_model(path: str | Path, device: str | torch.device = "cpu", dtype:
 
 
 def _load_tokenizer(p: Path):
-    try:
-        from .data.tokenizer import load_tokenizer
-    except ImportError:  # the data package without its tokenizer module: transformers reads the files
-        from transformers import PreTrainedTokenizerFast
+    from .data.tokenizer import load_tokenizer
 
-        return PreTrainedTokenizerFast.from_pretrained(str(p), local_files_only=True)
     return load_tokenizer(p)
 
 

@@ -33,6 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .jobs import Cancelled, Emit, JobControl, JobError, LogLine, Progress
+
+# Downloads only fetch files; nothing here imports or runs them. Every load of what was fetched
+# goes through kala_engine.loading (auto_map refused, trust_remote_code=False, safetensors only).
 from .loading import LoadRefused, check_folder, check_no_remote_code
 from .presets import PRESETS, count_parameters
 
@@ -409,8 +412,12 @@ def _fetch(repo_id, revision, commit, wanted, sizes, storage, label, emit, contr
     """Resumable download of ``wanted`` (at ``commit``) into the cache; the snapshot folder."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url, snapshot_download
     from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import are_progress_bars_disabled, build_hf_headers, disable_progress_bars
-    from huggingface_hub.utils import enable_progress_bars
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        build_hf_headers,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
 
     blobs = storage / "blobs"
     metas = {}

@@ -48,6 +48,7 @@ from transformers.utils import ModelOutput
 
 from .constitution import NUM_LAWS
 from .jobs import JobError
+
 #: largest attention-logit bias a gate can apply (nats): a key with score 0 can be made
 #: e^8 ~ 3000 times less attended; keeps the bias (also stored in fp16 keys) well in range.
 GATE_LIMIT = 8.0
@@ -686,6 +687,8 @@ def load_from_pythia(path: str | Path, *, dtype: torch.dtype | str | None = None
     import json
 
     from .hub import BaseError, resolve_base
+
+    # SAFE_KWARGS: trust_remote_code=False, local files only (the loading policy, kala_engine.loading)
     from .loading import SAFE_KWARGS, LoadRefused, check_no_remote_code, check_weights
 
     overrides = kwargs.pop("kala_overrides", {}) or {}
@@ -731,8 +734,8 @@ def load_from_pythia(path: str | Path, *, dtype: torch.dtype | str | None = None
     hf_logging.set_verbosity_error()  # the "newly initialized" table lists exactly the KALA parts
     try:
         model, info = KALAForCausalLM.from_pretrained(
-            str(path), config=config, dtype=dtype, local_files_only=True,
-            output_loading_info=True, use_safetensors=True, **kwargs,
+            str(path), config=config, dtype=dtype, output_loading_info=True, use_safetensors=True,
+            **SAFE_KWARGS, **kwargs,
         )
     except RuntimeError as e:
         if "mismatch" in str(e) or "shape" in str(e):

@@ -39,6 +39,7 @@ import torch
 
 from .constitution import NUM_LAWS
 from .jobs import Cancelled, CheckpointSaved, Emit, JobControl, JobError, LogLine, TrainStep, Validation
+from .loading import SAFE_KWARGS  # trust_remote_code=False, local files only
 from .run_folder import RunFolder
 from .train_config import TrainConfig
 
@@ -117,7 +118,7 @@ def build_model(cfg: TrainConfig, tokenizer, plan, emit: Emit):
     model_type = json.loads((Path(src) / "config.json").read_text(encoding="utf-8")).get("model_type")
     if model_type == "kala":
         emit(LogLine(f"continuing from the KALA model in {src}"))
-        model = KALAForCausalLM.from_pretrained(src, use_safetensors=True, local_files_only=True, **kwargs)
+        model = KALAForCausalLM.from_pretrained(src, use_safetensors=True, **SAFE_KWARGS, **kwargs)
         for k, v in overrides.items():
             setattr(model.config, k, v)
     else:

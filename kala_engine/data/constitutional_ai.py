@@ -145,7 +145,7 @@ def cai_from_model_dir(model_dir: str, count: int, seed: int, max_new_tokens: in
 
     with contextlib.suppress(ImportError):  # registers the KALA auto classes when the model code is present
         import kala_engine.modeling_kala  # noqa: F401
-    from ..loading import SAFE_KWARGS, check_folder
+    from ..loading import SAFE_KWARGS, check_folder  # trust_remote_code=False, local files only
 
     check_folder(model_dir)  # no auto_map, safetensors only
     tokenizer = load_tokenizer(model_dir)

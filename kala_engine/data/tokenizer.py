@@ -102,7 +102,7 @@ def load_tokenizer(directory: str | Path):
     """
     from transformers import AutoTokenizer
 
-    from ..loading import SAFE_KWARGS, check_no_remote_code
+    from ..loading import SAFE_KWARGS, check_no_remote_code  # trust_remote_code=False, local files only
 
     d = Path(directory)
     if not (d / "tokenizer.json").is_file() and not (d / "tokenizer_config.json").is_file():
