@@ -73,11 +73,25 @@ def load_page_class(module: str, cls: str):
 
 
 class _DeviceProbe(QObject):
-    """Finds the compute device off the UI thread (importing torch takes a second or two)."""
+    """Finds the compute device off the UI thread (importing torch takes a second or two).
+
+    The probe thread only stores its answer; a QTimer on the UI thread picks it up and emits
+    ``found`` there. No Qt signal is emitted from the probe thread (the cross-thread emit that
+    crashed PySide6 now and then, see ``worker.py``).
+    """
 
     found = Signal(str)
+    POLL_MS = 50
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._result: str | None = None
+        self._poll = QTimer(self)
+        self._poll.setInterval(self.POLL_MS)
+        self._poll.timeout.connect(self._collect)
 
     def start(self) -> None:
+        self._poll.start()
         threading.Thread(target=self._run, name="kala-device-probe", daemon=True).start()
 
     def _run(self) -> None:
@@ -85,7 +99,13 @@ class _DeviceProbe(QObject):
             text = engine_api.device_summary()
         except Exception as e:  # noqa: BLE001 - shown in the status bar, not fatal
             text = f"device unknown ({type(e).__name__})"
-        self.found.emit(text)
+        self._result = text  # a single attribute store: atomic under the GIL
+
+    def _collect(self) -> None:
+        if self._result is None:
+            return
+        self._poll.stop()
+        self.found.emit(self._result)
 
 
 class QuickstartBanner(QFrame):
@@ -185,7 +205,7 @@ class MainWindow(QMainWindow):
         w.busy_changed.connect(self._on_busy)
         w.progress.connect(self._on_progress)
         w.failed.connect(self._on_failed)
-        self._probe = _DeviceProbe()
+        self._probe = _DeviceProbe(self)
         self._probe.found.connect(self._on_device)
         QTimer.singleShot(0, self._probe.start)
 

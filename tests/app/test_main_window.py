@@ -78,6 +78,25 @@ def test_status_bar_shows_device_and_running_job(qtbot, make_window):
     assert "CPU" in w.device_label.text() or "CUDA" in w.device_label.text()
 
 
+def test_device_probe_delivers_on_the_ui_thread(qtbot, monkeypatch):
+    """The probe runs off the UI thread but emits ``found`` on it (no Qt emit from a plain thread)."""
+    import threading
+
+    from PySide6.QtCore import Qt
+
+    from kala_app import engine_api
+    from kala_app.main_window import _DeviceProbe
+
+    monkeypatch.setattr(engine_api, "device_summary", lambda: "CPU (test)")
+    probe = _DeviceProbe()
+    seen = []
+    # direct: the slot runs in whatever thread emits
+    probe.found.connect(lambda text: seen.append((text, threading.current_thread())), Qt.ConnectionType.DirectConnection)
+    probe.start()
+    qtbot.waitUntil(lambda: bool(seen), timeout=10000)
+    assert seen == [("CPU (test)", threading.main_thread())]
+
+
 def _start_fake_training(w, tmp_path, step_sleep=0.01):
     train = w.show_page("train")
     data = w.ctx.datasets_dir / "d.jsonl"
