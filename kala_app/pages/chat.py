@@ -286,6 +286,9 @@ class ChatPage(QWidget):
     """Chat with a model; every token carries its five law scores (see the module docstring)."""
 
     reply_finished = Signal(object)  # the Outcome of the reply that just ended
+    #: a failed reply is shown in its bubble and the status line (traceback in its tooltip), not
+    #: again in the main window's error dialog
+    handles_job_errors = True
 
     def __init__(self, ctx: Any, store: ChatStore | None = None,
                  job_factory: Callable[[str, list[dict], dict], Callable] | None = None) -> None:
@@ -837,10 +840,11 @@ class ChatPage(QWidget):
         self.heatmap.set_path(None)
         self._reload_chat_list()
         self._freeze_gc(True)
-        self.ctx.worker.start(job, "chat")
+        self.ctx.worker.start(job, "chat", owner=self)
         self._flush_timer.start()
         self._update_buttons()
         self.status.setText("")
+        self.status.setToolTip("")
         return True
 
     def stop(self) -> None:
@@ -972,6 +976,7 @@ class ChatPage(QWidget):
         if self._user_widget is not None and self._user_widget.mini.scores() is None:
             self._user_widget.set_assessment(None)
         self.status.setText(f"Generation failed: {message}")
+        self.status.setToolTip(traceback)
         self._update_buttons()
 
     def _detach(self, keep_storing: bool = True) -> None:

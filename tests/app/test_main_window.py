@@ -142,3 +142,40 @@ def test_ctrl_1_to_5_switch_pages_and_ctrl_q_closes(qtbot, make_window):
     assert "Ctrl+3" in w.nav.item(2).toolTip()
     qtbot.keyClick(w.windowHandle(), Qt.Key.Key_Q, Qt.KeyboardModifier.ControlModifier)
     qtbot.waitUntil(lambda: not w.isVisible(), timeout=5000)
+
+
+def test_chat_and_evaluate_failures_are_shown_once_on_their_page(qtbot, make_window, monkeypatch):
+    """A failed reply or evaluation is reported on its page, not again in the main window's dialog."""
+    import kala_app.main_window as mw
+
+    dialogs = []
+    monkeypatch.setattr(mw, "show_error", lambda *a, **k: dialogs.append(a))
+    w = make_window(show_quickstart=False)
+    model = w.ctx.runs_dir / "run-1" / "final"
+    model.mkdir(parents=True)
+
+    def failing_job(emit, control):
+        raise RuntimeError("boom in the job")
+
+    chat = w.show_page("chat")
+    chat.job_factory = lambda model, messages, settings: failing_job
+    chat.open_model(model)
+    assert chat.send("hello")
+    qtbot.waitUntil(lambda: not chat.is_generating(), timeout=15000)
+    assert "boom in the job" in chat.status.text()
+    assert "RuntimeError" in chat.status.toolTip()  # the traceback stays reachable
+
+    class FailingBackend:
+        name = "x"
+        law_names = ["a", "b", "c", "d", "e"]
+
+        def assess_and_reply(self, prompt, *, threshold, max_new_tokens):
+            raise RuntimeError("boom in the backend")
+
+    ev = w.show_page("evaluate")
+    ev.backend_factory = lambda path: FailingBackend()
+    ev.set_models(model)
+    assert ev.run()
+    qtbot.waitUntil(lambda: not ev.is_running(), timeout=15000)
+    assert "boom in the backend" in ev.status.text()
+    assert dialogs == []
