@@ -71,23 +71,10 @@ def _call_with_supported(fn: Callable, **kwargs):
 
 
 def device_summary() -> str:
-    """One line for the status bar: the compute device the engine would use."""
-    try:
-        doctor = _module("kala_engine.doctor")
-    except EngineUnavailable:
-        doctor = None
-    if doctor is not None:
-        for name in ("device_summary", "describe_device"):
-            if hasattr(doctor, name):
-                return str(getattr(doctor, name)())
-    import kala_engine  # noqa: F401 - torch is imported by the engine, never by the app
+    """One line for the status bar: the compute device the engine would use (imports torch: slow)."""
+    from kala_engine.doctor import device_summary as engine_device_summary
 
-    torch = importlib.import_module("torch")
-    if torch.cuda.is_available():
-        i = torch.cuda.current_device()
-        cap = ".".join(map(str, torch.cuda.get_device_capability(i)))
-        return f"CUDA {torch.cuda.get_device_name(i)} (sm {cap})"
-    return f"CPU ({torch.get_num_threads()} threads)"
+    return engine_device_summary()
 
 
 # ================================================================== data
