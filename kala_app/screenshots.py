@@ -184,7 +184,7 @@ def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None,
     for width, height in sizes:
         win.resize(width, height)
         _wait(app, 0.3)
-        for key, _title, _m, _c in PAGES:
+        for key, _title, _cls in PAGES:
             win.show_page(key)
             page = win.pages[key]
             if key == "models" and hasattr(page, "rows"):  # its table is read on a thread when first shown

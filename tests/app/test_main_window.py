@@ -6,7 +6,7 @@ import pytest
 from PySide6.QtCore import QSize
 
 from kala_app.context import AppContext
-from kala_app.main_window import PAGES, MainWindow, load_page_class
+from kala_app.main_window import PAGES, MainWindow
 from tests.app.fakes import fake_config, fake_train_job
 
 
@@ -28,33 +28,15 @@ def make_window(qtbot, studio_home):
 
 
 def test_pages_and_navigation(make_window):
+    """Every page is the real one (no placeholder, no optional-page guessing)."""
     w = make_window()
-    assert [w.nav.item(i).text() for i in range(w.nav.count())] == [t for _k, t, _m, _c in PAGES]
-    for key, _title, _mod, cls in PAGES:
+    assert [w.nav.item(i).text() for i in range(w.nav.count())] == [t for _k, t, _c in PAGES]
+    for key, _title, cls in PAGES:
         page = w.show_page(key)
         assert w.stack.currentWidget() is page
         assert w.current_page_key() == key
-        if load_page_class(_mod, cls) is not None:
-            assert type(page).__name__ == cls
+        assert type(page) is cls
     assert w.ctx.pages["train"] is w.pages["train"]
-
-
-def test_optional_page_missing_gives_placeholder_but_other_errors_raise(monkeypatch):
-    import importlib
-
-    real = importlib.import_module
-
-    def fake_import(name, *a):
-        if name == "kala_app.pages.evaluate":
-            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
-        if name == "kala_app.pages.chat":
-            raise ModuleNotFoundError("No module named 'somelib'", name="somelib")
-        return real(name, *a)
-
-    monkeypatch.setattr(importlib, "import_module", fake_import)
-    assert load_page_class("kala_app.pages.evaluate", "EvaluatePage") is None
-    with pytest.raises(ModuleNotFoundError, match="somelib"):
-        load_page_class("kala_app.pages.chat", "ChatPage")
 
 
 def test_geometry_page_and_quickstart_are_remembered(qtbot, make_window):
@@ -136,7 +118,7 @@ def test_ctrl_1_to_5_switch_pages_and_ctrl_q_closes(qtbot, make_window):
     w = make_window()
     w.activateWindow()
     qtbot.waitActive(w)
-    for i, (key, _t, _m, _c) in enumerate(PAGES, start=1):
+    for i, (key, _t, _c) in enumerate(PAGES, start=1):
         qtbot.keyClick(w.windowHandle(), getattr(Qt.Key, f"Key_{i}"), Qt.KeyboardModifier.ControlModifier)
         assert w.current_page_key() == key
     assert "Ctrl+3" in w.nav.item(2).toolTip()
