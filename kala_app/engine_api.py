@@ -333,38 +333,51 @@ def base_presets() -> list[str]:
 
 def resolve_base(name: str, revision: str | None = None) -> str | None:
     """The local folder of a base (None for kala-tiny); never downloads. Raises ValueError with one line."""
-    return _attr("kala_engine.hub", "resolve_base")(name, revision).path
+    from kala_engine.hub import resolve_base as engine_resolve_base
+
+    return engine_resolve_base(name, revision).path
 
 
 def list_models(device: str = "auto") -> list[dict]:
     """Every Pythia size: params, download size, cached (path, commit, partial bytes), the doctor's plan."""
-    return _attr("kala_engine.hub", "list_models")(device)
+    from kala_engine.hub import list_models as engine_list_models
+
+    return engine_list_models(device)
 
 
 def download_base_job(name: str, revision: str | None = None) -> Callable:
     """A worker job downloading a base into the HF cache (DownloadProgress events; cancel keeps a resumable partial)."""
-    return _attr("kala_engine.hub", "download_job")(name, revision)
+    from kala_engine.hub import download_job
+
+    return download_job(name, revision)
 
 
 def delete_base(name: str) -> int:
     """Remove a base from the HF cache; the bytes freed."""
-    return _attr("kala_engine.hub", "delete_from_cache")(name)
+    from kala_engine.hub import delete_from_cache
+
+    return delete_from_cache(name)
 
 
 def hub_cache_dir() -> Path:
     """The Hugging Face cache folder bases and public data sets go to (``HF_HOME`` / ``HF_HUB_CACHE``)."""
-    return Path(_attr("kala_engine.hub", "hub_cache_dir")())
+    from kala_engine.hub import hub_cache_dir as engine_hub_cache_dir
+
+    return Path(engine_hub_cache_dir())
 
 
 def base_catalog() -> list[dict]:
     """Every Pythia size the Models page lists: name, repo_id, params, download_bytes (no I/O)."""
-    return _attr("kala_engine.hub", "catalog")()
+    from kala_engine.hub import catalog
+
+    return catalog()
 
 
 def cached_bases() -> dict[str, str]:
     """{preset name: commit} of the catalogue's bases complete in the HF cache. Files only: no network,
     no torch (a few ms once huggingface_hub is imported), so the Train page can ask on every show."""
-    cached = _attr("kala_engine.hub", "cached_snapshot")
+    from kala_engine.hub import cached_snapshot as cached
+
     out = {}
     for m in base_catalog():
         hit = cached(m["repo_id"])
@@ -375,10 +388,8 @@ def cached_bases() -> dict[str, str]:
 
 def hub_datasets() -> dict[str, str]:
     """{format: public repo id} of the data sets the Data page can download (``kala data import --from-hub``)."""
-    try:
-        known = _attr("kala_engine.hub", "DATASETS")
-    except EngineUnavailable:
-        return {}
+    from kala_engine.hub import DATASETS as known
+
     return {fmt: d["repo_id"] for fmt, d in known.items()}
 
 
@@ -391,9 +402,9 @@ def hub_import_job(fmt: str, out_dir: str | Path) -> Callable:
     """
 
     def job(emit: Emit, control: JobControl) -> LoadedData:
+        from kala_engine.hub import fetch_dataset as fetch
         from kala_engine.jobs import JobError
 
-        fetch = _attr("kala_engine.hub", "fetch_dataset")
         src = Path(fetch(fmt, emit=emit, control=control))
         parts = src.parts
         rel = parts[parts.index("snapshots") + 2:] if "snapshots" in parts else (src.name,)
