@@ -452,7 +452,8 @@ def _get(obj: Any, *names: str, default: Any = None) -> Any:
 
 def doctor(base: str) -> DoctorReport:
     """Run ``kala_engine.doctor.diagnose(base)`` and normalise its plan for the panel."""
-    diagnose = _attr("kala_engine.doctor", "diagnose")
+    from kala_engine.doctor import diagnose
+
     plan = diagnose(base)
     dev = _get(plan, "device_info", "device", default=plan)
     rep = DoctorReport()
@@ -494,32 +495,31 @@ def doctor(base: str) -> DoctorReport:
 
 def base_problem(base: str) -> str:
     """Why ``base`` cannot be trained from as it is ("" when it can). Fast: files only, no torch."""
-    try:
-        check = _attr("kala_engine.doctor", "check_base")
-    except EngineUnavailable:
-        return ""
-    return check(base).problem
+    from kala_engine.doctor import check_base
+
+    return check_base(base).problem
 
 
 def model_folder_problem(folder: str | Path) -> str:
     """Why ``folder`` is not a usable base (config.json GPT-NeoX/KALA, tokenizer, safetensors), or ""."""
-    try:
-        check = _attr("kala_engine.doctor", "check_model_folder")
-    except EngineUnavailable:
-        return ""
-    return check(folder)
+    from kala_engine.doctor import check_model_folder
+
+    return check_model_folder(folder)
 
 
 def make_train_config(**kwargs) -> Any:
     """A ``kala_engine.training.TrainConfig`` from the fields it has (unknown ones are dropped)."""
-    cls = _attr("kala_engine.training", "TrainConfig")
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in kwargs.items() if k in names})
+    from kala_engine.train_config import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in kwargs.items() if k in names})
 
 
 def train_job(config: Any) -> Callable:
     """The engine's training job for ``config``."""
-    return _attr("kala_engine.training", "train_job")(config)
+    from kala_engine.training import train_job as engine_train_job
+
+    return engine_train_job(config)
 
 
 

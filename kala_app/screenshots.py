@@ -167,14 +167,10 @@ def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None,
         print("warning: no run could be trained here; the Train and Runs screenshots show no run "
               "(give a finished run with --run)", file=sys.stderr)
 
-    # the doctor panel, when the engine has a doctor
-    try:
-        engine_api._module("kala_engine.doctor")
-        _say("running the doctor")
-        train.run_doctor()
-        ctx.worker.wait_idle(120)
-    except engine_api.EngineUnavailable:
-        print("warning: kala_engine.doctor is missing; the doctor panel stays empty", file=sys.stderr)
+    # the doctor panel
+    _say("running the doctor")
+    train.run_doctor()
+    ctx.worker.wait_idle(120)
 
     final = train.run_dir / "final" if train.run_dir is not None else None
     if chat_and_eval and final is not None and (final / "config.json").is_file():
