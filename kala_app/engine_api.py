@@ -1,15 +1,14 @@
 """The one place where the app calls into ``kala_engine``.
 
 Every engine function a page uses goes through this module, so that when an engine name or
-signature changes only this file changes. Engine modules are imported lazily (torch is heavy);
-a missing engine piece raises :class:`EngineUnavailable` with a message naming it.
-The app never imports torch itself.
+signature changes only this file changes. Engine functions are imported by name, inside the
+functions that call them (torch is heavy: the window opens before any engine module that needs it
+is loaded), so go-to-definition works and a rename in the engine fails loudly instead of falling
+back. The app never imports torch or transformers itself (an import-linter contract in pyproject.toml).
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -33,40 +32,6 @@ def quickstart_hyperparameters(steps: int = QUICKSTART_STEPS) -> dict[str, Any]:
             "save_every": max(1, steps // 4)}
 
 
-class EngineUnavailable(RuntimeError):
-    """The installed engine lacks a piece the app needs (message names it)."""
-
-
-def _module(name: str):
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name and (e.name == name or name.startswith(e.name + ".")):
-            raise EngineUnavailable(
-                f"{name} is not part of this installation of KALA Studio; reinstall or update it"
-            ) from e
-        raise
-
-
-def _attr(module: str, *names: str):
-    mod = _module(module)
-    for n in names:
-        if hasattr(mod, n):
-            return getattr(mod, n)
-    raise EngineUnavailable(f"{module} has none of {', '.join(names)}; the app and the engine do not match")
-
-
-def _call_with_supported(fn: Callable, **kwargs):
-    """Call ``fn`` with only the keyword arguments it accepts."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return fn(**kwargs)
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return fn(**kwargs)
-    return fn(**{k: v for k, v in kwargs.items() if k in params})
-
-
 # ================================================================== device
 
 
@@ -82,17 +47,9 @@ def device_summary() -> str:
 
 def data_kinds() -> list[str]:
     """The example kinds the generator knows."""
-    for mod in ("kala_engine.data.schema", "kala_engine.data.generate", "kala_engine.data"):
-        try:
-            m = _module(mod)
-        except EngineUnavailable:
-            continue
-        for name in ("KINDS", "kinds"):
-            v = getattr(m, name, None)
-            if v is not None:
-                v = v() if callable(v) else v
-                return [getattr(k, "value", k) for k in v]
-    raise EngineUnavailable("kala_engine.data.schema has no KINDS; the app and the engine do not match")
+    from kala_engine.data.schema import KINDS
+
+    return list(KINDS)
 
 
 #: The Data page's format choice that detects the format from the file.
@@ -101,12 +58,9 @@ AUTO_FORMAT = "auto"
 
 def import_formats() -> list[str]:
     """Formats ``kala data import`` understands (``kala`` first)."""
-    try:
-        fmts = _attr("kala_engine.data.importers", "FORMATS", "IMPORTERS")
-        fmts = list(fmts.keys()) if isinstance(fmts, dict) else list(fmts)
-    except EngineUnavailable:
-        fmts = ["hh-rlhf", "pku-saferlhf", "beavertails"]
-    return ["kala"] + [f for f in fmts if f != "kala"]
+    from kala_engine.data.importers import FORMATS
+
+    return ["kala"] + [f for f in FORMATS if f != "kala"]
 
 
 def format_title(fmt: str) -> str:
@@ -167,7 +121,8 @@ class LoadedData:
 
 def load_and_validate(path: str | Path, emit: Emit | None = None, control: JobControl | None = None) -> LoadedData:
     """Read a KALA JSONL file; every bad line is reported as (line, reason), like ``kala data validate``."""
-    checked = _attr("kala_engine.data.io", "iter_checked_records")
+    from kala_engine.data.io import iter_checked_records as checked
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; choose an existing .jsonl file")
@@ -206,7 +161,8 @@ def generate_job(out: str | Path, count: int, seed: int, kinds: Iterable[str] | 
     kinds = list(kinds) if kinds is not None else None
 
     def job(emit: Emit, control: JobControl) -> LoadedData:
-        write = _attr("kala_engine.data.generate", "write_dataset")
+        from kala_engine.data.generate import write_dataset as write
+
         out.parent.mkdir(parents=True, exist_ok=True)
         emit(Progress(0, count, f"generating {count} examples (seed {seed})"))
         write(out, count, seed)
@@ -257,18 +213,12 @@ def import_job(src: str | Path, fmt: str, out: str | Path | Callable[[str], Path
                 raise JobError(f"{src_name} holds no valid KALA record ({len(data.errors)} problem(s); line {ln}: "
                                f"{why}); check it with: kala data validate {src}")
             return data
-        mod = _module("kala_engine.data.importers")
-        fn = None
-        for name in ("import_dataset", "convert", "import_file"):
-            fn = getattr(mod, name, None)
-            if fn is not None:
-                break
-        if fn is None:
-            raise EngineUnavailable("kala_engine.data.importers has no import_dataset()")
+        from kala_engine.data.importers import import_dataset
+
         emit(LogLine(f"importing {src} ({use})"))
         out_path = Path(out(use) if callable(out) else out)
         try:
-            _call_with_supported(fn, src=Path(src), path=Path(src), fmt=use, format=use, out=out_path)
+            import_dataset(Path(src), use, out_path)
         except (ValueError, OSError) as e:  # the file's fault: said in one message, no traceback
             raise JobError(str(e)) from None
         data = load_and_validate(out_path, emit, control)
@@ -302,11 +252,10 @@ def coverage(records: Iterable[dict], kinds: list[str], threshold: float = 0.5) 
 
 
 def summarize(records: list[dict]) -> Any:
-    try:
-        fn = _attr("kala_engine.data.generate", "summarize")
-    except EngineUnavailable:
-        return None
-    return fn(records)
+    """The engine's statistics of ``records`` (kala_engine.data.generate.summarize)."""
+    from kala_engine.data.generate import summarize as engine_summarize
+
+    return engine_summarize(records)
 
 
 # ================================================================== models, doctor, training
@@ -314,16 +263,9 @@ def summarize(records: list[dict]) -> Any:
 
 def base_presets() -> list[str]:
     """Names of the model presets, the embedded tiny model first."""
-    try:
-        presets = _attr("kala_engine.presets", "PRESETS", "presets")
-    except EngineUnavailable:
-        return ["kala-tiny"]
-    if callable(presets):
-        presets = presets()
-    if isinstance(presets, dict):
-        names = list(presets.keys())
-    else:
-        names = [p["name"] if isinstance(p, dict) else getattr(p, "name", str(p)) for p in presets]
+    from kala_engine.presets import PRESET_NAMES
+
+    names = list(PRESET_NAMES)
     names.sort(key=lambda n: n != "kala-tiny")  # then the presets' own order: smallest Pythia first
     return names
 
@@ -411,9 +353,10 @@ def hub_import_job(fmt: str, out_dir: str | Path) -> Callable:
         stem = "-".join([fmt, *rel[:-1], rel[-1].split(".")[0]])
         out_path = Path(out_dir) / f"{stem}.jsonl"
         emit(LogLine(f"importing {src.name} ({fmt}) into {out_path}"))
-        fn = _attr("kala_engine.data.importers", "import_dataset")
+        from kala_engine.data.importers import import_dataset
+
         try:
-            fn(src, fmt, out_path)
+            import_dataset(src, fmt, out_path)
         except (ValueError, OSError) as e:  # the file's fault: said in one message, no traceback
             raise JobError(f"{src.name}: {e}") from None
         data = load_and_validate(out_path, emit, control)
@@ -522,7 +465,6 @@ def train_job(config: Any) -> Callable:
     return engine_train_job(config)
 
 
-
 # ================================================================== self-test
 
 
@@ -532,8 +474,10 @@ def self_test_job(workdir: Path) -> tuple[Callable, str]:
     run_dir = workdir / "run"
 
     def job(emit: Emit, control: JobControl) -> dict:
-        write = _attr("kala_engine.data.generate", "write_dataset")
-        write(data_path, 64, 0)
+        from kala_engine.data.generate import write_dataset
+        from kala_engine.generation import chat_job
+
+        write_dataset(data_path, 64, 0)
         emit(LogLine(f"generated 64 examples in {data_path}"))
         cfg = make_train_config(
             base="kala-tiny", data=str(data_path), run_dir=str(run_dir), max_steps=1, batch_size=2,
@@ -543,10 +487,7 @@ def self_test_job(workdir: Path) -> tuple[Callable, str]:
         result = train(emit, control)
         emit(LogLine(f"trained one step into {run_dir}"))
         model_dir = run_dir / "final"
-        stream = _attr("kala_engine.generation", "chat_job")
-        gjob = _call_with_supported(
-            stream, model=str(model_dir), model_dir=str(model_dir), prompt="Hello", max_new_tokens=1,
-        )
+        gjob = chat_job(model=str(model_dir), model_dir=str(model_dir), prompt="Hello", max_new_tokens=1)
         gresult = gjob(emit, control)
         return {"train": result, "generate": gresult}
 

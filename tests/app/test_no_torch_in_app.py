@@ -38,17 +38,23 @@ def test_device_summary_comes_from_the_engine(monkeypatch):
     assert engine_api.device_summary() == "CPU (from the engine)"
 
 
-def _string_lookups() -> set[str]:
-    """Engine modules kala_app/engine_api.py still reaches by string (``_attr``/``_module``)."""
+def test_engine_api_has_no_string_lookups():
+    """Go-to-definition works: engine_api imports the engine functions it calls, none is looked up by
+    name (the old ``_attr``/``_module``/``_call_with_supported`` guessing layer is gone)."""
     tree = ast.parse((APP / "engine_api.py").read_text(encoding="utf-8"))
-    found = set()
-    for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("_attr", "_module")
-                and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
-            found.add(node.args[0].value)
-    return found
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    names |= {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    assert names.isdisjoint({"_attr", "_module", "_call_with_supported"})
 
 
-def test_engine_api_imports_the_engine_functions_it_calls():
-    """Go-to-definition works: these engine modules are imported directly, never looked up by name."""
-    assert _string_lookups().isdisjoint({"kala_engine.hub", "kala_engine.doctor", "kala_engine.training"})
+def test_no_app_module_looks_up_an_engine_function_by_name():
+    """``importlib.import_module("kala_engine...")`` hides the call from go-to-definition and turns a
+    rename into a silent fallback; the app imports the engine's functions instead."""
+    found = []
+    for p in sorted(APP.rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str) and node.args[0].value.startswith("kala_engine")
+                    and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("import_module", "__import__")):
+                found.append(f"{p.relative_to(APP.parent)}:{node.lineno}")
+    assert found == []
