@@ -10,7 +10,6 @@ back. The app never imports torch or transformers itself (an import-linter contr
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -384,56 +383,24 @@ class DoctorReport:
     base_problem: str = ""
 
 
-def _get(obj: Any, *names: str, default: Any = None) -> Any:
-    for n in names:
-        if isinstance(obj, dict) and n in obj:
-            return obj[n]
-        if hasattr(obj, n):
-            return getattr(obj, n)
-    return default
-
-
 def doctor(base: str) -> DoctorReport:
-    """Run ``kala_engine.doctor.diagnose(base)`` and normalise its plan for the panel."""
+    """Run ``kala_engine.doctor.diagnose(base)`` and put its :class:`~kala_engine.doctor.Plan` in
+    the words of the Train page's doctor panel."""
     from kala_engine.doctor import diagnose
 
     plan = diagnose(base)
-    dev = _get(plan, "device_info", "device", default=plan)
-    rep = DoctorReport()
-    rep.device = str(_get(dev, "name", "device_name", default=_get(plan, "device", default="?")))
-    cc = _get(dev, "compute_capability", "capability", default=None)
-    rep.compute_capability = ".".join(map(str, cc)) if isinstance(cc, (tuple, list)) else str(cc or "-")
-    k = _get(dev, "kernels_present", "kernels", "arch_list", default=None)
-    if isinstance(k, bool):
-        rep.kernels = "present" if k else "MISSING for this GPU"
-    elif isinstance(k, (list, tuple)):
-        rep.kernels = ", ".join(map(str, k)) or "-"
-    elif k is not None:
-        rep.kernels = str(k)
-    rep.precision = str(_get(plan, "precision", "dtype", default="-"))
-    rep.mode = str(_get(plan, "mode", "strategy", "method", default="-"))
-    est = _get(plan, "estimate_bytes", "memory_estimate_bytes", "estimated_bytes", "memory_bytes", default=None)
-    if est is None and (gb := _get(plan, "estimate_gb", "memory_estimate_gb", default=None)) is not None:
-        est = float(gb) * 1024**3
-    avail = _get(plan, "available_bytes", "memory_available_bytes", default=None)
-    if avail is None:
-        avail = _get(dev, "available_bytes", "memory_bytes", "total_memory", default=None)
-    if avail is None and (gb := _get(plan, "available_gb", default=None)) is not None:
-        avail = float(gb) * 1024**3
-    rep.estimate_bytes = float(est) if est is not None else float("nan")
-    rep.available_bytes = float(avail) if avail is not None else float("nan")
-    fits = _get(plan, "fits", default=None)
-    if fits is None and not (math.isnan(rep.estimate_bytes) or math.isnan(rep.available_bytes)):
-        fits = rep.estimate_bytes <= rep.available_bytes
-    rep.fits = fits
-    rep.reason = str(_get(plan, "reason", "why", default="") or "")
-    rep.base_problem = str(_get(plan, "base_problem", default="") or "")
-    text = _get(plan, "lines", "report", default=None)
-    if isinstance(text, str):
-        rep.lines = text.splitlines()
-    elif isinstance(text, (list, tuple)):
-        rep.lines = [str(x) for x in text]
-    return rep
+    dev = plan.device
+    cc = dev.compute_capability
+    if dev.kernels_present is None:  # on the CPU
+        kernels = "-"
+    else:
+        kernels = "present" if dev.kernels_present else "MISSING for this GPU"
+    return DoctorReport(
+        device=dev.name, compute_capability=".".join(map(str, cc)) if cc else "-", kernels=kernels,
+        precision=plan.precision, mode=plan.mode, estimate_bytes=float(plan.estimate_bytes),
+        available_bytes=float(plan.available_bytes), fits=plan.fits, reason=plan.reason,
+        lines=list(plan.lines), base_problem=plan.base_problem,
+    )
 
 
 def base_problem(base: str) -> str:

@@ -44,7 +44,7 @@ def test_engine_api_has_no_string_lookups():
     tree = ast.parse((APP / "engine_api.py").read_text(encoding="utf-8"))
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     names |= {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
-    assert names.isdisjoint({"_attr", "_module", "_call_with_supported"})
+    assert names.isdisjoint({"_attr", "_module", "_call_with_supported", "_get", "getattr"})
 
 
 def test_no_app_module_looks_up_an_engine_function_by_name():
@@ -58,3 +58,19 @@ def test_no_app_module_looks_up_an_engine_function_by_name():
                     and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("import_module", "__import__")):
                 found.append(f"{p.relative_to(APP.parent)}:{node.lineno}")
     assert found == []
+
+
+def test_doctor_report_is_the_engines_plan(monkeypatch):
+    """The doctor panel shows the engine's Plan field for field (no guessing over field names)."""
+    import kala_engine.doctor as engine_doctor
+    from kala_app import engine_api
+
+    plan = engine_doctor.diagnose("kala-tiny")
+    monkeypatch.setattr(engine_doctor, "diagnose", lambda base: plan)  # one plan: free memory moves
+    rep = engine_api.doctor("kala-tiny")
+    assert (rep.device, rep.precision, rep.mode, rep.fits, rep.reason, rep.base_problem) == (
+        plan.device.name, plan.precision, plan.mode, plan.fits, plan.reason, plan.base_problem)
+    assert rep.estimate_bytes == plan.estimate_bytes and rep.available_bytes == plan.available_bytes
+    assert rep.lines == plan.lines
+    if plan.device.kernels_present is None:
+        assert (rep.kernels, rep.compute_capability) == ("-", "-")
