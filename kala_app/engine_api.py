@@ -1,17 +1,15 @@
 """The one place where the app calls into ``kala_engine``.
 
 Every engine function a page uses goes through this module, so that when an engine name or
-signature changes only this file changes. Engine modules are imported lazily (torch is heavy);
-a missing engine piece raises :class:`EngineUnavailable` with a message naming it.
-The app never imports torch itself.
+signature changes only this file changes. Engine functions are imported by name, inside the
+functions that call them (torch is heavy: the window opens before any engine module that needs it
+is loaded), so go-to-definition works and a rename in the engine fails loudly instead of falling
+back. The app never imports torch or transformers itself (an import-linter contract in pyproject.toml).
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -33,61 +31,14 @@ def quickstart_hyperparameters(steps: int = QUICKSTART_STEPS) -> dict[str, Any]:
             "save_every": max(1, steps // 4)}
 
 
-class EngineUnavailable(RuntimeError):
-    """The installed engine lacks a piece the app needs (message names it)."""
-
-
-def _module(name: str):
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name and (e.name == name or name.startswith(e.name + ".")):
-            raise EngineUnavailable(
-                f"{name} is not part of this installation of KALA Studio; reinstall or update it"
-            ) from e
-        raise
-
-
-def _attr(module: str, *names: str):
-    mod = _module(module)
-    for n in names:
-        if hasattr(mod, n):
-            return getattr(mod, n)
-    raise EngineUnavailable(f"{module} has none of {', '.join(names)}; the app and the engine do not match")
-
-
-def _call_with_supported(fn: Callable, **kwargs):
-    """Call ``fn`` with only the keyword arguments it accepts."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return fn(**kwargs)
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return fn(**kwargs)
-    return fn(**{k: v for k, v in kwargs.items() if k in params})
-
-
 # ================================================================== device
 
 
 def device_summary() -> str:
-    """One line for the status bar: the compute device the engine would use."""
-    try:
-        doctor = _module("kala_engine.doctor")
-    except EngineUnavailable:
-        doctor = None
-    if doctor is not None:
-        for name in ("device_summary", "describe_device"):
-            if hasattr(doctor, name):
-                return str(getattr(doctor, name)())
-    import kala_engine  # noqa: F401 - torch is imported by the engine, never by the app
+    """One line for the status bar: the compute device the engine would use (imports torch: slow)."""
+    from kala_engine.doctor import device_summary as engine_device_summary
 
-    torch = importlib.import_module("torch")
-    if torch.cuda.is_available():
-        i = torch.cuda.current_device()
-        cap = ".".join(map(str, torch.cuda.get_device_capability(i)))
-        return f"CUDA {torch.cuda.get_device_name(i)} (sm {cap})"
-    return f"CPU ({torch.get_num_threads()} threads)"
+    return engine_device_summary()
 
 
 # ================================================================== data
@@ -95,17 +46,9 @@ def device_summary() -> str:
 
 def data_kinds() -> list[str]:
     """The example kinds the generator knows."""
-    for mod in ("kala_engine.data.schema", "kala_engine.data.generate", "kala_engine.data"):
-        try:
-            m = _module(mod)
-        except EngineUnavailable:
-            continue
-        for name in ("KINDS", "kinds"):
-            v = getattr(m, name, None)
-            if v is not None:
-                v = v() if callable(v) else v
-                return [getattr(k, "value", k) for k in v]
-    raise EngineUnavailable("kala_engine.data.schema has no KINDS; the app and the engine do not match")
+    from kala_engine.data.schema import KINDS
+
+    return list(KINDS)
 
 
 #: The Data page's format choice that detects the format from the file.
@@ -114,12 +57,9 @@ AUTO_FORMAT = "auto"
 
 def import_formats() -> list[str]:
     """Formats ``kala data import`` understands (``kala`` first)."""
-    try:
-        fmts = _attr("kala_engine.data.importers", "FORMATS", "IMPORTERS")
-        fmts = list(fmts.keys()) if isinstance(fmts, dict) else list(fmts)
-    except EngineUnavailable:
-        fmts = ["hh-rlhf", "pku-saferlhf", "beavertails"]
-    return ["kala"] + [f for f in fmts if f != "kala"]
+    from kala_engine.data.importers import FORMATS
+
+    return ["kala"] + [f for f in FORMATS if f != "kala"]
 
 
 def format_title(fmt: str) -> str:
@@ -180,7 +120,8 @@ class LoadedData:
 
 def load_and_validate(path: str | Path, emit: Emit | None = None, control: JobControl | None = None) -> LoadedData:
     """Read a KALA JSONL file; every bad line is reported as (line, reason), like ``kala data validate``."""
-    checked = _attr("kala_engine.data.io", "iter_checked_records")
+    from kala_engine.data.io import iter_checked_records as checked
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; choose an existing .jsonl file")
@@ -219,7 +160,8 @@ def generate_job(out: str | Path, count: int, seed: int, kinds: Iterable[str] | 
     kinds = list(kinds) if kinds is not None else None
 
     def job(emit: Emit, control: JobControl) -> LoadedData:
-        write = _attr("kala_engine.data.generate", "write_dataset")
+        from kala_engine.data.generate import write_dataset as write
+
         out.parent.mkdir(parents=True, exist_ok=True)
         emit(Progress(0, count, f"generating {count} examples (seed {seed})"))
         write(out, count, seed)
@@ -270,18 +212,12 @@ def import_job(src: str | Path, fmt: str, out: str | Path | Callable[[str], Path
                 raise JobError(f"{src_name} holds no valid KALA record ({len(data.errors)} problem(s); line {ln}: "
                                f"{why}); check it with: kala data validate {src}")
             return data
-        mod = _module("kala_engine.data.importers")
-        fn = None
-        for name in ("import_dataset", "convert", "import_file"):
-            fn = getattr(mod, name, None)
-            if fn is not None:
-                break
-        if fn is None:
-            raise EngineUnavailable("kala_engine.data.importers has no import_dataset()")
+        from kala_engine.data.importers import import_dataset
+
         emit(LogLine(f"importing {src} ({use})"))
         out_path = Path(out(use) if callable(out) else out)
         try:
-            _call_with_supported(fn, src=Path(src), path=Path(src), fmt=use, format=use, out=out_path)
+            import_dataset(Path(src), use, out_path)
         except (ValueError, OSError) as e:  # the file's fault: said in one message, no traceback
             raise JobError(str(e)) from None
         data = load_and_validate(out_path, emit, control)
@@ -315,11 +251,10 @@ def coverage(records: Iterable[dict], kinds: list[str], threshold: float = 0.5) 
 
 
 def summarize(records: list[dict]) -> Any:
-    try:
-        fn = _attr("kala_engine.data.generate", "summarize")
-    except EngineUnavailable:
-        return None
-    return fn(records)
+    """The engine's statistics of ``records`` (kala_engine.data.generate.summarize)."""
+    from kala_engine.data.generate import summarize as engine_summarize
+
+    return engine_summarize(records)
 
 
 # ================================================================== models, doctor, training
@@ -327,16 +262,9 @@ def summarize(records: list[dict]) -> Any:
 
 def base_presets() -> list[str]:
     """Names of the model presets, the embedded tiny model first."""
-    try:
-        presets = _attr("kala_engine.presets", "PRESETS", "presets")
-    except EngineUnavailable:
-        return ["kala-tiny"]
-    if callable(presets):
-        presets = presets()
-    if isinstance(presets, dict):
-        names = list(presets.keys())
-    else:
-        names = [p["name"] if isinstance(p, dict) else getattr(p, "name", str(p)) for p in presets]
+    from kala_engine.presets import PRESET_NAMES
+
+    names = list(PRESET_NAMES)
     names.sort(key=lambda n: n != "kala-tiny")  # then the presets' own order: smallest Pythia first
     return names
 
@@ -346,38 +274,51 @@ def base_presets() -> list[str]:
 
 def resolve_base(name: str, revision: str | None = None) -> str | None:
     """The local folder of a base (None for kala-tiny); never downloads. Raises ValueError with one line."""
-    return _attr("kala_engine.hub", "resolve_base")(name, revision).path
+    from kala_engine.hub import resolve_base as engine_resolve_base
+
+    return engine_resolve_base(name, revision).path
 
 
 def list_models(device: str = "auto") -> list[dict]:
     """Every Pythia size: params, download size, cached (path, commit, partial bytes), the doctor's plan."""
-    return _attr("kala_engine.hub", "list_models")(device)
+    from kala_engine.hub import list_models as engine_list_models
+
+    return engine_list_models(device)
 
 
 def download_base_job(name: str, revision: str | None = None) -> Callable:
     """A worker job downloading a base into the HF cache (DownloadProgress events; cancel keeps a resumable partial)."""
-    return _attr("kala_engine.hub", "download_job")(name, revision)
+    from kala_engine.hub import download_job
+
+    return download_job(name, revision)
 
 
 def delete_base(name: str) -> int:
     """Remove a base from the HF cache; the bytes freed."""
-    return _attr("kala_engine.hub", "delete_from_cache")(name)
+    from kala_engine.hub import delete_from_cache
+
+    return delete_from_cache(name)
 
 
 def hub_cache_dir() -> Path:
     """The Hugging Face cache folder bases and public data sets go to (``HF_HOME`` / ``HF_HUB_CACHE``)."""
-    return Path(_attr("kala_engine.hub", "hub_cache_dir")())
+    from kala_engine.hub import hub_cache_dir as engine_hub_cache_dir
+
+    return Path(engine_hub_cache_dir())
 
 
 def base_catalog() -> list[dict]:
     """Every Pythia size the Models page lists: name, repo_id, params, download_bytes (no I/O)."""
-    return _attr("kala_engine.hub", "catalog")()
+    from kala_engine.hub import catalog
+
+    return catalog()
 
 
 def cached_bases() -> dict[str, str]:
     """{preset name: commit} of the catalogue's bases complete in the HF cache. Files only: no network,
     no torch (a few ms once huggingface_hub is imported), so the Train page can ask on every show."""
-    cached = _attr("kala_engine.hub", "cached_snapshot")
+    from kala_engine.hub import cached_snapshot as cached
+
     out = {}
     for m in base_catalog():
         hit = cached(m["repo_id"])
@@ -388,10 +329,8 @@ def cached_bases() -> dict[str, str]:
 
 def hub_datasets() -> dict[str, str]:
     """{format: public repo id} of the data sets the Data page can download (``kala data import --from-hub``)."""
-    try:
-        known = _attr("kala_engine.hub", "DATASETS")
-    except EngineUnavailable:
-        return {}
+    from kala_engine.hub import DATASETS as known
+
     return {fmt: d["repo_id"] for fmt, d in known.items()}
 
 
@@ -404,18 +343,19 @@ def hub_import_job(fmt: str, out_dir: str | Path) -> Callable:
     """
 
     def job(emit: Emit, control: JobControl) -> LoadedData:
+        from kala_engine.hub import fetch_dataset as fetch
         from kala_engine.jobs import JobError
 
-        fetch = _attr("kala_engine.hub", "fetch_dataset")
         src = Path(fetch(fmt, emit=emit, control=control))
         parts = src.parts
         rel = parts[parts.index("snapshots") + 2:] if "snapshots" in parts else (src.name,)
         stem = "-".join([fmt, *rel[:-1], rel[-1].split(".")[0]])
         out_path = Path(out_dir) / f"{stem}.jsonl"
         emit(LogLine(f"importing {src.name} ({fmt}) into {out_path}"))
-        fn = _attr("kala_engine.data.importers", "import_dataset")
+        from kala_engine.data.importers import import_dataset
+
         try:
-            fn(src, fmt, out_path)
+            import_dataset(src, fmt, out_path)
         except (ValueError, OSError) as e:  # the file's fault: said in one message, no traceback
             raise JobError(f"{src.name}: {e}") from None
         data = load_and_validate(out_path, emit, control)
@@ -443,86 +383,53 @@ class DoctorReport:
     base_problem: str = ""
 
 
-def _get(obj: Any, *names: str, default: Any = None) -> Any:
-    for n in names:
-        if isinstance(obj, dict) and n in obj:
-            return obj[n]
-        if hasattr(obj, n):
-            return getattr(obj, n)
-    return default
-
-
 def doctor(base: str) -> DoctorReport:
-    """Run ``kala_engine.doctor.diagnose(base)`` and normalise its plan for the panel."""
-    diagnose = _attr("kala_engine.doctor", "diagnose")
+    """Run ``kala_engine.doctor.diagnose(base)`` and put its :class:`~kala_engine.doctor.Plan` in
+    the words of the Train page's doctor panel."""
+    from kala_engine.doctor import diagnose
+
     plan = diagnose(base)
-    dev = _get(plan, "device_info", "device", default=plan)
-    rep = DoctorReport()
-    rep.device = str(_get(dev, "name", "device_name", default=_get(plan, "device", default="?")))
-    cc = _get(dev, "compute_capability", "capability", default=None)
-    rep.compute_capability = ".".join(map(str, cc)) if isinstance(cc, (tuple, list)) else str(cc or "-")
-    k = _get(dev, "kernels_present", "kernels", "arch_list", default=None)
-    if isinstance(k, bool):
-        rep.kernels = "present" if k else "MISSING for this GPU"
-    elif isinstance(k, (list, tuple)):
-        rep.kernels = ", ".join(map(str, k)) or "-"
-    elif k is not None:
-        rep.kernels = str(k)
-    rep.precision = str(_get(plan, "precision", "dtype", default="-"))
-    rep.mode = str(_get(plan, "mode", "strategy", "method", default="-"))
-    est = _get(plan, "estimate_bytes", "memory_estimate_bytes", "estimated_bytes", "memory_bytes", default=None)
-    if est is None and (gb := _get(plan, "estimate_gb", "memory_estimate_gb", default=None)) is not None:
-        est = float(gb) * 1024**3
-    avail = _get(plan, "available_bytes", "memory_available_bytes", default=None)
-    if avail is None:
-        avail = _get(dev, "available_bytes", "memory_bytes", "total_memory", default=None)
-    if avail is None and (gb := _get(plan, "available_gb", default=None)) is not None:
-        avail = float(gb) * 1024**3
-    rep.estimate_bytes = float(est) if est is not None else float("nan")
-    rep.available_bytes = float(avail) if avail is not None else float("nan")
-    fits = _get(plan, "fits", default=None)
-    if fits is None and not (math.isnan(rep.estimate_bytes) or math.isnan(rep.available_bytes)):
-        fits = rep.estimate_bytes <= rep.available_bytes
-    rep.fits = fits
-    rep.reason = str(_get(plan, "reason", "why", default="") or "")
-    rep.base_problem = str(_get(plan, "base_problem", default="") or "")
-    text = _get(plan, "lines", "report", default=None)
-    if isinstance(text, str):
-        rep.lines = text.splitlines()
-    elif isinstance(text, (list, tuple)):
-        rep.lines = [str(x) for x in text]
-    return rep
+    dev = plan.device
+    cc = dev.compute_capability
+    if dev.kernels_present is None:  # on the CPU
+        kernels = "-"
+    else:
+        kernels = "present" if dev.kernels_present else "MISSING for this GPU"
+    return DoctorReport(
+        device=dev.name, compute_capability=".".join(map(str, cc)) if cc else "-", kernels=kernels,
+        precision=plan.precision, mode=plan.mode, estimate_bytes=float(plan.estimate_bytes),
+        available_bytes=float(plan.available_bytes), fits=plan.fits, reason=plan.reason,
+        lines=list(plan.lines), base_problem=plan.base_problem,
+    )
 
 
 def base_problem(base: str) -> str:
     """Why ``base`` cannot be trained from as it is ("" when it can). Fast: files only, no torch."""
-    try:
-        check = _attr("kala_engine.doctor", "check_base")
-    except EngineUnavailable:
-        return ""
-    return check(base).problem
+    from kala_engine.doctor import check_base
+
+    return check_base(base).problem
 
 
 def model_folder_problem(folder: str | Path) -> str:
     """Why ``folder`` is not a usable base (config.json GPT-NeoX/KALA, tokenizer, safetensors), or ""."""
-    try:
-        check = _attr("kala_engine.doctor", "check_model_folder")
-    except EngineUnavailable:
-        return ""
-    return check(folder)
+    from kala_engine.doctor import check_model_folder
+
+    return check_model_folder(folder)
 
 
 def make_train_config(**kwargs) -> Any:
     """A ``kala_engine.training.TrainConfig`` from the fields it has (unknown ones are dropped)."""
-    cls = _attr("kala_engine.training", "TrainConfig")
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in kwargs.items() if k in names})
+    from kala_engine.train_config import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in kwargs.items() if k in names})
 
 
 def train_job(config: Any) -> Callable:
     """The engine's training job for ``config``."""
-    return _attr("kala_engine.training", "train_job")(config)
+    from kala_engine.training import train_job as engine_train_job
 
+    return engine_train_job(config)
 
 
 # ================================================================== self-test
@@ -534,8 +441,10 @@ def self_test_job(workdir: Path) -> tuple[Callable, str]:
     run_dir = workdir / "run"
 
     def job(emit: Emit, control: JobControl) -> dict:
-        write = _attr("kala_engine.data.generate", "write_dataset")
-        write(data_path, 64, 0)
+        from kala_engine.data.generate import write_dataset
+        from kala_engine.generation import chat_job
+
+        write_dataset(data_path, 64, 0)
         emit(LogLine(f"generated 64 examples in {data_path}"))
         cfg = make_train_config(
             base="kala-tiny", data=str(data_path), run_dir=str(run_dir), max_steps=1, batch_size=2,
@@ -545,10 +454,7 @@ def self_test_job(workdir: Path) -> tuple[Callable, str]:
         result = train(emit, control)
         emit(LogLine(f"trained one step into {run_dir}"))
         model_dir = run_dir / "final"
-        stream = _attr("kala_engine.generation", "chat_job")
-        gjob = _call_with_supported(
-            stream, model=str(model_dir), model_dir=str(model_dir), prompt="Hello", max_new_tokens=1,
-        )
+        gjob = chat_job(model=str(model_dir), model_dir=str(model_dir), prompt="Hello", max_new_tokens=1)
         gresult = gjob(emit, control)
         return {"train": result, "generate": gresult}
 

@@ -12,7 +12,6 @@ thread is stopped and joined, and only then does the window close.
 
 from __future__ import annotations
 
-import importlib
 import threading
 from pathlib import Path
 
@@ -37,19 +36,22 @@ from . import engine_api
 from .context import AppContext
 from .error_dialog import show_error
 from .notice_banner import NoticeBanner
-from .pages import PlaceholderPage
+from .pages.chat import ChatPage
+from .pages.data import DataPage
+from .pages.evaluate import EvaluatePage
+from .pages.models import ModelsPage
+from .pages.runs import RunsPage
+from .pages.train import TrainPage
 
-#: (key, title, module, class) of every page, in side-list order.
+#: (key, title, page class) of every page, in side-list order.
 PAGES = [
-    ("data", "Data", "kala_app.pages.data", "DataPage"),
-    ("models", "Models", "kala_app.pages.models", "ModelsPage"),
-    ("train", "Train", "kala_app.pages.train", "TrainPage"),
-    ("chat", "Chat", "kala_app.pages.chat", "ChatPage"),
-    ("evaluate", "Evaluate", "kala_app.pages.evaluate", "EvaluatePage"),
-    ("runs", "Runs", "kala_app.pages.runs", "RunsPage"),
+    ("data", "Data", DataPage),
+    ("models", "Models", ModelsPage),
+    ("train", "Train", TrainPage),
+    ("chat", "Chat", ChatPage),
+    ("evaluate", "Evaluate", EvaluatePage),
+    ("runs", "Runs", RunsPage),
 ]
-#: Pages written separately that may be missing from a build; only these fall back to a placeholder.
-OPTIONAL_PAGE_MODULES = {"kala_app.pages.chat", "kala_app.pages.evaluate"}
 
 PAGE_ICONS = {
     "data": QStyle.StandardPixmap.SP_DirIcon,
@@ -61,23 +63,26 @@ PAGE_ICONS = {
 }
 
 
-def load_page_class(module: str, cls: str):
-    """The page class, or None when an optional page's module does not exist."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if module in OPTIONAL_PAGE_MODULES and e.name == module:
-            return None
-        raise
-    return getattr(mod, cls)
-
-
 class _DeviceProbe(QObject):
-    """Finds the compute device off the UI thread (importing torch takes a second or two)."""
+    """Finds the compute device off the UI thread (importing torch takes a second or two).
+
+    The probe thread only stores its answer; a QTimer on the UI thread picks it up and emits
+    ``found`` there. No Qt signal is emitted from the probe thread (the cross-thread emit that
+    crashed PySide6 now and then, see ``worker.py``).
+    """
 
     found = Signal(str)
+    POLL_MS = 50
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._result: str | None = None
+        self._poll = QTimer(self)
+        self._poll.setInterval(self.POLL_MS)
+        self._poll.timeout.connect(self._collect)
 
     def start(self) -> None:
+        self._poll.start()
         threading.Thread(target=self._run, name="kala-device-probe", daemon=True).start()
 
     def _run(self) -> None:
@@ -85,7 +90,13 @@ class _DeviceProbe(QObject):
             text = engine_api.device_summary()
         except Exception as e:  # noqa: BLE001 - shown in the status bar, not fatal
             text = f"device unknown ({type(e).__name__})"
-        self.found.emit(text)
+        self._result = text  # a single attribute store: atomic under the GIL
+
+    def _collect(self) -> None:
+        if self._result is None:
+            return
+        self._poll.stop()
+        self.found.emit(self._result)
 
 
 class QuickstartBanner(QFrame):
@@ -132,9 +143,8 @@ class MainWindow(QMainWindow):
         self.nav.setStyleSheet("QListWidget#pageList::item { padding: 10px 6px; }")
         self.stack = QStackedWidget()
         self.pages: dict[str, QWidget] = {}
-        for key, title, module, cls_name in PAGES:
-            cls = load_page_class(module, cls_name)
-            page = cls(self.ctx) if cls is not None else PlaceholderPage(self.ctx, title)
+        for key, title, cls in PAGES:
+            page = cls(self.ctx)
             page.setObjectName(f"{key}Page")
             self.pages[key] = page
             self.ctx.pages[key] = page
@@ -155,11 +165,10 @@ class MainWindow(QMainWindow):
         self.notice_banner = NoticeBanner()
         for notice in self.ctx.notices:
             self.notice_banner.add(notice)
-        store = getattr(self.pages.get("chat"), "store", None)
-        for notice in getattr(store, "notices", []):
+        store = self.pages["chat"].store
+        for notice in store.notices:
             self.notice_banner.add(notice)
-        if store is not None and hasattr(store, "on_notice"):
-            store.on_notice = self.notice_banner.add  # damaged rows found later (opening a chat)
+        store.on_notice = self.notice_banner.add  # damaged rows found later (opening a chat)
 
         right = QVBoxLayout()
         right.setContentsMargins(0, 0, 0, 0)
@@ -185,7 +194,7 @@ class MainWindow(QMainWindow):
         w.busy_changed.connect(self._on_busy)
         w.progress.connect(self._on_progress)
         w.failed.connect(self._on_failed)
-        self._probe = _DeviceProbe()
+        self._probe = _DeviceProbe(self)
         self._probe.found.connect(self._on_device)
         QTimer.singleShot(0, self._probe.start)
 
@@ -203,7 +212,7 @@ class MainWindow(QMainWindow):
         # queued: the key release reaches the window before it closes (no modifier is left "held")
         self.quit_shortcut.activated.connect(self.close, Qt.ConnectionType.QueuedConnection)
         self.page_shortcuts: list[QShortcut] = []
-        for i, (key, title, _m, _c) in enumerate(PAGES, start=1):
+        for i, (key, title, _cls) in enumerate(PAGES, start=1):
             sc = QShortcut(QKeySequence(f"Ctrl+{i}"), self)
             sc.setContext(Qt.ShortcutContext.WindowShortcut)  # a second window would make it ambiguous
             sc.activated.connect(lambda k=key: self.show_page(k))
@@ -262,8 +271,6 @@ class MainWindow(QMainWindow):
         self._dismiss_quickstart()
         data = self.pages["data"]
         train = self.pages["train"]
-        if not hasattr(data, "generate") or not hasattr(train, "start_quickstart"):
-            return
         s = self.ctx.settings
         s.beginGroup("quickstart")
         given = {k: s.value(k) for k in s.childKeys() if k != "offered"}
@@ -273,10 +280,8 @@ class MainWindow(QMainWindow):
         self.show_page("data")
 
         def after_train(run_dir):
-            chat = self.pages.get("chat")
-            if chat is not None and hasattr(chat, "open_model"):
-                chat.open_model(Path(run_dir) / "final")
-                self.show_page("chat")
+            self.pages["chat"].open_model(Path(run_dir) / "final")
+            self.show_page("chat")
 
         def after_generate(path):
             self.show_page("train")

@@ -5,19 +5,20 @@
 Everything happens in a throw-away data folder: a
 generated data set is loaded on the Data page; the Train and Runs pages show a real run: the
 finished run folder given with ``--run`` (linked into the throw-away runs folder, its recorded
-curves loaded), else a short kala-tiny run trained by the engine here (when the engine cannot
-train, a demo run with illustrative curves, and a warning is printed).
+curves loaded), else a short kala-tiny run trained by the engine here. When that cannot train,
+a warning is printed and the Train and Runs pictures show no run: nothing here writes curves it
+did not measure (the made-up run of the app tests is ``tests/app/synthetic_run.py``).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from kala_engine.run_folder import RunFolder
 
 WIDTH, HEIGHT = 1280, 800
 #: The window sizes of ``kala-studio --screenshot-dir``: the smallest supported, and a laptop's.
@@ -45,29 +46,6 @@ def _wait(app, seconds: float) -> None:
         time.sleep(0.01)
 
 
-def _demo_run(run_dir: Path, data: Path, steps: int = 400) -> None:
-    """A run folder with illustrative curves (only used when the engine cannot train)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.json").write_text(json.dumps({"config": {
-        "base": "kala-tiny", "data": str(data), "max_steps": steps, "batch_size": 8,
-        "learning_rate": 1e-3, "ethics_weight": 1.0}}))
-    lines = []
-    for s in range(1, steps + 1):
-        noise = 0.08 * math.sin(s * 1.7) + 0.05 * math.cos(s * 0.31)
-        m = {"step": s, "epoch": s / 200, "lm_loss": 2.1 + 6.2 * math.exp(-s / 60) + noise,
-             "ethics_loss": 0.03 + 0.22 * math.exp(-s / 90) + noise / 8,
-             "lr": 1e-3 * min(1.0, s / 20) * (0.5 + 0.5 * math.cos(math.pi * s / steps)),
-             "tokens_per_s": 5200.0, "elapsed": s * 0.4}
-        for k in range(5):
-            m[f"law_loss_{k}"] = (0.012 + 0.004 * k) + (0.05 + 0.01 * k) * math.exp(-s / (70 + 15 * k)) + noise / 40
-        lines.append(json.dumps(m))
-        if s % 50 == 0:
-            lines.append(json.dumps({"step": s, "split": "validation", "lm_loss": m["lm_loss"] + 0.15,
-                                     "ethics_loss": m["ethics_loss"] + 0.01}))
-    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    (run_dir / "final").mkdir(exist_ok=True)
-
-
 def _fill_settings(train, config: dict, steps: list[dict]) -> None:
     """Set the Train page's base, data and hyperparameters to those the run was trained with."""
     from PySide6.QtWidgets import QCheckBox
@@ -91,19 +69,16 @@ def _fill_settings(train, config: dict, steps: list[dict]) -> None:
 
 def _show_finished_run(train, run_dir: Path) -> None:
     """Show a finished run's recorded curves and last step on the Train page, as after training."""
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
-    steps = [m for m in lines if m.get("split") != "validation" and "step" in m]
-    try:
-        info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        info = {}
-    _fill_settings(train, info.get("config") or {}, steps)
+    folder = RunFolder(run_dir)
+    steps, _validation = folder.read_metrics()
+    info = folder.read_info()
+    _fill_settings(train, folder.config(), steps)
     train._job_kind = "train"
     train.run_dir = run_dir
     train._reset_live(keep_overlay=False)
     train._load_existing_curves(run_dir)
     train._latest = steps[-1] if steps else {}
-    train._total_steps = int(info.get("total_steps") or (info.get("config") or {}).get("max_steps")
+    train._total_steps = int(info.get("total_steps") or folder.config().get("max_steps")
                              or (steps[-1]["step"] if steps else 0))
     train._job_kind = ""
     train._refresh_progress(force=True)
@@ -153,8 +128,8 @@ def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None,
     trained = False
     if run is not None:
         run = Path(run).resolve()
-        if not (run / "metrics.jsonl").is_file():
-            raise FileNotFoundError(f"{run} has no metrics.jsonl; give a run folder made by kala train or kala demo")
+        if not RunFolder(run).metrics_file.is_file():
+            raise FileNotFoundError(f"{run} has no recorded metrics; give a run folder made by kala train or kala demo")
         # "demo3-run" reads better than a bare "run" in the runs table
         linked = ctx.runs_dir / (run.name if run.name != "run" else f"{run.parent.name}-{run.name}")
         linked.symlink_to(run, target_is_directory=True)
@@ -183,26 +158,19 @@ def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None,
                     ctx.worker.wait_idle(120)
                 else:
                     _say(f"trained in {time.monotonic() - t0:.0f} s")
-                trained = train.run_dir is not None and (train.run_dir / "metrics.jsonl").is_file()
+                trained = train.run_dir is not None and RunFolder(train.run_dir).has_progress()
             for dlg in win.findChildren(__import__("kala_app.error_dialog", fromlist=["ErrorDialog"]).ErrorDialog):
                 dlg.close()
-        except Exception as e:  # noqa: BLE001 - fall back to a demo run for the picture
-            print(f"warning: training failed ({e}); the Train and Runs screenshots show a demo run", file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 - the pictures are still made, without a run
+            print(f"warning: training failed ({e})", file=sys.stderr)
     if not trained:
-        print("warning: kala_engine cannot train here; the Train and Runs screenshots show a demo run "
-              "with illustrative curves", file=sys.stderr)
-        demo = ctx.runs_dir / "20260101-120000-kala-tiny"
-        _demo_run(demo, data_path or Path("kala-3000-seed0.jsonl"))
-        _show_finished_run(train, demo)
+        print("warning: no run could be trained here; the Train and Runs screenshots show no run "
+              "(give a finished run with --run)", file=sys.stderr)
 
-    # the doctor panel, when the engine has a doctor
-    try:
-        engine_api._module("kala_engine.doctor")
-        _say("running the doctor")
-        train.run_doctor()
-        ctx.worker.wait_idle(120)
-    except engine_api.EngineUnavailable:
-        print("warning: kala_engine.doctor is missing; the doctor panel stays empty", file=sys.stderr)
+    # the doctor panel
+    _say("running the doctor")
+    train.run_doctor()
+    ctx.worker.wait_idle(120)
 
     final = train.run_dir / "final" if train.run_dir is not None else None
     if chat_and_eval and final is not None and (final / "config.json").is_file():
@@ -212,7 +180,7 @@ def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None,
     for width, height in sizes:
         win.resize(width, height)
         _wait(app, 0.3)
-        for key, _title, _m, _c in PAGES:
+        for key, _title, _cls in PAGES:
             win.show_page(key)
             page = win.pages[key]
             if key == "models" and hasattr(page, "rows"):  # its table is read on a thread when first shown

@@ -129,6 +129,17 @@ def probe_device(device: str = "auto") -> DeviceInfo:
     )
 
 
+def device_summary() -> str:
+    """One line for the app's status bar: the compute device the engine would use."""
+    import torch
+
+    if torch.cuda.is_available():
+        i = torch.cuda.current_device()
+        cap = ".".join(map(str, torch.cuda.get_device_capability(i)))
+        return f"CUDA {torch.cuda.get_device_name(i)} (sm {cap})"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
 def kernel_advice(cc: tuple[int, int], arch_list, torch_version: str) -> str:
     sm = f"sm_{cc[0]}{cc[1]}"
     fix = ("pip install torch==2.7.1 --index-url https://download.pytorch.org/whl/cu126"

@@ -1,20 +1,6 @@
-"""The pages of the main window, one module each: data, train, chat, evaluate, runs.
+"""The pages of the main window, one module each: data, models, train, chat, evaluate,
+runs (listed in ``kala_app.main_window.PAGES``).
 
 Every page is a QWidget constructed as ``Page(ctx)`` with the shared
 :class:`kala_app.context.AppContext`.
 """
-
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
-
-
-class PlaceholderPage(QWidget):
-    """Shown for a page whose module is not installed (yet)."""
-
-    def __init__(self, ctx, title: str):
-        super().__init__()
-        self.ctx = ctx
-        lay = QVBoxLayout(self)
-        label = QLabel(f"The {title} page is not available in this build.")
-        label.setObjectName("placeholder")
-        lay.addWidget(label)
-        lay.addStretch(1)

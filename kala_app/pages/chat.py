@@ -21,8 +21,6 @@ renamed engine function is fixed in one place.
 from __future__ import annotations
 
 import gc
-import importlib
-import inspect
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -55,7 +53,7 @@ from PySide6.QtWidgets import (
 from superqt import QFlowLayout
 
 from kala_engine.constitution import thresholds_in_force, violated_laws
-from kala_engine.jobs import JobError, TokenEvent
+from kala_engine.jobs import TokenEvent
 from kala_engine.runs import describe_model
 from kala_engine.runs import find_models as engine_find_models
 
@@ -78,18 +76,6 @@ DECOR_S = 0.1
 # ====================================================================== engine (one place)
 
 
-class GenerationUnavailable(JobError):
-    """kala_engine.generation is missing or does not offer a generation job."""
-
-
-def _call_with_supported(fn: Callable, **kwargs: Any) -> Any:
-    """Call ``fn`` with the keyword arguments it accepts (all of them if it takes ``**kwargs``)."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return fn(**kwargs)
-    return fn(**{k: v for k, v in kwargs.items() if k in params})
-
-
 def generation_job(model_dir: str, messages: list[dict[str, str]], settings: dict[str, Any]) -> Callable:
     """The engine's streaming generation job for a conversation (``job(emit, control) -> result``).
 
@@ -99,7 +85,7 @@ def generation_job(model_dir: str, messages: list[dict[str, str]], settings: dic
     job, on the worker thread, so the first Send does not freeze the window for seconds.
     """
     threshold = settings.get("threshold")
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         model=model_dir,
         prompt=list(messages),
         # None: the engine uses the model's calibrated per-law thresholds
@@ -112,16 +98,9 @@ def generation_job(model_dir: str, messages: list[dict[str, str]], settings: dic
     )
 
     def job(emit: Any, control: Any) -> Any:
-        try:
-            gen = importlib.import_module("kala_engine.generation")
-        except ModuleNotFoundError as e:
-            raise GenerationUnavailable(
-                "kala_engine.generation is not part of this installation; update KALA Studio") from e
-        fn = getattr(gen, "chat_job", None)
-        if fn is None:
-            raise GenerationUnavailable(
-                "kala_engine.generation offers no chat_job(); the app and the engine do not match")
-        return _call_with_supported(fn, **kwargs)(emit, control)
+        from kala_engine.generation import chat_job
+
+        return chat_job(**kwargs)(emit, control)
 
     return job
 
@@ -286,6 +265,9 @@ class ChatPage(QWidget):
     """Chat with a model; every token carries its five law scores (see the module docstring)."""
 
     reply_finished = Signal(object)  # the Outcome of the reply that just ended
+    #: a failed reply is shown in its bubble and the status line (traceback in its tooltip), not
+    #: again in the main window's error dialog
+    handles_job_errors = True
 
     def __init__(self, ctx: Any, store: ChatStore | None = None,
                  job_factory: Callable[[str, list[dict], dict], Callable] | None = None) -> None:
@@ -837,10 +819,11 @@ class ChatPage(QWidget):
         self.heatmap.set_path(None)
         self._reload_chat_list()
         self._freeze_gc(True)
-        self.ctx.worker.start(job, "chat")
+        self.ctx.worker.start(job, "chat", owner=self)
         self._flush_timer.start()
         self._update_buttons()
         self.status.setText("")
+        self.status.setToolTip("")
         return True
 
     def stop(self) -> None:
@@ -972,6 +955,7 @@ class ChatPage(QWidget):
         if self._user_widget is not None and self._user_widget.mini.scores() is None:
             self._user_widget.set_assessment(None)
         self.status.setText(f"Generation failed: {message}")
+        self.status.setToolTip(traceback)
         self._update_buttons()
 
     def _detach(self, keep_storing: bool = True) -> None:

@@ -194,10 +194,7 @@ class DataPage(QWidget):
         self.worker = ctx.worker
         self.law_titles = [law.title for law in ctx.constitution]
         law_short = [f"L{law.index} {law.name}" for law in ctx.constitution]
-        try:
-            self.kinds = engine_api.data_kinds()
-        except engine_api.EngineUnavailable:
-            self.kinds = []
+        self.kinds = engine_api.data_kinds()
         self.path: Path | None = None
         self.errors: list[tuple[int, str]] = []
         self._then = None

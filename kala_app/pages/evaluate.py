@@ -212,6 +212,9 @@ class EvaluatePage(QWidget):
     """Evaluate one or two models on a suite; results as a table and charts; save the report."""
 
     evaluation_finished = Signal(object)  # the report dict
+    #: a failed evaluation is shown in the status line (traceback in its tooltip), not again in the
+    #: main window's error dialog
+    handles_job_errors = True
 
     def __init__(self, ctx: Any, backend_factory: Callable[[str], Any] | None = None) -> None:
         super().__init__()
@@ -506,7 +509,8 @@ class EvaluatePage(QWidget):
         self._done_before = 0
         self._last_done = 0
         self.status.setText(f"Evaluating {len(models)} model(s) on {len(records)} prompts…")
-        self.ctx.worker.start(job, "evaluate")
+        self.status.setToolTip("")
+        self.ctx.worker.start(job, "evaluate", owner=self)
         self._tick.start()
         self._update_buttons()
         return True
@@ -566,6 +570,7 @@ class EvaluatePage(QWidget):
             self._active = False
             self._tick.stop()
             self.status.setText(f"Evaluation failed: {message}")
+            self.status.setToolTip(traceback)
             self._update_buttons()
 
     def _on_calibrated_toggled(self, on: bool) -> None:

@@ -306,18 +306,18 @@ def test_model_default_thresholds_come_from_config_json(qtbot, make_page, ctx) -
     # the real job factory passes thresholds=None to the engine (it then uses the calibration)
     seen = {}
 
-    class FakeGeneration:
-        @staticmethod
-        def chat_job(model, prompt, thresholds, temperature, top_p, max_new_tokens, output_layer_scores):
-            seen["thresholds"] = thresholds
-            return lambda emit, control: {"text": ""}
+    import kala_engine.generation as generation
 
-    real = chat_mod.importlib.import_module
-    chat_mod.importlib.import_module = lambda name: FakeGeneration if name == "kala_engine.generation" else real(name)
+    def fake_chat_job(model, prompt, thresholds, temperature, top_p, max_new_tokens, output_layer_scores, seed):
+        seen["thresholds"] = thresholds
+        return lambda emit, control: {"text": ""}
+
+    real = generation.chat_job
+    generation.chat_job = fake_chat_job
     try:
         chat_mod.generation_job(str(model), [{"role": "user", "content": "hi"}], page.settings())(None, None)
     finally:
-        chat_mod.importlib.import_module = real
+        generation.chat_job = real
     assert seen["thresholds"] is None
 
     assert page.send("Hello")

@@ -63,7 +63,8 @@ def window(qapp, tmp_path_factory):
 
     from kala_app.context import AppContext
     from kala_app.main_window import MainWindow
-    from kala_app.screenshots import _demo_run, _show_finished_run
+    from kala_app.screenshots import _show_finished_run
+    from tests.app.synthetic_run import write_synthetic_run
     from tests.app.test_chat_screenshots import BENIGN_PROMPT, ScriptedBackend, scripted_job_factory
 
     home = tmp_path_factory.mktemp("layout")
@@ -78,9 +79,9 @@ def window(qapp, tmp_path_factory):
     assert ctx.worker.wait_idle(120)
     _wait(0.3)
     run = ctx.runs_dir / "20261130-010000-kala-tiny"
-    _demo_run(run, Path(data.path), steps=120)
+    write_synthetic_run(run, Path(data.path), steps=120)
     _show_finished_run(win.pages["train"], run)
-    _demo_run(ctx.runs_dir / "20261130-020000-kala-tiny-second", Path(data.path), steps=80)
+    write_synthetic_run(ctx.runs_dir / "20261130-020000-kala-tiny-second", Path(data.path), steps=80)
     for name in ("scripted-a", "scripted-b"):
         (ctx.runs_dir / name / "final").mkdir(parents=True)
     chat = win.show_page("chat")
@@ -209,11 +210,12 @@ def test_screenshot_dir_renders_every_page_at_both_sizes(qapp, tmp_path, monkeyp
     from PySide6.QtGui import QImage
 
     from kala_app.main_window import PAGES
-    from kala_app.screenshots import SIZES, _demo_run, render_all
+    from kala_app.screenshots import SIZES, render_all
+    from tests.app.synthetic_run import write_synthetic_run
 
     monkeypatch.setenv("KALA_STUDIO_HOME", str(tmp_path / "home"))
     run = tmp_path / "20261130-010000-kala-tiny"
-    _demo_run(run, tmp_path / "d.jsonl", steps=50)
+    write_synthetic_run(run, tmp_path / "d.jsonl", steps=50)
     paths = render_all(tmp_path / "shots", run=run, chat_and_eval=False)
     assert SIZES == ((1024, 640), (1440, 900))
     assert sorted(p.name for p in paths) == sorted(f"{k}-{w}x{h}.png" for k, *_ in PAGES for w, h in SIZES)

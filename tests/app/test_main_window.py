@@ -6,7 +6,7 @@ import pytest
 from PySide6.QtCore import QSize
 
 from kala_app.context import AppContext
-from kala_app.main_window import PAGES, MainWindow, load_page_class
+from kala_app.main_window import PAGES, MainWindow
 from tests.app.fakes import fake_config, fake_train_job
 
 
@@ -28,33 +28,15 @@ def make_window(qtbot, studio_home):
 
 
 def test_pages_and_navigation(make_window):
+    """Every page is the real one (no placeholder, no optional-page guessing)."""
     w = make_window()
-    assert [w.nav.item(i).text() for i in range(w.nav.count())] == [t for _k, t, _m, _c in PAGES]
-    for key, _title, _mod, cls in PAGES:
+    assert [w.nav.item(i).text() for i in range(w.nav.count())] == [t for _k, t, _c in PAGES]
+    for key, _title, cls in PAGES:
         page = w.show_page(key)
         assert w.stack.currentWidget() is page
         assert w.current_page_key() == key
-        if load_page_class(_mod, cls) is not None:
-            assert type(page).__name__ == cls
+        assert type(page) is cls
     assert w.ctx.pages["train"] is w.pages["train"]
-
-
-def test_optional_page_missing_gives_placeholder_but_other_errors_raise(monkeypatch):
-    import importlib
-
-    real = importlib.import_module
-
-    def fake_import(name, *a):
-        if name == "kala_app.pages.evaluate":
-            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
-        if name == "kala_app.pages.chat":
-            raise ModuleNotFoundError("No module named 'somelib'", name="somelib")
-        return real(name, *a)
-
-    monkeypatch.setattr(importlib, "import_module", fake_import)
-    assert load_page_class("kala_app.pages.evaluate", "EvaluatePage") is None
-    with pytest.raises(ModuleNotFoundError, match="somelib"):
-        load_page_class("kala_app.pages.chat", "ChatPage")
 
 
 def test_geometry_page_and_quickstart_are_remembered(qtbot, make_window):
@@ -76,6 +58,25 @@ def test_status_bar_shows_device_and_running_job(qtbot, make_window):
     qtbot.waitUntil(lambda: "probing" not in w.device_label.text(), timeout=30000)
     assert w.device_label.text().startswith("device: ")
     assert "CPU" in w.device_label.text() or "CUDA" in w.device_label.text()
+
+
+def test_device_probe_delivers_on_the_ui_thread(qtbot, monkeypatch):
+    """The probe runs off the UI thread but emits ``found`` on it (no Qt emit from a plain thread)."""
+    import threading
+
+    from PySide6.QtCore import Qt
+
+    from kala_app import engine_api
+    from kala_app.main_window import _DeviceProbe
+
+    monkeypatch.setattr(engine_api, "device_summary", lambda: "CPU (test)")
+    probe = _DeviceProbe()
+    seen = []
+    # direct: the slot runs in whatever thread emits
+    probe.found.connect(lambda text: seen.append((text, threading.current_thread())), Qt.ConnectionType.DirectConnection)
+    probe.start()
+    qtbot.waitUntil(lambda: bool(seen), timeout=10000)
+    assert seen == [("CPU (test)", threading.main_thread())]
 
 
 def _start_fake_training(w, tmp_path, step_sleep=0.01):
@@ -117,9 +118,46 @@ def test_ctrl_1_to_5_switch_pages_and_ctrl_q_closes(qtbot, make_window):
     w = make_window()
     w.activateWindow()
     qtbot.waitActive(w)
-    for i, (key, _t, _m, _c) in enumerate(PAGES, start=1):
+    for i, (key, _t, _c) in enumerate(PAGES, start=1):
         qtbot.keyClick(w.windowHandle(), getattr(Qt.Key, f"Key_{i}"), Qt.KeyboardModifier.ControlModifier)
         assert w.current_page_key() == key
     assert "Ctrl+3" in w.nav.item(2).toolTip()
     qtbot.keyClick(w.windowHandle(), Qt.Key.Key_Q, Qt.KeyboardModifier.ControlModifier)
     qtbot.waitUntil(lambda: not w.isVisible(), timeout=5000)
+
+
+def test_chat_and_evaluate_failures_are_shown_once_on_their_page(qtbot, make_window, monkeypatch):
+    """A failed reply or evaluation is reported on its page, not again in the main window's dialog."""
+    import kala_app.main_window as mw
+
+    dialogs = []
+    monkeypatch.setattr(mw, "show_error", lambda *a, **k: dialogs.append(a))
+    w = make_window(show_quickstart=False)
+    model = w.ctx.runs_dir / "run-1" / "final"
+    model.mkdir(parents=True)
+
+    def failing_job(emit, control):
+        raise RuntimeError("boom in the job")
+
+    chat = w.show_page("chat")
+    chat.job_factory = lambda model, messages, settings: failing_job
+    chat.open_model(model)
+    assert chat.send("hello")
+    qtbot.waitUntil(lambda: not chat.is_generating(), timeout=15000)
+    assert "boom in the job" in chat.status.text()
+    assert "RuntimeError" in chat.status.toolTip()  # the traceback stays reachable
+
+    class FailingBackend:
+        name = "x"
+        law_names = ["a", "b", "c", "d", "e"]
+
+        def assess_and_reply(self, prompt, *, threshold, max_new_tokens):
+            raise RuntimeError("boom in the backend")
+
+    ev = w.show_page("evaluate")
+    ev.backend_factory = lambda path: FailingBackend()
+    ev.set_models(model)
+    assert ev.run()
+    qtbot.waitUntil(lambda: not ev.is_running(), timeout=15000)
+    assert "boom in the backend" in ev.status.text()
+    assert dialogs == []

@@ -74,7 +74,7 @@ def test_one_parser_of_the_format():
     """run.json, metrics.jsonl and the checkpoints folder are spelled in run_folder.py only."""
     spelled = []
     for p in [*ROOT.glob("kala_engine/**/*.py"), *ROOT.glob("kala_app/**/*.py")]:
-        if p.name in ("run_folder.py", "screenshots.py"):  # screenshots lays out a synthetic run (issue 14, item 7)
+        if p.name == "run_folder.py":
             continue
         for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and node.value in ("run.json", "metrics.jsonl", "checkpoints"):
