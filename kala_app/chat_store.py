@@ -447,6 +447,27 @@ class ChatStore:
 
     # ------------------------------------------------------------ opening whatever is there
 
+    def _open_read_only(self, detail: str) -> bool:
+        """Open a database from a newer KALA Studio (or SQLite) read-only; False when SQLite cannot
+        read it at all (then it is damaged, not newer)."""
+        con = None
+        try:
+            con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0,
+                                  isolation_level=None)
+            con.row_factory = sqlite3.Row
+            con.text_factory = _text_factory
+            con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error:
+            if con is not None:
+                con.close()
+            return False
+        self._db = con
+        self.read_only = True
+        self.notices.append(f"The chat history {self.path} {detail.removeprefix('it ')}. It is open read-only: "
+                            f"your chats are shown, but nothing new is saved. Update KALA Studio to keep "
+                            f"chatting with your history.")
+        return True
+
     def _open(self, recover: bool) -> None:
         path = self.path
         try:
@@ -454,6 +475,10 @@ class ChatStore:
         except OSError as e:
             return self._fallback(recover, f"the folder {path.parent} cannot be made ({e.strerror or e})")
         verdict, detail = inspect_database(path)
+        if verdict == "newer" and self._open_read_only(detail):
+            return None
+        if verdict == "newer":  # not even readable as a newer file: it is damaged, keep it aside
+            verdict, detail = "corrupt", f"{detail}, but SQLite cannot read it"
         if verdict in ("corrupt", "foreign"):
             if not recover:
                 raise OSError(f"{path}: {detail}")
@@ -478,20 +503,6 @@ class ChatStore:
                                     f"was started.")
         elif verdict in ("busy", "io"):
             return self._fallback(recover, f"{path} cannot be used now ({detail})")
-        elif verdict == "newer":
-            try:
-                self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0,
-                                           isolation_level=None)
-                self._db.row_factory = sqlite3.Row
-                self._db.text_factory = _text_factory
-                self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-            except sqlite3.Error as e:
-                return self._fallback(recover, f"{path}: {detail}, and it cannot be opened read-only ({e})")
-            self.read_only = True
-            self.notices.append(f"The chat history {path} {detail.removeprefix('it ')}. It is open read-only: "
-                                f"your chats are shown, but nothing new is saved. Update KALA Studio to keep "
-                                f"chatting with your history.")
-            return None
         for attempt in (1, 2):
             try:
                 self._connect(path)
