@@ -446,7 +446,7 @@ class ChatPage(QWidget):
         self.send_button.setStyleSheet(
             "QPushButton { background: #2f6fb0; color: white; border-radius: 6px; padding: 6px 16px; font-weight: 600; }"
             "QPushButton:disabled { background: #a9bdd3; }")
-        self.send_button.clicked.connect(self.send)
+        self.send_button.clicked.connect(lambda: self.send())  # not clicked(bool): send(False) would send "False"
         self.stop_button = QPushButton("Stop")
         self.stop_button.setToolTip("Stop the reply now (what was written so far is kept)")
         self.stop_button.clicked.connect(self.stop)

@@ -106,6 +106,21 @@ def test_model_picker_lists_final_and_checkpoints(make_page, ctx) -> None:
     assert labels == ["run-1 · final", "run-1 · step-100", "run-1 · step-20"]
 
 
+def test_clicking_send_sends_the_composers_text(qtbot, make_page) -> None:
+    """The real button, as a person clicks it (QPushButton.clicked carries a bool: the page must
+    not take it for the text to send; in a real window Send raised AttributeError every time)."""
+    from PySide6.QtCore import Qt
+
+    words = ["Rivers", " flow", "."]
+    page = make_page(fake_factory(words, delay=0.0))
+    page.input.setPlainText("How do rivers form?")
+    qtbot.mouseClick(page.send_button, Qt.MouseButton.LeftButton)
+    _wait_reply(qtbot, page)
+    assert page.current_reply().text() == "".join(words)
+    chat = page.store.get_chat(page.chat_id)
+    assert chat.title == "How do rivers form?" and page.input.toPlainText() == ""
+
+
 def test_tokens_appear_one_by_one_and_a_click_sets_the_gauge(qtbot, make_page) -> None:
     words = ["Rivers", " carry", " water", " from", " hills", " to", " the", " sea", "."]
     page = make_page(fake_factory(words, delay=0.06))
