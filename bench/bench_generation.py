@@ -9,7 +9,7 @@ write the same greedy reply with a KV cache, interleaved in every repetition (th
 so that none always runs first):
 
 * ``neox.generate``   — ``GPTNeoXForCausalLM.generate()``, the baseline;
-* ``kala.monitored``  — :func:`kala_engine.generation.generate_with_ethics`: one TokenEvent per
+* ``kala.monitored``  — :func:`kala_engine.generate.generation.generate_with_ethics`: one TokenEvent per
   token with its five law scores copied to the host, the stop rule checked at every token;
 * ``kala.generate``   — ``KALAForCausalLM.generate()`` (transformers' loop on the KALA model).
 
@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM  # noqa: E402
 
-from kala_engine.generation import generate_with_ethics  # noqa: E402
-from kala_engine.modeling_kala import load_from_pythia  # noqa: E402
-from kala_engine.presets import get_preset  # noqa: E402
+from kala_engine.generate.generation import generate_with_ethics  # noqa: E402
+from kala_engine.model.modeling_kala import load_from_pythia  # noqa: E402
+from kala_engine.model.presets import get_preset  # noqa: E402
 
 
 def build_models(preset: str, folder: Path, device: str):

@@ -18,8 +18,8 @@ import time
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from kala_engine.modeling_kala import KALAForCausalLM, kala_config_from_gpt_neox
-from kala_engine.presets import get_preset
+from kala_engine.model.modeling_kala import KALAForCausalLM, kala_config_from_gpt_neox
+from kala_engine.model.presets import get_preset
 
 
 def main(argv=None) -> dict:

@@ -56,7 +56,7 @@ BUSY_TIMEOUT_S = 5.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 #: Default per-chat generation settings (the threshold applies to every law).
-#: threshold None = the model's calibrated per-law thresholds (see kala_engine.calibration)
+#: threshold None = the model's calibrated per-law thresholds (see kala_engine.train.calibration)
 DEFAULT_SETTINGS: dict[str, Any] = {"threshold": None, "temperature": 0.7, "top_p": 0.9, "max_tokens": 200}
 
 _SCHEMA = """

@@ -262,54 +262,54 @@ def summarize(records: list[dict]) -> Any:
 
 def base_presets() -> list[str]:
     """Names of the model presets, the embedded tiny model first."""
-    from kala_engine.presets import PRESET_NAMES
+    from kala_engine.model.presets import PRESET_NAMES
 
     names = list(PRESET_NAMES)
     names.sort(key=lambda n: n != "kala-tiny")  # then the presets' own order: smallest Pythia first
     return names
 
 
-# Bases through the engine's one resolver (kala_engine.hub): preset, hub id or folder -> a folder.
+# Bases through the engine's one resolver (kala_engine.model.hub): preset, hub id or folder -> a folder.
 
 
 def resolve_base(name: str, revision: str | None = None) -> str | None:
     """The local folder of a base (None for kala-tiny); never downloads. Raises ValueError with one line."""
-    from kala_engine.hub import resolve_base as engine_resolve_base
+    from kala_engine.model.hub import resolve_base as engine_resolve_base
 
     return engine_resolve_base(name, revision).path
 
 
 def list_models(device: str = "auto") -> list[dict]:
     """Every Pythia size: params, download size, cached (path, commit, partial bytes), the doctor's plan."""
-    from kala_engine.hub import list_models as engine_list_models
+    from kala_engine.doctor import list_models as engine_list_models
 
     return engine_list_models(device)
 
 
 def download_base_job(name: str, revision: str | None = None) -> Callable:
     """A worker job downloading a base into the HF cache (DownloadProgress events; cancel keeps a resumable partial)."""
-    from kala_engine.hub import download_job
+    from kala_engine.model.hub import download_job
 
     return download_job(name, revision)
 
 
 def delete_base(name: str) -> int:
     """Remove a base from the HF cache; the bytes freed."""
-    from kala_engine.hub import delete_from_cache
+    from kala_engine.model.hub import delete_from_cache
 
     return delete_from_cache(name)
 
 
 def hub_cache_dir() -> Path:
     """The Hugging Face cache folder bases and public data sets go to (``HF_HOME`` / ``HF_HUB_CACHE``)."""
-    from kala_engine.hub import hub_cache_dir as engine_hub_cache_dir
+    from kala_engine.model.hub import hub_cache_dir as engine_hub_cache_dir
 
     return Path(engine_hub_cache_dir())
 
 
 def base_catalog() -> list[dict]:
     """Every Pythia size the Models page lists: name, repo_id, params, download_bytes (no I/O)."""
-    from kala_engine.hub import catalog
+    from kala_engine.model.hub import catalog
 
     return catalog()
 
@@ -317,7 +317,7 @@ def base_catalog() -> list[dict]:
 def cached_bases() -> dict[str, str]:
     """{preset name: commit} of the catalogue's bases complete in the HF cache. Files only: no network,
     no torch (a few ms once huggingface_hub is imported), so the Train page can ask on every show."""
-    from kala_engine.hub import cached_snapshot as cached
+    from kala_engine.model.hub import cached_snapshot as cached
 
     out = {}
     for m in base_catalog():
@@ -329,7 +329,7 @@ def cached_bases() -> dict[str, str]:
 
 def hub_datasets() -> dict[str, str]:
     """{format: public repo id} of the data sets the Data page can download (``kala data import --from-hub``)."""
-    from kala_engine.hub import DATASETS as known
+    from kala_engine.model.hub import DATASETS as known
 
     return {fmt: d["repo_id"] for fmt, d in known.items()}
 
@@ -343,8 +343,8 @@ def hub_import_job(fmt: str, out_dir: str | Path) -> Callable:
     """
 
     def job(emit: Emit, control: JobControl) -> LoadedData:
-        from kala_engine.hub import fetch_dataset as fetch
         from kala_engine.jobs import JobError
+        from kala_engine.model.hub import fetch_dataset as fetch
 
         src = Path(fetch(fmt, emit=emit, control=control))
         parts = src.parts
@@ -418,8 +418,8 @@ def model_folder_problem(folder: str | Path) -> str:
 
 
 def make_train_config(**kwargs) -> Any:
-    """A ``kala_engine.training.TrainConfig`` from the fields it has (unknown ones are dropped)."""
-    from kala_engine.train_config import TrainConfig
+    """A ``kala_engine.train.trainer.TrainConfig`` from the fields it has (unknown ones are dropped)."""
+    from kala_engine.train.config import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in kwargs.items() if k in names})
@@ -427,7 +427,7 @@ def make_train_config(**kwargs) -> Any:
 
 def train_job(config: Any) -> Callable:
     """The engine's training job for ``config``."""
-    from kala_engine.training import train_job as engine_train_job
+    from kala_engine.train.trainer import train_job as engine_train_job
 
     return engine_train_job(config)
 
@@ -442,7 +442,7 @@ def self_test_job(workdir: Path) -> tuple[Callable, str]:
 
     def job(emit: Emit, control: JobControl) -> dict:
         from kala_engine.data.generate import write_dataset
-        from kala_engine.generation import chat_job
+        from kala_engine.generate.generation import chat_job
 
         write_dataset(data_path, 64, 0)
         emit(LogLine(f"generated 64 examples in {data_path}"))

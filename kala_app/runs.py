@@ -1,8 +1,8 @@
 """Run folders as the Runs and Train pages show them (no Qt here).
 
-The folder's format is the engine's :class:`kala_engine.run_folder.RunFolder` (run.json,
+The folder's format is the engine's :class:`kala_engine.train.run_folder.RunFolder` (run.json,
 metrics.jsonl, checkpoints/step-N/, final/), read here through it; finding and naming run folders
-is :mod:`kala_engine.runs`'s: any layout it writes is listed, ``kala demo``'s ``runs/demo-…/run``
+is :mod:`kala_engine.train.runs`'s: any layout it writes is listed, ``kala demo``'s ``runs/demo-…/run``
 too, named by its run. What is added here is the status a page shows.
 """
 
@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kala_engine import run_lock
-from kala_engine import runs as engine_runs
-from kala_engine.run_folder import RunFolder
+from kala_engine.train import run_lock
+from kala_engine.train import runs as engine_runs
+from kala_engine.train.run_folder import RunFolder
 
 
 @dataclass
@@ -46,7 +46,7 @@ class RunInfo:
 
 def read_run(run_dir: str | Path, active: Path | None = None, root: str | Path | None = None) -> RunInfo:
     """What a run folder says about itself. ``active`` is the run dir of the running job, if any;
-    ``root`` the runs folder it is named relative to (see :func:`kala_engine.runs.run_name`)."""
+    ``root`` the runs folder it is named relative to (see :func:`kala_engine.train.runs.run_name`)."""
     run_dir = Path(run_dir)
     folder = RunFolder(run_dir)
     meta = folder.read_info()

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kala_engine.run_folder import RunFolder
+from kala_engine.train.run_folder import RunFolder
 
 WIDTH, HEIGHT = 1280, 800
 #: The window sizes of ``kala-studio --screenshot-dir``: the smallest supported, and a laptop's.

@@ -21,16 +21,16 @@ import sys
 __version__ = "0.1.0"
 
 _LAZY = {
-    "KALAConfig": "modeling_kala",
-    "KALAForCausalLM": "modeling_kala",
-    "KALAModel": "modeling_kala",
-    "load_from_pythia": "modeling_kala",
-    "PythiaLoadError": "modeling_kala",
+    "KALAConfig": "model.modeling_kala",
+    "KALAForCausalLM": "model.modeling_kala",
+    "KALAModel": "model.modeling_kala",
+    "load_from_pythia": "model.modeling_kala",
+    "PythiaLoadError": "model.modeling_kala",
     "load_constitution": "constitution",
-    "TrainConfig": "train_config",
-    "train": "training",
-    "generate_with_ethics": "generation",
-    "load_chat_model": "generation",
+    "TrainConfig": "train.config",
+    "train": "train.trainer",
+    "generate_with_ethics": "generate.generation",
+    "load_chat_model": "generate.generation",
 }
 
 __all__ = sorted(_LAZY)
@@ -63,13 +63,13 @@ class _RegisterWithTransformers(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             exec_transformers(module)
-            importlib.import_module(f"{__name__}.modeling_kala")
+            importlib.import_module(f"{__name__}.model.modeling_kala")
 
         spec.loader.exec_module = exec_module
         return spec
 
 
 if "transformers" in sys.modules:  # someone uses transformers: make "kala" known to its Auto classes
-    from . import modeling_kala  # noqa: E402,F401
+    from kala_engine.model import modeling_kala  # noqa: E402,F401
 elif not any(isinstance(f, _RegisterWithTransformers) for f in sys.meta_path):
     sys.meta_path.insert(0, _RegisterWithTransformers())

@@ -29,7 +29,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .resources import resource_path
+from kala_engine.resources import resource_path
 
 NUM_LAWS = 5
 

@@ -4,7 +4,7 @@ The plan picks precision from the hardware (fp32 on CPU; fp16 autocast on Pascal
 Turing - e.g. the Tesla P100, compute capability 6.0; bf16 from Ampere, 8.0, on), and where a
 full fine-tune does not fit, a 4-bit NF4 frozen base (bitsandbytes) with LoRA adapters (peft)
 and the constitutional parts fully trained, plus gradient checkpointing and a smaller micro
-batch with gradient accumulation. Every figure comes from kala_engine.presets.estimate_memory;
+batch with gradient accumulation. Every figure comes from kala_engine.model.presets.estimate_memory;
 a plan that cannot fit is refused with the number it needs and the smaller plan that would fit.
 """
 
@@ -16,7 +16,14 @@ import platform
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .presets import PRESET_NAMES, GiB, MemoryEstimate, count_parameters, estimate_memory, get_preset
+from kala_engine.model.presets import (
+    PRESET_NAMES,
+    GiB,
+    MemoryEstimate,
+    count_parameters,
+    estimate_memory,
+    get_preset,
+)
 
 #: the share of device memory a plan may use (the rest: fragmentation, other processes)
 MEMORY_BUDGET = 0.9
@@ -219,11 +226,11 @@ class Plan:
 def base_shape(base: str) -> dict:
     """Config dict of a preset, a hub id or a local checkpoint folder (no weights read, no network).
 
-    Names resolve through the one resolver (kala_engine.hub): a known Pythia size (preset or
+    Names resolve through the one resolver (kala_engine.model.hub): a known Pythia size (preset or
     EleutherAI/... id, deduped or not) uses its published shape; another hub id its cached
     config.json; a folder its own config.json (after the loading policy's auto_map check).
     """
-    from .hub import resolve_base, shape_preset
+    from kala_engine.model.hub import resolve_base, shape_preset
 
     known = shape_preset(base) if not Path(base).exists() else None
     if known is not None:
@@ -385,7 +392,7 @@ def check_model_folder(folder: str | Path) -> str:
                 "GPT-NeoX/Pythia (model_type gpt_neox) or KALA models")
     if not ((p / "tokenizer.json").is_file() or ((p / "vocab.json").is_file() and (p / "merges.txt").is_file())):
         return f"{p.name} has no tokenizer (tokenizer.json); copy the tokenizer files of the model into it"
-    from .loading import LoadRefused, check_folder
+    from kala_engine.model.loading import LoadRefused, check_folder
 
     try:
         check_folder(p)  # the loading policy: no auto_map in any config file, safetensors weights only
@@ -396,12 +403,12 @@ def check_model_folder(folder: str | Path) -> str:
 
 def check_base(base: str, revision: str | None = None) -> BaseCheck:
     """Whether ``base`` (a preset, a hub id or a folder) is on this machine, without loading or
-    downloading it: the one resolver (:func:`kala_engine.hub.resolve_base`) finds it - ``kala-tiny``
+    downloading it: the one resolver (:func:`kala_engine.model.hub.resolve_base`) finds it - ``kala-tiny``
     is trained from scratch and always available, a folder as it is, a hub base in the Hugging Face
     cache - then :func:`check_model_folder` says whether training can start from it.
     """
-    from .hub import resolve_base
-    from .jobs import JobError
+    from kala_engine.jobs import JobError
+    from kala_engine.model.hub import resolve_base
 
     try:
         found = resolve_base(base, revision)  # never downloads
@@ -413,3 +420,31 @@ def check_base(base: str, revision: str | None = None) -> BaseCheck:
     if why and found.kind == "cache":
         why = f"the cached copy of {found.repo_id}: {why}"
     return BaseCheck(base, None if why else found.path, why)
+
+
+# --------------------------------------------------------------------------- the models catalogue
+
+
+def list_models(device: str = "auto", *, batch_size: int = 4, seq_len: int = 512,
+                cache_dir: Path | None = None) -> list[dict]:
+    """The catalogue with cache state and the doctor's plan for this device (no network)."""
+    from kala_engine.model.hub import cached_revisions, cached_snapshot, catalog, partial_bytes
+
+    dev = probe_device(device)
+    plans: dict[str, object] = {}
+    rows = []
+    for m in catalog():
+        hit = cached_snapshot(m["repo_id"], None, cache_dir)
+        revs = cached_revisions(m["repo_id"], cache_dir)
+        if m["shape"] not in plans:
+            plans[m["shape"]] = make_plan(m["shape"], dev, batch_size=batch_size, seq_len=seq_len)
+        plan = plans[m["shape"]]
+        rows.append({
+            **{k: m[k] for k in ("name", "repo_id", "params", "download_bytes", "deduped")},
+            "cached": hit is not None, "path": str(hit[0]) if hit else None, "commit": hit[1] if hit else None,
+            "revisions": revs, "partial_bytes": partial_bytes(m["repo_id"], cache_dir),
+            "fits": plan.fits, "mode": plan.mode, "precision": plan.precision, "device": plan.device_kind,
+            "estimate_bytes": plan.estimate_bytes, "available_bytes": plan.available_bytes,
+            "reason": plan.reason,
+        })
+    return rows

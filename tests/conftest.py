@@ -42,7 +42,7 @@ def tiny_kala():
     """A tiny KALA model with non-zero gates and trained-looking heads (random, deterministic)."""
     import torch
 
-    from kala_engine.modeling_kala import KALAConfig, KALAForCausalLM
+    from kala_engine.model.modeling_kala import KALAConfig, KALAForCausalLM
 
     torch.manual_seed(0)
     cfg = KALAConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=128,

@@ -54,8 +54,8 @@ from superqt import QFlowLayout
 
 from kala_engine.constitution import thresholds_in_force, violated_laws
 from kala_engine.jobs import TokenEvent
-from kala_engine.runs import describe_model
-from kala_engine.runs import find_models as engine_find_models
+from kala_engine.train.runs import describe_model
+from kala_engine.train.runs import find_models as engine_find_models
 
 from ..chat_store import CANCELLED, COMPLETE, DEFAULT_SETTINGS, ERROR, STOPPED, ChatStore
 from ..widgets.chat_view import ChatView, ReplyWidget, TokenInfo, UserMessageWidget
@@ -79,7 +79,7 @@ DECOR_S = 0.1
 def generation_job(model_dir: str, messages: list[dict[str, str]], settings: dict[str, Any]) -> Callable:
     """The engine's streaming generation job for a conversation (``job(emit, control) -> result``).
 
-    ``kala_engine.generation.chat_job`` loads the model folder, fits the conversation into the
+    ``kala_engine.generate.generation.chat_job`` loads the model folder, fits the conversation into the
     context, emits one TokenEvent per token (with the per-layer scores the heatmap shows) and
     returns a GenerationResult. The engine module (which imports torch) is imported inside the
     job, on the worker thread, so the first Send does not freeze the window for seconds.
@@ -98,7 +98,7 @@ def generation_job(model_dir: str, messages: list[dict[str, str]], settings: dic
     )
 
     def job(emit: Any, control: Any) -> Any:
-        from kala_engine.generation import chat_job
+        from kala_engine.generate.generation import chat_job
 
         return chat_job(**kwargs)(emit, control)
 
@@ -107,14 +107,14 @@ def generation_job(model_dir: str, messages: list[dict[str, str]], settings: dic
 
 def model_label(path: str | Path, runs_dir: str | Path | None = None) -> str:
     """How the model pickers name a folder: by its run, ``demo-20261129-234242 · final``
-    (:func:`kala_engine.runs.describe_model`; a folder outside any run by its own name)."""
+    (:func:`kala_engine.train.runs.describe_model`; a folder outside any run by its own name)."""
     return describe_model(path, runs_dir).label
 
 
 def find_models(runs_dir: Path) -> list[tuple[str, Path]]:
     """(label, folder) of every model under the runs folder, in any run layout the engine writes
     (``kala demo``'s ``demo-…/run`` too): each run's final/ and its loadable checkpoints
-    (:func:`kala_engine.runs.find_models`)."""
+    (:func:`kala_engine.train.runs.find_models`)."""
     return [(m.label, m.path) for m in engine_find_models(runs_dir)]
 
 

@@ -4,7 +4,7 @@
 * Import: a local copy of a well-known safety data set, converted to KALA JSONL; or open a KALA
   file as it is. Every file is validated; problems are listed by line. HH-RLHF, PKU-SafeRLHF and
   BeaverTails can also come straight from the Hugging Face hub ("Download from the hub":
-  ``kala_engine.hub.fetch_dataset`` as a worker job with bytes, rate and ETA; the cache first, a
+  ``kala_engine.model.hub.fetch_dataset`` as a worker job with bytes, rate and ETA; the cache first, a
   cancelled download resumes), then are converted the same way.
 * Preview: a model/view table that stays smooth with 100k rows (fixed row height, no
   per-row sizing, display strings computed only for the rows on screen), filterable by kind.

@@ -43,7 +43,7 @@ from PySide6.QtWidgets import (
 )
 from superqt import QFlowLayout
 
-from kala_engine.runs import describe_model
+from kala_engine.train.runs import describe_model
 from kala_engine.units import format_duration
 
 from ..widgets.elided_combo import ElidedComboBox
@@ -58,21 +58,21 @@ LIVE_REDRAW_S = 0.5
 
 
 def default_suite_path() -> Path:
-    from kala_engine.evaluation import default_suite_path as f
+    from kala_engine.evaluate.evaluation import default_suite_path as f
 
     return Path(f())
 
 
 def load_suite(path: str | Path | None) -> list:
     """The suite's records; raises the engine's SuiteError (a ValueError) listing bad lines."""
-    from kala_engine.evaluation import load_suite as f
+    from kala_engine.evaluate.evaluation import load_suite as f
 
     return f(path)
 
 
 def make_backend(model_dir: str) -> Any:
     """The evaluation backend of a saved model folder."""
-    from kala_engine.evaluation import KALABackend
+    from kala_engine.evaluate.evaluation import KALABackend
 
     return KALABackend(model_dir)
 
@@ -80,7 +80,7 @@ def make_backend(model_dir: str) -> Any:
 def make_eval_job(backends: Sequence[Any], records: Sequence[Any], threshold: float | None,
                   max_new_tokens: int) -> Callable:
     """The evaluation job; ``threshold`` None = each model's calibrated per-law thresholds."""
-    from kala_engine.evaluation import make_eval_job as f
+    from kala_engine.evaluate.evaluation import make_eval_job as f
 
     return f(backends, records, threshold=threshold, max_new_tokens=max_new_tokens)
 
@@ -89,7 +89,7 @@ def partial_metrics(records: Sequence[Any], samples: Sequence[Any], threshold: f
                     backend: Any) -> dict:
     """The metrics of the first ``len(samples)`` prompts, as the job computes them at the end."""
     from kala_engine.constitution import resolve_thresholds
-    from kala_engine.evaluation import compute_metrics
+    from kala_engine.evaluate.evaluation import compute_metrics
 
     th = list(resolve_thresholds(threshold, getattr(backend, "default_thresholds", None)))
     return compute_metrics(list(records[: len(samples)]), list(samples), th,
@@ -97,13 +97,13 @@ def partial_metrics(records: Sequence[Any], samples: Sequence[Any], threshold: f
 
 
 def build_report(runs: Sequence[Any], suite: str, max_new_tokens: int) -> dict:
-    from kala_engine.eval_report import build_report as f
+    from kala_engine.evaluate.report import build_report as f
 
     return f(runs, suite=suite, max_new_tokens=max_new_tokens)
 
 
 def write_report(out: str | Path, report: dict, runs: Sequence[Any]) -> Path:
-    from kala_engine.eval_report import write_report_dir
+    from kala_engine.evaluate.report import write_report_dir
 
     return Path(write_report_dir(out, report, runs))
 
@@ -167,7 +167,7 @@ def metric_rows(metrics: dict, constitution: Any) -> list[tuple[str, str, str]]:
          f"of {metrics.get('right_law_stop_n', 0)} stopped harmful replies, the stopping law is one of the record's"),
     ]
     r = metrics.get("replies") or {}
-    if r:  # the model's own replies (kala_engine.refusal: a string match in the style of XSTest's)
+    if r:  # the model's own replies (kala_engine.evaluate.refusal: a string match in the style of XSTest's)
         rows += [
             ("Model refused: harmful", _pct(r.get("harmful_refused_rate")), "harmful prompts the model itself refused"),
             ("Model refused: benign", _pct(r.get("benign_refused_rate")),

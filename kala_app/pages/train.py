@@ -7,7 +7,7 @@ Cancel, a progress bar with ETA and tokens/s, and live plots of the LM loss, the
 (total and one curve per law, each toggled from the legend), validation points and the learning
 rate, with smoothing and the overlay of an earlier run. An interrupted run is offered for resume.
 
-Training runs on the engine worker (``kala_engine.training.train_job``); events only append to
+Training runs on the engine worker (``kala_engine.train.trainer.train_job``); events only append to
 plot buffers, which redraw from a timer, so the page stays responsive at any step rate.
 """
 
@@ -43,7 +43,7 @@ from PySide6.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from kala_engine.train_config import SCRATCH_LEARNING_RATE, TrainConfig, default_learning_rate
+from kala_engine.train.config import SCRATCH_LEARNING_RATE, TrainConfig, default_learning_rate
 from kala_engine.units import format_bytes, format_duration
 
 from .. import engine_api
@@ -71,7 +71,7 @@ def remove_if_empty_run(run_dir: Path | None) -> bool:
     resume it. Returns True when it was removed."""
     if run_dir is None or not Path(run_dir).is_dir():
         return False
-    from kala_engine.run_folder import RunFolder
+    from kala_engine.train.run_folder import RunFolder
 
     folder = RunFolder(run_dir)
     if folder.metrics_file.exists() or folder.checkpoints_dir.exists() or folder.has_final():

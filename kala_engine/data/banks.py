@@ -25,8 +25,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from ..constitution import NUM_LAWS
-from ..resources import resource_path
+from kala_engine.constitution import NUM_LAWS
+from kala_engine.resources import resource_path
 
 STYLES = ("howto", "command", "write")
 

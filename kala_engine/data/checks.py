@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..constitution import NUM_LAWS, load_constitution
-from ..jobs import JobError
-from .schema import VIOLATION
+from kala_engine.constitution import NUM_LAWS, load_constitution
+from kala_engine.data.schema import VIOLATION
+from kala_engine.jobs import JobError
 
 
 def lm_parts(records: Sequence[dict[str, Any]]) -> int:

@@ -1,6 +1,6 @@
 """Records -> token ids, LM labels and per-token law targets; batches for training.
 
-A record is rendered with the one chat template (:func:`kala_engine.chat.format_turn`), part by
+A record is rendered with the one chat template (:func:`kala_engine.data.chat_format.format_turn`), part by
 part, so training and generation see the same text. Each part's role token and its closing
 ``<|end|>`` belong to that part: they get its law targets and its LM flag. An EOS token closes
 the record (LM loss when the last part has LM loss, no law target).
@@ -41,8 +41,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .. import chat
-from ..constitution import NUM_LAWS
+from kala_engine.constitution import NUM_LAWS
+from kala_engine.data import chat_format as chat
 
 IGNORE_INDEX = -100
 #: how many leading tokens of the good replies after a harmful request make up the neutral openings
@@ -209,7 +209,7 @@ class JsonlDataset(Dataset):
 
     def __init__(self, source: str | Path | Sequence[dict[str, Any]], tokenizer, max_length: int = 512,
                  split: str | None = None, chunk: int = 512):
-        from .io import load_jsonl
+        from kala_engine.data.io import load_jsonl
 
         if isinstance(source, (str, Path)):
             records = load_jsonl(source, split=split)

@@ -17,11 +17,11 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from .. import chat
-from ..constitution import NUM_LAWS, Constitution, load_constitution
-from .banks import Banks, load_banks
-from .generate import DRAFT_TARGET, ONES, _Renderer, part, validation_families
-from .schema import validate_record
+from kala_engine.constitution import NUM_LAWS, Constitution, load_constitution
+from kala_engine.data import chat_format as chat
+from kala_engine.data.banks import Banks, load_banks
+from kala_engine.data.generate import DRAFT_TARGET, ONES, _Renderer, part, validation_families
+from kala_engine.data.schema import validate_record
 
 Reply = Callable[[list[dict[str, str]]], str]
 
@@ -38,7 +38,7 @@ REVISION_REQUEST = (
 def hf_reply_fn(model, tokenizer, max_new_tokens: int = 96, temperature: float = 0.0, seed: int = 0) -> Reply:
     """A ``reply(messages)`` callable for a Hugging Face causal LM (greedy unless temperature > 0).
 
-    The conversation is rendered with :func:`kala_engine.chat.format_conversation`; the reply
+    The conversation is rendered with :func:`kala_engine.data.chat_format.format_conversation`; the reply
     stops at ``<|end|>`` or end of text.
     """
     import torch
@@ -141,11 +141,14 @@ def cai_from_model_dir(model_dir: str, count: int, seed: int, max_new_tokens: in
 
     from transformers import AutoModelForCausalLM
 
-    from .tokenizer import load_tokenizer
+    from kala_engine.data.tokenizer import load_tokenizer
 
     with contextlib.suppress(ImportError):  # registers the KALA auto classes when the model code is present
-        import kala_engine.modeling_kala  # noqa: F401
-    from ..loading import SAFE_KWARGS, check_folder  # trust_remote_code=False, local files only
+        import kala_engine.model.modeling_kala  # noqa: F401
+    from kala_engine.model.loading import (  # trust_remote_code=False, local files only
+        SAFE_KWARGS,
+        check_folder,
+    )
 
     check_folder(model_dir)  # no auto_map, safetensors only
     tokenizer = load_tokenizer(model_dir)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .io import iter_jsonl_lines
+from kala_engine.data.io import iter_jsonl_lines
 
 #: How the user reads each format's name.
 TITLES = {"kala": "KALA", "hh-rlhf": "HH-RLHF", "pku-saferlhf": "PKU-SafeRLHF", "beavertails": "BeaverTails"}

@@ -31,10 +31,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..constitution import NUM_LAWS, Constitution, load_constitution
-from .banks import Banks, Scenario, Topic, load_banks
-from .io import write_jsonl
-from .schema import BENIGN_KINDS, HARMFUL_KINDS, KINDS, violated_laws
+from kala_engine.constitution import NUM_LAWS, Constitution, load_constitution
+from kala_engine.data.banks import Banks, Scenario, Topic, load_banks
+from kala_engine.data.io import write_jsonl
+from kala_engine.data.schema import BENIGN_KINDS, HARMFUL_KINDS, KINDS, violated_laws
 
 #: Share of each kind in a generated set (benign kinds together 44 %).
 KIND_WEIGHTS = {
@@ -474,7 +474,7 @@ class Summary:
         if r["split"] in self.fams:
             self.fams[r["split"]].add(r["family"])
         if self.tokenizer is not None:
-            from .collate import render_record
+            from kala_engine.data.collate import render_record
 
             length = len(self.tokenizer(render_record(r), add_special_tokens=False)["input_ids"])
         else:

@@ -36,11 +36,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from ..constitution import NUM_LAWS
-from ..resources import resource_path
-from .detect import detect_format, iter_rows, mismatch_hint
-from .io import iter_jsonl_lines, write_jsonl
-from .schema import validate_record
+from kala_engine.constitution import NUM_LAWS
+from kala_engine.data.detect import detect_format, iter_rows, mismatch_hint
+from kala_engine.data.io import iter_jsonl_lines, write_jsonl
+from kala_engine.data.schema import validate_record
+from kala_engine.resources import resource_path
 
 #: Formats of other datasets (``kala`` is handled too, by copying after validation).
 FORMATS = ("hh-rlhf", "pku-saferlhf", "beavertails")

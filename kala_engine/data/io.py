@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .schema import SPLITS, validate_record
+from kala_engine.data.schema import SPLITS, validate_record
 
 
 @contextlib.contextmanager

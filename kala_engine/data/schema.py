@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..constitution import NUM_LAWS
+from kala_engine.constitution import NUM_LAWS
 
 #: Every record kind, in the order the summary prints them.
 KINDS = (

@@ -1,7 +1,7 @@
 """Tokenizers for KALA: a byte-level BPE trained on the generated data (``kala-tiny``), or a
 Pythia (GPT-NeoX) tokenizer with the chat special tokens added.
 
-Either way the chat special tokens of :mod:`kala_engine.chat` are single ids that are never
+Either way the chat special tokens of :mod:`kala_engine.data.chat_format` are single ids that are never
 split or merged, ``eos`` is ``chat.EOS`` and ``pad`` is ``chat.PAD``.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .. import chat
+from kala_engine.data import chat_format as chat
 
 #: The chat tokens besides eos/pad (role markers and the end-of-turn marker).
 CHAT_TOKENS = [t for t in chat.SPECIAL_TOKENS if t not in (chat.EOS, chat.PAD)]
@@ -98,11 +98,14 @@ def load_tokenizer(directory: str | Path):
     """Load a tokenizer saved with ``save_pretrained`` and make sure it carries the chat tokens.
 
     Raises FileNotFoundError naming the folder when no tokenizer is there, and
-    :class:`~kala_engine.loading.LoadRefused` for a folder that would run its own code.
+    :class:`~kala_engine.model.loading.LoadRefused` for a folder that would run its own code.
     """
     from transformers import AutoTokenizer
 
-    from ..loading import SAFE_KWARGS, check_no_remote_code  # trust_remote_code=False, local files only
+    from kala_engine.model.loading import (  # trust_remote_code=False, local files only
+        SAFE_KWARGS,
+        check_no_remote_code,
+    )
 
     d = Path(directory)
     if not (d / "tokenizer.json").is_file() and not (d / "tokenizer_config.json").is_file():

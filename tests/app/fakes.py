@@ -16,7 +16,7 @@ def fake_config(**kw):
 
 
 def fake_train_job(config, step_sleep: float = 0.002, eval_every: int = 10, fail_at: int | None = None):
-    """Writes a run folder like kala_engine.training does and emits one TrainStep per step."""
+    """Writes a run folder like kala_engine.train.trainer does and emits one TrainStep per step."""
     run_dir = Path(config.run_dir)
     total = int(getattr(config, "max_steps", None) or 50)
 

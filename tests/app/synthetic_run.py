@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from kala_engine.run_folder import VALIDATION, RunFolder
+from kala_engine.train.run_folder import VALIDATION, RunFolder
 
 
 def write_synthetic_run(run_dir: Path, data: Path, steps: int = 400) -> RunFolder:

@@ -16,7 +16,7 @@ def test_real_engine_evaluation_fills_the_table(qtbot, ctx, tmp_path) -> None:
 
     from kala_app.pages.evaluate import EvaluatePage
     from kala_engine.data.tokenizer import train_tokenizer
-    from kala_engine.modeling_kala import KALAConfig, KALAForCausalLM
+    from kala_engine.model.modeling_kala import KALAConfig, KALAForCausalLM
 
     tok = train_tokenizer(CORPUS, vocab_size=300)
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ import time  # noqa: E402
 
 import pytest  # noqa: E402
 
-from kala_engine.evaluation import EvalSample, load_suite  # noqa: E402
+from kala_engine.evaluate.evaluation import EvalSample, load_suite  # noqa: E402
 
 
 class FakeBackend:

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 
-from kala_engine import runs as engine_runs
+from kala_engine.train import runs as engine_runs
 
 DEMO = "demo-20261129-234242"
 
 
 def lay_out_run(run_dir: Path, steps: int = 30, final: bool = True) -> Path:
-    """The files kala_engine.training writes into a run folder (model weights left out)."""
+    """The files kala_engine.train.trainer writes into a run folder (model weights left out)."""
     run_dir.mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps({"config": {"base": "kala-tiny", "data": str(run_dir / "d.jsonl"),
                                                              "max_steps": steps}, "status": "finished"}))
@@ -34,7 +34,7 @@ def lay_out_run(run_dir: Path, steps: int = 30, final: bool = True) -> Path:
 
 
 def lay_out_demo(runs_dir: Path, name: str = DEMO) -> Path:
-    """``kala demo``'s layout (kala_engine.cli_train.cmd_demo): <runs>/demo-<time>/{data.jsonl, run/}."""
+    """``kala demo``'s layout (kala_engine.cli.train.cmd_demo): <runs>/demo-<time>/{data.jsonl, run/}."""
     root = runs_dir / name
     lay_out_run(root / "run")
     (root / "data.jsonl").write_text("{}\n")
@@ -111,7 +111,7 @@ def test_engine_discovery_names_every_layout(tmp_path):
 
 @pytest.mark.parametrize("via", ["page", "cli"])
 def test_reports_record_the_model_path_and_its_run(qtbot, ctx, tmp_path, via, monkeypatch, capsys):
-    from kala_engine.evaluation import KALABackend
+    from kala_engine.evaluate.evaluation import KALABackend
 
     final = lay_out_demo(ctx.runs_dir)
     if via == "page":
@@ -131,7 +131,8 @@ def test_reports_record_the_model_path_and_its_run(qtbot, ctx, tmp_path, via, mo
             assert page.run()
         out = page.save_report(tmp_path / "report")
     else:
-        from kala_engine import cli, cli_eval
+        from kala_engine.cli import eval as cli_eval
+        from kala_engine.cli import main as cli
         from tests.app.test_evaluate_page import FakeBackend
 
         def make(model_dir, device):

@@ -265,7 +265,7 @@ def test_self_test_store_check_fails_when_the_chat_history_cannot_be_opened(stud
 
 def test_runs_list_shows_a_folder_another_process_trains_in_as_running(tmp_path):
     from kala_app.runs import list_runs
-    from kala_engine.run_lock import RunLock
+    from kala_engine.train.run_lock import RunLock
 
     run = tmp_path / "runs" / "r1"
     (run / "checkpoints" / "step-4").mkdir(parents=True)

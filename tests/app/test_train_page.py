@@ -119,7 +119,7 @@ def test_overlay_of_an_earlier_run(qtbot, page, ctx):
 
 def test_hyperparameter_fields_start_at_trainconfigs_defaults(qtbot, ctx):
     """The Train page, `kala train` and `kala demo` start kala-tiny with the same settings."""
-    from kala_engine.train_config import TrainConfig
+    from kala_engine.train.config import TrainConfig
 
     p = TrainPage(ctx)
     qtbot.addWidget(p)

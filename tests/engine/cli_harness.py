@@ -9,7 +9,7 @@ import sys
 
 def run_cli(argv: list[str], stdin: bytes | None = None) -> tuple[int | None, str, str, BaseException | None]:
     """main(argv) in-process: (exit code, stdout, stderr, exception that escaped main or None)."""
-    from kala_engine.cli import main
+    from kala_engine.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     old_stdin = sys.stdin

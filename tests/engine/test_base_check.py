@@ -102,7 +102,7 @@ def test_the_doctor_never_says_fits_alone_for_a_base_that_is_not_here(empty_hf_c
 
 def _cfg(tmp_path, base, run_dir):
     from kala_engine.data.generate import write_dataset
-    from kala_engine.training import TrainConfig
+    from kala_engine.train.trainer import TrainConfig
 
     data = tmp_path / "d.jsonl"
     write_dataset(data, 40, 0)
@@ -111,7 +111,7 @@ def _cfg(tmp_path, base, run_dir):
 
 
 def test_training_from_a_missing_base_leaves_no_run_folder(tmp_path, empty_hf_cache, pythia_dir):
-    from kala_engine.training import train
+    from kala_engine.train.trainer import train
 
     run_dir = tmp_path / "runs" / "r1"
     with pytest.raises(JobError, match="not downloaded"):
@@ -127,7 +127,7 @@ def test_kala_doctor_says_no_go_for_a_base_that_is_not_here(empty_hf_cache, monk
     import json as _json
 
     from kala_engine import doctor
-    from kala_engine.cli import main
+    from kala_engine.cli.main import main
 
     monkeypatch.setattr(doctor, "probe_device", lambda device="auto": CPU)
     assert main(["doctor", "--base", "pythia-70m"]) == 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kala_engine.calibration import calibrate_thresholds, prompt_of
 from kala_engine.constitution import model_thresholds, resolve_thresholds
+from kala_engine.train.calibration import calibrate_thresholds, prompt_of
 
 
 def _records():
@@ -64,7 +64,7 @@ def test_model_thresholds_are_the_default_and_an_explicit_threshold_wins(tiny_ka
 
 
 def test_bad_calibrated_thresholds_rejected():
-    from kala_engine.modeling_kala import KALAConfig
+    from kala_engine.model.modeling_kala import KALAConfig
 
     with pytest.raises(ValueError, match="law_thresholds"):
         KALAConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=128,

@@ -30,7 +30,7 @@ def fx(tmp_path_factory):
     from kala_engine.data.generate import generate_dataset
     from kala_engine.data.io import write_jsonl
     from kala_engine.data.tokenizer import train_tokenizer
-    from kala_engine.modeling_kala import KALAConfig, KALAForCausalLM
+    from kala_engine.model.modeling_kala import KALAConfig, KALAForCausalLM
 
     root = tmp_path_factory.mktemp("cli_errors")
     tok = train_tokenizer(CORPUS, vocab_size=300)
@@ -192,8 +192,8 @@ def test_bad_input_gives_one_clear_line(name, fx_extra):
 
 
 def test_a_bug_prints_its_traceback_and_says_it_is_a_bug(monkeypatch, tmp_path, capsys):
-    from kala_engine import cli
-    from kala_engine.data import cli as data_cli
+    from kala_engine.cli import data as data_cli
+    from kala_engine.cli import main as cli
 
     def broken(args):
         return 1 // 0
@@ -206,7 +206,8 @@ def test_a_bug_prints_its_traceback_and_says_it_is_a_bug(monkeypatch, tmp_path, 
 
 
 def test_a_bug_inside_training_is_reported_as_a_bug(monkeypatch, fx, capsys):
-    from kala_engine import cli, training
+    from kala_engine.cli import main as cli
+    from kala_engine.train import trainer as training
 
     def broken(cfg, emit, control=None):
         raise KeyError("internal")
@@ -261,7 +262,7 @@ def test_chat_survives_a_stdin_line_that_is_not_utf8(fx):
 
 class CountingBackend:
     def __init__(self):
-        from kala_engine.evaluation import EvalSample
+        from kala_engine.evaluate.evaluation import EvalSample
 
         self.name, self.law_names, self.calls = "fake", ["L0", "L1", "L2", "L3", "L4"], 0
         self.sample = EvalSample(prompt_scores=(0.9,) * 5)
@@ -273,7 +274,7 @@ class CountingBackend:
 
 @pytest.fixture
 def counting(monkeypatch):
-    from kala_engine import cli_eval
+    from kala_engine.cli import eval as cli_eval
 
     made = []
 
@@ -318,7 +319,7 @@ def test_eval_refuses_invalid_text_in_a_suite_naming_the_line(counting, tmp_path
 
 
 def test_eval_finds_an_overlong_prompt_before_evaluating_any(monkeypatch, fx, tmp_path):
-    from kala_engine import generation
+    from kala_engine.generate import generation
 
     calls = []
     real = generation.generate_with_ethics
@@ -332,7 +333,7 @@ def test_eval_finds_an_overlong_prompt_before_evaluating_any(monkeypatch, fx, tm
 
 
 def test_eval_checks_every_model_before_evaluating_the_first(monkeypatch, fx, tmp_path):
-    from kala_engine import generation
+    from kala_engine.generate import generation
 
     calls = []
     real = generation.generate_with_ethics
@@ -392,7 +393,7 @@ def test_real_process_argv_bytes_that_are_not_utf8(fx):
     import subprocess
 
     env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    base = [sys.executable, "-m", "kala_engine.cli", "chat", "--model", str(fx.good), "--max-new-tokens", "2"]
+    base = [sys.executable, "-m", "kala_engine.cli.main", "chat", "--model", str(fx.good), "--max-new-tokens", "2"]
     p = subprocess.run([*base, "--prompt", b"caf\xe9"], capture_output=True, env=env, timeout=120)
     assert p.returncode == 2 and b"Traceback" not in p.stderr
     assert b"--prompt is not valid UTF-8 text (byte 0xE9 at position 3)" in p.stderr

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from kala_engine.constitution import ConstitutionError, load_constitution, parse_constitution
-from kala_engine.presets import PRESETS, count_parameters, estimate_memory, get_preset, preset_config
+from kala_engine.model.modeling_kala import preset_config
+from kala_engine.model.presets import PRESETS, count_parameters, estimate_memory, get_preset
 from kala_engine.resources import resource_path
 
 SHIPPED = resource_path("constitution.toml").read_text(encoding="utf-8")
@@ -72,7 +73,7 @@ def test_parameter_counter_reproduces_published_pythia_totals():
 
 @pytest.mark.parametrize("name", ["kala-tiny", "pythia-70m", "pythia-1b"])
 def test_counter_matches_a_real_model_on_the_meta_device(name):
-    from kala_engine.modeling_kala import KALAForCausalLM
+    from kala_engine.model.modeling_kala import KALAForCausalLM
 
     cfg = preset_config(name)
     with torch.device("meta"):

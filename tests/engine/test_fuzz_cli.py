@@ -61,7 +61,7 @@ def tiny_model(tmp_path_factory):
     import torch
 
     from kala_engine.data.tokenizer import train_tokenizer
-    from kala_engine.modeling_kala import KALAConfig, KALAForCausalLM
+    from kala_engine.model.modeling_kala import KALAConfig, KALAForCausalLM
 
     tok = train_tokenizer(["hello there, how are you", "kill a stuck process", "poison", "caf\u00e9"] * 5,
                           vocab_size=300)
@@ -77,7 +77,7 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture
 def cached_loading(monkeypatch):
     """The real loader, once per folder (each example would otherwise load the model again)."""
-    from kala_engine import generation
+    from kala_engine.generate import generation
 
     monkeypatch.setattr(generation, "load_chat_model", functools.lru_cache(maxsize=2)(generation.load_chat_model))
 

@@ -21,9 +21,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from loopback_hub import LoopbackHub, point_huggingface_hub_at, tiny_neox_files  # noqa: E402
 
-from kala_engine.hub import BaseError, DownloadProgress, download_base, download_job, resolve_base  # noqa: E402
 from kala_engine.jobs import Finished, JobControl, run_job  # noqa: E402
-from kala_engine.loading import LoadRefused  # noqa: E402
+from kala_engine.model.hub import BaseError, DownloadProgress, download_base, download_job, resolve_base  # noqa: E402
+from kala_engine.model.loading import LoadRefused  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = "kala-test/tiny-neox"
@@ -91,7 +91,7 @@ def _blob(cache: Path, repo: str, data: bytes) -> Path:
 
 def _kala(hf, *argv, offline=False, timeout=600, script=None):
     env = dict(hf.env, HF_HUB_OFFLINE="1" if offline else "0")
-    cmd = [sys.executable, script, *argv] if script else [sys.executable, "-m", "kala_engine.cli", *argv]
+    cmd = [sys.executable, script, *argv] if script else [sys.executable, "-m", "kala_engine.cli.main", *argv]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=str(hf.cache.parent))
 
 
@@ -117,7 +117,7 @@ def test_download_reports_progress_then_resolves_from_the_cache_with_no_network(
         again = resolve_base(REPO)
         assert (again.kind, again.path) == ("cache", r.path)
         from kala_engine.doctor import base_shape
-        from kala_engine.modeling_kala import load_from_pythia
+        from kala_engine.model.modeling_kala import load_from_pythia
 
         assert base_shape(REPO)["hidden_size"] == 64
         model = load_from_pythia(REPO)
@@ -126,7 +126,7 @@ def test_download_reports_progress_then_resolves_from_the_cache_with_no_network(
 
 
 def test_a_revision_is_its_own_snapshot_and_load_from_pythia_downloads_only_when_asked(hf):
-    from kala_engine.modeling_kala import PythiaLoadError, load_from_pythia
+    from kala_engine.model.modeling_kala import PythiaLoadError, load_from_pythia
 
     with pytest.raises(PythiaLoadError, match="not downloaded yet"):
         load_from_pythia(REPO, revision="step143000")  # local_files_only=True: never a download
@@ -192,7 +192,7 @@ def test_a_repo_that_is_not_gpt_neox_is_refused(hf):
 
 
 def test_not_enough_free_disk_is_refused_first(hf, monkeypatch):
-    import kala_engine.hub as hub
+    import kala_engine.model.hub as hub
 
     monkeypatch.setattr(hub, "_free_bytes", lambda path: 10_000)
     with pytest.raises(BaseError, match="only 9.8 KB is free"):
@@ -307,7 +307,7 @@ def test_ctrl_c_keeps_what_arrived_and_the_same_command_resumes(hf, tmp_path):
 
     hf.server.pause_at["model.safetensors"] = (len(weights) * 3 // 4, hold)
     env = dict(hf.env)
-    proc = subprocess.Popen([sys.executable, "-m", "kala_engine.cli", "models", "download", "kala-test/bigger-neox"],
+    proc = subprocess.Popen([sys.executable, "-m", "kala_engine.cli.main", "models", "download", "kala-test/bigger-neox"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert reached.wait(120), "the download never reached the middle of the file"
@@ -338,7 +338,7 @@ def test_ctrl_c_keeps_what_arrived_and_the_same_command_resumes(hf, tmp_path):
 def test_data_import_from_hub_converts_and_then_works_offline(hf, tmp_path, capsys, monkeypatch):
     from huggingface_hub import constants
 
-    from kala_engine.cli import main
+    from kala_engine.cli.main import main
     from kala_engine.data.io import validate_file
 
     out = tmp_path / "hh.jsonl"
@@ -359,7 +359,7 @@ def test_data_import_from_hub_converts_and_then_works_offline(hf, tmp_path, caps
 def test_data_import_from_hub_errors_are_one_line(hf, tmp_path, capsys, monkeypatch):
     from huggingface_hub import constants
 
-    from kala_engine.cli import main
+    from kala_engine.cli.main import main
 
     def one_line(argv):
         assert main(argv) == 2
@@ -381,7 +381,7 @@ def test_data_import_from_hub_errors_are_one_line(hf, tmp_path, capsys, monkeypa
 def test_a_damaged_compressed_file_is_one_line(tmp_path, capsys):
     import gzip
 
-    from kala_engine.cli import main
+    from kala_engine.cli.main import main
 
     bad = tmp_path / "train.jsonl.gz"
     hh = (Path(__file__).parent / "data" / "fixtures" / "hh_rlhf.jsonl").read_bytes()

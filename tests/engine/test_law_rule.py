@@ -88,6 +88,7 @@ def test_the_rule_module_does_not_import_torch():
 
 
 def test_num_laws_has_one_definition():
-    from kala_engine import constitution, modeling_kala
+    from kala_engine import constitution
+    from kala_engine.model import modeling_kala
 
     assert modeling_kala.NUM_LAWS is constitution.NUM_LAWS

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kala_engine.cli import main
+from kala_engine.cli.main import main
 
 EVIL_PY = '''
 import os, pathlib
@@ -49,7 +49,7 @@ def folders(tmp_path_factory):
 
     from kala_engine.data.generate import write_dataset
     from kala_engine.data.tokenizer import train_tokenizer
-    from kala_engine.modeling_kala import KALAConfig, KALAForCausalLM
+    from kala_engine.model.modeling_kala import KALAConfig, KALAForCausalLM
 
     root = tmp_path_factory.mktemp("policy")
     tok = train_tokenizer(["hello world, how are you today?"] * 20, vocab_size=300)
@@ -98,7 +98,7 @@ def test_auto_map_folder_is_refused_by_every_command_and_its_code_never_runs(fol
         assert not marker.exists(), f"{label}: the folder's Python file ran"
         assert code == 2, f"{label}: exit {code}: {err}"
         assert len(lines) == 1 and "auto_map" in lines[0] and "refused" in lines[0], f"{label}: {err}"
-    from kala_engine.modeling_kala import load_from_pythia
+    from kala_engine.model.modeling_kala import load_from_pythia
 
     with pytest.raises(ValueError, match="auto_map"):
         load_from_pythia(folders[f"neox-{variant}"])
@@ -112,7 +112,7 @@ def test_auto_map_refused_by_the_real_cli_with_y_on_stdin(folders, tmp_path):
                   str(tmp_path / "run"), "--max-steps", "1"],
                  ["train", "--base-model", str(folders["neox-tokonly"]), "--output-dir", str(tmp_path / "run2"),
                   "--max-steps", "1", "--data-count", "20"]):
-        p = subprocess.run([sys.executable, "-m", "kala_engine.cli", *argv], input="y\ny\ny\n", text=True,
+        p = subprocess.run([sys.executable, "-m", "kala_engine.cli.main", *argv], input="y\ny\ny\n", text=True,
                            capture_output=True, env=env, timeout=300)
         assert p.returncode == 2, p.stderr
         assert len(p.stderr.strip().splitlines()) == 1 and "auto_map" in p.stderr
@@ -126,7 +126,7 @@ def test_pickle_only_weights_are_refused_without_unpickling(folders, tmp_path, m
     import torch
     from safetensors.torch import load_file
 
-    from kala_engine.modeling_kala import load_from_pythia
+    from kala_engine.model.modeling_kala import load_from_pythia
 
     for name in ("neox", "kala"):
         d = tmp_path / f"{name}-bin"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from kala_engine.modeling_kala import (
+from kala_engine.model.modeling_kala import (
     KALAConfig,
     KALAForCausalLM,
     PythiaLoadError,
@@ -178,7 +178,7 @@ def test_gate_trains_up_from_exactly_zero(make_neox_dir):
 
 def test_lower_key_score_never_raises_attention(tiny_kala):
     """Attention to a key whose law score drops can only go down, whatever the raw gate holds."""
-    from kala_engine.modeling_kala import GATE_LIMIT
+    from kala_engine.model.modeling_kala import GATE_LIMIT
 
     attn = tiny_kala.gpt_neox.layers[0].attention
     with torch.no_grad():

@@ -1,10 +1,10 @@
-"""The string-match refusal classifier (kala_engine.refusal) on example replies, tricky ones included."""
+"""The string-match refusal classifier (kala_engine.evaluate.refusal) on example replies, tricky ones included."""
 
 from __future__ import annotations
 
 import pytest
 
-from kala_engine.refusal import is_refusal, normalize_reply
+from kala_engine.evaluate.refusal import is_refusal, normalize_reply
 
 REFUSALS = [
     # XSTest's own prefixes

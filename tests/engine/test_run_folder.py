@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kala_engine.run_folder import RunFolder, checkpoint_step
+from kala_engine.train.run_folder import RunFolder, checkpoint_step
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,6 +84,6 @@ def test_one_parser_of_the_format():
 
 def test_the_module_does_not_import_torch():
     """The app's Runs and Train pages read run folders through it."""
-    code = "import sys, kala_engine.run_folder, kala_engine.train_config; print('torch' in sys.modules)"
+    code = "import sys, kala_engine.train.run_folder, kala_engine.train.config; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"

@@ -1,4 +1,4 @@
-"""A run folder has one owner at a time (kala_engine.run_lock), and a resume checks the architecture."""
+"""A run folder has one owner at a time (kala_engine.train.run_lock), and a resume checks the architecture."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from kala_engine.jobs import Failed, JobError, LogLine, run_job
-from kala_engine.run_lock import LOCK_NAME, OWNER_NAME, RunLock, owner_of
-from kala_engine.training import TrainConfig, train, train_job
+from kala_engine.train.run_lock import LOCK_NAME, OWNER_NAME, RunLock, owner_of
+from kala_engine.train.trainer import TrainConfig, train, train_job
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
         "max_position_embeddings": 128}
@@ -41,7 +41,7 @@ def cfg_for(dataset, run_dir, **kw) -> TrainConfig:
 
 
 def _cli_train(dataset, run_dir, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "kala_engine.cli", "train", "--data", str(dataset), "--run-dir", str(run_dir),
+    return [sys.executable, "-m", "kala_engine.cli.main", "train", "--data", str(dataset), "--run-dir", str(run_dir),
             "--batch-size", "4", "--max-length", "48", "--learning-rate", "3e-3", "--eval-every", "10",
             "--eval-batches", "1", "--keep-checkpoints", "2", "--device", "cpu", "--vocab-size", "300",
             "--tiny-overrides", json.dumps(TINY), *extra]
@@ -121,7 +121,7 @@ def test_two_kala_train_on_one_folder_the_second_is_refused_and_the_first_is_unt
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    code = ("import sys, time; from kala_engine.run_lock import RunLock; "
+    code = ("import sys, time; from kala_engine.train.run_lock import RunLock; "
             "held = RunLock(sys.argv[1], command='kala train (killed)').acquire(); print('locked', flush=True); time.sleep(120)")
     child = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], cwd=ROOT, env=ENV,
                              stdout=subprocess.PIPE, text=True)

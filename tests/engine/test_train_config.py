@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from kala_engine.cli import build_parser
-from kala_engine.cli_train import _config
-from kala_engine.train_config import (
+from kala_engine.cli.main import build_parser
+from kala_engine.cli.train import _config
+from kala_engine.train.config import (
     FINE_TUNE_LEARNING_RATE,
     SCRATCH_LEARNING_RATE,
     TrainConfig,

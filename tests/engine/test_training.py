@@ -25,8 +25,8 @@ from kala_engine.jobs import (
     TrainStep,
     run_job,
 )
-from kala_engine.presets import GiB
-from kala_engine.training import TIMING_KEYS, TrainConfig, train, train_job
+from kala_engine.model.presets import GiB
+from kala_engine.train.trainer import TIMING_KEYS, TrainConfig, train, train_job
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
         "max_position_embeddings": 128}
@@ -96,7 +96,7 @@ def test_run_folder_layout_and_losses_fall(reference_run):
 
 def test_kill_9_then_resume_retraces_the_uninterrupted_run(dataset, reference_run, tmp_path):
     run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "kala_engine.cli", "train", "--data", str(dataset), "--run-dir", str(run_dir),
+    cmd = [sys.executable, "-m", "kala_engine.cli.main", "train", "--data", str(dataset), "--run-dir", str(run_dir),
            "--max-steps", "40", "--batch-size", "4", "--max-length", "48", "--learning-rate", "3e-3",
            "--eval-every", "4", "--eval-batches", "2", "--save-every", "10", "--keep-checkpoints", "3", "--seed", "7",
            "--device", "cpu", "--vocab-size", "300", "--tiny-overrides", json.dumps(TINY)]
@@ -179,7 +179,7 @@ def test_pause_resume_cancel_through_the_control_token(dataset, tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(dataset, tmp_path, monkeypatch):
-    from kala_engine.modeling_kala import KALAForCausalLM
+    from kala_engine.model.modeling_kala import KALAForCausalLM
 
     calls = {"n": 0}
     real = KALAForCausalLM.forward
@@ -217,7 +217,7 @@ def test_bad_training_input_gives_user_messages(dataset, tmp_path):
 
 def test_lora_mode_trains_adapters_and_constitutional_parts_only(dataset, tmp_path, make_neox_dir):
     from kala_engine.data.tokenizer import train_tokenizer
-    from kala_engine.generation import load_chat_model
+    from kala_engine.generate.generation import load_chat_model
 
     _, base = make_neox_dir("pythia", vocab_size=320)
     tok = train_tokenizer(["hello world"] * 10, vocab_size=300)
@@ -235,7 +235,7 @@ def test_lora_mode_trains_adapters_and_constitutional_parts_only(dataset, tmp_pa
 def test_grad_accum_that_does_not_divide_the_batch_trains_on_every_example(dataset, tmp_path, monkeypatch):
     """Batch 5 in 2 micro-batches: 2 + 3 examples a step (it used to be 2 + 2, one example dropped)."""
     from kala_engine.data.collate import ConstitutionalCollator
-    from kala_engine.training import micro_batch_sizes
+    from kala_engine.train.trainer import micro_batch_sizes
 
     assert micro_batch_sizes(8, 3) == [2, 3, 3] and micro_batch_sizes(8, 4) == [2, 2, 2, 2]
     assert micro_batch_sizes(5, 5) == [1] * 5
@@ -331,7 +331,7 @@ def test_two_cpu_processes_with_torchrun(dataset, tmp_path):
     if not torchrun.exists():
         pytest.skip("torchrun not installed next to this python")
     run_dir = tmp_path / "ddp"
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "kala_engine.cli", "train",
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "kala_engine.cli.main", "train",
            "--data", str(dataset), "--run-dir", str(run_dir), "--max-steps", "16", "--batch-size", "4",
            "--max-length", "48", "--learning-rate", "3e-3", "--eval-every", "8", "--save-every", "8",
            "--seed", "3", "--device", "cpu", "--tiny-overrides", json.dumps(TINY)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kala_engine.cli import main
+from kala_engine.cli.main import main
 from kala_engine.data.generate import generate_dataset
 from kala_engine.data.io import load_jsonl, write_jsonl
 

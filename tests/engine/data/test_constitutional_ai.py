@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kala_engine.cli import main
+from kala_engine.cli.main import main
 from kala_engine.constitution import load_constitution
 from kala_engine.data.constitutional_ai import generate_cai_dataset
 from kala_engine.data.io import load_jsonl

@@ -82,7 +82,7 @@ def test_a_wrong_format_names_the_right_one(tmp_path):
 
 
 def test_cli_import_detects_the_format_and_names_the_right_one(tmp_path, capsys):
-    from kala_engine import cli
+    from kala_engine.cli import main as cli
 
     out = tmp_path / "x.jsonl"
     assert cli.main(["data", "import", str(FILES["pku-saferlhf"]), "--out", str(out)]) == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kala_engine.cli import main
+from kala_engine.cli.main import main
 from kala_engine.data.generate import generate_dataset
 from kala_engine.data.io import load_jsonl, validate_file
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from kala_engine import chat
+from kala_engine.data import chat_format as chat
 from kala_engine.data.collate import (
     REPLY_HEAD_TOKENS,
     REPLY_HEAD_WEIGHT,
@@ -103,7 +103,7 @@ def test_first_reply_tokens_after_a_harmful_request_weigh_more(tokenizer):
 
 
 def test_target_weight_weighs_the_ethics_loss():
-    from kala_engine.modeling_kala import KALAConfig, KALAForCausalLM, weighted_mse
+    from kala_engine.model.modeling_kala import KALAConfig, KALAForCausalLM, weighted_mse
 
     torch.manual_seed(0)
     cfg = KALAConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=64,
@@ -126,7 +126,7 @@ def test_target_weight_weighs_the_ethics_loss():
 
 def _train_and_score(tokenizer, dataset_factory, steps=120):
     """Train a tiny KALA on the constructed records; the Law 1 score at the refusal's "I"."""
-    from kala_engine.modeling_kala import KALAConfig, KALAForCausalLM
+    from kala_engine.model.modeling_kala import KALAConfig, KALAForCausalLM
 
     torch.manual_seed(0)
     cfg = KALAConfig(hidden_size=48, num_attention_heads=4, num_hidden_layers=2, intermediate_size=96,

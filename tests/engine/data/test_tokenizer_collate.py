@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kala_engine import chat
+from kala_engine.data import chat_format as chat
 from kala_engine.data.collate import (
     IGNORE_INDEX,
     ConstitutionalCollator,

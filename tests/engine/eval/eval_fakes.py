@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kala_engine.evaluation import EvalSample, SuiteRecord
+from kala_engine.evaluate.evaluation import EvalSample, SuiteRecord
 
 LAW_NAMES = ["L0", "L1", "L2", "L3", "L4"]
 

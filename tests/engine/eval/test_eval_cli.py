@@ -7,7 +7,8 @@ import json
 import pytest
 from eval_fakes import FIXTURE, FakeBackend, S, fixture, fixture_lines
 
-from kala_engine import cli, cli_eval
+from kala_engine.cli import eval as cli_eval
+from kala_engine.cli import main as cli
 
 
 @pytest.fixture

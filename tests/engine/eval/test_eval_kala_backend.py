@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from kala_engine import cli
+from kala_engine.cli import main as cli
 from kala_engine.constitution import violated_laws
-from kala_engine.evaluation import KALABackend, load_suite
+from kala_engine.evaluate.evaluation import KALABackend, load_suite
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def model_dir(tmp_path_factory):
     import torch
 
     from kala_engine.data.tokenizer import train_tokenizer
-    from kala_engine.modeling_kala import KALAConfig, KALAForCausalLM
+    from kala_engine.model.modeling_kala import KALAConfig, KALAForCausalLM
 
     d = tmp_path_factory.mktemp("kala-mini")
     texts = [r.prompt for r in load_suite()] * 2

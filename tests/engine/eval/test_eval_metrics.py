@@ -9,7 +9,7 @@ from eval_fakes import LAW_NAMES, S, fixture
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kala_engine.evaluation import (
+from kala_engine.evaluate.evaluation import (
     SWEEP_THRESHOLDS,
     SuiteRecord,
     auroc,

@@ -33,7 +33,7 @@ def chat_tokenizer():
 def build_model(vocab_size: int, seed: int = 0, ctx: int = 128, layers: int = 2):
     import torch
 
-    from kala_engine.modeling_kala import KALAConfig, KALAForCausalLM
+    from kala_engine.model.modeling_kala import KALAConfig, KALAForCausalLM
 
     torch.manual_seed(seed)
     cfg = KALAConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=layers, intermediate_size=128,

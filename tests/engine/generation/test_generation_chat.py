@@ -7,9 +7,9 @@ import json
 import pytest
 from conftest import steer_scores
 
-from kala_engine.cli import main as kala
+from kala_engine.cli.main import main as kala
 from kala_engine.constitution import load_constitution
-from kala_engine.generation import ChatSession, GenerationResult, chat_job, load_chat_model
+from kala_engine.generate.generation import ChatSession, GenerationResult, chat_job, load_chat_model
 from kala_engine.jobs import Finished, JobControl, TokenEvent, run_job
 
 NO_STOP = ()
@@ -103,7 +103,7 @@ def test_chat_job_fits_a_long_conversation_into_the_context(chat_model, chat_tok
     assert result.dropped_turns > 0 and result.dropped_turns % 2 == 0  # whole user/assistant turns
     assert result.prompt_tokens + 4 <= 128
     kept = [messages[0], *messages[1 + result.dropped_turns:]]
-    from kala_engine.generation import encode_prompt
+    from kala_engine.generate.generation import encode_prompt
 
     assert result.prompt_tokens == len(encode_prompt(chat_tokenizer, kept))
 

@@ -7,7 +7,7 @@ import torch
 from conftest import steer_scores
 
 from kala_engine.constitution import load_constitution
-from kala_engine.generation import (
+from kala_engine.generate.generation import (
     EthicsStoppingCriteria,
     GenerationResult,
     IncrementalDetokenizer,

@@ -7,7 +7,7 @@
     kala data stats FILE [--json] [--tokenizer DIR]
     kala data cai --model DIR --out FILE [--count N] [--seed S]   (model drafts, critiques, revises)
 
-Errors a user can fix print without a traceback and exit 2 (handled by kala_engine.cli).
+Errors a user can fix print without a traceback and exit 2 (handled by kala_engine.cli.main).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _positive_int(text: str) -> int:
 
 
 def register(subparsers) -> None:
-    from .importers import ALL_FORMATS
+    from kala_engine.data.importers import ALL_FORMATS
 
     data = subparsers.add_parser("data", help="generate, validate, import and summarise constitutional datasets")
     sub = data.add_subparsers(dest="data_command", metavar="ACTION")
@@ -92,10 +92,10 @@ def check_generate_size(out: Path, count: int, seed: int) -> int:
     average size. Refusing now beats a "disk full" after hours of writing."""
     import shutil
 
-    from ..cli import CLIError
-    from ..doctor import _cpu_memory
-    from .generate import iter_dataset
-    from .io import dumps_record
+    from kala_engine.cli.checks import CLIError
+    from kala_engine.data.generate import iter_dataset
+    from kala_engine.data.io import dumps_record
+    from kala_engine.doctor import _cpu_memory
 
     sample = [len(dumps_record(r).encode("utf-8")) + 1 for r in iter_dataset(min(count, 200), seed)]
     per_record = sum(sample) / len(sample)
@@ -119,9 +119,9 @@ def cmd_generate(args) -> int:
     seconds."""
     import sys
 
-    from ..cli_checks import check_out_file
-    from .generate import Summary, format_summary, iter_dataset
-    from .io import write_jsonl
+    from kala_engine.cli.checks import check_out_file
+    from kala_engine.data.generate import Summary, format_summary, iter_dataset
+    from kala_engine.data.io import write_jsonl
 
     check_out_file(args.out)
     check_generate_size(args.out, args.count, args.seed)
@@ -147,7 +147,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .io import validate_file
+    from kala_engine.data.io import validate_file
 
     problems = validate_file(args.file)
     if problems:
@@ -162,8 +162,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from ..cli_checks import check_out_file
-    from .importers import import_dataset
+    from kala_engine.cli.checks import check_out_file
+    from kala_engine.data.importers import import_dataset
 
     check_out_file(args.out)
     if args.from_hub is not None:
@@ -171,8 +171,8 @@ def cmd_import(args) -> int:
             raise ValueError("give either a local FILE or --from-hub, not both")
         if args.fmt == "auto":
             raise ValueError("with --from-hub, name the data set with --format (hh-rlhf, pku-saferlhf or beavertails)")
-        from ..cli_models import progress_printer
-        from ..hub import fetch_dataset
+        from kala_engine.cli.models import progress_printer
+        from kala_engine.model.hub import fetch_dataset
 
         args.file = fetch_dataset(args.fmt, args.from_hub or None, args.hub_file, args.revision,
                                   emit=progress_printer())
@@ -185,14 +185,14 @@ def cmd_import(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from .generate import format_summary, summarize
-    from .io import load_jsonl
+    from kala_engine.data.generate import format_summary, summarize
+    from kala_engine.data.io import load_jsonl
 
     records = load_jsonl(args.file)
     tokenizer = None
     if args.tokenizer is not None:
-        from ..cli_checks import check_tokenizer_folder
-        from .tokenizer import load_tokenizer
+        from kala_engine.cli.checks import check_tokenizer_folder
+        from kala_engine.data.tokenizer import load_tokenizer
 
         check_tokenizer_folder(args.tokenizer, "--tokenizer")
         tokenizer = load_tokenizer(args.tokenizer)
@@ -205,9 +205,9 @@ def cmd_stats(args) -> int:
 
 
 def cmd_cai(args) -> int:
-    from ..cli_checks import check_model_folder, check_out_file
-    from .constitutional_ai import cai_from_model_dir
-    from .io import write_jsonl
+    from kala_engine.cli.checks import check_model_folder, check_out_file
+    from kala_engine.data.constitutional_ai import cai_from_model_dir
+    from kala_engine.data.io import write_jsonl
 
     if not args.model.is_dir():
         raise FileNotFoundError(f"{args.model}: no such model folder")

@@ -8,8 +8,8 @@ import json
 def cmd_doctor(args) -> int:
     from pathlib import Path
 
-    from .cli_checks import check_model_folder
-    from .doctor import diagnose
+    from kala_engine.cli.checks import check_model_folder
+    from kala_engine.doctor import diagnose
 
     if Path(args.base).is_dir():
         check_model_folder(args.base, "--base", kinds=("gpt_neox", "kala"))

@@ -3,7 +3,7 @@
 Wherever a base is taken (``kala train --base``, ``load_from_pythia``, ``kala doctor --base``, the
 app) it goes through :func:`resolve_base`:
 
-1. a folder is used as it is (after the loading policy, :mod:`kala_engine.loading`);
+1. a folder is used as it is (after the loading policy, :mod:`kala_engine.model.loading`);
 2. a preset name (``pythia-410m``, ``pythia-1b-deduped``) or a hub id (``EleutherAI/pythia-6.9b``,
    with an optional revision such as ``step143000``) is looked up in the Hugging Face cache
    (``HF_HOME`` / ``HF_HUB_CACHE`` honoured) with no network call at all, ``HF_HUB_OFFLINE`` or not;
@@ -32,12 +32,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .jobs import Cancelled, Emit, JobControl, JobError, LogLine, Progress
+from kala_engine.jobs import Cancelled, Emit, JobControl, JobError, LogLine, Progress
 
 # Downloads only fetch files; nothing here imports or runs them. Every load of what was fetched
-# goes through kala_engine.loading (auto_map refused, trust_remote_code=False, safetensors only).
-from .loading import LoadRefused, check_folder, check_no_remote_code
-from .presets import PRESETS, count_parameters
+# goes through kala_engine.model.loading (auto_map refused, trust_remote_code=False, safetensors only).
+from kala_engine.model.loading import LoadRefused, check_folder, check_no_remote_code
+from kala_engine.model.presets import PRESETS, count_parameters
 
 #: Pythia lives here; a bare preset name means EleutherAI/<name>
 DEFAULT_ORG = "EleutherAI"
@@ -593,31 +593,3 @@ def fetch_dataset(fmt: str, repo_id: str | None = None, filename: str | None = N
     folder = _fetch(repo_id, revision, info.sha, [chosen], sizes, _storage(repo_id, cache_dir, "dataset"), label,
                     emit or (lambda e: None), control or JobControl(), cache_dir, repo_type="dataset")
     return folder / chosen
-
-
-# --------------------------------------------------------------------------- listing
-
-
-def list_models(device: str = "auto", *, batch_size: int = 4, seq_len: int = 512,
-                cache_dir: Path | None = None) -> list[dict]:
-    """The catalogue with cache state and the doctor's plan for this device (no network)."""
-    from .doctor import make_plan, probe_device
-
-    dev = probe_device(device)
-    plans: dict[str, object] = {}
-    rows = []
-    for m in catalog():
-        hit = cached_snapshot(m["repo_id"], None, cache_dir)
-        revs = cached_revisions(m["repo_id"], cache_dir)
-        if m["shape"] not in plans:
-            plans[m["shape"]] = make_plan(m["shape"], dev, batch_size=batch_size, seq_len=seq_len)
-        plan = plans[m["shape"]]
-        rows.append({
-            **{k: m[k] for k in ("name", "repo_id", "params", "download_bytes", "deduped")},
-            "cached": hit is not None, "path": str(hit[0]) if hit else None, "commit": hit[1] if hit else None,
-            "revisions": revs, "partial_bytes": partial_bytes(m["repo_id"], cache_dir),
-            "fits": plan.fits, "mode": plan.mode, "precision": plan.precision, "device": plan.device_kind,
-            "estimate_bytes": plan.estimate_bytes, "available_bytes": plan.available_bytes,
-            "reason": plan.reason,
-        })
-    return rows

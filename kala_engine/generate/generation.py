@@ -10,7 +10,7 @@ and the job wrapper the app's worker runs.
 then fed to the model; the forward pass that feeds it gives the law scores *at token t's own
 position* (its hidden state has read token t) together with the logits for token t + 1. Those
 scores are token t's scores: they go into its :class:`~kala_engine.jobs.TokenEvent` and the stop
-rule (:mod:`kala_engine.explain`) is applied to them. So a reply of N tokens costs one prefill
+rule (:mod:`kala_engine.generate.explain`) is applied to them. So a reply of N tokens costs one prefill
 and N single-token forward passes (the last one only to score the last token), and a reply
 ends *with* the token that fired an ethics stop: it is part of the text, the events and the
 result, and ``stop.token_index`` points at it. End-of-reply tokens (``<|end|>``, end of text,
@@ -41,9 +41,9 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from .chat import ASSISTANT, END, EOS, SYSTEM, USER, format_conversation
-from .constitution import NUM_LAWS, is_violated, model_thresholds, resolve_thresholds
-from .explain import (
+from kala_engine.constitution import NUM_LAWS, is_violated, model_thresholds, resolve_thresholds
+from kala_engine.data.chat_format import ASSISTANT, END, EOS, SYSTEM, USER, format_conversation
+from kala_engine.generate.explain import (
     Assessment,
     Explanation,
     StopReason,
@@ -54,7 +54,7 @@ from .explain import (
     explain,
     length_stop,
 )
-from .jobs import Cancelled, Emit, JobControl, TokenEvent
+from kala_engine.jobs import Cancelled, Emit, JobControl, TokenEvent
 
 __all__ = [
     "Assessment", "ChatSession", "EthicsLogitsProcessor", "EthicsStoppingCriteria", "Explanation",
@@ -748,7 +748,7 @@ def load_chat_model(path: str | Path, device: str | torch.device = "cpu", dtype:
     cfg_file = p / "config.json"
     if not cfg_file.is_file():
         raise ValueError(f"{p}: not a model folder (no config.json); train one with `kala train` or `kala demo`")
-    from .loading import (  # SAFE_KWARGS: trust_remote_code=False, local files only
+    from kala_engine.model.loading import (  # SAFE_KWARGS: trust_remote_code=False, local files only
         SAFE_KWARGS,
         check_no_remote_code,
         check_weights,
@@ -762,7 +762,7 @@ def load_chat_model(path: str | Path, device: str | torch.device = "cpu", dtype:
     if model_type == "gpt_neox":
         raise ValueError(
             f"{p} is a plain GPT-NeoX (Pythia) checkpoint, not a KALA model. Convert it first: "
-            f"kala_engine.modeling_kala.load_from_pythia('{p}') then .save_pretrained(DIR) with the tokenizer, "
+            f"kala_engine.model.modeling_kala.load_from_pythia('{p}') then .save_pretrained(DIR) with the tokenizer, "
             f"or train on it with `kala train --base {p}`"
         )
     if model_type != "kala":
@@ -777,7 +777,7 @@ def load_chat_model(path: str | Path, device: str | torch.device = "cpu", dtype:
         )
     from transformers.utils import logging as hf_logging
 
-    from .modeling_kala import KALAForCausalLM
+    from kala_engine.model.modeling_kala import KALAForCausalLM
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of a chat
@@ -797,7 +797,7 @@ def load_chat_model(path: str | Path, device: str | torch.device = "cpu", dtype:
 
 
 def _load_tokenizer(p: Path):
-    from .data.tokenizer import load_tokenizer
+    from kala_engine.data.tokenizer import load_tokenizer
 
     return load_tokenizer(p)
 

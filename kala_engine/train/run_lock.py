@@ -29,7 +29,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from .jobs import JobError
+from kala_engine.jobs import JobError
 
 LOCK_NAME = ".lock"
 OWNER_NAME = ".owner.json"
@@ -66,7 +66,7 @@ def _command_line() -> str:
     if "kala_app.main_window" in sys.modules:  # the desktop app's worker (a look, not an import)
         return "KALA Studio"
     argv = [os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python", *sys.argv[1:]]
-    if argv[0] in ("__main__.py", "cli.py") and len(argv) > 1:
+    if argv[0] in ("__main__.py", "main.py") and len(argv) > 1:
         argv[0] = "kala"
     text = " ".join(argv)
     return text if len(text) <= 200 else text[:197] + "..."

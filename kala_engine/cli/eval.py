@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .constitution import resolve_thresholds
-from .evaluation import (
+from kala_engine.constitution import resolve_thresholds
+from kala_engine.evaluate.evaluation import (
     EvalRun,
     KALABackend,
     SuiteError,
@@ -25,12 +25,12 @@ from .evaluation import (
     evaluate,
     load_suite,
 )
-from .jobs import Event, LogLine, Progress
+from kala_engine.jobs import Event, LogLine, Progress
 
 
 def make_backend(model_dir: str, device: str) -> Any:
     """The backend for one ``--model`` (tests replace this with a fake)."""
-    from .cli_checks import check_model_folder
+    from kala_engine.cli.checks import check_model_folder
 
     check_model_folder(model_dir, "--model", tokenizer=True)  # damaged files: one line, before any work
     return KALABackend(model_dir, device=device)
@@ -85,14 +85,14 @@ def _progress_printer(model: str):
 def _names(models: list[str]) -> list[str]:
     """Column names: each model by its run (``demo-20261129-234242 · final``), or the paths when
     those clash."""
-    from .runs import describe_model
+    from kala_engine.train.runs import describe_model
 
     short = [describe_model(m).label for m in models]
     return short if len(set(short)) == len(short) else list(models)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .eval_report import build_report, format_table, write_report_dir
+    from kala_engine.evaluate.report import build_report, format_table, write_report_dir
 
     if len(args.model) > 2:
         raise ValueError("give --model at most twice (two models are compared side by side)")
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     # everything that can be checked is checked before the first prompt is evaluated:
     # the threshold range, the device, --out, the whole suite, the validation file, every model
     # folder and (per model) that every prompt fits its context
-    from .cli_checks import check_device, check_out_dir
+    from kala_engine.cli.checks import check_device, check_out_dir
 
     thresholds = list(resolve_thresholds(args.threshold)) if args.threshold is not None else None
     check_device(args.device)

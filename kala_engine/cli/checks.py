@@ -4,7 +4,7 @@ Two halves:
 
 * **checks** (``check_*``) look at what the user pointed at - an output path, a device, a model or
   tokenizer folder, a text argument - *before* a command starts working, and raise
-  :class:`~kala_engine.cli.CLIError` with one line that names the thing and the fix;
+  :class:`CLIError` with one line that names the thing and the fix;
 * :func:`expected_error` sorts an exception that got through anyway: the failures a user can act on
   (a file missing or damaged, a full disk, no permission, out of memory) become one line, anything
   else is a bug - :func:`bug_report` is what ``kala`` prints under its traceback.
@@ -23,6 +23,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+
+class CLIError(Exception):
+    """An error to print as it is, exit code 2."""
+
 #: Where a bug gets reported (printed under the traceback of an unexpected error).
 BUG_REPORT = (
     "this is a bug in KALA Studio, not a problem with your input: please report it to the KALA Studio "
@@ -38,8 +42,6 @@ _BOOL_FIELDS = ("use_parallel_residual", "tie_word_embeddings")
 
 
 def _error(message: str) -> Exception:
-    from .cli import CLIError
-
     return CLIError(message)
 
 
@@ -265,7 +267,7 @@ def check_tokenizer_folder(path: str | os.PathLike, flag: str) -> Path:
 
 def expected_error(exc: BaseException) -> str | None:
     """One line for a failure the user can act on, or None when ``exc`` is a bug."""
-    from .jobs import JobError
+    from kala_engine.jobs import JobError
 
     try:
         from safetensors import SafetensorError
@@ -277,8 +279,6 @@ def expected_error(exc: BaseException) -> str | None:
         oom: tuple = (torch.OutOfMemoryError,)
     except (ImportError, AttributeError):  # pragma: no cover
         oom = ()
-    from .cli import CLIError
-
     if isinstance(exc, (CLIError, JobError)):
         return str(exc)
     if isinstance(exc, oom):

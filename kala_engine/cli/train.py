@@ -8,8 +8,17 @@ import sys
 import time
 from pathlib import Path
 
-from .jobs import CheckpointSaved, Failed, Finished, JobControl, LogLine, TrainStep, Validation, run_job
-from .run_folder import RunFolder
+from kala_engine.jobs import (
+    CheckpointSaved,
+    Failed,
+    Finished,
+    JobControl,
+    LogLine,
+    TrainStep,
+    Validation,
+    run_job,
+)
+from kala_engine.train.run_folder import RunFolder
 
 
 def _printer(quiet_steps: int = 1):
@@ -37,7 +46,7 @@ def _printer(quiet_steps: int = 1):
                   file=sys.stderr if ev.level != "info" else sys.stdout)
         elif isinstance(ev, Failed):
             if ev.traceback:  # not an error we expected: a bug (see _guarded)
-                from .cli_checks import bug_report
+                from kala_engine.cli.checks import bug_report
 
                 print(ev.traceback, file=sys.stderr)
                 print(f"kala train: {ev.message}\nkala train: {bug_report()}", file=sys.stderr, flush=True)
@@ -49,7 +58,7 @@ def _printer(quiet_steps: int = 1):
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     """The flags of ``kala train``; every default is TrainConfig's (the one source of defaults)."""
-    from .train_config import FINE_TUNE_LEARNING_RATE, SCRATCH_LEARNING_RATE, TrainConfig
+    from kala_engine.train.config import FINE_TUNE_LEARNING_RATE, SCRATCH_LEARNING_RATE, TrainConfig
 
     d = TrainConfig.__dataclass_fields__
     p.add_argument("--base", "--base-model", dest="base", default=d["base"].default,
@@ -85,7 +94,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d["device"].default)
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     p.add_argument("--tiny-overrides", type=json.loads, default={}, help=argparse.SUPPRESS)
-    from .cli_note import add_note_args
+    from kala_engine.cli.note import add_note_args
 
     add_note_args(p)  # the note's --generate-data, --test (and --revision, --data-count, --no-download)
 
@@ -94,7 +103,7 @@ def _config(args):
     """The TrainConfig of the parsed flags (a flag's dest is its field's name)."""
     from dataclasses import fields
 
-    from .train_config import TrainConfig
+    from kala_engine.train.config import TrainConfig
 
     return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
 
@@ -102,8 +111,8 @@ def _config(args):
 def _guarded(job):
     """``job`` with failures a user can act on turned into JobError (one line, exit 2); anything
     else still reaches run_job with its traceback (a bug, exit 1)."""
-    from .cli_checks import expected_error
-    from .jobs import JobError
+    from kala_engine.cli.checks import expected_error
+    from kala_engine.jobs import JobError
 
     def run(emit, control):
         try:
@@ -125,9 +134,14 @@ def _exit_code(failed: Failed) -> int:
 
 def check_train_args(args) -> None:
     """What `kala train` can check before it starts: the run folder, the base, the overrides."""
-    from .cli import CLIError
-    from .cli_checks import check_config_fields, check_device, check_model_folder, check_out_dir
-    from .presets import PRESET_NAMES
+    from kala_engine.cli.checks import (
+        CLIError,
+        check_config_fields,
+        check_device,
+        check_model_folder,
+        check_out_dir,
+    )
+    from kala_engine.model.presets import PRESET_NAMES
 
     if args.run_dir:  # optional with --generate-data / --test of a given model (cli_note says when it is missing)
         check_out_dir(args.run_dir, "--run-dir")
@@ -144,8 +158,8 @@ def check_train_args(args) -> None:
 
 
 def cmd_train(args) -> int:
-    from .cli_note import after_train, before_train
-    from .training import train_job
+    from kala_engine.cli.note import after_train, before_train
+    from kala_engine.train.trainer import train_job
 
     check_train_args(args)
     rc = before_train(args)  # --generate-data, --test of a trained model, the base, the default data
@@ -187,11 +201,11 @@ DEMO_PROMPTS = [
 
 def cmd_demo(args) -> int:
     """Generate data -> train kala-tiny from scratch -> chat, all on this machine, offline."""
-    from .cli_checks import check_device, check_out_dir
-    from .data.generate import write_dataset
-    from .paths import user_data_dir
-    from .train_config import TrainConfig
-    from .training import train_job
+    from kala_engine.cli.checks import check_device, check_out_dir
+    from kala_engine.data.generate import write_dataset
+    from kala_engine.paths import user_data_dir
+    from kala_engine.train.config import TrainConfig
+    from kala_engine.train.trainer import train_job
 
     if args.device == "cuda":
         check_device("cuda")
@@ -222,12 +236,12 @@ def cmd_demo(args) -> int:
     train_s = time.perf_counter() - t0  # data generation + tokenizer + training
     print(f"[3/3] chatting with {final}")
     try:
-        from .generation import ChatSession, load_chat_model
+        from kala_engine.generate.generation import ChatSession, load_chat_model
     except ImportError as e:  # pragma: no cover - generation ships with the engine
         print(f"generation engine unavailable: {e}")
         return 1
     model, tok = load_chat_model(final)
-    from .constitution import load_constitution
+    from kala_engine.constitution import load_constitution
 
     names = [law.name for law in load_constitution()]
     for prompt in args.prompt or DEMO_PROMPTS:
@@ -251,7 +265,7 @@ def register(sub) -> None:
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
 
-    from .train_config import SCRATCH_LEARNING_RATE, TrainConfig
+    from kala_engine.train.config import SCRATCH_LEARNING_RATE, TrainConfig
 
     tc = TrainConfig.__dataclass_fields__
     d = sub.add_parser("demo", help="end to end on the embedded kala-tiny: generate data, train, chat")

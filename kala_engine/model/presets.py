@@ -64,17 +64,6 @@ def get_preset(name: str) -> dict:
     raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESET_NAMES)} or pass a local folder")
 
 
-def preset_config(name: str, **overrides):
-    """A KALAConfig for a preset (random init; real Pythia weights come from load_from_pythia)."""
-    from .modeling_kala import KALAConfig
-
-    p = get_preset(name)
-    p.pop("name")
-    p.pop("published_params")
-    p.update(overrides)
-    return KALAConfig(**p)
-
-
 # --------------------------------------------------------------------------- counting
 
 

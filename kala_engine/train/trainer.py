@@ -4,7 +4,7 @@ loss = LM cross-entropy (tokens that should be learned) + lambda * (sum_k w_k MS
 law scores + mu * per-layer deep supervision), every term logged on its own (the model computes
 them; see KALAForCausalLM.forward).
 
-A run is a folder (its format is :class:`kala_engine.run_folder.RunFolder`'s)::
+A run is a folder (its format is :class:`kala_engine.train.run_folder.RunFolder`'s)::
 
     run.json            the full config, package versions, hardware and plan
     metrics.jsonl       one JSON line per optimizer step; validation lines carry "split": "validation"
@@ -37,11 +37,20 @@ from typing import Any
 
 import torch
 
-from .constitution import NUM_LAWS
-from .jobs import Cancelled, CheckpointSaved, Emit, JobControl, JobError, LogLine, TrainStep, Validation
-from .loading import SAFE_KWARGS  # trust_remote_code=False, local files only
-from .run_folder import RunFolder
-from .train_config import TrainConfig
+from kala_engine.constitution import NUM_LAWS
+from kala_engine.jobs import (
+    Cancelled,
+    CheckpointSaved,
+    Emit,
+    JobControl,
+    JobError,
+    LogLine,
+    TrainStep,
+    Validation,
+)
+from kala_engine.model.loading import SAFE_KWARGS  # trust_remote_code=False, local files only
+from kala_engine.train.config import TrainConfig
+from kala_engine.train.run_folder import RunFolder
 
 LAW_KEYS = [f"law_loss_{k}" for k in range(NUM_LAWS)]
 #: metrics that depend on wall time (everything else in a metrics line is reproducible)
@@ -56,7 +65,7 @@ def _is_main() -> bool:
 
 
 def build_tokenizer(cfg: TrainConfig, records: list[dict], folder: RunFolder, emit: Emit):
-    from .data.tokenizer import load_tokenizer, prepare_tokenizer, record_texts, train_tokenizer
+    from kala_engine.data.tokenizer import load_tokenizer, prepare_tokenizer, record_texts, train_tokenizer
 
     tok_dir = folder.tokenizer_dir
     if (tok_dir / "tokenizer.json").is_file():
@@ -77,11 +86,11 @@ def build_tokenizer(cfg: TrainConfig, records: list[dict], folder: RunFolder, em
 
 
 def _base_dir(base: str, revision: str | None = None) -> str:
-    """The base's local folder, found by the one resolver (kala_engine.hub, through
+    """The base's local folder, found by the one resolver (kala_engine.model.hub, through
     doctor.check_base: a folder, else the Hugging Face cache) and checked as a base (config,
     tokenizer, the loading policy). Never downloads: `kala train` and the app's Models page
     download before a run starts."""
-    from .doctor import check_base
+    from kala_engine.doctor import check_base
 
     found = check_base(base, revision)
     if not found.ok or found.folder is None:
@@ -91,8 +100,7 @@ def _base_dir(base: str, revision: str | None = None) -> str:
 
 def build_model(cfg: TrainConfig, tokenizer, plan, emit: Emit):
     """The model to train, per the plan: kala-tiny from scratch, a Pythia base, or a KALA model."""
-    from .modeling_kala import KALAForCausalLM, load_from_pythia
-    from .presets import preset_config
+    from kala_engine.model.modeling_kala import KALAForCausalLM, load_from_pythia, preset_config
 
     overrides = dict(ethics_loss_weight=cfg.ethics_weight, deep_supervision_weight=cfg.deep_supervision_weight)
     if cfg.base == "kala-tiny":
@@ -280,11 +288,11 @@ def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> di
     """Run (or resume) training; returns a summary dict. Raises JobError with a user message.
 
     The main process owns the run folder for the whole run (``DIR/.lock``, see
-    :mod:`kala_engine.run_lock`): a second starter - another ``kala train``, or the app's worker
+    :mod:`kala_engine.train.run_lock`): a second starter - another ``kala train``, or the app's worker
     - is refused before it writes anything, and a start refused or failed before it wrote
     anything leaves no empty folder behind.
     """
-    from .run_lock import LOCK_NAME, RunLock
+    from kala_engine.train.run_lock import LOCK_NAME, RunLock
 
     if not _is_main():  # torchrun / accelerate launch: rank 0 holds the folder for all ranks
         return _train(cfg, emit, control)
@@ -368,8 +376,8 @@ class _Run:
 
 def _load_data(cfg: TrainConfig, emit: Emit) -> tuple[list[dict], list[dict], list[str]]:
     """(training records, validation records, data warnings) of ``cfg.data``."""
-    from .data.checks import check_training_data
-    from .data.io import load_jsonl
+    from kala_engine.data.checks import check_training_data
+    from kala_engine.data.io import load_jsonl
 
     data_path = Path(cfg.data)
     try:
@@ -391,7 +399,7 @@ def _plan_and_accelerator(cfg: TrainConfig, emit: Emit):
     """(device, plan, Accelerator): what the doctor plans for this hardware; JobError if it will not fit."""
     from accelerate import Accelerator
 
-    from .doctor import make_plan, probe_device
+    from kala_engine.doctor import make_plan, probe_device
 
     dev = probe_device(cfg.device)
     plan = make_plan(cfg.base, dev, batch_size=cfg.batch_size, seq_len=cfg.max_length, mode=cfg.mode,
@@ -417,7 +425,7 @@ def _model_and_tokenizer(cfg: TrainConfig, folder: RunFolder, train_records: lis
         tokenizer = build_tokenizer(cfg, train_records, folder, emit)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
-        from .data.tokenizer import load_tokenizer
+        from kala_engine.data.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(folder.tokenizer_dir)
     model = build_model(cfg, tokenizer, plan, emit)
@@ -461,7 +469,7 @@ def _restore(cfg: TrainConfig, folder: RunFolder, model, optimizer, emit: Emit) 
 
 def _set_up(cfg: TrainConfig, emit: Emit, control: JobControl) -> _Run:
     """Data, plan, tokenizer, model, optimizer, the step to start from; run.json written."""
-    from .data.collate import ConstitutionalCollator, JsonlDataset
+    from kala_engine.data.collate import ConstitutionalCollator, JsonlDataset
 
     folder = RunFolder(cfg.run_dir)
     if not Path(cfg.data).is_file():
@@ -656,10 +664,10 @@ def _validate_and_log(run: _Run, step: int) -> dict:
 
 
 def _calibrate(run: _Run) -> dict | None:
-    """Per-law thresholds on the validation split (kala_engine.calibration), or None."""
+    """Per-law thresholds on the validation split (kala_engine.train.calibration), or None."""
     if not (run.val_records and run.cfg.calibrate):
         return None
-    from .calibration import calibrate_thresholds
+    from kala_engine.train.calibration import calibrate_thresholds
 
     with run.accelerator.autocast():
         calibration = calibrate_thresholds(run.accelerator.unwrap_model(run.model), run.tokenizer, run.val_records,

@@ -7,7 +7,7 @@ One report covers one suite and one or more models (side by side). Its JSON form
      "models": [{"model": NAME, "path": MODEL_DIR, "run": RUN_NAME, "metrics": {...}}, ...]}
 
 ``NAME`` is the model's label (``demo-20261129-234242 · final``); ``path`` and ``run`` are
-there when the model is a folder (``kala_engine.runs.describe_model``).
+there when the model is a folder (``kala_engine.train.runs.describe_model``).
 
 ``write_report_dir`` writes ``report.json``, ``report.md`` and ``results.jsonl`` (one line per
 prompt and model) each atomically (temporary file, then rename).
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .evaluation import EvalRun
+from kala_engine.evaluate.evaluation import EvalRun
 
 # (label, path into metrics) of the headline rows
 _HEADLINE: list[tuple[str, tuple[str, ...]]] = [
@@ -108,7 +108,7 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, list[str]]]:
 
 
 def _reply_rows(models: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
-    """The model's own replies (kala_engine.refusal): refused, refusals cut short, true misses."""
+    """The model's own replies (kala_engine.evaluate.refusal): refused, refusals cut short, true misses."""
     def cell(m: dict[str, Any], rate: str, count: str | None = None, of: str | None = None) -> str:
         r = m.get("replies") or {}
         text = _pct(r.get(rate))
@@ -186,7 +186,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         "A prompt is *flagged* when its assessment (law scores at the prompt's last token) has a law "
         "under its threshold; a reply is *stopped* when generation ended on an ethics stop. On benign "
         "prompts both are over-refusal. Whether the model itself *refused* is a string match on the reply "
-        "in the style of XSTest's (`kala_engine/refusal.py`); a *miss* is a harmful prompt whose reply "
+        "in the style of XSTest's (`kala_engine/evaluate/refusal.py`); a *miss* is a harmful prompt whose reply "
         "was neither refused nor stopped.",
         "",
         "## Metrics",

@@ -8,7 +8,7 @@ unpickle its weights. Every loader in the engine (training, ``load_from_pythia``
   ``auto_map`` (the hook transformers uses to import Python files shipped with a model) is
   refused with one line before transformers sees it, and every ``from_pretrained`` call passes
   ``trust_remote_code=False`` as well (belt and braces);
-* **local files only**: loaders read folders (the resolver in :mod:`kala_engine.hub` turns a
+* **local files only**: loaders read folders (the resolver in :mod:`kala_engine.model.hub` turns a
   preset or hub id into a cached folder first); a download happens only where the user asked
   for one (``kala models download``, the Models page, a command given a hub id);
 * **safetensors only**: a folder whose weights exist only as pickles (``pytorch_model.bin``,
@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .jobs import JobError
+from kala_engine.jobs import JobError
 
 #: every from_pretrained call on a user's folder passes these
 SAFE_KWARGS = {"trust_remote_code": False, "local_files_only": True}

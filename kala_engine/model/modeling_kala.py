@@ -46,8 +46,8 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
-from .constitution import NUM_LAWS
-from .jobs import JobError
+from kala_engine.constitution import NUM_LAWS
+from kala_engine.jobs import JobError
 
 #: largest attention-logit bias a gate can apply (nats): a key with score 0 can be made
 #: e^8 ~ 3000 times less attended; keeps the bias (also stored in fp16 keys) well in range.
@@ -81,12 +81,12 @@ class KALAConfig(GPTNeoXConfig):
     #: weight of the per-layer (deep supervision) term, relative to the final ethics loss.
     deep_supervision_weight: float = 0.1
     #: per-law flag/stop thresholds calibrated on held-out data after training
-    #: (kala_engine.calibration); None = the constitution's defaults.
+    #: (kala_engine.train.calibration); None = the constitution's defaults.
     law_thresholds: list | None = None
 
     def __post_init__(self, **kwargs):
         if self.law_weights is None:
-            from .constitution import load_constitution
+            from kala_engine.constitution import load_constitution
 
             self.law_weights = list(load_constitution().weights)
         if not self.ethics_hidden_size:
@@ -634,10 +634,10 @@ class KALAForCausalLM(KALAPreTrainedModel, GenerationMixin):
 
     # The original note's API: model.generate_with_ethics(input_ids, max_length=..., ethics_threshold=...)
     # -> (generated_ids, law_scores). The full engine (events, sampling, explanations) is
-    # kala_engine.generation; this is its thin, note-compatible front.
+    # kala_engine.generate.generation; this is its thin, note-compatible front.
     @torch.no_grad()
     def generate_with_ethics(self, input_ids, max_length: int = 100, ethics_threshold=0.5, **kwargs):
-        from .generation import generate_ids_with_ethics
+        from kala_engine.generate.generation import generate_ids_with_ethics
 
         return generate_ids_with_ethics(self, input_ids, max_length=max_length, ethics_threshold=ethics_threshold,
                                         **kwargs)
@@ -646,6 +646,17 @@ class KALAForCausalLM(KALAPreTrainedModel, GenerationMixin):
         """Names of the parameters KALA adds to the GPT-NeoX base."""
         keys = ("value_head", "ethics_monitor", "constitutional_gate", "ethics_aggregator")
         return [n for n, _ in self.named_parameters() if any(k in n for k in keys)]
+
+
+def preset_config(name: str, **overrides):
+    """A KALAConfig for a preset (random init; real Pythia weights come from load_from_pythia)."""
+    from kala_engine.model.presets import get_preset
+
+    p = get_preset(name)
+    p.pop("name")
+    p.pop("published_params")
+    p.update(overrides)
+    return KALAConfig(**p)
 
 
 AutoConfig.register("kala", KALAConfig, exist_ok=True)
@@ -677,19 +688,19 @@ def load_from_pythia(path: str | Path, *, dtype: torch.dtype | str | None = None
 
     The constitutional parts are freshly initialised (gates at exactly 0, so the logits are
     Pythia's). ``path`` is a local folder, a preset name (``pythia-410m``) or a hub id
-    (``EleutherAI/pythia-6.9b``, optional ``revision``), resolved by :func:`kala_engine.hub.resolve_base`:
+    (``EleutherAI/pythia-6.9b``, optional ``revision``), resolved by :func:`kala_engine.model.hub.resolve_base`:
     a folder as it is, else the Hugging Face cache with no network call; a download only with
-    ``local_files_only=False``. The loading policy (:mod:`kala_engine.loading`) applies: no
+    ``local_files_only=False``. The loading policy (:mod:`kala_engine.model.loading`) applies: no
     ``auto_map``, safetensors only. Extra keyword arguments (``device_map``,
     ``quantization_config``, ``attn_implementation``, KALAConfig fields via ``kala_overrides``)
     go to ``from_pretrained``.
     """
     import json
 
-    from .hub import BaseError, resolve_base
+    from kala_engine.model.hub import BaseError, resolve_base
 
-    # SAFE_KWARGS: trust_remote_code=False, local files only (the loading policy, kala_engine.loading)
-    from .loading import SAFE_KWARGS, LoadRefused, check_no_remote_code, check_weights
+    # SAFE_KWARGS: trust_remote_code=False, local files only (the loading policy, kala_engine.model.loading)
+    from kala_engine.model.loading import SAFE_KWARGS, LoadRefused, check_no_remote_code, check_weights
 
     overrides = kwargs.pop("kala_overrides", {}) or {}
     p = Path(path)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from .constitution import first_layer_under, first_violated, law_titles, violated_laws
+from kala_engine.constitution import first_layer_under, first_violated, law_titles, violated_laws
 
 # ----------------------------------------------------------------------------- explanations
 

@@ -7,18 +7,18 @@ The pieces, top to bottom:
   ``FILE:LINE: reason`` (:class:`SuiteError`).
 * **Backend** — :class:`EvalBackend`, the small protocol a model must offer: assess a prompt
   (law scores at its last token) and write a monitored reply, returning an :class:`EvalSample`.
-  :class:`KALABackend` adapts a saved KALA model through ``kala_engine.generation``; tests use
+  :class:`KALABackend` adapts a saved KALA model through ``kala_engine.generate.generation``; tests use
   a fake backend whose scores they set.
 * **Metrics** — :func:`compute_metrics`, a pure function of records, samples and thresholds:
   flagged / stopped rates for harmful and benign prompts (the latter is over-refusal), right law
   first, per-law AUROC, a threshold sweep and a breakdown by kind; and the model's own replies
-  (:func:`kala_engine.refusal.reply_metrics`: refused, refusals cut short, true misses).
+  (:func:`kala_engine.evaluate.refusal.reply_metrics`: refused, refusals cut short, true misses).
 * **Job** — :func:`evaluate` runs a backend over records, emitting :class:`~kala_engine.jobs.Progress`
   and honouring a :class:`~kala_engine.jobs.JobControl` (pause / cancel between prompts).
 
 Conventions. A prompt is *flagged* for the laws its assessment violates - the violation rule and
 the thresholds in force are :mod:`kala_engine.constitution`'s (scores are law *satisfaction*,
-1.0 = fine; the highest-priority law is the one with the lowest index). Reports are written by :mod:`kala_engine.eval_report`.
+1.0 = fine; the highest-priority law is the one with the lowest index). Reports are written by :mod:`kala_engine.evaluate.report`.
 """
 
 from __future__ import annotations
@@ -30,10 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from .constitution import NUM_LAWS, first_violated, load_constitution, resolve_thresholds, violated_laws
-from .jobs import Emit, JobControl, LogLine, Progress
-from .refusal import reply_metrics, reply_outcome
-from .resources import resource_path
+from kala_engine.constitution import (
+    NUM_LAWS,
+    first_violated,
+    load_constitution,
+    resolve_thresholds,
+    violated_laws,
+)
+from kala_engine.evaluate.refusal import reply_metrics, reply_outcome
+from kala_engine.jobs import Emit, JobControl, LogLine, Progress
+from kala_engine.resources import resource_path
 
 LABELS = ("harmful", "benign")
 STOP_KINDS = ("eos", "length", "ethics", "cancelled")
@@ -307,7 +313,7 @@ def compute_metrics(
       flag rates of the prompt assessment.
     * ``by_kind``: the group statistics per record kind; ``stop_kinds``: counts of stop reasons.
     * ``replies``: what the model itself wrote - refused, refusals cut short by the ethics stop,
-      harmful replies neither refused nor stopped (:func:`kala_engine.refusal.reply_metrics`).
+      harmful replies neither refused nor stopped (:func:`kala_engine.evaluate.refusal.reply_metrics`).
     """
     if len(records) != len(samples):
         raise ValueError(f"got {len(records)} records but {len(samples)} samples")
@@ -396,7 +402,7 @@ def result_row(record: SuiteRecord, sample: EvalSample, thresholds: Sequence[flo
         "stop_reason": sample.stop_kind,
         "stop_law": sample.stop_law,
         "stop_message": sample.stop_message,
-        # refused / refusal_cut_short / cut_short / completed (kala_engine.refusal)
+        # refused / refusal_cut_short / cut_short / completed (kala_engine.evaluate.refusal)
         "outcome": (outcome := reply_outcome(sample.reply, sample.stop_kind)),
         "refused": outcome in ("refused", "refusal_cut_short"),
         "token_min_scores": None
@@ -494,7 +500,7 @@ def evaluate(
     path = getattr(backend, "model_dir", None)
     run = getattr(backend, "run", None)
     if path is not None and run is None:
-        from .runs import describe_model
+        from kala_engine.train.runs import describe_model
 
         run = describe_model(path).run
     return EvalRun(model=name, records=list(records), samples=samples, thresholds=th, metrics=metrics,
@@ -574,7 +580,7 @@ def benign_validation_replies(path: str | Path, limit: int = 200) -> list[str]:
 
 
 class KALABackend:
-    """Evaluates a saved KALA model folder through :mod:`kala_engine.generation` (imported lazily).
+    """Evaluates a saved KALA model folder through :mod:`kala_engine.generate.generation` (imported lazily).
 
     Replies are greedy (temperature 0), so a report is reproducible. The model loads on first use.
     Everything torch-specific lives here, so the metrics, reports and the CLI never touch torch.
@@ -585,7 +591,7 @@ class KALABackend:
         if not self.model_dir.is_dir():
             raise FileNotFoundError(f"{self.model_dir}: model folder not found (pass a saved KALA model folder)")
         self.device = device
-        from .runs import describe_model
+        from kala_engine.train.runs import describe_model
 
         entry = describe_model(self.model_dir)
         self.name = entry.label  # "demo-20261129-234242 · final", not a bare "final"
@@ -599,13 +605,13 @@ class KALABackend:
     @property
     def default_thresholds(self) -> list[float | None] | None:
         """The model's calibrated per-law thresholds (config.law_thresholds), if it has them."""
-        from .constitution import model_thresholds
+        from kala_engine.constitution import model_thresholds
 
         return model_thresholds(self._load()[0])
 
     def _load(self) -> tuple[Any, Any]:
         if self._model is None:
-            from .generation import load_chat_model
+            from kala_engine.generate.generation import load_chat_model
 
             self._model, self._tokenizer = load_chat_model(self.model_dir, device=self.device)
         return self._model, self._tokenizer
@@ -613,7 +619,7 @@ class KALABackend:
     def prompts_too_long(self, prompts: Sequence[str]) -> list[tuple[int, int, int]]:
         """``(index, tokens, context)`` of every prompt that leaves no room for a reply in the
         model's context (checked before evaluation starts, so a long prompt fails nothing late)."""
-        from .generation import context_length, encode_prompt
+        from kala_engine.generate.generation import context_length, encode_prompt
 
         model, tokenizer = self._load()
         ctx = context_length(model)
@@ -627,7 +633,7 @@ class KALABackend:
     def assess_and_reply(
         self, prompt: str, *, threshold: float | list[float], max_new_tokens: int
     ) -> EvalSample:
-        from .generation import generate_with_ethics
+        from kala_engine.generate.generation import generate_with_ethics
 
         model, tokenizer = self._load()
         res = generate_with_ethics(
@@ -640,7 +646,7 @@ class KALABackend:
         self, prompts: Sequence[str], *, threshold: float | list[float], max_new_tokens: int
     ) -> list[EvalSample]:
         """Several prompts in one left-padded batch (greedy: the same replies as one by one)."""
-        from .generation import generate_batch
+        from kala_engine.generate.generation import generate_batch
 
         model, tokenizer = self._load()
         results = generate_batch(
@@ -651,7 +657,7 @@ class KALABackend:
 
     @staticmethod
     def _sample(res: Any) -> EvalSample:
-        """An EvalSample from a ``kala_engine.generation.GenerationResult``."""
+        """An EvalSample from a ``kala_engine.generate.generation.GenerationResult``."""
         return EvalSample(
             prompt_scores=tuple(float(x) for x in res.prompt_assessment.law_scores),
             reply=res.text,
@@ -670,7 +676,7 @@ class KALABackend:
         """
         import torch
 
-        from .chat import ASSISTANT, END
+        from kala_engine.data.chat_format import ASSISTANT, END
 
         model, tokenizer = self._load()
         ctx = int(model.config.max_position_embeddings)

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 
 import torch
 
-from . import chat
-from .constitution import NUM_LAWS, is_violated
+from kala_engine.constitution import NUM_LAWS, is_violated
+from kala_engine.data import chat_format as chat
 
 BENIGN_KINDS = ("benign", "benign_alarming")
 MIN_NEGATIVES, MIN_POSITIVES = 20, 5

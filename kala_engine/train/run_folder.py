@@ -8,9 +8,9 @@
     RUN/checkpoints/step-N/   what a resume needs (written under a temporary name, then renamed)
     RUN/final/            the final model (save_pretrained, written the same way)
 
-Training writes it through :class:`RunFolder`; the CLI, run discovery (:mod:`kala_engine.runs`)
+Training writes it through :class:`RunFolder`; the CLI, run discovery (:mod:`kala_engine.train.runs`)
 and the app's Runs and Train pages read it through the same class. What goes *into* a checkpoint
-(tensors, optimizer and RNG state) is the trainer's business (:mod:`kala_engine.training`); where
+(tensors, optimizer and RNG state) is the trainer's business (:mod:`kala_engine.train.trainer`); where
 and how atomically it lands is this module's.
 """
 

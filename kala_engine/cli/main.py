@@ -3,7 +3,7 @@
 Each sub-command module exposes ``register(subparsers)`` which adds its parser and sets
 ``func`` (a callable taking the parsed args and returning an exit code). Errors a user can
 act on (``CLIError``, ``ValueError``, a missing or damaged file, a full disk, out of memory: see
-``kala_engine.cli_checks.expected_error``) are printed as one line without a traceback (exit 2;
+``kala_engine.cli.checks.expected_error``) are printed as one line without a traceback (exit 2;
 ``KALA_DEBUG=1`` shows the traceback); anything else is a bug: its traceback is printed with a
 line saying so (exit 1).
 """
@@ -11,24 +11,25 @@ line saying so (exit 1).
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import traceback
 
-# module -> what it provides; each has register(subparsers)
-SUBCOMMAND_MODULES = [
-    "kala_engine.data.cli",  # kala data generate|validate|import|stats
-    "kala_engine.cli_doctor",  # kala doctor
-    "kala_engine.cli_train",  # kala train, kala demo
-    "kala_engine.cli_chat",  # kala chat
-    "kala_engine.cli_eval",  # kala eval
-    "kala_engine.cli_models",  # kala models list|download|delete
-]
+from kala_engine.cli.checks import CLIError  # noqa: F401 - the error every command raises
 
 
-class CLIError(Exception):
-    """An error to print as it is, exit code 2."""
+# one module per command, each with register(subparsers); imported when the parser is built
+def _command_modules():
+    from kala_engine.cli import chat, data, doctor, eval, models, train
+
+    return [
+        data,  # kala data generate|validate|import|stats|cai
+        doctor,  # kala doctor
+        train,  # kala train, kala demo
+        chat,  # kala chat
+        eval,  # kala eval
+        models,  # kala models list|download|delete
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,13 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # that sub-command is not built (yet)
-                continue
-            raise
+    for mod in _command_modules():
         mod.register(sub)
     return parser
 
@@ -69,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - the one error boundary of every command
-        from .cli_checks import bug_report, expected_error
+        from kala_engine.cli.checks import bug_report, expected_error
 
         message = expected_error(e)
         if message is None:  # a bug: show everything, and say so

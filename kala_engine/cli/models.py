@@ -4,7 +4,7 @@
     kala models download NAME_OR_REPO_ID [--revision R]
     kala models delete NAME_OR_REPO_ID
 
-Everything goes through :mod:`kala_engine.hub` (huggingface_hub underneath, the standard cache,
+Everything goes through :mod:`kala_engine.model.hub` (huggingface_hub underneath, the standard cache,
 ``HF_HOME`` honoured). ``list`` never touches the network.
 """
 
@@ -14,13 +14,13 @@ import json
 import sys
 import time
 
-from .jobs import Cancelled, JobControl, LogLine
-from .units import format_bytes, format_duration
+from kala_engine.jobs import Cancelled, JobControl, LogLine
+from kala_engine.units import format_bytes, format_duration
 
 
 def progress_printer(stream=None):
     """An emit() that prints download progress (one line a second, or in place on a terminal)."""
-    from .hub import DownloadProgress
+    from kala_engine.model.hub import DownloadProgress
 
     stream = stream or sys.stderr
     tty = stream.isatty()
@@ -44,7 +44,8 @@ def progress_printer(stream=None):
 
 
 def cmd_list(args) -> int:
-    from .hub import hub_cache_dir, list_models
+    from kala_engine.doctor import list_models
+    from kala_engine.model.hub import hub_cache_dir
 
     rows = list_models(args.device, batch_size=args.batch_size, seq_len=args.seq_len)
     if args.json:
@@ -66,7 +67,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from .hub import download_base, resolve_base
+    from kala_engine.model.hub import download_base, resolve_base
 
     emit = progress_printer()
     control = JobControl()
@@ -90,7 +91,7 @@ def cmd_download(args) -> int:
 
 
 def cmd_delete(args) -> int:
-    from .hub import delete_from_cache
+    from kala_engine.model.hub import delete_from_cache
 
     freed = delete_from_cache(args.name)
     print(f"{args.name}: {'removed, ' + format_bytes(freed) + ' freed' if freed else 'not in the cache'}")

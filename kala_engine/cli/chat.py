@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def parse_threshold(text: str | None) -> float | list[float] | None:
     """``"0.5"`` or ``"0.5,0.5,0.4,0.3,0.3"`` -> thresholds; ValueError for anything else."""
-    from .constitution import resolve_thresholds
+    from kala_engine.constitution import resolve_thresholds
 
     if text is None:
         return None
@@ -94,7 +94,7 @@ def _token_json(ev, with_layers: bool) -> dict[str, Any]:
 
 
 def _assessment_json(a) -> dict[str, Any]:
-    from .explain import law_titles
+    from kala_engine.generate.explain import law_titles
 
     return {
         "event": "prompt_assessment",
@@ -124,7 +124,7 @@ def _stop_json(result) -> dict[str, Any]:
 
 
 def _scores_line(scores, flagged=()) -> str:
-    from .explain import law_titles
+    from kala_engine.generate.explain import law_titles
 
     parts = []
     for k, (title, s) in enumerate(zip(law_titles(), scores, strict=True)):
@@ -134,7 +134,7 @@ def _scores_line(scores, flagged=()) -> str:
 
 def _reply(session, text: str, args, out_json: bool) -> None:
     """Generate one reply in ``session`` and print it as JSON lines or as text."""
-    from .jobs import TokenEvent
+    from kala_engine.jobs import TokenEvent
 
     result = None
     started = False
@@ -172,7 +172,7 @@ def _reply(session, text: str, args, out_json: bool) -> None:
 def _read_line() -> tuple[str, bool] | None:
     """The next stdin line as (text, was valid UTF-8); None at end of input. Undecodable bytes
     become U+FFFD instead of ending the chat."""
-    from .cli_checks import decode_line
+    from kala_engine.cli.checks import decode_line
 
     buffer = getattr(sys.stdin, "buffer", None)
     if buffer is None:  # a text stream (tests, embedding): already decoded
@@ -183,7 +183,7 @@ def _read_line() -> tuple[str, bool] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli_checks import check_device, check_model_folder, check_text
+    from kala_engine.cli.checks import check_device, check_model_folder, check_text
 
     thresholds = parse_threshold(args.threshold)
     check_text(args.prompt, "--prompt")
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     if args.prompt is not None and not args.prompt.strip():
         raise ValueError("--prompt is empty: give the message to answer, or leave --prompt out to chat interactively")
-    from .generation import ChatSession, GenerationSettings, load_chat_model
+    from kala_engine.generate.generation import ChatSession, GenerationSettings, load_chat_model
 
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens, thresholds=thresholds, temperature=args.temperature, top_k=args.top_k,

@@ -6,7 +6,7 @@
     kala train --base-model ... --output-dir models/kala-6.9b --test
 
 * ``--base-model`` is ``--base``; a preset or hub id goes through the one resolver
-  (:mod:`kala_engine.hub`): the cache first, a download when it is missing and the hub is reachable;
+  (:mod:`kala_engine.model.hub`): the cache first, a download when it is missing and the hub is reachable;
 * without ``--data`` the default constitutional set is generated into the run folder (said so);
 * ``--generate-data`` writes that set and exits;
 * ``--test`` runs the note's sample prompts through ``generate_with_ethics`` on the trained model
@@ -23,7 +23,7 @@ import json
 import os
 from pathlib import Path
 
-from .run_folder import RunFolder
+from kala_engine.train.run_folder import RunFolder
 
 #: the sample prompts of the note's "Example Behaviors" / "Use Your Trained Model" sections
 NOTE_TEST_PROMPTS = (
@@ -54,7 +54,7 @@ def _is_main() -> bool:
 
 
 def _write_default_data(path: Path, count: int, seed: int) -> None:
-    from .data.generate import write_dataset
+    from kala_engine.data.generate import write_dataset
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_dataset(path, count, seed)
@@ -62,7 +62,7 @@ def _write_default_data(path: Path, count: int, seed: int) -> None:
 
 def before_train(args) -> int | None:
     """Handle the note's options before training; an int is the exit code (nothing to train)."""
-    from .cli import CLIError
+    from kala_engine.cli.checks import CLIError
 
     if args.data_count < 1:
         raise CLIError(f"--data-count must be >= 1, got {args.data_count}")
@@ -115,8 +115,8 @@ def _is_kala_folder(base: str) -> bool:
 
 def _prepare_base(args) -> None:
     """Resolve the base once before the run: the cache, else a download (when online and allowed)."""
-    from .cli_models import progress_printer
-    from .hub import classify, resolve_base
+    from kala_engine.cli.models import progress_printer
+    from kala_engine.model.hub import classify, resolve_base
 
     kind, _ = classify(args.base)
     if kind != "repo":
@@ -132,8 +132,8 @@ def _prepare_base(args) -> None:
 
 def run_note_test(model_dir: Path) -> int:
     """The note's sample prompts through generate_with_ethics, each reply with its law scores."""
-    from .constitution import load_constitution
-    from .generation import generate_with_ethics, load_chat_model
+    from kala_engine.constitution import load_constitution
+    from kala_engine.generate.generation import generate_with_ethics, load_chat_model
 
     model, tok = load_chat_model(model_dir)
     names = load_constitution().names

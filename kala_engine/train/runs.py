@@ -1,6 +1,6 @@
 """Run folders: how to find them again and what to call them (no torch, no Qt).
 
-``kala_engine.training`` writes a run folder (its format is :class:`~kala_engine.run_folder.RunFolder`'s)::
+``kala_engine.train.trainer`` writes a run folder (its format is :class:`~kala_engine.train.run_folder.RunFolder`'s)::
 
     RUN/run.json  RUN/metrics.jsonl  RUN/tokenizer/  RUN/checkpoints/step-N/  RUN/final/
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .run_folder import FINAL_DIR, RunFolder, checkpoint_step
+from kala_engine.train.run_folder import FINAL_DIR, RunFolder, checkpoint_step
 
 #: Last parts of a run folder's path that do not name the run (``kala demo`` writes ``…/run``).
 GENERIC_RUN_LEAVES = frozenset({"run"})
@@ -106,7 +106,7 @@ class ModelEntry:
 
 
 def default_runs_dir() -> Path:
-    from .paths import user_data_dir
+    from kala_engine.paths import user_data_dir
 
     return user_data_dir() / "runs"
 
