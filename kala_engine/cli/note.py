@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from kala_engine.train.run_folder import RunFolder
@@ -49,10 +48,6 @@ def add_note_args(p: argparse.ArgumentParser) -> None:
                    help="never download the base, even when it is missing from the cache and the hub is reachable")
 
 
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def _write_default_data(path: Path, count: int, seed: int) -> None:
     from kala_engine.data.generate import write_dataset
 
@@ -63,6 +58,7 @@ def _write_default_data(path: Path, count: int, seed: int) -> None:
 def before_train(args) -> int | None:
     """Handle the note's options before training; an int is the exit code (nothing to train)."""
     from kala_engine.cli.checks import CLIError
+    from kala_engine.train.model_setup import is_main
 
     if args.data_count < 1:
         raise CLIError(f"--data-count must be >= 1, got {args.data_count}")
@@ -87,7 +83,7 @@ def before_train(args) -> int | None:
         if data.is_file():
             print(f"no --data given: using the default constitutional set already in {data}")
         else:
-            if _is_main():
+            if is_main():
                 _write_default_data(data, args.data_count, args.seed)
             print(f"no --data given: generated the default constitutional set ({args.data_count} examples, "
                   f"seed {args.seed}) into {data}")
@@ -96,7 +92,9 @@ def before_train(args) -> int | None:
 
 
 def after_train(args, final_dir: str | None) -> int:
-    if args.test and final_dir and _is_main():
+    from kala_engine.train.model_setup import is_main
+
+    if args.test and final_dir and is_main():
         return run_note_test(Path(final_dir))
     return 0
 
@@ -117,12 +115,13 @@ def _prepare_base(args) -> None:
     """Resolve the base once before the run: the cache, else a download (when online and allowed)."""
     from kala_engine.cli.models import progress_printer
     from kala_engine.model.hub import classify, resolve_base
+    from kala_engine.train.model_setup import is_main
 
     kind, _ = classify(args.base)
     if kind != "repo":
         resolve_base(args.base, args.revision)  # a folder: the loading policy speaks before the run starts
         return
-    download = not args.no_download and _is_main()
+    download = not args.no_download and is_main()
     r = resolve_base(args.base, args.revision, download=download, emit=progress_printer())
     if r.kind == "download":
         print(f"\ndownloaded {r.repo_id} to {r.path}")

@@ -24,9 +24,7 @@ the seed and the step, so a run resumed after a crash or kill retraces the same 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import platform
 import random
 import shutil
@@ -48,216 +46,19 @@ from kala_engine.jobs import (
     TrainStep,
     Validation,
 )
-from kala_engine.model.loading import SAFE_KWARGS  # trust_remote_code=False, local files only
+from kala_engine.train.checkpoints import (
+    architecture,
+    check_resume_architecture,
+    load_checkpoint,
+    save_checkpoint,
+)
 from kala_engine.train.config import TrainConfig
+from kala_engine.train.model_setup import apply_lora, base_dir, build_model, build_tokenizer, is_main, lr_at
 from kala_engine.train.run_folder import RunFolder
 
 LAW_KEYS = [f"law_loss_{k}" for k in range(NUM_LAWS)]
 #: metrics that depend on wall time (everything else in a metrics line is reproducible)
 TIMING_KEYS = ("tokens_per_s", "elapsed", "eta", "memory_mb", "time")
-
-
-# --------------------------------------------------------------------------- model and data
-
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def build_tokenizer(cfg: TrainConfig, records: list[dict], folder: RunFolder, emit: Emit):
-    from kala_engine.data.tokenizer import load_tokenizer, prepare_tokenizer, record_texts, train_tokenizer
-
-    tok_dir = folder.tokenizer_dir
-    if (tok_dir / "tokenizer.json").is_file():
-        return load_tokenizer(tok_dir)
-    if cfg.base == "kala-tiny":
-        emit(LogLine(f"training a {cfg.vocab_size}-token BPE tokenizer on {len(records)} records"))
-        tok = train_tokenizer(record_texts(records), out_dir=None, vocab_size=cfg.vocab_size)
-    else:
-        src = _base_dir(cfg.base, cfg.revision)
-        try:
-            tok = prepare_tokenizer(load_tokenizer(src))
-        except (OSError, ValueError) as e:
-            raise JobError(f"{src}: cannot load its tokenizer ({e}); a Pythia folder holds tokenizer.json") from None
-    if _is_main():
-        with folder.writing_tokenizer() as tmp:
-            tok.save_pretrained(tmp)
-    return tok
-
-
-def _base_dir(base: str, revision: str | None = None) -> str:
-    """The base's local folder, found by the one resolver (kala_engine.model.hub, through
-    doctor.check_base: a folder, else the Hugging Face cache) and checked as a base (config,
-    tokenizer, the loading policy). Never downloads: `kala train` and the app's Models page
-    download before a run starts."""
-    from kala_engine.doctor import check_base
-
-    found = check_base(base, revision)
-    if not found.ok or found.folder is None:
-        raise JobError(found.problem or f"base {base!r}: nothing to load (kala-tiny is trained from scratch)")
-    return found.folder
-
-
-def build_model(cfg: TrainConfig, tokenizer, plan, emit: Emit):
-    """The model to train, per the plan: kala-tiny from scratch, a Pythia base, or a KALA model."""
-    from kala_engine.model.modeling_kala import KALAForCausalLM, load_from_pythia, preset_config
-
-    overrides = dict(ethics_loss_weight=cfg.ethics_weight, deep_supervision_weight=cfg.deep_supervision_weight)
-    if cfg.base == "kala-tiny":
-        torch.manual_seed(cfg.seed)
-        config = preset_config(
-            "kala-tiny", vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-            **overrides, **cfg.tiny_overrides,
-        )
-        return KALAForCausalLM(config)
-    src = _base_dir(cfg.base, cfg.revision)
-    kwargs: dict[str, Any] = {}
-    if plan.mode == "nf4-lora":
-        from transformers import BitsAndBytesConfig
-
-        compute = torch.bfloat16 if plan.precision == "bf16" else torch.float16
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
-            bnb_4bit_use_double_quant=True,
-            llm_int8_skip_modules=["value_head", "ethics_monitor", "embed_out"],
-        )
-        kwargs["device_map"] = {"": 0}
-    model_type = json.loads((Path(src) / "config.json").read_text(encoding="utf-8")).get("model_type")
-    if model_type == "kala":
-        emit(LogLine(f"continuing from the KALA model in {src}"))
-        model = KALAForCausalLM.from_pretrained(src, use_safetensors=True, **SAFE_KWARGS, **kwargs)
-        for k, v in overrides.items():
-            setattr(model.config, k, v)
-    else:
-        emit(LogLine(f"loading Pythia weights from {src}"))
-        model = load_from_pythia(src, kala_overrides=overrides, **kwargs)
-    if len(tokenizer) > model.config.vocab_size:
-        model.resize_token_embeddings(len(tokenizer))
-    return model
-
-
-def apply_lora(model, cfg: TrainConfig, quantized: bool):
-    """LoRA adapters (peft) on the base; the constitutional parts stay fully trainable."""
-    from peft import LoraConfig, get_peft_model
-
-    if quantized:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.gradient_checkpointing))
-    names = set(model.constitutional_parameter_names())
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=0.0,
-                      target_modules=["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
-                      bias="none", task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
-    for n, p in model.named_parameters():
-        if any(n.endswith(c) for c in names):
-            p.requires_grad_(True)
-    return model
-
-
-def lr_at(step: int, total: int, cfg: TrainConfig, warmup: int) -> float:
-    """Linear warm-up, then cosine to learning_rate * min_lr_ratio (nanoGPT's get_lr)."""
-    peak = cfg.learning_rate
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    if total <= warmup:
-        return peak
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    floor = peak * cfg.min_lr_ratio
-    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(folder: RunFolder, step: int, model, optimizer, position: dict, keep: int) -> Path:
-    """checkpoints/step-N: the trained tensors, optimizer and RNG state (atomic, see RunFolder)."""
-    from safetensors.torch import save_file
-
-    with folder.writing_checkpoint(step, keep) as tmp:
-        save_file(_trainable_state(model), str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save({"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "rng.pt")
-        meta = {"step": step, "position": position, "python_random": repr(random.getstate()), "time": time.time()}
-        (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-    return folder.checkpoint_dir(step)
-
-
-def _read_checkpoint(d: Path, model) -> tuple[dict, dict, dict, dict]:
-    """(meta, weights, optimizer state, rng state) of one checkpoint folder; raises on any damage."""
-    from safetensors.torch import load_file
-
-    meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
-    weights = load_file(str(d / "model.safetensors"))
-    opt_state = torch.load(d / "optimizer.pt", weights_only=True, map_location="cpu")
-    rng = torch.load(d / "rng.pt", weights_only=True, map_location="cpu")
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
-    if missing:
-        raise ValueError(f"weights missing for {missing[:3]}")
-    return meta, weights, opt_state, rng
-
-
-def load_checkpoint(folder: RunFolder, model, optimizer, emit: Emit) -> dict | None:
-    """Restore the newest readable checkpoint; a corrupt one is reported and skipped."""
-    import ast
-
-    for _step, d in folder.checkpoint_dirs():
-        try:
-            meta, weights, opt_state, rng = _read_checkpoint(d, model)
-        except Exception as e:  # noqa: BLE001 - any damage means: try the one before
-            emit(LogLine(f"checkpoint {d.name} is unreadable ({type(e).__name__}: {e}); trying the one before it",
-                         level="warning"))
-            continue
-        params = dict(model.named_parameters())
-        wrong = [f"{n} is {tuple(t.shape)} in the checkpoint vs {tuple(params[n].shape)} now"
-                 for n, t in weights.items() if n in params and tuple(t.shape) != tuple(params[n].shape)]
-        if wrong:
-            raise JobError(f"checkpoint {d.name} does not fit the model asked for: {'; '.join(wrong[:3])}"
-                           f"{f' (and {len(wrong) - 3} more)' if len(wrong) > 3 else ''}. Resume with the "
-                           f"run's own settings (the 'config' in its run.json) or start a new run elsewhere")
-        with torch.no_grad():
-            for n, t in weights.items():
-                params[n].copy_(t.to(params[n].device, params[n].dtype))
-        optimizer.load_state_dict(opt_state)
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        random.setstate(ast.literal_eval(meta["python_random"]))
-        emit(LogLine(f"resumed from checkpoint {d.name}"))
-        return meta
-    return None
-
-
-#: model config fields that fix the shapes of the trained parameters (what a resume must match)
-ARCH_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-             "intermediate_size", "ethics_hidden_size", "num_laws", "rotary_pct", "use_parallel_residual")
-
-
-def _architecture(model, lora_rank: int | None) -> dict:
-    """What run.json records so that a resume can say what differs (not a size-mismatch traceback)."""
-    conf = model.config
-    arch = {k: getattr(conf, k) for k in ARCH_KEYS if hasattr(conf, k)}
-    arch["lora_rank"] = lora_rank  # None: full fine-tune (no adapters)
-    return arch
-
-
-def _check_resume_architecture(folder: RunFolder, arch: dict) -> None:
-    """Refuse a resume whose model differs from the run's, naming every difference."""
-    saved = folder.read_info().get("architecture")
-    if not isinstance(saved, dict):
-        return  # an older run: load_checkpoint compares the tensor shapes instead
-    diffs = [f"{k} {saved[k]!r} in checkpoint vs {arch.get(k)!r} now" for k in saved
-             if k in arch and saved[k] != arch[k]]
-    if diffs:
-        raise JobError(f"{folder.path}: cannot resume, the run has another architecture ({'; '.join(diffs)}). "
-                       f"Resume with the run's own settings (the 'config' in {folder.run_file}) "
-                       f"or start a new run in another folder")
 
 
 # --------------------------------------------------------------------------- the run
@@ -294,7 +95,7 @@ def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> di
     """
     from kala_engine.train.run_lock import LOCK_NAME, RunLock
 
-    if not _is_main():  # torchrun / accelerate launch: rank 0 holds the folder for all ranks
+    if not is_main():  # torchrun / accelerate launch: rank 0 holds the folder for all ranks
         return _train(cfg, emit, control)
     run_dir = Path(cfg.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -329,7 +130,7 @@ def _train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> d
     """Set up, fit, validate at the end and finish: the four parts of a run, in order."""
     run = _set_up(cfg, emit, control or JobControl())
     step = _fit(run)
-    final_val = _validate_and_log(run, step) if _is_main() and run.validates else None
+    final_val = _validate_and_log(run, step) if is_main() and run.validates else None
     return _finish(run, step, final_val)
 
 
@@ -435,9 +236,9 @@ def _model_and_tokenizer(cfg: TrainConfig, folder: RunFolder, train_records: lis
     if lora:
         model = apply_lora(model, cfg, quantized=plan.mode == "nf4-lora")
     model.train()
-    arch = _architecture(model.get_base_model() if lora else model, cfg.lora_rank if lora else None)
+    arch = architecture(model.get_base_model() if lora else model, cfg.lora_rank if lora else None)
     if cfg.resume:  # every rank: one refusing alone would leave the others waiting in prepare()
-        _check_resume_architecture(folder, arch)
+        check_resume_architecture(folder, arch)
     return model, tokenizer, arch
 
 
@@ -462,7 +263,7 @@ def _restore(cfg: TrainConfig, folder: RunFolder, model, optimizer, emit: Emit) 
     if meta is None:
         emit(LogLine("no checkpoint yet: starting from step 0", level="warning"))
     start = int(meta["step"]) if meta is not None else 0
-    if _is_main():
+    if is_main():
         folder.truncate_metrics(start)
     return start
 
@@ -474,14 +275,14 @@ def _set_up(cfg: TrainConfig, emit: Emit, control: JobControl) -> _Run:
     folder = RunFolder(cfg.run_dir)
     if not Path(cfg.data).is_file():
         raise JobError(f"{cfg.data}: no such dataset file (make one with: kala data generate --out {cfg.data})")
-    if _is_main():
+    if is_main():
         if folder.path.exists() and not cfg.resume and folder.has_progress():
             raise JobError(f"{folder.path} already holds a run; pass --resume to continue it or choose another folder")
     if cfg.base != "kala-tiny":
-        _base_dir(cfg.base, cfg.revision)  # a base that is not here is refused before the run folder is made
+        base_dir(cfg.base, cfg.revision)  # a base that is not here is refused before the run folder is made
     train_records, val_records, warnings = _load_data(cfg, emit)
     dev, plan, accelerator = _plan_and_accelerator(cfg, emit)
-    if _is_main():
+    if is_main():
         folder.path.mkdir(parents=True, exist_ok=True)  # only now: a refused start leaves no empty run folder
     model, tokenizer, arch = _model_and_tokenizer(cfg, folder, train_records, plan, accelerator, emit)
 
@@ -493,7 +294,7 @@ def _set_up(cfg: TrainConfig, emit: Emit, control: JobControl) -> _Run:
     optimizer = _optimizer(model, cfg)
     start_step = _restore(cfg, folder, model, optimizer, emit)
     model, optimizer = accelerator.prepare(model, optimizer)
-    if _is_main():
+    if is_main():
         folder.write_info({
             "config": asdict(cfg), "versions": _versions(), "plan": plan.lines,
             "device": {"kind": plan.device_kind, "name": dev.name}, "processes": accelerator.num_processes,
@@ -564,7 +365,7 @@ def _optimizer_step(run: _Run, step: int, lr: float) -> tuple[torch.Tensor, floa
 
 
 def _checkpoint(run: _Run, step: int) -> None:
-    if _is_main():
+    if is_main():
         path = save_checkpoint(run.folder, step, run.accelerator.unwrap_model(run.model), run.optimizer,
                                {"step": step, "steps_per_epoch": run.steps_per_epoch}, run.cfg.keep_checkpoints)
         run.emit(CheckpointSaved(step=step, path=str(path)))
@@ -578,7 +379,7 @@ def _fit(run: _Run) -> int:
     every ``save_every`` steps and on cancel; run.json says "cancelled" or "failed" when it ends so.
     """
     cfg, emit, total = run.cfg, run.emit, run.total_steps
-    if run.start_step == 0 and _is_main() and run.validates:
+    if run.start_step == 0 and is_main() and run.validates:
         _validate_and_log(run, 0)
     t0, tokens_seen, step = time.perf_counter(), 0, run.start_step
     emit(LogLine(f"training {total} steps ({run.steps_per_epoch} per epoch) from step {step}"))
@@ -599,10 +400,10 @@ def _fit(run: _Run) -> int:
                 "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1), "elapsed": round(elapsed, 3),
                 "eta": round(elapsed / (step - run.start_step) * (total - step), 1), "memory_mb": _memory_mb(),
             }
-            if _is_main():
+            if is_main():
                 run.folder.append_metrics(line)
             emit(TrainStep(step=step, total_steps=total, metrics=line))
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < total and _is_main() and run.validates:
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < total and is_main() and run.validates:
                 _validate_and_log(run, step)
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
                 _checkpoint(run, step)
@@ -610,11 +411,11 @@ def _fit(run: _Run) -> int:
         emit(LogLine(f"cancelled at step {step}: saving a checkpoint"))
         if step > run.start_step:
             _checkpoint(run, step)
-        if _is_main():
+        if is_main():
             run.folder.update_info(status="cancelled", step=step)
         raise
     except BaseException:
-        if _is_main():
+        if is_main():
             run.folder.update_info(status="failed", step=step)
         raise
     return step
@@ -680,7 +481,7 @@ def _calibrate(run: _Run) -> dict | None:
 
 def _finish(run: _Run, step: int, final_val: dict | None) -> dict:
     """Calibrate, save final/, mark run.json finished; returns the run's summary."""
-    if _is_main():
+    if is_main():
         calibration = _calibrate(run)
         save_final(run.accelerator.unwrap_model(run.model), run.tokenizer, run.folder, run.plan.mode,
                    law_thresholds=calibration["thresholds"] if calibration else None)

@@ -1,0 +1,126 @@
+"""Building what a run trains: the tokenizer, the KALA model (from a preset, a Pythia base or a
+KALA checkpoint), LoRA adapters and the learning-rate schedule - shared by every training method."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kala_engine.jobs import Emit, JobError, LogLine
+from kala_engine.model.loading import SAFE_KWARGS  # trust_remote_code=False, local files only
+from kala_engine.train.config import TrainConfig
+from kala_engine.train.run_folder import RunFolder
+
+
+def is_main() -> bool:
+    """True in the process that writes (rank 0, or the only process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def build_tokenizer(cfg: TrainConfig, records: list[dict], folder: RunFolder, emit: Emit):
+    from kala_engine.data.tokenizer import load_tokenizer, prepare_tokenizer, record_texts, train_tokenizer
+
+    tok_dir = folder.tokenizer_dir
+    if (tok_dir / "tokenizer.json").is_file():
+        return load_tokenizer(tok_dir)
+    if cfg.base == "kala-tiny":
+        emit(LogLine(f"training a {cfg.vocab_size}-token BPE tokenizer on {len(records)} records"))
+        tok = train_tokenizer(record_texts(records), out_dir=None, vocab_size=cfg.vocab_size)
+    else:
+        src = base_dir(cfg.base, cfg.revision)
+        try:
+            tok = prepare_tokenizer(load_tokenizer(src))
+        except (OSError, ValueError) as e:
+            raise JobError(f"{src}: cannot load its tokenizer ({e}); a Pythia folder holds tokenizer.json") from None
+    if is_main():
+        with folder.writing_tokenizer() as tmp:
+            tok.save_pretrained(tmp)
+    return tok
+
+
+def base_dir(base: str, revision: str | None = None) -> str:
+    """The base's local folder, found by the one resolver (kala_engine.model.hub, through
+    doctor.check_base: a folder, else the Hugging Face cache) and checked as a base (config,
+    tokenizer, the loading policy). Never downloads: `kala train` and the app's Models page
+    download before a run starts."""
+    from kala_engine.doctor import check_base
+
+    found = check_base(base, revision)
+    if not found.ok or found.folder is None:
+        raise JobError(found.problem or f"base {base!r}: nothing to load (kala-tiny is trained from scratch)")
+    return found.folder
+
+
+def build_model(cfg: TrainConfig, tokenizer, plan, emit: Emit):
+    """The model to train, per the plan: kala-tiny from scratch, a Pythia base, or a KALA model."""
+    from kala_engine.model.modeling_kala import KALAForCausalLM, load_from_pythia, preset_config
+
+    overrides = dict(ethics_loss_weight=cfg.ethics_weight, deep_supervision_weight=cfg.deep_supervision_weight)
+    if cfg.base == "kala-tiny":
+        torch.manual_seed(cfg.seed)
+        config = preset_config(
+            "kala-tiny", vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            **overrides, **cfg.tiny_overrides,
+        )
+        return KALAForCausalLM(config)
+    src = base_dir(cfg.base, cfg.revision)
+    kwargs: dict[str, Any] = {}
+    if plan.mode == "nf4-lora":
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if plan.precision == "bf16" else torch.float16
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+            bnb_4bit_use_double_quant=True,
+            llm_int8_skip_modules=["value_head", "ethics_monitor", "embed_out"],
+        )
+        kwargs["device_map"] = {"": 0}
+    model_type = json.loads((Path(src) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    if model_type == "kala":
+        emit(LogLine(f"continuing from the KALA model in {src}"))
+        model = KALAForCausalLM.from_pretrained(src, use_safetensors=True, **SAFE_KWARGS, **kwargs)
+        for k, v in overrides.items():
+            setattr(model.config, k, v)
+    else:
+        emit(LogLine(f"loading Pythia weights from {src}"))
+        model = load_from_pythia(src, kala_overrides=overrides, **kwargs)
+    if len(tokenizer) > model.config.vocab_size:
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def apply_lora(model, cfg: TrainConfig, quantized: bool):
+    """LoRA adapters (peft) on the base; the constitutional parts stay fully trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.gradient_checkpointing))
+    names = set(model.constitutional_parameter_names())
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=0.0,
+                      target_modules=["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+                      bias="none", task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    for n, p in model.named_parameters():
+        if any(n.endswith(c) for c in names):
+            p.requires_grad_(True)
+    return model
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig, warmup: int) -> float:
+    """Linear warm-up, then cosine to learning_rate * min_lr_ratio (nanoGPT's get_lr)."""
+    peak = cfg.learning_rate
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if total <= warmup:
+        return peak
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    floor = peak * cfg.min_lr_ratio
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
