@@ -85,8 +85,11 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> dict:
+def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None, body=None) -> dict:
     """Run (or resume) training; returns a summary dict. Raises JobError with a user message.
+
+    ``body(cfg, emit, control)`` is what runs inside the run folder's lock (default: this
+    module's set-up, fit, validate, finish; ``kala align`` passes its own).
 
     The main process owns the run folder for the whole run (``DIR/.lock``, see
     :mod:`kala_engine.train.run_lock`): a second starter - another ``kala train``, or the app's worker
@@ -95,8 +98,9 @@ def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> di
     """
     from kala_engine.train.run_lock import LOCK_NAME, RunLock
 
+    body = body or _train
     if not is_main():  # torchrun / accelerate launch: rank 0 holds the folder for all ranks
-        return _train(cfg, emit, control)
+        return body(cfg, emit, control)
     run_dir = Path(cfg.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise JobError(f"run folder {run_dir} is a file; pass a folder (it is created when missing)")
@@ -120,7 +124,7 @@ def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> di
         if lock.took_over_from is not None:
             emit(LogLine(f"{run_dir} was last used by {lock.took_over_from.describe()}, which ended without "
                          f"releasing it; this process owns it now", level="warning"))
-        return _train(cfg, emit, control)
+        return body(cfg, emit, control)
     finally:
         lock.release()
         leave_no_empty_folder()
