@@ -51,6 +51,7 @@ from ..error_dialog import show_error
 from ..runs import RunInfo, list_runs, load_curves, new_run_dir
 from ..widgets.elided_combo import ElidedComboBox
 from ..widgets.live_plot import LivePlot
+from ..widgets.train_method import TrainMethod
 from ..widgets.wrap_label import WrapLabel
 
 #: Colours of the five law curves (index = law index), the LM loss and the total ethics loss.
@@ -264,6 +265,8 @@ class TrainPage(QWidget):
         hp_box = QGroupBox("Hyperparameters")
         hform = QFormLayout(hp_box)
         self.hp: dict[str, QWidget] = {}
+        self.method = TrainMethod(self.ctx.settings)  # SFT / DPO / ORPO / SimPO (kala align), issue 17
+        hform.addRow(self.method)
         tc = {f.name: f.default for f in fields(TrainConfig)}  # the engine's defaults, one source
 
         def spin(key, lo, hi, val, tip, step=1):
@@ -318,6 +321,8 @@ class TrainPage(QWidget):
         self.more_settings.addWidget(more)
         hform.addRow(self.more_settings)
         self._load_hp_settings()
+        self.method.method_changed.connect(lambda _m: self.hp["learning_rate"].setValue(
+            self.method.default_learning_rate() or default_learning_rate(self.base())))
 
         left = QWidget()
         llay = QVBoxLayout(left)
@@ -381,7 +386,7 @@ class TrainPage(QWidget):
         self.ethics_plot.add_points("ethics_val", "validation", VAL_COLOR)
         self.lr_plot = LivePlot("Learning rate", "lr", phase_ms=66)
         self.lr_plot.add_curve("lr", "learning rate", "#444", smooth=False)
-        self.plots = [self.lm_plot, self.ethics_plot, self.lr_plot]
+        self.plots = [self.lm_plot, self.ethics_plot, self.lr_plot, self.method.plot]
         # Not x-linked: a link makes every plot repaint whenever one redraws (3 paints in one go).
 
         self.smooth_slider = QSlider(Qt.Orientation.Horizontal)
@@ -420,12 +425,14 @@ class TrainPage(QWidget):
         plots = QSplitter(Qt.Orientation.Vertical)
         plots.addWidget(self.lm_plot)
         plots.addWidget(self.ethics_plot)
+        plots.addWidget(self.method.plot)
         plots.addWidget(self.aux_tabs)
         plots.setStretchFactor(0, 1)
         plots.setStretchFactor(1, 1)
-        plots.setStretchFactor(2, 0)
+        plots.setStretchFactor(2, 1)
+        plots.setStretchFactor(3, 0)
         self.aux_tabs.setMaximumHeight(165)
-        plots.setSizes([300, 340, 150])
+        plots.setSizes([300, 340, 220, 150])  # the third: the preference plot (shown for DPO/ORPO/SimPO)
 
         right = QWidget()
         rlay = QVBoxLayout(right)
@@ -712,7 +719,7 @@ class TrainPage(QWidget):
             out[key] = w.isChecked() if isinstance(w, QCheckBox) else w.value()
         if out.get("max_steps") == 0:
             out["max_steps"] = None
-        return out
+        return {**out, **self.method.settings()}
 
     # ================================================================ doctor
 
@@ -891,6 +898,7 @@ class TrainPage(QWidget):
                 self.ethics_plot.append(f"law{k}", x, v)
         if (v := m.get("lr")) is not None:
             self.lr_plot.append("lr", x, v)
+        self.method.add_step(m)
 
     def _on_validation(self, ev) -> None:
         if not self._is_my_training():
@@ -912,6 +920,7 @@ class TrainPage(QWidget):
             self.lm_plot.append("lm_val", x, lm)
         if eth is not None:
             self.ethics_plot.append("ethics_val", x, eth)
+        self.method.add_validation(m)
 
     def _on_log(self, message: str) -> None:
         if self.worker.owner is self:
