@@ -197,8 +197,13 @@ def _set_up(cfg: TrainConfig, emit: Emit, control: JobControl) -> _AlignRun:
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "total_steps": total_steps, "train_records": len(train_set), "validation_records": len(val_set or []),
             "status": "running", "started": time.time(), "warnings": [], "architecture": arch})
+    calib = calibration_records(val_pairs)
+    if not any(r["kind"] == "benign" for r in calib):  # generated pairs: every prompt is harmful
+        emit(LogLine("no benign prompt among the held-out pairs: the thresholds are not recalibrated; "
+                     "the base model's calibrated thresholds stay with the aligned model"))
+        calib = []
     return _AlignRun(cfg, folder, emit, control, accelerator, plan, tokenizer, model, optimizer, train_set, val_set,
-                     calibration_records(val_pairs), PairCollator(tokenizer, cfg.max_length), steps_per_epoch,
+                     calib, PairCollator(tokenizer, cfg.max_length), steps_per_epoch,
                      total_steps, warmup, start_step, ref_model=ref, lora=lora)
 
 

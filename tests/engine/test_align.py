@@ -177,6 +177,10 @@ def test_dpo_run_folder_metrics_final_and_method_in_run_json(base_and_pairs, tmp
     assert val[0]["step"] == 0 and abs(val[0]["reward_margin"]) < 1e-6 and abs(val[0]["preference_loss"] - 0.6931) < 1e-3
     assert val[-1]["reward_margin"] > 0 and "logp_accuracy" in val[-1]
     assert (run_dir / "final" / "model.safetensors").is_file() and out["steps"] == 8
+    # generated pairs hold no benign prompt to calibrate on: the base's calibrated thresholds stay
+    base, _ = base_and_pairs
+    thresholds = json.loads((base / "config.json").read_text()).get("law_thresholds")
+    assert json.loads((run_dir / "final" / "config.json").read_text()).get("law_thresholds") == thresholds
 
 
 def test_kill_9_then_resume_gives_the_uninterrupted_metrics(base_and_pairs, tmp_path):
