@@ -16,10 +16,11 @@ accelerate, the tokenizer and model set-up, the optimizer, checkpoints and exact
 order fixed by seed and step), pause/resume/cancel through :class:`JobControl`, calibration and
 ``final/``. metrics.jsonl lines carry the method's numbers: ``preference_loss``,
 ``rewards_chosen``, ``rewards_rejected``, ``reward_margin``, ``preference_accuracy``, the
-ethics loss per law, and ``lm_loss`` (the per-token NLL of the chosen replies). Validation lines
-also carry ``logp_accuracy``: the share of held-out pairs whose chosen reply has the higher
-per-token log-probability - the model's own preference, comparable before and after a run and
-across methods.
+ethics loss per law, ``lm_loss`` (the per-token NLL of the chosen replies), and the model's own
+preference, comparable before and after a run and across methods: ``logp_accuracy`` (the share
+of pairs whose chosen reply has the higher per-token log-probability) and ``logp_margin`` (the
+mean per-token log-probability of the chosen reply minus the rejected one's).
+:func:`held_out_preference` measures the last two for any saved model.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from kala_engine.train.trainer import (
 
 #: per-step numbers besides the law losses: (metrics key, index in the step's stats vector)
 STATS = ("loss", "preference_loss", "lm_loss", "ethics_loss", "deep_loss", "rewards_chosen", "rewards_rejected",
-         "reward_margin", "preference_accuracy", "logp_accuracy")
+         "reward_margin", "preference_accuracy", "logp_accuracy", "logp_margin")
 
 
 def align(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> dict:
@@ -235,10 +236,11 @@ def _batch_loss(run: _AlignRun, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
     ref = _reference_logps(run, b)
     pref = preference_loss(cfg.method, cfg.beta, pc, pr, nc, nr, *(ref or (None, None)), simpo_gamma=cfg.simpo_gamma)
     loss = pref.loss + out.loss  # out.loss: ethics_weight * (ethics + mu * deep), the model's own
-    own = (pc.detach() / nc.clamp(min=1) > pr.detach() / nr.clamp(min=1)).float().mean()
+    own = pc.detach() / nc.clamp(min=1) - pr.detach() / nr.clamp(min=1)  # per-token log-prob, chosen - rejected
     stats = torch.stack([loss.detach(), pref.loss.detach(), pref.nll_chosen.detach(), out.ethics_loss.detach(),
                          out.deep_loss.detach(), pref.rewards_chosen.mean(), pref.rewards_rejected.mean(),
-                         pref.margin.mean(), pref.accuracy.mean(), own, *out.ethics_loss_per_law.detach()]).float()
+                         pref.margin.mean(), pref.accuracy.mean(), (own > 0).float().mean(), own.mean(),
+                         *out.ethics_loss_per_law.detach()]).float()
     return loss, stats
 
 
@@ -338,3 +340,27 @@ def _validate_and_log(run: _AlignRun, step: int) -> dict:
     run.folder.append_metrics(line)
     run.emit(Validation(step=step, metrics=line))
     return line
+
+
+def held_out_preference(model_dir: str, pairs_path: str, split: str = "validation", max_length: int = 256,
+                        batch_size: int = 8) -> dict:
+    """``logp_accuracy`` and ``logp_margin`` of a saved model on the ``split`` pairs of a pair file."""
+    from kala_engine.data.pairs import load_pairs
+    from kala_engine.data.tokenizer import load_tokenizer
+    from kala_engine.model.loading import SAFE_KWARGS
+    from kala_engine.model.modeling_kala import KALAForCausalLM
+
+    tok = load_tokenizer(model_dir)
+    model = KALAForCausalLM.from_pretrained(model_dir, use_safetensors=True, **SAFE_KWARGS).eval()
+    ds = PairDataset([p for p in load_pairs(pairs_path) if p["split"] == split], tok, max_length)
+    collate, diffs = PairCollator(tok, max_length), []
+    with torch.no_grad():
+        for i in range(0, len(ds), batch_size):
+            b = collate([ds[j] for j in range(i, min(len(ds), i + batch_size))])
+            lp, n = sequence_logps(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+                                   b["labels"])
+            (pc, pr), (nc, nr) = lp.chunk(2), n.chunk(2)
+            diffs.append(pc / nc.clamp(min=1) - pr / nr.clamp(min=1))
+    d = torch.cat(diffs) if diffs else torch.zeros(0)
+    return {"pairs": len(ds), "logp_accuracy": float((d > 0).float().mean()) if len(d) else float("nan"),
+            "logp_margin": float(d.mean()) if len(d) else float("nan")}

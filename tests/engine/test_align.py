@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from kala_engine.jobs import CheckpointSaved, Finished, JobControl, JobError, LogLine, TrainStep, run_job
-from kala_engine.train.align import PairCollator, PairDataset, align, align_job
+from kala_engine.train.align import PairCollator, PairDataset, align, align_job, held_out_preference
 from kala_engine.train.config import TrainConfig
 from kala_engine.train.preference import preference_loss, sequence_logps
 from kala_engine.train.trainer import TIMING_KEYS, train
@@ -177,8 +177,12 @@ def test_dpo_run_folder_metrics_final_and_method_in_run_json(base_and_pairs, tmp
     assert val[0]["step"] == 0 and abs(val[0]["reward_margin"]) < 1e-6 and abs(val[0]["preference_loss"] - 0.6931) < 1e-3
     assert val[-1]["reward_margin"] > 0 and "logp_accuracy" in val[-1]
     assert (run_dir / "final" / "model.safetensors").is_file() and out["steps"] == 8
+    # the model's own held-out preference for the chosen reply grew (saved models, measured afresh)
+    base, pairs = base_and_pairs
+    before, after = held_out_preference(str(base), str(pairs), max_length=80), \
+        held_out_preference(str(run_dir / "final"), str(pairs), max_length=80)
+    assert before["pairs"] == after["pairs"] > 0 and after["logp_margin"] > before["logp_margin"]
     # generated pairs hold no benign prompt to calibrate on: the base's calibrated thresholds stay
-    base, _ = base_and_pairs
     thresholds = json.loads((base / "config.json").read_text()).get("law_thresholds")
     assert json.loads((run_dir / "final" / "config.json").read_text()).get("law_thresholds") == thresholds
 
