@@ -17,7 +17,8 @@ Where pairs come from:
 
 - the generator (:func:`iter_pairs`): a harmful request with its ethical reply preferred to a
   harmful completion of the same request, and a critique -> revision record's revision preferred
-  to its flawed draft. The families and the held-out split are the generator's
+  to its flawed draft, and a benign or benign-but-alarming question's answer preferred to a
+  needless refusal (neither reply violates a law: both keep target 1.0). The families and the held-out split are the generator's
   (:func:`kala_engine.data.generate.validation_families`), so validation pairs are unseen wordings.
 - the importers (:func:`pairs_from_records`): HH-RLHF's chosen over rejected and PKU-SafeRLHF's
   safe over unsafe response, paired back from the records the importer writes (the law labels
@@ -41,8 +42,9 @@ from kala_engine.data.schema import ROLES, SPLITS, VIOLATION, _encodable, check_
 
 PAIR_KIND = "preference"
 PAIR_FIELDS = ("id", "kind", "source", "family", "split", "primary_law", "violated", "prompt", "chosen", "rejected")
-#: generated pair sources and their shares
-PAIR_SOURCES = {"harmful_completion": 0.6, "critique_revision": 0.4}
+#: generated pair sources and their shares (over_refusal: a benign or alarming-worded question, its
+#: answer preferred to a needless refusal - without them preference training learns to refuse everything)
+PAIR_SOURCES = {"harmful_completion": 0.45, "critique_revision": 0.3, "over_refusal": 0.25}
 ONES = [1.0] * NUM_LAWS
 
 
@@ -192,6 +194,16 @@ def iter_pairs(count: int, seed: int = 0) -> Iterator[dict]:
         if attempts > 30 * count + 1000:
             raise ValueError(f"could only generate {made} distinct pairs out of {count}; ask for fewer")
         source = rng.choices(sources, weights)[0]
+        if source == "over_refusal":
+            family, parts = r.benign(banks.benign if rng.random() < 0.5 else banks.alarming)
+            prompt, chosen, rejected = parts[:-1], parts[-1]["text"], r.pick(r.t["response"]["decline"])
+            key = (prompt[-1]["text"], chosen, rejected)
+            if key not in seen:
+                seen.add(key)
+                yield make_pair(f"pair-s{seed}-{made:06d}", source, family,
+                                "validation" if family in held_out else "train", prompt, chosen, ONES, rejected, ONES)
+                made += 1
+            continue
         topic = r.pick(topics[rng.randrange(NUM_LAWS)])
         v = r.slots()
         pressure = r._pressure(topic)

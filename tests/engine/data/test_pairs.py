@@ -20,11 +20,14 @@ def test_generate_pairs_writes_valid_pairs_split_by_family(tmp_path, capsys):
     assert "wrote 400 pairs" in capsys.readouterr().out
     pairs = load_pairs(out)
     assert len(pairs) == 400 and all(validate_pair(p) == [] for p in pairs)
-    assert {p["source"] for p in pairs} == {"harmful_completion", "critique_revision"}
+    assert {p["source"] for p in pairs} == {"harmful_completion", "critique_revision", "over_refusal"}
     train = {p["family"] for p in pairs if p["split"] == "train"}
     val = {p["family"] for p in pairs if p["split"] == "validation"}
     assert val and train and not train & val  # held-out families: validation measures unseen wordings
     for p in pairs:  # the rejected reply violates the law its request is built around
+        if p["source"] == "over_refusal":  # a needless refusal of a benign question: no law violated
+            assert p["violated"] == [] and p["primary_law"] is None and min(p["prompt"][-1]["labels"]) == 1.0
+            continue
         assert p["violated"] and p["rejected"]["labels"][p["primary_law"]] < 0.5
         assert min(p["chosen"]["labels"]) == 1.0 and p["chosen"]["text"] != p["rejected"]["text"]
     assert pairs == list(iter_pairs(400, 3))  # same seed, same file
