@@ -137,9 +137,12 @@ def _frozen_copy(model, device):
 
 
 def _load_pairs(cfg: TrainConfig) -> tuple[list[dict], list[dict]]:
-    from kala_engine.data.pairs import load_pairs
+    from kala_engine.data.pairs import is_pair_file, load_pairs
 
     try:
+        if not is_pair_file(cfg.data):
+            raise JobError(f"{cfg.data} holds no preference pairs (its first record has no 'chosen' and "
+                           f"'rejected'); make pairs with: kala data generate --pairs --out PAIRS.jsonl")
         pairs = load_pairs(cfg.data)
     except ValueError as e:
         raise JobError(f"the pair file is not valid: {e}") from None

@@ -234,6 +234,10 @@ def test_a_pair_file_with_bad_lines_is_refused_with_every_file_line(base_and_pai
     err = capsys.readouterr().err
     assert rc == 2 and f"{bad}:2: " in err and f"{bad}:5: " in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+    records = tmp_path / "records.jsonl"  # a KALA data set given where pairs belong
+    records.write_text(json.dumps({"id": "a", "kind": "benign"}) + "\n")
+    with pytest.raises(JobError, match="holds no preference pairs"):
+        align(acfg(base_and_pairs, tmp_path / "r3", data=str(records)), lambda e: None)
     with pytest.raises(JobError, match="starts from a trained model"):
         align(acfg(base_and_pairs, tmp_path / "r2", base="kala-tiny"), lambda e: None)
 
