@@ -95,7 +95,9 @@ class _AlignRun(_Run):
 
 class PairDataset:
     """Pairs as (chosen, rejected) encoded examples (the collator's format); the first token of
-    each reply (its ``<|assistant|>`` role token, the same in both) is not scored."""
+    each reply (its ``<|assistant|>`` role token, the same in both) is not scored. A pair whose
+    reply ``max_length`` cuts off entirely is left out (counted in ``dropped``): it has nothing to
+    compare (and ORPO's log-odds of an empty reply are undefined)."""
 
     def __init__(self, pairs: list[dict], tokenizer, max_length: int):
         from kala_engine.data.collate import encode_records
@@ -107,7 +109,10 @@ class PairDataset:
             first = next((i for i, x in enumerate(e["labels"]) if x != -100), None)
             if first is not None:
                 e["labels"][first] = -100
-        self.items = list(zip(enc[0::2], enc[1::2], strict=True))
+        pairs_enc = list(zip(enc[0::2], enc[1::2], strict=True))
+        self.items = [(c, r) for c, r in pairs_enc if any(x != -100 for x in c["labels"])
+                      and any(x != -100 for x in r["labels"])]
+        self.dropped = len(pairs_enc) - len(self.items)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -183,6 +188,12 @@ def _set_up(cfg: TrainConfig, emit: Emit, control: JobControl) -> _AlignRun:
                     "the model with its LoRA adapters disabled" if lora else "a frozen copy of the starting model")))
     train_set = PairDataset(train_pairs, tokenizer, cfg.max_length)
     val_set = PairDataset(val_pairs, tokenizer, cfg.max_length) if val_pairs else None
+    dropped = train_set.dropped + (val_set.dropped if val_set else 0)
+    if dropped:
+        emit(LogLine(f"{dropped} pair(s) left out: --max-length {cfg.max_length} cuts their reply off entirely",
+                     level="warning"))
+    if not len(train_set):
+        raise JobError(f"no training pair keeps any reply token within --max-length {cfg.max_length}; raise it")
     steps_per_epoch = max(1, len(train_set) // (cfg.batch_size * accelerator.num_processes))
     total_steps = cfg.max_steps or max(1, int(math.ceil(cfg.epochs * steps_per_epoch)))
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(100, max(1, total_steps // 20))

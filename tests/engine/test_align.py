@@ -285,3 +285,20 @@ def test_pause_resume_cancel_through_the_control_token(base_and_pairs, tmp_path)
     assert [e.step for e in events if isinstance(e, CheckpointSaved)] == [4]
     assert isinstance(events[-1], Finished) and events[-1].cancelled
     assert json.loads((run_dir / "run.json").read_text())["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("method", ["orpo", "simpo"])
+def test_reference_free_runs_leave_out_pairs_cut_off_and_stay_finite(base_and_pairs, tmp_path, method):
+    """A pair whose reply --max-length cuts off has nothing to compare (ORPO's log-odds of an empty
+    reply were NaN and stopped the run): it is left out, with a warning."""
+    import math
+
+    events = []
+    run_dir = tmp_path / method
+    align(acfg(base_and_pairs, run_dir, method=method, max_length=40, max_steps=3, save_every=0, eval_every=3),
+          events.append)
+    assert any(isinstance(e, LogLine) and "left out" in e.message for e in events)
+    lines = metrics(run_dir)
+    assert len([x for x in lines if x.get("split") != "validation"]) == 3
+    assert all(math.isfinite(v) for x in lines for v in x.values() if isinstance(v, float))
+    assert json.loads((run_dir / "run.json").read_text())["alignment"]["reference"] == "none"
