@@ -611,7 +611,7 @@ class KALABackend:
 
     def _load(self) -> tuple[Any, Any]:
         if self._model is None:
-            from kala_engine.generate.generation import load_chat_model
+            from kala_engine.generate.session import load_chat_model
 
             self._model, self._tokenizer = load_chat_model(self.model_dir, device=self.device)
         return self._model, self._tokenizer

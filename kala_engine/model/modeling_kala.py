@@ -637,7 +637,7 @@ class KALAForCausalLM(KALAPreTrainedModel, GenerationMixin):
     # kala_engine.generate.generation; this is its thin, note-compatible front.
     @torch.no_grad()
     def generate_with_ethics(self, input_ids, max_length: int = 100, ethics_threshold=0.5, **kwargs):
-        from kala_engine.generate.generation import generate_ids_with_ethics
+        from kala_engine.generate.stopping import generate_ids_with_ethics
 
         return generate_ids_with_ethics(self, input_ids, max_length=max_length, ethics_threshold=ethics_threshold,
                                         **kwargs)

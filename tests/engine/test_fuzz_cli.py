@@ -77,7 +77,7 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture
 def cached_loading(monkeypatch):
     """The real loader, once per folder (each example would otherwise load the model again)."""
-    from kala_engine.generate import generation
+    from kala_engine.generate import session as generation
 
     monkeypatch.setattr(generation, "load_chat_model", functools.lru_cache(maxsize=2)(generation.load_chat_model))
 

@@ -217,7 +217,7 @@ def test_bad_training_input_gives_user_messages(dataset, tmp_path):
 
 def test_lora_mode_trains_adapters_and_constitutional_parts_only(dataset, tmp_path, make_neox_dir):
     from kala_engine.data.tokenizer import train_tokenizer
-    from kala_engine.generate.generation import load_chat_model
+    from kala_engine.generate.session import load_chat_model
 
     _, base = make_neox_dir("pythia", vocab_size=320)
     tok = train_tokenizer(["hello world"] * 10, vocab_size=300)

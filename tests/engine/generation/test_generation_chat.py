@@ -9,7 +9,8 @@ from conftest import steer_scores
 
 from kala_engine.cli.main import main as kala
 from kala_engine.constitution import load_constitution
-from kala_engine.generate.generation import ChatSession, GenerationResult, chat_job, load_chat_model
+from kala_engine.generate.generation import GenerationResult
+from kala_engine.generate.session import ChatSession, chat_job, load_chat_model
 from kala_engine.jobs import Finished, JobControl, TokenEvent, run_job
 
 NO_STOP = ()

@@ -8,7 +8,6 @@ from conftest import steer_scores
 
 from kala_engine.constitution import load_constitution
 from kala_engine.generate.generation import (
-    EthicsStoppingCriteria,
     GenerationResult,
     IncrementalDetokenizer,
     encode_prompt,
@@ -16,6 +15,7 @@ from kala_engine.generate.generation import (
     generate_with_ethics,
     generate_with_ethics_events,
 )
+from kala_engine.generate.stopping import EthicsStoppingCriteria
 from kala_engine.jobs import JobControl, TokenEvent
 
 NO_STOP = ()  # stop_token_ids: let a random model run to the token limit
