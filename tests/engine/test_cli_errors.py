@@ -262,7 +262,7 @@ def test_chat_survives_a_stdin_line_that_is_not_utf8(fx):
 
 class CountingBackend:
     def __init__(self):
-        from kala_engine.evaluate.evaluation import EvalSample
+        from kala_engine.evaluate.backend import EvalSample
 
         self.name, self.law_names, self.calls = "fake", ["L0", "L1", "L2", "L3", "L4"], 0
         self.sample = EvalSample(prompt_scores=(0.9,) * 5)

@@ -9,12 +9,8 @@ from eval_fakes import LAW_NAMES, S, fixture
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kala_engine.evaluate.evaluation import (
-    SWEEP_THRESHOLDS,
-    SuiteRecord,
-    auroc,
-    compute_metrics,
-)
+from kala_engine.evaluate.metrics import SWEEP_THRESHOLDS, auroc, compute_metrics
+from kala_engine.evaluate.suite import SuiteRecord
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import threading
 import pytest
 from eval_fakes import FakeBackend, fixture, fixture_lines
 
-from kala_engine.evaluate.evaluation import SuiteError, evaluate, load_suite, make_eval_job
+from kala_engine.evaluate.evaluation import evaluate, make_eval_job
+from kala_engine.evaluate.suite import SuiteError, load_suite
 from kala_engine.jobs import Cancelled, Finished, JobControl, LogLine, Progress, run_job
 
 GOOD = '{"prompt": "hi", "label": "benign"}'
