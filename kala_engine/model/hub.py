@@ -407,28 +407,24 @@ def download_base(name: str, revision: str | None = None, *, emit: Emit | None =
                         ) from None
 
 
-def _fetch(repo_id, revision, commit, wanted, sizes, storage, label, emit, control, cache_dir,
-           repo_type: str = "model") -> Path:
-    """Resumable download of ``wanted`` (at ``commit``) into the cache; the snapshot folder."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url, snapshot_download
-    from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import (
-        are_progress_bars_disabled,
-        build_hf_headers,
-        disable_progress_bars,
-        enable_progress_bars,
-    )
+def _file_metadata(repo_id, commit, wanted, label, repo_type) -> dict:
+    """The hub's metadata (ETag, size, location) of every wanted file; refused without a usable ETag."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    blobs = storage / "blobs"
-    metas = {}
     try:
-        for f in wanted:
-            metas[f] = get_hf_file_metadata(hf_hub_url(repo_id, f, repo_type=repo_type, revision=commit))
+        metas = {f: get_hf_file_metadata(hf_hub_url(repo_id, f, repo_type=repo_type, revision=commit))
+                 for f in wanted}
     except _hf_errors() as e:
         raise _unreachable(label, e) from None
     for f, m in metas.items():
         if not m.etag or "/" in m.etag or m.etag.startswith("."):
             raise BaseError(f"{label}: the hub sent no usable ETag for {f}; cannot cache it safely")
+    return metas
+
+
+def _check_room(metas: dict, sizes: dict, storage: Path, label: str) -> tuple[int, int]:
+    """(total bytes, bytes already in the cache); refused when the disk cannot hold the rest."""
+    blobs = storage / "blobs"
     total = sum(m.size or sizes.get(f, 0) for f, m in metas.items())
     have = 0
     for m in metas.values():
@@ -439,53 +435,71 @@ def _fetch(repo_id, revision, commit, wanted, sizes, storage, label, emit, contr
             have += blob.with_name(m.etag + ".incomplete").stat().st_size
     need = total - have
     free = _free_bytes(storage)
-    margin = DISK_MARGIN + need // 50
-    if need + margin > free:
+    if need + DISK_MARGIN + need // 50 > free:
         raise BaseError(f"{label}: needs {_gb(need)} more in {storage.parent} but only {_gb(free)} is free; free "
                         f"some space or point HF_HOME at a bigger disk")
+    return total, have
+
+
+def _download_blob(f: str, m, blob: Path, url: str, label: str, tracker) -> None:
+    """One file into ``blob`` through ``blob.incomplete`` (resumed with a Range request), sha256-checked."""
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    partial = blob.with_name(m.etag + ".incomplete")
+    size = m.size
+    resume = partial.stat().st_size if partial.is_file() else 0
+    if size is not None and resume > size:
+        partial.unlink()
+        resume = 0
+    headers = build_hf_headers()
+    if m.location != url:
+        headers.pop("authorization", None)  # a CDN redirect must not see the token (as huggingface_hub does)
+    try:
+        with open(partial, "ab") as fh:
+            http_get(m.location, fh, resume_size=resume, headers=headers, expected_size=size,
+                     displayed_filename=f, tqdm_class=tracker.bar_class())
+    except (Cancelled, KeyboardInterrupt):
+        tracker.report()
+        raise
+    except _hf_errors() as e:
+        tracker.report()
+        raise BaseError(f"{label}: the download of {f} stopped ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); run the same command again to resume "
+                        f"({_gb(partial.stat().st_size)} kept)") from None
+    if re.fullmatch(r"[0-9a-f]{64}", m.etag or ""):  # LFS files: the etag is the content's sha256
+        h = hashlib.sha256()
+        with open(partial, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != m.etag:
+            partial.unlink()
+            raise BaseError(f"{label}: {f} arrived corrupt (sha256 mismatch); it was deleted - run the same "
+                            f"command again")
+    os.replace(partial, blob)
+
+
+def _fetch(repo_id, revision, commit, wanted, sizes, storage, label, emit, control, cache_dir,
+           repo_type: str = "model") -> Path:
+    """Resumable download of ``wanted`` (at ``commit``) into the cache; the snapshot folder."""
+    from huggingface_hub import hf_hub_url, snapshot_download
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    blobs = storage / "blobs"
+    metas = _file_metadata(repo_id, commit, wanted, label, repo_type)
+    total, have = _check_room(metas, sizes, storage, label)
     kept = have - sum(m.size or 0 for f, m in metas.items() if f == "config.json")
     emit(LogLine(f"downloading {label} ({_gb(total)}{f', {_gb(kept)} already here' if kept > 0 else ''}) into "
                  f"{storage.parent}"))
     tracker = _Tracker(total, have, emit, control, label)
-    bar = tracker.bar_class()
     blobs.mkdir(parents=True, exist_ok=True)
     for f in wanted:
-        m = metas[f]
-        blob = blobs / m.etag
+        blob = blobs / metas[f].etag
         if blob.is_file():
             continue
         tracker.filename = f
-        partial = blob.with_name(m.etag + ".incomplete")
-        size = m.size
-        resume = partial.stat().st_size if partial.is_file() else 0
-        if size is not None and resume > size:
-            partial.unlink()
-            resume = 0
-        headers = build_hf_headers()
-        if m.location != hf_hub_url(repo_id, f, repo_type=repo_type, revision=commit):
-            headers.pop("authorization", None)  # a CDN redirect must not see the token (as huggingface_hub does)
-        try:
-            with open(partial, "ab") as fh:
-                http_get(m.location, fh, resume_size=resume, headers=headers, expected_size=size,
-                         displayed_filename=f, tqdm_class=bar)
-        except (Cancelled, KeyboardInterrupt):
-            tracker.report()
-            raise
-        except _hf_errors() as e:
-            tracker.report()
-            raise BaseError(f"{label}: the download of {f} stopped ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}); run the same command again to resume "
-                            f"({_gb(partial.stat().st_size)} kept)") from None
-        if re.fullmatch(r"[0-9a-f]{64}", m.etag or ""):  # LFS files: the etag is the content's sha256
-            h = hashlib.sha256()
-            with open(partial, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            if h.hexdigest() != m.etag:
-                partial.unlink()
-                raise BaseError(f"{label}: {f} arrived corrupt (sha256 mismatch); it was deleted - run the same "
-                                f"command again")
-        os.replace(partial, blob)
+        _download_blob(f, metas[f], blob, hf_hub_url(repo_id, f, repo_type=repo_type, revision=commit), label,
+                       tracker)
         tracker.report()
     if tracker.session == 0:
         tracker.report()  # everything was already there: one event saying so
