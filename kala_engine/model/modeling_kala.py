@@ -697,7 +697,8 @@ def load_from_pythia(path: str | Path, *, dtype: torch.dtype | str | None = None
     """
     import json
 
-    from kala_engine.model.hub import BaseError, resolve_base
+    from kala_engine.model.download import BaseError
+    from kala_engine.model.hub import resolve_base
 
     # SAFE_KWARGS: trust_remote_code=False, local files only (the loading policy, kala_engine.model.loading)
     from kala_engine.model.loading import SAFE_KWARGS, LoadRefused, check_no_remote_code, check_weights

@@ -14,7 +14,8 @@ import sys
 import types
 
 import pytest
-from cli_harness import run_cli
+
+from tests.engine.cli.cli_harness import run_cli
 
 CORPUS = ["Hello, how are you today? I am fine, thank you.", "How do I kill a stuck process on Linux?",
           "Please help me write a short poem about the sea.", "I cannot help with that request."] * 4
