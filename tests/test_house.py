@@ -29,7 +29,6 @@ STILL_TO_SPLIT: set[tuple[str, str | None]] = {
     ("kala_app/pages/models.py", "__init__"),
     ("kala_app/pages/runs.py", "__init__"),
     ("kala_app/pages/train.py", None),
-    ("kala_app/pages/train.py", "_build"),
     ("kala_app/screenshots.py", "render_all"),
     ("kala_app/widgets/chat_view.py", None),
 }

@@ -13,16 +13,12 @@ plot buffers, which redraw from a timer, so the page stays responsive at any ste
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
-    QCheckBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QFrame,
@@ -35,133 +31,34 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSlider,
-    QSpinBox,
     QSplitter,
     QTabWidget,
     QVBoxLayout,
     QWidget,
 )
-from superqt import QCollapsible
 
-from kala_engine.train.config import SCRATCH_LEARNING_RATE, TrainConfig, default_learning_rate
 from kala_engine.units import format_bytes, format_duration
 
 from .. import engine_api
 from ..error_dialog import show_error
-from ..runs import RunInfo, list_runs, load_curves, new_run_dir
+from ..runs import RunInfo, list_runs, load_curves, new_run_dir, remove_if_empty_run
 from ..widgets.elided_combo import ElidedComboBox
+from ..widgets.hyperparameters import HyperparameterForm
 from ..widgets.live_plot import LivePlot
+from ..widgets.train_parts import (
+    ETHICS_COLOR,
+    LAW_COLORS,
+    LM_COLOR,
+    OVERLAY_COLOR,
+    VAL_COLOR,
+    MemoryBar,
+    ResumeBanner,
+)
 from ..widgets.wrap_label import WrapLabel
 
-#: Colours of the five law curves (index = law index), the LM loss and the total ethics loss.
-LAW_COLORS = ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"]
-LM_COLOR = "#1f77b4"
-ETHICS_COLOR = "#2ca02c"
-VAL_COLOR = "#000000"
-OVERLAY_COLOR = "#9a9a9a"
 LOCAL_FOLDER = "Local Pythia folder…"
 BROWSE_DATA = "Browse…"
 
-GiB = 1024**3
-
-
-def remove_if_empty_run(run_dir: Path | None) -> bool:
-    """Remove a run folder a failed start left behind with nothing in it worth keeping (no
-    metrics, no checkpoint, no final model): the Runs page does not list it and nobody could
-    resume it. Returns True when it was removed."""
-    if run_dir is None or not Path(run_dir).is_dir():
-        return False
-    from kala_engine.train.run_folder import RunFolder
-
-    folder = RunFolder(run_dir)
-    if folder.metrics_file.exists() or folder.checkpoints_dir.exists() or folder.has_final():
-        return False
-    run_dir = folder.path
-    import shutil
-
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return not run_dir.exists()
-
-
-class MemoryBar(QWidget):
-    """Estimated memory against available memory, green when it fits, red when it does not."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bar = QProgressBar()
-        self.bar.setRange(0, 1000)
-        self.bar.setTextVisible(True)
-        self.bar.setFormat("no estimate yet")
-        self.bar.setValue(0)
-        self.reason = WrapLabel("")
-        self.reason.setObjectName("fitReason")
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.bar)
-        lay.addWidget(self.reason)
-        self.fits: bool | None = None
-
-    def set_estimate(self, estimate: float, available: float, fits: bool | None, reason: str = "",
-                     base_problem: str = "") -> None:
-        """Show the estimate; ``base_problem`` (the base is not here) qualifies a "fits"."""
-        self.fits = fits
-        if math.isnan(estimate) or math.isnan(available) or available <= 0:
-            self.bar.setValue(0)
-            self.bar.setFormat("memory estimate unavailable")
-        else:
-            self.bar.setValue(min(1000, int(1000 * estimate / available)))
-            verdict = "fits" if fits else "does not fit"
-            if base_problem:
-                verdict += "*"  # the line under the bar says: but the base is not available
-            self.bar.setFormat(f"{estimate / GiB:.2f} of {available / GiB:.1f} GiB — {verdict}")
-        color = ("#3a9d3a" if fits and not base_problem else "#d08a1a" if fits
-                 else ("#c0392b" if fits is False else "#999"))
-        self.bar.setStyleSheet(f"QProgressBar::chunk {{ background: {color}; }}")
-        lines = []
-        if base_problem:
-            lines.append(f"* {'Fits' if fits else 'Would not fit anyway'}, but the base is not available: "
-                         "see the note under Base.")
-        if reason and not fits:
-            lines.append(reason)
-        why = "\n".join(lines)
-        self.reason.setText(why)
-        self.reason.setVisible(bool(why))
-
-
-class ResumeBanner(QFrame):
-    """Offers to resume an interrupted run."""
-
-    resume_clicked = Signal(object)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setObjectName("resumeBanner")
-        self.setStyleSheet("#resumeBanner { background: #fff4e0; border: 1px solid #f0c070; border-radius: 6px; }")
-        lay = QHBoxLayout(self)
-        lay.setContentsMargins(8, 4, 8, 4)
-        self.label = QLabel()
-        self.label.setWordWrap(True)
-        self.button = QPushButton("Resume")
-        self.dismiss = QPushButton("Dismiss")
-        lay.addWidget(self.label, 1)
-        lay.addWidget(self.button)
-        lay.addWidget(self.dismiss)
-        self.run: RunInfo | None = None
-        self.button.clicked.connect(lambda: self.resume_clicked.emit(self.run))
-        self.dismiss.clicked.connect(self.hide)
-        self.hide()
-
-    def offer(self, run: RunInfo | None) -> None:
-        self.run = run
-        if run is None:
-            self.hide()
-            return
-        self.label.setText(
-            f"Run <b>{run.name}</b> ({run.base or 'unknown base'}) stopped at step {run.steps_done}"
-            f"{f' of {run.total_steps}' if run.total_steps else ''} without finishing. "
-            f"Resume it from its last checkpoint ({run.last_checkpoint.name})?"
-        )
-        self.show()
 
 
 class TrainPage(QWidget):
@@ -206,7 +103,53 @@ class TrainPage(QWidget):
     # ================================================================ layout
 
     def _build(self) -> None:
-        # ---------------- left column
+        """Left: model and data, doctor, hyperparameters (scrolls); right: controls, progress, plots."""
+        left = QWidget()
+        llay = QVBoxLayout(left)
+        llay.setContentsMargins(0, 0, 6, 0)
+        llay.addWidget(self._build_model_box())
+        llay.addWidget(self._build_doctor_box())
+        self.hp_form = HyperparameterForm(self.ctx.settings)
+        hp_box = self.hp_form
+        self.hp = self.hp_form.hp
+        self.grad_ckpt = self.hp_form.grad_ckpt
+        self.more_settings = self.hp_form.more_settings
+        llay.addWidget(hp_box)
+        llay.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidget(left)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setMinimumWidth(330)
+
+        buttons, stats = self._build_controls()
+        plot_bar, plots = self._build_plots()
+
+        right = QWidget()
+        rlay = QVBoxLayout(right)
+        rlay.setContentsMargins(6, 0, 0, 0)
+        # The buttons come first: a banner that appears or goes (resume offer) sits below them, above
+        # the plots, so that Start/Pause/Cancel never move under the pointer.
+        rlay.addLayout(buttons)
+        rlay.addWidget(self.progress)
+        rlay.addLayout(stats)
+        rlay.addWidget(self.resume_banner)
+        rlay.addLayout(plot_bar)
+        rlay.addWidget(plots, 1)
+
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(scroll)
+        split.addWidget(right)
+        split.setStretchFactor(1, 1)
+        split.setSizes([340, 900])
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(split)
+        self._on_smoothing(self.smooth_slider.value())
+
+
+    def _build_model_box(self) -> QGroupBox:
+        """The base picker (with its availability note and Download…) and the data set."""
         model_box = QGroupBox("Model and data")
         form = QFormLayout(model_box)
         self.base_combo = ElidedComboBox()
@@ -238,7 +181,10 @@ class TrainPage(QWidget):
         form.addRow(self.base_download_button)
         self.base_combo.currentIndexChanged.connect(lambda _i: self.check_base())
         form.addRow("Data", self.data_combo)
+        return model_box
 
+    def _build_doctor_box(self) -> QGroupBox:
+        """Device, compute capability, kernels, precision, plan and the memory bar."""
         doctor_box = QGroupBox("Doctor")
         dform = QFormLayout(doctor_box)
         self.doc_labels: dict[str, QLabel] = {}
@@ -260,79 +206,10 @@ class TrainPage(QWidget):
         self.doctor_button.setToolTip("Run the doctor for the chosen base (kala doctor --base …).")
         self.doctor_button.clicked.connect(self.run_doctor)
         dform.addRow(self.doctor_button)
+        return doctor_box
 
-        hp_box = QGroupBox("Hyperparameters")
-        hform = QFormLayout(hp_box)
-        self.hp: dict[str, QWidget] = {}
-        tc = {f.name: f.default for f in fields(TrainConfig)}  # the engine's defaults, one source
-
-        def spin(key, lo, hi, val, tip, step=1):
-            w = QSpinBox()
-            w.setRange(lo, hi)
-            w.setValue(val)
-            w.setSingleStep(step)
-            w.setToolTip(tip)
-            self.hp[key] = w
-            return w
-
-        def dspin(key, lo, hi, val, decimals, step, tip):
-            w = QDoubleSpinBox()
-            w.setRange(lo, hi)
-            w.setDecimals(decimals)
-            w.setSingleStep(step)
-            w.setValue(val)
-            w.setToolTip(tip)
-            self.hp[key] = w
-            return w
-
-        hform.addRow("Max steps", spin("max_steps", 0, 10_000_000, 300,
-                     "Stop after this many optimizer steps (0: run the given number of epochs).", 50))
-        hform.addRow("Epochs", spin("epochs", 1, 1000, 1, "Passes over the training split (used when Max steps is 0)."))
-        hform.addRow("Batch size", spin("batch_size", 1, 4096, tc["batch_size"],
-                     "Examples per optimizer step. Larger is smoother but needs more memory."))
-        hform.addRow("Learning rate", dspin("learning_rate", 1e-7, 1.0, default_learning_rate(tc["base"]), 6, 1e-4,
-                     "Peak AdamW learning rate after warm-up (cosine decay afterwards). "
-                     f"{SCRATCH_LEARNING_RATE:g} suits kala-tiny from scratch; 1e-5–5e-5 suits fine-tuning Pythia."))
-        hform.addRow("Ethics weight λ", dspin("ethics_weight", 0.0, 100.0, tc["ethics_weight"], 2, 0.1,
-                     "λ in loss = LM + λ·Σ w_k·MSE_k: how much the law-score heads count against language modeling."))
-        # the settings one rarely changes fold away, so that the left column fits a 640-px window
-        more = QWidget()
-        mform = QFormLayout(more)
-        mform.setContentsMargins(0, 0, 0, 0)
-        mform.addRow("Warm-up steps", spin("warmup_steps", 0, 1_000_000, 20,
-                     "Steps over which the learning rate ramps up from 0.", 10))
-        mform.addRow("Validate every", spin("eval_every", 0, 1_000_000, tc["eval_every"],
-                     "Steps between validation passes, also at the start and the end (0: never). "
-                     "Validation points appear as dots.", 10))
-        mform.addRow("Checkpoint every", spin("save_every", 0, 1_000_000, tc["save_every"],
-                     "Steps between checkpoints (0: only at the end). A run resumes from its last checkpoint.", 50))
-        mform.addRow("Seed", spin("seed", 0, 2**31 - 1, tc["seed"], "Random seed: the same seed and data give the same run."))
-        self.grad_ckpt = QCheckBox("Gradient checkpointing")
-        self.grad_ckpt.setToolTip("Recompute activations in the backward pass: less memory, ~30% slower.")
-        self.hp["gradient_checkpointing"] = self.grad_ckpt
-        mform.addRow(self.grad_ckpt)
-        self.more_settings = QCollapsible("More settings")
-        self.more_settings.setObjectName("moreSettings")
-        self.more_settings.setDuration(0)
-        self.more_settings.setToolTip("Warm-up, validation and checkpoint intervals, seed, gradient checkpointing")
-        self.more_settings.addWidget(more)
-        hform.addRow(self.more_settings)
-        self._load_hp_settings()
-
-        left = QWidget()
-        llay = QVBoxLayout(left)
-        llay.setContentsMargins(0, 0, 6, 0)
-        llay.addWidget(model_box)
-        llay.addWidget(doctor_box)
-        llay.addWidget(hp_box)
-        llay.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidget(left)
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setMinimumWidth(330)
-
-        # ---------------- right column
+    def _build_controls(self) -> tuple[QHBoxLayout, QGridLayout]:
+        """Resume offer, Start/Pause/Resume/Cancel, progress bar and stat labels."""
         self.resume_banner = ResumeBanner()
         self.resume_banner.resume_clicked.connect(self.resume_run)
 
@@ -368,8 +245,10 @@ class TrainPage(QWidget):
             stats.addWidget(t, 0, i)
             self.stats[k].setObjectName(f"stat_{k}")
             stats.addWidget(self.stats[k], 1, i)
+        return buttons, stats
 
-        # plots
+    def _build_plots(self) -> tuple[QHBoxLayout, QSplitter]:
+        """LM, ethics and learning-rate plots, smoothing, overlay choice and the log."""
         self.lm_plot = LivePlot("Language-modeling loss", "loss")
         self.lm_plot.add_curve("lm", "train", LM_COLOR)
         self.lm_plot.add_points("lm_val", "validation", VAL_COLOR)
@@ -426,28 +305,7 @@ class TrainPage(QWidget):
         plots.setStretchFactor(2, 0)
         self.aux_tabs.setMaximumHeight(165)
         plots.setSizes([300, 340, 150])
-
-        right = QWidget()
-        rlay = QVBoxLayout(right)
-        rlay.setContentsMargins(6, 0, 0, 0)
-        # The buttons come first: a banner that appears or goes (resume offer) sits below them, above
-        # the plots, so that Start/Pause/Cancel never move under the pointer.
-        rlay.addLayout(buttons)
-        rlay.addWidget(self.progress)
-        rlay.addLayout(stats)
-        rlay.addWidget(self.resume_banner)
-        rlay.addLayout(plot_bar)
-        rlay.addWidget(plots, 1)
-
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(scroll)
-        split.addWidget(right)
-        split.setStretchFactor(1, 1)
-        split.setSizes([340, 900])
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(split)
-        self._on_smoothing(self.smooth_slider.value())
+        return plot_bar, plots
 
     def _connect_worker(self) -> None:
         w = self.worker
@@ -684,35 +542,12 @@ class TrainPage(QWidget):
 
     # ================================================================ settings
 
-    def _load_hp_settings(self) -> None:
-        s = self.ctx.settings
-        for key, w in self.hp.items():
-            v = s.value(f"train/{key}")
-            if v is None:
-                continue
-            try:
-                if isinstance(w, QCheckBox):
-                    w.setChecked(v in (True, "true", "1", 1))
-                elif isinstance(w, QDoubleSpinBox):
-                    w.setValue(float(v))
-                else:
-                    w.setValue(int(float(v)))
-            except (TypeError, ValueError):
-                pass
-
     def save_settings(self) -> None:
-        s = self.ctx.settings
-        for key, w in self.hp.items():
-            s.setValue(f"train/{key}", w.isChecked() if isinstance(w, QCheckBox) else w.value())
-        s.setValue("train/smoothing", self.smooth_slider.value())
+        self.hp_form.save()
+        self.ctx.settings.setValue("train/smoothing", self.smooth_slider.value())
 
     def hyperparameters(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, w in self.hp.items():
-            out[key] = w.isChecked() if isinstance(w, QCheckBox) else w.value()
-        if out.get("max_steps") == 0:
-            out["max_steps"] = None
-        return out
+        return self.hp_form.values()
 
     # ================================================================ doctor
 
@@ -809,12 +644,7 @@ class TrainPage(QWidget):
         self.select_base("kala-tiny")
         hp = engine_api.quickstart_hyperparameters(steps or engine_api.QUICKSTART_STEPS)
         hp.update(overrides or {})
-        for key, value in hp.items():
-            w = self.hp.get(key)
-            if isinstance(w, QDoubleSpinBox):
-                w.setValue(float(value))
-            elif isinstance(w, QSpinBox):
-                w.setValue(int(float(value)))
+        self.hp_form.set_values(hp)
         self._quickstart_then = then
         started = self.start_training()
         if not started:
