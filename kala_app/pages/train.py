@@ -37,11 +37,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from kala_engine.units import format_bytes, format_duration
+from kala_engine.units import format_duration
 
 from .. import engine_api
 from ..error_dialog import show_error
 from ..runs import RunInfo, list_runs, load_curves, new_run_dir, remove_if_empty_run
+from ..widgets.base_picker import BasePicker
 from ..widgets.elided_combo import ElidedComboBox
 from ..widgets.hyperparameters import HyperparameterForm
 from ..widgets.live_plot import LivePlot
@@ -56,7 +57,6 @@ from ..widgets.train_parts import (
 )
 from ..widgets.wrap_label import WrapLabel
 
-LOCAL_FOLDER = "Local Pythia folder…"
 BROWSE_DATA = "Browse…"
 
 
@@ -83,10 +83,6 @@ class TrainPage(QWidget):
         self._t_start = 0.0
         self._steps_seen = 0
         self._quickstart_then = None
-        self._base_problem = ""
-        self._last_base_index = 0
-        self._cached_bases: dict[str, str] = {}  # {preset name: commit} in the HF cache (fill_bases)
-        self._watched_download: str | None = None  # a base download running (from here or the Models page)
         self.law_titles = [law.title for law in ctx.constitution]
 
         self._build()
@@ -152,34 +148,18 @@ class TrainPage(QWidget):
         """The base picker (with its availability note and Download…) and the data set."""
         model_box = QGroupBox("Model and data")
         form = QFormLayout(model_box)
-        self.base_combo = ElidedComboBox()
-        self.base_combo.setObjectName("baseCombo")
-        self.base_combo.setToolTip(
-            "The model to start from: kala-tiny is trained from scratch in minutes on a CPU; the "
-            "Pythia presets need their weights in a local folder or the Hugging Face cache "
-            "(downloaded ones are listed first; the others offer the download).")
-        self.fill_bases()
-        self.base_combo.activated.connect(self._on_base_activated)
+        self.base_picker = BasePicker(self, self.ctx)
+        self.base_picker.checked.connect(lambda _why: self._update_buttons())
+        self.base_combo = self.base_picker.combo
+        self.base_status = self.base_picker.status
+        self.base_download_button = self.base_picker.download_button
         self.data_combo = ElidedComboBox()
         self.data_combo.setObjectName("dataCombo")
         self.data_combo.setToolTip("A KALA JSONL data set (make one on the Data page).")
         self.data_combo.activated.connect(self._on_data_activated)
         form.addRow("Base", self.base_combo)
-        #: why the chosen base cannot be trained from (not downloaded, a folder without a model)
-        self.base_status = WrapLabel("")
-        self.base_status.setObjectName("baseStatus")
-        self.base_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.base_status.setStyleSheet("#baseStatus { color: #9a3412; background: #fff4e0; "
-                                       "border: 1px solid #f0c070; border-radius: 4px; padding: 4px; }")
-        self.base_status.hide()
         form.addRow(self.base_status)
-        #: offered under the note when the chosen base is a catalogue model not downloaded yet
-        self.base_download_button = QPushButton("Download…")
-        self.base_download_button.setObjectName("baseDownloadButton")
-        self.base_download_button.clicked.connect(self.download_base)
-        self.base_download_button.hide()
         form.addRow(self.base_download_button)
-        self.base_combo.currentIndexChanged.connect(lambda _i: self.check_base())
         form.addRow("Data", self.data_combo)
         return model_box
 
@@ -316,8 +296,8 @@ class TrainPage(QWidget):
         w.failed.connect(self._on_failed)
         w.finished.connect(self._on_finished)
         w.busy_changed.connect(lambda _busy: self._update_buttons())
-        w.started.connect(self._on_job_started)
-        w.event.connect(self._on_download_event)
+        w.started.connect(self.base_picker.on_job_started)
+        w.event.connect(self.base_picker.on_download_event)
 
     @staticmethod
     def _safe(fn, default):
@@ -381,154 +361,24 @@ class TrainPage(QWidget):
         return str(d) if d else ""
 
     def base(self) -> str:
-        b = self.base_combo.currentData()
-        return str(b) if b else self.base_combo.currentText()
+        return self.base_picker.base()
 
     # ---------------------------------------------------------------- bases: cached first, download offered
 
     def fill_bases(self) -> None:
-        """(Re)fill the Base picker: kala-tiny, the Pythia models in the cache (marked downloaded),
-        then the others (marked with their download size); local folders picked earlier stay.
-        Reads cache files only (no network, no torch), so it runs on every show of the page."""
-        combo = self.base_combo
-        keep = self.base() if combo.count() else ""
-        folders = [(combo.itemText(i), combo.itemData(i)) for i in range(combo.count())
-                   if combo.itemData(i) and Path(str(combo.itemData(i))).is_absolute()
-                   and Path(str(combo.itemData(i))).is_dir()]
-        presets = self._safe(engine_api.base_presets, ["kala-tiny"])
-        catalog = {m["name"]: m for m in self._safe(engine_api.base_catalog, [])}
-        self._cached_bases = self._safe(engine_api.cached_bases, {})
-        cached = [n for n in catalog if n in self._cached_bases]
-        missing = [n for n in presets if n != "kala-tiny" and n not in self._cached_bases]
-        combo.blockSignals(True)
-        combo.clear()
-        for text, folder in folders:
-            combo.addItem(text, folder)
-            combo.setItemData(combo.count() - 1, folder, Qt.ItemDataRole.ToolTipRole)
-        if "kala-tiny" in presets:
-            combo.addItem("kala-tiny", "kala-tiny")
-            combo.setItemData(combo.count() - 1, "kala-tiny: trained from scratch, nothing to download",
-                              Qt.ItemDataRole.ToolTipRole)
-        for n in cached:
-            combo.addItem(f"{n}  ✓ downloaded", n)
-            combo.setItemData(combo.count() - 1, f"{catalog[n]['repo_id']} is in the Hugging Face cache (commit "
-                              f"{self._cached_bases[n][:8]}): trains offline", Qt.ItemDataRole.ToolTipRole)
-        for n in missing:
-            size = catalog[n]["download_bytes"] if n in catalog else None
-            combo.addItem(f"{n}  (download {format_bytes(size)})" if size else n, n)
-            combo.setItemData(combo.count() - 1, f"not downloaded yet: pick it, then Download… ({format_bytes(size)})",
-                              Qt.ItemDataRole.ToolTipRole)
-        combo.addItem(LOCAL_FOLDER)
-        i = combo.findData(keep) if keep else -1
-        combo.setCurrentIndex(i if i >= 0 else 0)
-        combo.blockSignals(False)
-        if hasattr(self, "base_status"):
-            self.check_base()
+        self.base_picker.fill()
 
     def select_base(self, name: str) -> bool:
-        """Choose the base ``name`` (a preset or a folder picked before) in the picker."""
-        i = self.base_combo.findData(str(name))
-        if i >= 0:
-            self.base_combo.setCurrentIndex(i)
-        return i >= 0
-
-    def _downloadable(self, base: str) -> dict | None:
-        """The catalogue entry of ``base`` when it is a Pythia model not in the cache yet."""
-        if base in self._cached_bases:
-            return None
-        return next((m for m in self._safe(engine_api.base_catalog, []) if m["name"] == base), None)
+        return self.base_picker.select(name)
 
     def download_base(self) -> str:
-        """Download the chosen base on the Models page (it shows the table and the row's progress
-        bar); this page shows the progress under Base and enables Start once it is cached.
-        "" when it started, else why not (also said under Base)."""
-        base = self.base()
-        models = self.ctx.pages.get("models")
-        if models is None or not hasattr(models, "download"):
-            return "no Models page"
-        why = models.download(base)
-        if why:
-            self.base_status.setText(f"<b>Not available:</b> {base} is not downloaded yet; {why}")
-            return why
-        self._watched_download = base
-        self.base_download_button.setEnabled(False)
-        self.base_status.setText(f"<b>Downloading {base}…</b> (on the Models page; Start is enabled when it is "
-                                 f"in the cache)")
-        win = self.window()
-        if hasattr(win, "show_page") and win is not self:
-            win.show_page("models")
-        return ""
-
-    def _on_job_started(self, name: str) -> None:
-        if name.startswith("download "):
-            self._watched_download = name.removeprefix("download ")
-
-    def _on_download_event(self, ev) -> None:
-        name = self._watched_download
-        if name is None or name != self.base() or getattr(ev, "rate", None) is None or not getattr(ev, "total", 0):
-            return
-        from .models import progress_text
-
-        self.base_status.setText(f"<b>Downloading {name}:</b> {progress_text(ev.done, ev.total, ev.rate, ev.eta)}")
-
-    def _after_download(self, ev) -> None:
-        name, self._watched_download = self._watched_download, None
-        if name is None:
-            return
-        self.fill_bases()  # cached now: listed first, Start enabled (when it was the chosen base)
-        if ev.cancelled and name == self.base():
-            self.base_status.setText(self.base_status.text() + " (download cancelled: the Models page resumes it)")
-
-    def _on_base_activated(self, index: int) -> None:
-        if self.base_combo.itemText(index) != LOCAL_FOLDER:
-            return
-        folder = QFileDialog.getExistingDirectory(self, "Choose a local Pythia folder (config.json + weights)")
-        if not folder or not self.add_base_folder(folder):
-            self.base_combo.setCurrentIndex(self._last_base_index)
+        return self.base_picker.download()
 
     def add_base_folder(self, folder: str | Path) -> bool:
-        """Check ``folder`` now and select it as the base; refused at once with the reason if it is
-        not a model folder (config.json GPT-NeoX/KALA, tokenizer, safetensors weights)."""
-        folder = str(folder)
-        why = engine_api.model_folder_problem(folder)
-        if why:
-            show_error(self, "Not a model folder", f"{folder} cannot be a base: {why}.")
-            return False
-        i = self.base_combo.findData(folder)
-        if i < 0:
-            self.base_combo.insertItem(0, Path(folder).name + " (local)", folder)
-            self.base_combo.setItemData(0, folder, Qt.ItemDataRole.ToolTipRole)
-            i = 0
-        self.base_combo.setCurrentIndex(i)
-        return True
+        return self.base_picker.add_folder(folder)
 
     def check_base(self) -> str:
-        """Say under the Base box (and on Start) why the chosen base is not available; "" when it is."""
-        if self.base_combo.currentText() == LOCAL_FOLDER:
-            return ""
-        self._last_base_index = self.base_combo.currentIndex()
-        base = self.base()
-        try:
-            why = engine_api.base_problem(base)
-        except Exception as e:  # noqa: BLE001 - an unreadable cache is a problem to show, not a crash
-            why = f"{base} cannot be checked ({type(e).__name__}: {e})"
-        self._base_problem = why
-        offer = self._downloadable(base) if why else None
-        if offer:
-            here = "the Download button below (the Models page shows its progress) or " if "models" in self.ctx.pages else ""
-            self.base_status.setText(
-                f"<b>Not available:</b> {base} is not downloaded yet ({format_bytes(offer['download_bytes'])}). Get it with "
-                f"{here}`kala models download {base}`.")
-        elif why:
-            self.base_status.setText(f"<b>Not available:</b> {why}.")
-        self.base_status.setVisible(bool(why))
-        self.base_download_button.setVisible(bool(offer) and "models" in self.ctx.pages)
-        self.base_download_button.setText(f"Download {base}…" if offer else "Download…")
-        self.base_download_button.setToolTip(
-            f"Download {offer['repo_id']} ({format_bytes(offer['download_bytes'])}) into the Hugging Face cache; the "
-            f"Models page opens with its progress." if offer else "")
-        self._update_buttons()
-        return why
+        return self.base_picker.check()
 
     def _on_data_activated(self, index: int) -> None:
         if self.data_combo.itemText(index) != BROWSE_DATA:
@@ -658,9 +508,9 @@ class TrainPage(QWidget):
         busy = self.worker.is_busy()
         mine = busy and self.worker.owner is self and self._job_kind == "train"
         paused = mine and self.worker.is_paused()
-        self.start_button.setEnabled(not busy and not self._base_problem)
+        self.start_button.setEnabled(not busy and not self.base_picker.problem)
         self.start_button.setToolTip(
-            f"Not available: {self._base_problem}" if self._base_problem
+            f"Not available: {self.base_picker.problem}" if self.base_picker.problem
             else "Start a new training run with these settings.")
         self.doctor_button.setEnabled(not busy)
         self.base_download_button.setEnabled(not busy)
@@ -792,8 +642,8 @@ class TrainPage(QWidget):
         show_error(self, title, message, traceback)
 
     def _on_finished(self, ev) -> None:
-        if self._watched_download is not None:  # one job at a time: this is that download ending
-            self._after_download(ev)
+        if self.base_picker.watched_download is not None:  # one job at a time: that download ending
+            self.base_picker.after_download(ev)
         if self.worker.owner is not self:
             return
         kind, self._job_kind = self._job_kind, ""
