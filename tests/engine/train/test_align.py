@@ -26,7 +26,7 @@ from kala_engine.train.trainer import TIMING_KEYS, train
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
         "max_position_embeddings": 128}
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 # --------------------------------------------------------------------------- the losses against TRL
