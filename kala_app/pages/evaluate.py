@@ -47,7 +47,7 @@ from kala_engine.train.runs import describe_model
 from kala_engine.units import format_duration
 
 from ..widgets.elided_combo import ElidedComboBox
-from .chat import add_model_item, find_models, model_label
+from ..widgets.model_picker import add_model_item, find_models, model_label
 
 #: Colours of model A and model B in every chart.
 MODEL_COLORS = ["#2f6fb0", "#e08a3a"]

@@ -60,3 +60,31 @@ def fake_train_job(config, step_sleep: float = 0.002, eval_every: int = 10, fail
         return {"run_dir": str(run_dir), "steps": total}
 
     return job
+
+
+def generation_result(text: str, *, stop_kind: str = "eos", law: int | None = None, score: float | None = None,
+                      threshold: float | None = None, prompt_scores=(0.95,) * 5, prompt_layers=(),
+                      thresholds=(0.5,) * 5, findings=(), stop_message: str | None = None):
+    """A real :class:`kala_engine.generate.generation.GenerationResult` for fake generation jobs.
+
+    ``findings``: (law, score, first_layer) of the explanation (an ethics stop), hierarchy order.
+    """
+    from kala_engine.constitution import law_titles
+    from kala_engine.generate.explain import Assessment, Explanation, LawFinding, StopReason
+    from kala_engine.generate.generation import GenerationResult
+
+    titles = law_titles()
+    thresholds = tuple(float(t) for t in thresholds)
+    if stop_message is None:
+        stop_message = (f"{titles[law]} fell to {score:.2f} < {threshold:.2f}" if stop_kind == "ethics"
+                        else {"eos": "end of text", "length": "token limit"}.get(stop_kind, stop_kind))
+    stop = StopReason(stop_kind, stop_message, None, law, titles[law] if law is not None else None, score, threshold)
+    flagged = tuple(k for k, s in enumerate(prompt_scores) if s < thresholds[k])
+    assessment = Assessment(tuple(prompt_scores), tuple(tuple(r) for r in prompt_layers), thresholds, flagged, None)
+    explanation = None
+    if findings:
+        explanation = Explanation("token", None, tuple(
+            LawFinding(k, titles[k], float(s), thresholds[k], fl, (float(s),) * (fl + 1 if fl is not None else 0))
+            for k, s, fl in findings))
+    return GenerationResult(text=text, token_ids=[], token_scores=[], stop=stop, prompt_assessment=assessment,
+                            explanation=explanation)

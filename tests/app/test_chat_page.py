@@ -18,7 +18,8 @@ import pytest  # noqa: E402
 from PySide6.QtCore import Qt, QTimer  # noqa: E402
 
 from kala_app.chat_store import CANCELLED, COMPLETE, STOPPED  # noqa: E402
-from kala_engine.constitution import load_constitution  # noqa: E402
+from tests.app.fakes import generation_result  # noqa: E402
+from kala_engine.constitution import load_constitution, thresholds_in_force  # noqa: E402
 from kala_engine.jobs import TokenEvent  # noqa: E402
 
 LAYERS = 4
@@ -40,6 +41,7 @@ def fake_factory(words: list[str], scores: list[tuple[float, ...]] | None = None
         calls.append((model, messages, settings))
         th = settings["threshold"]
         th = 0.5 if th is None else th  # None: the model's calibrated thresholds (none here)
+        used = thresholds_in_force(settings["threshold"], model)  # what a real engine reports
 
         def job(emit, control):
             text = []
@@ -55,12 +57,11 @@ def fake_factory(words: list[str], scores: list[tuple[float, ...]] | None = None
                 under = [k for k, v in enumerate(s) if v < th]
                 if under:
                     k = under[0]
-                    return {"text": "".join(text),
-                            "stop": {"kind": "ethics", "law": k, "score": s[k], "threshold": th},
-                            "prompt_assessment": {"law_scores": list(prompt_scores)},
-                            "explanation": {"violated": [{"law": j, "score": s[j]} for j in under]}}
-            return {"text": "".join(text), "stop": {"kind": "length" if len(words) >= settings["max_tokens"] else "eos"},
-                    "prompt_assessment": {"law_scores": list(prompt_scores)}}
+                    return generation_result("".join(text), stop_kind="ethics", law=k, score=s[k], threshold=th,
+                                             prompt_scores=prompt_scores, thresholds=used,
+                                             findings=[(j, s[j], None) for j in under])
+            kind = "length" if len(words) >= settings["max_tokens"] else "eos"
+            return generation_result("".join(text), stop_kind=kind, prompt_scores=prompt_scores, thresholds=used)
 
         return job
 
