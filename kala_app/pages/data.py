@@ -43,8 +43,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from kala_engine.jobs import Progress
+
 from .. import engine_api
 from ..error_dialog import show_error
+from ..page_job import PageJob
 from .train import LAW_COLORS
 
 NO_VIOLATION_COLOR = "#b0b0b0"
@@ -52,6 +55,8 @@ ALL_KINDS = "all kinds"
 #: The preview filters this long after the last key press in the search box.
 SEARCH_DEBOUNCE_MS = 250
 _Index = QModelIndex | QPersistentModelIndex
+#: widths (px) of the preview's #, Kind, Split and Violates columns; User and Assistant stretch
+PREVIEW_WIDTHS = (44, 100, 56, 96)
 
 
 class RecordsModel(QAbstractTableModel):
@@ -202,17 +207,25 @@ class DataPage(QWidget):
         self._t0 = 0.0
         self._download_text = ""  # the bar's text for the progress signal that follows a download event
 
-        # ---------------- generate
+        gen_box = self._build_generate()
+        imp_box, left = self._build_import(gen_box)
+        self._build_preview(left, law_short)
+
+        self.job = PageJob(self.worker, self)
+        self.worker.busy_changed.connect(self._on_busy)  # another page's job holds the engine
+        self._on_busy(self.worker.is_busy())
+
+    def _build_generate(self) -> QGroupBox:
         gen_box = QGroupBox("Generate")
         gform = QFormLayout(gen_box)
         self.count_spin = QSpinBox()
         self.count_spin.setRange(10, 1_000_000)
         self.count_spin.setSingleStep(500)
-        self.count_spin.setValue(int(ctx.settings.value("data/count", 2000)))
+        self.count_spin.setValue(int(self.ctx.settings.value("data/count", 2000)))
         self.count_spin.setToolTip("How many examples to generate (split into train and validation by template family).")
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
-        self.seed_spin.setValue(int(ctx.settings.value("data/seed", 0)))
+        self.seed_spin.setValue(int(self.ctx.settings.value("data/seed", 0)))
         self.seed_spin.setToolTip("The same seed always gives the same data set.")
         gform.addRow("Examples", self.count_spin)
         gform.addRow("Seed", self.seed_spin)
@@ -235,8 +248,10 @@ class DataPage(QWidget):
         self.generate_button.setObjectName("generateButton")
         self.generate_button.clicked.connect(lambda: self.generate())
         gform.addRow(self.generate_button)
+        return gen_box
 
-        # ---------------- import / validate
+    def _build_import(self, gen_box: QGroupBox) -> tuple[QGroupBox, QWidget]:
+        """The import box, the progress row and the summary: the left column, under ``gen_box``."""
         imp_box = QGroupBox("Import or validate")
         iform = QFormLayout(imp_box)
         self.format_combo = QComboBox()
@@ -286,8 +301,10 @@ class DataPage(QWidget):
         llay.addWidget(self.summary)
         llay.addStretch(1)
         left.setFixedWidth(370)
+        return imp_box, left
 
-        # ---------------- preview
+    def _build_preview(self, left: QWidget, law_short: list[str]) -> None:
+        """The filterable records preview, with coverage and problems as tabs under it."""
         self.model = RecordsModel(law_short)
         self.table = QTableView()
         self.table.setObjectName("previewTable")
@@ -300,11 +317,17 @@ class DataPage(QWidget):
         vh.setVisible(False)
         vh.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
         vh.setDefaultSectionSize(22)
+        # The short columns keep their widths; the user and assistant texts share what is left,
+        # elided (the whole text in the tooltip): the preview never scrolls sideways, even in a
+        # 1024-px window.
         hh = self.table.horizontalHeader()
         hh.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        hh.setStretchLastSection(True)
-        for col, w in enumerate([52, 125, 70, 150, 270]):
+        for col, w in enumerate(PREVIEW_WIDTHS):
             self.table.setColumnWidth(col, w)
+        for col in (4, 5):
+            hh.setSectionResizeMode(col, QHeaderView.ResizeMode.Stretch)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
 
         self.kind_filter = QComboBox()
         self.kind_filter.addItem(ALL_KINDS)
@@ -367,14 +390,6 @@ class DataPage(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(left)
         lay.addWidget(right, 1)
-
-        w = self.worker
-        w.progress.connect(self._on_progress)
-        w.event.connect(self._on_download_event)
-        w.failed.connect(self._on_failed)
-        w.finished.connect(self._on_finished)
-        w.busy_changed.connect(self._on_busy)
-        self._on_busy(w.is_busy())
 
     # ================================================================ actions
 
@@ -441,7 +456,7 @@ class DataPage(QWidget):
 
     def cancel(self) -> None:
         if self._mine():
-            self.worker.cancel()
+            self.job.cancel()
             self.progress.setFormat("cancelling…")
 
     def chosen_format(self) -> str:
@@ -458,12 +473,13 @@ class DataPage(QWidget):
         self._t0 = time.monotonic()
         self.progress.setRange(0, 0)  # busy until the job reports a total
         self.progress.setFormat(label + "…")
-        self.worker.start(job, label, owner=self)
+        self.job.start(job, label, progress=self._on_job_event, error=self._on_failed, finished=self._on_finished)
+        self._on_busy(True)  # now the running job is this page's: its Cancel shows
 
     # ================================================================ worker events
 
     def _mine(self) -> bool:
-        return self.worker.owner is self
+        return self.job.running()
 
     def _on_busy(self, busy: bool) -> None:
         self.generate_button.setEnabled(not busy)
@@ -478,9 +494,13 @@ class DataPage(QWidget):
             "Choose HH-RLHF, PKU-SafeRLHF or BeaverTails under Format to download it from the hub.")
         self.cancel_button.setVisible(busy and self._mine())
 
+    def _on_job_event(self, ev) -> None:
+        """This page's job reported progress (a download's event carries its rate and ETA too)."""
+        self._on_download_event(ev)
+        if isinstance(ev, Progress):
+            self._on_progress(int(ev.done), int(ev.total), ev.message)
+
     def _on_progress(self, done: int, total: int, message: str) -> None:
-        if not self._mine():
-            return
         if total > 0:  # in thousandths: a download's byte count passes a Qt int's 2**31
             self.progress.setRange(0, 1000)
             self.progress.setValue(min(1000, done * 1000 // total))
@@ -489,22 +509,18 @@ class DataPage(QWidget):
 
     def _on_download_event(self, ev) -> None:
         """A download's bar says bytes, rate and ETA (after _on_progress set its value)."""
-        if self._mine() and getattr(ev, "rate", None) is not None and getattr(ev, "total", 0):
+        if getattr(ev, "rate", None) is not None and getattr(ev, "total", 0):
             from .models import progress_text
 
             self._download_text = progress_text(ev.done, ev.total, ev.rate, ev.eta)  # the progress signal follows
 
     def _on_failed(self, message: str, traceback: str) -> None:
-        if not self._mine():
-            return
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setFormat("failed; the data set below is kept" if self.path is not None else "failed")
         show_error(self, "Could not read the data", message, traceback)
 
     def _on_finished(self, ev) -> None:
-        if not self._mine():
-            return
         then, self._then = self._then, None
         data = ev.result
         if ev.cancelled or not isinstance(data, engine_api.LoadedData):

@@ -19,6 +19,7 @@ from typing import Any
 
 from PySide6.QtCore import QPoint, Qt, Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
+from superqt import QElidingLabel
 
 from kala_engine.constitution import Constitution
 
@@ -172,7 +173,9 @@ class ReplyWidget(QFrame):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(14, 8, 14, 8)
         lay.setSpacing(4)
-        head = QLabel(title)
+        head = QElidingLabel(title)  # a long run name is elided (whole in the tooltip), never widens the reply
+        head.setElideMode(Qt.TextElideMode.ElideMiddle)
+        head.setToolTip(title)
         head.setStyleSheet(f"color: {MUTED.name()}; font-size: 9pt; font-weight: 600;")
         lay.addWidget(head)
         self.header = head
