@@ -79,6 +79,10 @@ DRAIN_BUDGET_S = 0.008
 DRAIN_PAUSE_MS = 8
 
 
+#: queued by the runner when a job begins on the worker thread (never a worker-wide event)
+_STARTED = object()
+
+
 class _JobRunner(QObject):
     """Lives in the worker thread; runs the job it is handed, pushing events to ``sink``."""
 
@@ -106,13 +110,15 @@ class _JobRunner(QObject):
 
     @Slot(object, object)
     def run(self, job: Any, control: JobControl) -> None:
+        self.push(_STARTED)  # delivered as the job handle's ``started``, before any event of the job
         run_job(job, self.push, control)
 
 
 class JobHandle(QObject):
     """One job's own signals, all delivered on the UI thread in the order the job emitted events.
 
-    * ``started()`` - the job begins on the worker thread.
+    * ``started()`` - the job began on the worker thread (delivered like its events, so a
+      handler connected right after :meth:`EngineWorker.start` returned sees it).
     * ``progress(object)`` - every event of the job before its end (TokenEvent, Progress,
       LogLine, TrainStep ...).
     * ``result(object)`` - the job's return value, after success only (a cancelled job's result
@@ -240,7 +246,6 @@ class EngineWorker(QObject):
         self._owner = owner
         self.busy_changed.emit(True)
         self.started.emit(handle.name)
-        handle.started.emit()
         self._poll.start()
         self._run_requested.emit(job, self._control)
 
@@ -315,6 +320,10 @@ class EngineWorker(QObject):
         self._drain()
 
     def _deliver(self, ev: Any) -> None:
+        if ev is _STARTED:
+            if self._handle is not None:
+                self._handle.started.emit()
+            return
         if self._handle is not None:
             self._handle._deliver(ev)
         self.event.emit(ev)
