@@ -25,18 +25,8 @@ STILL_TO_SPLIT: set[tuple[str, str | None]] = {
     ("kala_engine/generate/generation.py", None),
     ("kala_engine/model/hub.py", "_fetch"),
     ("kala_engine/model/modeling_kala.py", "load_from_pythia"),
-    ("kala_app/chat_store.py", None),
-    ("kala_app/pages/chat.py", None),
-    ("kala_app/pages/chat.py", "_build"),
-    ("kala_app/pages/data.py", "__init__"),
-    ("kala_app/pages/evaluate.py", None),
-    ("kala_app/pages/evaluate.py", "_build"),
-    ("kala_app/pages/models.py", "__init__"),
-    ("kala_app/pages/runs.py", "__init__"),
     ("kala_app/pages/train.py", None),
     ("kala_app/pages/train.py", "_build"),
-    ("kala_app/screenshots.py", "render_all"),
-    ("kala_app/widgets/chat_view.py", None),
 }
 
 
