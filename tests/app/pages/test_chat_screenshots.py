@@ -2,7 +2,7 @@
 
 Regenerate the README pictures with::
 
-    .venv/bin/python tests/app/test_chat_screenshots.py --out docs/screenshots [--model RUN/final]
+    .venv/bin/python tests/app/pages/test_chat_screenshots.py --out docs/screenshots [--model RUN/final]
 
 Without ``--model`` the replies come from a *scripted* generation job (fixed text and law
 scores, shown under the run name "scripted-demo") so the pictures show a benign exchange and an
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 if __name__ == "__main__":  # a desktop-sized offscreen screen before any Qt import
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
     from kala_app.offscreen import use_offscreen
 
     use_offscreen(1920, 1080)
