@@ -186,6 +186,7 @@ class ReplyWidget(QFrame):
         self.banner = StopBanner()
         lay.addWidget(self.banner)
         self.status = QLabel("")
+        self.status.setWordWrap(True)  # wraps in a narrow transcript instead of widening the reply past it
         self.status.setStyleSheet(f"color: {MUTED.name()}; font-size: 8.5pt;")
         lay.addWidget(self.status)
         self.text_view.hovered.connect(self._on_hover)

@@ -26,6 +26,7 @@ class ChatHistoryList(QWidget):
     def __init__(self) -> None:
         super().__init__()
         self.setObjectName("chatSide")
+        self.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)  # a QWidget subclass paints its style sheet only so
         self.setStyleSheet("#chatSide { background: #eef1f5; }")
         col = QVBoxLayout(self)
         col.setContentsMargins(10, 12, 10, 10)

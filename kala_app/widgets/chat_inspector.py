@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QLabel, QVBoxLayout, QWidget
 
 from .gauge import MUTED, LawGauge
@@ -28,6 +29,7 @@ class ChatInspector(QWidget):
     def __init__(self, constitution: Any) -> None:
         super().__init__()
         self.setObjectName("inspector")
+        self.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)  # a QWidget subclass paints its style sheet only so
         self.setStyleSheet("#inspector { background: #fbfcfd; border-left: 1px solid #dde3ea; }")
         col = QVBoxLayout(self)
         col.setContentsMargins(14, 12, 14, 12)

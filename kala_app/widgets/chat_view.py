@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, Qt, Signal
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from kala_engine.constitution import Constitution, load_constitution, resolve_thresholds
@@ -140,10 +140,12 @@ class ChatView(QScrollArea):
     def _on_clicked(self, info: TokenInfo) -> None:
         self.select(info)
 
-    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
-        super().resizeEvent(event)
-        for w in self.user_messages():
-            w.fit_width(self.message_width())
+    def viewportEvent(self, event) -> bool:  # noqa: N802 - Qt override
+        # the viewport, not the view: it also narrows when the vertical scroll bar appears
+        if event.type() == QEvent.Type.Resize:
+            for w in self.user_messages():
+                w.fit_width(self.message_width())
+        return super().viewportEvent(event)
 
     # -- follow the newest text -------------------------------------------------
     def _on_scroll(self, value: int) -> None:

@@ -1,4 +1,5 @@
-"""A fake training job with the engine's contract, for app tests that must not train for real."""
+"""Fakes with the engine's contract for app tests that must not train or generate for real: a
+training job, and real engine result objects for fake generation jobs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from kala_engine.constitution import law_titles
+from kala_engine.generate.explain import Assessment, Explanation, LawFinding, StopReason
+# imported here, not inside a fake job: importing torch on the worker thread would hold the GIL
+# for seconds in the middle of a test that measures the UI thread
+from kala_engine.generate.generation import GenerationResult
 from kala_engine.jobs import Cancelled, CheckpointSaved, LogLine, TrainStep, Validation
 
 
@@ -69,10 +75,6 @@ def generation_result(text: str, *, stop_kind: str = "eos", law: int | None = No
 
     ``findings``: (law, score, first_layer) of the explanation (an ethics stop), hierarchy order.
     """
-    from kala_engine.constitution import law_titles
-    from kala_engine.generate.explain import Assessment, Explanation, LawFinding, StopReason
-    from kala_engine.generate.generation import GenerationResult
-
     titles = law_titles()
     thresholds = tuple(float(t) for t in thresholds)
     if stop_message is None:
