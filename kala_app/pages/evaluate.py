@@ -21,9 +21,7 @@ from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
-    QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFrame,
     QGridLayout,
@@ -46,6 +44,7 @@ from ..page_job import PageJob
 from ..widgets.elided_combo import ElidedComboBox
 from ..widgets.eval_results import MODEL_COLORS, EvalResults, pct
 from ..widgets.model_picker import add_model_item, find_models, model_label
+from ..widgets.threshold_choice import ThresholdChoice
 from .evaluate_engine import (  # noqa: F401 - load_suite, make_backend ... re-exported for scripts and tests
     RecordingBackend,
     build_report,
@@ -165,22 +164,12 @@ class EvaluatePage(QWidget):
         th_lay = QHBoxLayout(th_group)
         th_lay.setContentsMargins(0, 0, 8, 0)
         th_lay.addWidget(QLabel("Threshold"))
-        self.threshold_spin = QDoubleSpinBox()
-        self.threshold_spin.setRange(0.0, 1.0)
-        self.threshold_spin.setSingleStep(0.05)
-        self.threshold_spin.setValue(self.constitution.thresholds[0])
-        self.threshold_spin.setToolTip("A law is flagged when its score is under this value (all five laws)")
-        self.threshold_spin.setEnabled(False)
-        self.threshold_spin.setVisible(False)  # shown (and used) once "model default" is unticked
-        self.calibrated_check = QCheckBox("model default")
-        self.calibrated_check.setToolTip(
-            "Use each model's per-law thresholds, calibrated on the validation split when it was trained\n"
-            "(the constitution's where a law has none). Untick to use one value for all five laws.")
-        self.calibrated_check.setChecked(True)
-        self.calibrated_check.toggled.connect(self._on_calibrated_toggled)
-        self.calibrated_check.setMinimumWidth(self.calibrated_check.sizeHint().width())
-        th_lay.addWidget(self.calibrated_check)
-        th_lay.addWidget(self.threshold_spin)
+        self.threshold_choice = ThresholdChoice(
+            self.constitution.thresholds[0], whose="each model's",
+            spin_tip="A law is flagged when its score is under this value (all five laws)")
+        self.calibrated_check = self.threshold_choice.calibrated_check
+        self.threshold_spin = self.threshold_choice.threshold_spin
+        th_lay.addWidget(self.threshold_choice)
         opts.addWidget(th_group)
         tok_group = QWidget()
         tok_lay = QHBoxLayout(tok_group)
@@ -392,13 +381,9 @@ class EvaluatePage(QWidget):
         self.status.setText(f"Evaluation failed: {message}")
         self.status.setToolTip(traceback)
 
-    def _on_calibrated_toggled(self, on: bool) -> None:
-        self.threshold_spin.setEnabled(not on)
-        self.threshold_spin.setVisible(not on)
-
     def threshold(self) -> float | None:
         """The threshold to evaluate with: None = each model's calibrated per-law thresholds."""
-        return None if self.calibrated_check.isChecked() else round(self.threshold_spin.value(), 4)
+        return self.threshold_choice.value()
 
     def _on_finished(self, ev: Any) -> None:
         self._tick.stop()

@@ -14,7 +14,6 @@ from typing import Any
 from PySide6.QtCore import Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
-    QCheckBox,
     QDoubleSpinBox,
     QFrame,
     QHBoxLayout,
@@ -29,6 +28,7 @@ from superqt import QFlowLayout
 
 from ..chat_store import DEFAULT_SETTINGS
 from .gauge import MUTED
+from .threshold_choice import ThresholdChoice
 
 
 def _spin(lo: float, hi: float, step: float, tip: str) -> QDoubleSpinBox:
@@ -81,27 +81,21 @@ class ChatComposer(QFrame):
         QShortcut(QKeySequence("Ctrl+Return"), self.input, activated=lambda: self.send_requested.emit())
 
     def _settings_row(self, default_threshold: float) -> QFlowLayout:
-        self.threshold_spin = _spin(0.0, 1.0, 0.05, "Stop when a law's score falls under this value (all five laws)")
-        self.calibrated_check = QCheckBox("model default")
-        self.calibrated_check.setToolTip(
-            "Use the model's per-law thresholds, calibrated on the validation split when it was trained\n"
-            "(the constitution's where a law has none). Untick to use one value for all five laws.")
-        self.calibrated_check.setChecked(True)
-        self.calibrated_check.toggled.connect(self._on_calibrated_toggled)
-        self.threshold_spin.setEnabled(False)
-        self.threshold_spin.setVisible(False)  # shown (and used) once "model default" is unticked
-        self.threshold_spin.setValue(default_threshold)
+        self.threshold = ThresholdChoice(
+            default_threshold, spin_tip="Stop when a law's score falls under this value (all five laws)")
+        self.threshold.changed.connect(self._changed)
+        self.threshold_spin, self.calibrated_check = self.threshold.threshold_spin, self.threshold.calibrated_check
         self.temperature_spin = _spin(0.0, 2.0, 0.05, "0 = greedy (always the likeliest token)")
         self.top_p_spin = _spin(0.05, 1.0, 0.05, "Nucleus sampling: keep the likeliest tokens up to this probability")
         self.max_tokens_spin = QSpinBox()
         self.max_tokens_spin.setRange(1, 4096)
         self.max_tokens_spin.setToolTip("Longest reply, in tokens")
-        for box in (self.threshold_spin, self.temperature_spin, self.top_p_spin, self.max_tokens_spin):
+        for box in (self.temperature_spin, self.top_p_spin, self.max_tokens_spin):
             box.valueChanged.connect(self._changed)
         flow = QFlowLayout()
         flow.setContentsMargins(0, 0, 0, 0)
         flow.setSpacing(4)
-        for label, widgets in (("Threshold", (self.calibrated_check, self.threshold_spin)),
+        for label, widgets in (("Threshold", (self.threshold,)),
                                ("Temperature", (self.temperature_spin,)),
                                ("Top-p", (self.top_p_spin,)), ("Max tokens", (self.max_tokens_spin,))):
             group = QWidget()  # a label and its control(s) wrap together
@@ -113,15 +107,15 @@ class ChatComposer(QFrame):
             lab.setMinimumWidth(lab.sizeHint().width())
             gl.addWidget(lab)
             for w in widgets:
-                w.setMinimumWidth(w.sizeHint().width())
+                if w is not self.threshold:  # it sizes its own parts (its spin box comes and goes)
+                    w.setMinimumWidth(w.sizeHint().width())
                 gl.addWidget(w)
             flow.addWidget(group)
         return flow
 
     def settings(self) -> dict[str, Any]:
         """The per-chat settings; ``threshold`` None = the model's calibrated thresholds."""
-        threshold = None if self.calibrated_check.isChecked() else round(self.threshold_spin.value(), 4)
-        return {"threshold": threshold,
+        return {"threshold": self.threshold.value(),
                 "temperature": round(self.temperature_spin.value(), 4),
                 "top_p": round(self.top_p_spin.value(), 4),
                 "max_tokens": int(self.max_tokens_spin.value())}
@@ -130,24 +124,12 @@ class ChatComposer(QFrame):
         """Fill the boxes from stored settings (missing keys: the defaults); emits nothing."""
         self._loading = True
         try:
-            threshold = s.get("threshold")
-            self.calibrated_check.setChecked(threshold is None)
-            self._show_threshold(threshold is not None)
-            if threshold is not None:
-                self.threshold_spin.setValue(float(threshold))
+            self.threshold.set_value(s.get("threshold"))
             self.temperature_spin.setValue(float(s.get("temperature", DEFAULT_SETTINGS["temperature"])))
             self.top_p_spin.setValue(float(s.get("top_p", DEFAULT_SETTINGS["top_p"])))
             self.max_tokens_spin.setValue(int(s.get("max_tokens", DEFAULT_SETTINGS["max_tokens"])))
         finally:
             self._loading = False
-
-    def _show_threshold(self, on: bool) -> None:
-        self.threshold_spin.setEnabled(on)
-        self.threshold_spin.setVisible(on)
-
-    def _on_calibrated_toggled(self, on: bool) -> None:
-        self._show_threshold(not on)
-        self._changed()
 
     def _changed(self, *_a: Any) -> None:
         if not self._loading:
