@@ -9,7 +9,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
 from .. import engine_api
-from ..pages.train import LAW_COLORS
+from .train_parts import LAW_COLORS
 
 NO_VIOLATION_COLOR = "#b0b0b0"
 _Index = QModelIndex | QPersistentModelIndex
