@@ -86,45 +86,13 @@ def _show_finished_run(train, run_dir: Path) -> None:
     train.refresh_lists()
 
 
-def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None,
-               train_budget_s: float = TRAIN_BUDGET_S, sizes=SIZES, chat_and_eval: bool = True,
-               also_runs: list[Path] = ()) -> list[Path]:
-    """Render every page at every size of ``sizes`` into ``out_dir``; returns the PNG paths.
-
-    ``run``: a finished run folder (``kala train`` / ``kala demo``) to show on the Train and Runs
-    pages instead of training a short run here; else a ``train_steps`` run is trained, stopped
-    after ``train_budget_s`` seconds if it has not finished by then.
-    """
-    from PySide6.QtWidgets import QApplication
-
+def _train_page(app, win, data_path: Path | None, run: Path | None, also_runs, train_steps: int,
+                train_budget_s: float) -> bool:
+    """Show a run on the Train page: the given finished one (its curves), else a short real run
+    trained here. Returns whether a run with progress is shown."""
     from . import engine_api
-    from .context import AppContext
-    from .main_window import PAGES, MainWindow
 
-    app = QApplication.instance() or QApplication(["kala-studio"])
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    home = Path(tempfile.mkdtemp(prefix="kala-screens-"))
-    ctx = AppContext.create(data_dir=home / "data", config_dir=home / "config")
-    win = MainWindow(ctx, show_quickstart=False)
-    win.resize(WIDTH, HEIGHT)
-    win.show()
-    deadline = time.monotonic() + 90  # the status bar's device probe imports torch
-    while "probing" in win.device_label.text() and time.monotonic() < deadline:
-        _wait(app, 0.1)
-
-    # Data page: a generated data set
-    data_page = win.pages["data"]
-    done: list[str] = []
-    data_page.dataset_ready.connect(done.append)
-    data_page.generate(count=3000, seed=0)
-    _say("generating a 3000-example data set")
-    ctx.worker.wait_idle(120)
-    _wait(app, 0.3)
-    data_path = Path(done[0]) if done else None
-
-    # Train page: the given run, else a short real run if the engine can train, else an illustrative one
-    train = win.pages["train"]
+    ctx, train = win.ctx, win.pages["train"]
     trained = False
     if run is not None:
         run = Path(run).resolve()
@@ -163,18 +131,12 @@ def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None,
                 dlg.close()
         except Exception as e:  # noqa: BLE001 - the pictures are still made, without a run
             print(f"warning: training failed ({e})", file=sys.stderr)
-    if not trained:
-        print("warning: no run could be trained here; the Train and Runs screenshots show no run "
-              "(give a finished run with --run)", file=sys.stderr)
+    return trained
 
-    # the doctor panel
-    _say("running the doctor")
-    train.run_doctor()
-    ctx.worker.wait_idle(120)
 
-    final = train.run_dir / "final" if train.run_dir is not None else None
-    if chat_and_eval and final is not None and (final / "config.json").is_file():
-        _chat_and_evaluate(app, win, final)
+def _grab_pages(app, win, out_dir: Path, sizes, compare_runs: bool) -> list[Path]:
+    """Every page at every size, as ``<page>-<W>x<H>.png``."""
+    from .main_window import PAGES
 
     paths = []
     for width, height in sizes:
@@ -189,7 +151,7 @@ def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None,
                     _wait(app, 0.1)
             if key == "runs" and hasattr(page, "refresh"):
                 page.refresh()
-                if also_runs and hasattr(page, "select_runs"):
+                if compare_runs and hasattr(page, "select_runs"):
                     page.select_runs([r.name for r in page.runs])
             _wait(app, 0.4)
             for plot in page.findChildren(__import__("kala_app.widgets.live_plot", fromlist=["LivePlot"]).LivePlot):
@@ -199,6 +161,61 @@ def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None,
             p = out_dir / f"{key}-{width}x{height}.png"
             pix.save(str(p), "PNG")
             paths.append(p)
+    return paths
+
+
+def render_all(out_dir: Path, train_steps: int = 60, run: Path | None = None,
+               train_budget_s: float = TRAIN_BUDGET_S, sizes=SIZES, chat_and_eval: bool = True,
+               also_runs: list[Path] = ()) -> list[Path]:
+    """Render every page at every size of ``sizes`` into ``out_dir``; returns the PNG paths.
+
+    ``run``: a finished run folder (``kala train`` / ``kala demo``) to show on the Train and Runs
+    pages instead of training a short run here; else a ``train_steps`` run is trained, stopped
+    after ``train_budget_s`` seconds if it has not finished by then.
+    """
+    from PySide6.QtWidgets import QApplication
+
+    from .context import AppContext
+    from .main_window import MainWindow
+
+    app = QApplication.instance() or QApplication(["kala-studio"])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="kala-screens-"))
+    ctx = AppContext.create(data_dir=home / "data", config_dir=home / "config")
+    win = MainWindow(ctx, show_quickstart=False)
+    win.resize(WIDTH, HEIGHT)
+    win.show()
+    deadline = time.monotonic() + 90  # the status bar's device probe imports torch
+    while "probing" in win.device_label.text() and time.monotonic() < deadline:
+        _wait(app, 0.1)
+
+    # Data page: a generated data set
+    data_page = win.pages["data"]
+    done: list[str] = []
+    data_page.dataset_ready.connect(done.append)
+    data_page.generate(count=3000, seed=0)
+    _say("generating a 3000-example data set")
+    ctx.worker.wait_idle(120)
+    _wait(app, 0.3)
+    data_path = Path(done[0]) if done else None
+
+    train = win.pages["train"]
+    trained = _train_page(app, win, data_path, run, also_runs, train_steps, train_budget_s)
+    if not trained:
+        print("warning: no run could be trained here; the Train and Runs screenshots show no run "
+              "(give a finished run with --run)", file=sys.stderr)
+
+    # the doctor panel
+    _say("running the doctor")
+    train.run_doctor()
+    ctx.worker.wait_idle(120)
+
+    final = train.run_dir / "final" if train.run_dir is not None else None
+    if chat_and_eval and final is not None and (final / "config.json").is_file():
+        _chat_and_evaluate(app, win, final)
+
+    paths = _grab_pages(app, win, out_dir, sizes, bool(also_runs))
     win.ctx.worker.shutdown(30)
     win.close()
     return paths

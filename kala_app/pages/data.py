@@ -16,9 +16,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pyqtgraph as pg
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, QTimer, Signal
-from PySide6.QtGui import QColor
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -43,142 +41,18 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from kala_engine.jobs import Progress
+
 from .. import engine_api
 from ..error_dialog import show_error
-from ..widgets.train_parts import LAW_COLORS
+from ..page_job import PageJob
+from ..widgets.records import CoverageChart, RecordsModel
 
-NO_VIOLATION_COLOR = "#b0b0b0"
 ALL_KINDS = "all kinds"
 #: The preview filters this long after the last key press in the search box.
 SEARCH_DEBOUNCE_MS = 250
-_Index = QModelIndex | QPersistentModelIndex
-
-
-class RecordsModel(QAbstractTableModel):
-    """Records as rows. Filtering keeps a list of row indices, so 100k rows filter in milliseconds."""
-
-    COLUMNS = ["#", "Kind", "Split", "Violates", "User", "Assistant"]
-
-    def __init__(self, law_short: list[str]):
-        super().__init__()
-        self.records: list[dict] = []
-        self.rows: list[int] = []
-        self.law_short = law_short
-
-    def set_records(self, records: list[dict]) -> None:
-        self.beginResetModel()
-        self.records = records
-        self.rows = list(range(len(records)))
-        self.endResetModel()
-
-    def set_filter(self, kind: str | None, text: str = "") -> None:
-        text = text.casefold().strip()
-        self.beginResetModel()
-        recs = self.records
-        rows = range(len(recs)) if not kind else [i for i, r in enumerate(recs) if r.get("kind") == kind]
-        if text:
-            def match(i: int) -> bool:
-                u, a = engine_api.record_text(recs[i])
-                return text in u.casefold() or text in a.casefold()
-
-            rows = [i for i in rows if match(i)]
-        self.rows = list(rows)
-        self.endResetModel()
-
-    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: N802 - Qt API
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: N802 - Qt API
-        return 0 if parent.isValid() else len(self.COLUMNS)
-
-    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802 - Qt API
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
-            return self.COLUMNS[section]
-        return None
-
-    def record(self, row: int) -> dict:
-        return self.records[self.rows[row]]
-
-    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole):
-        if not index.isValid():
-            return None
-        if role not in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole, Qt.ItemDataRole.ForegroundRole):
-            return None
-        i = self.rows[index.row()]
-        rec = self.records[i]
-        col = index.column()
-        if role == Qt.ItemDataRole.ForegroundRole:
-            if col == 3 and self._violated(rec):
-                return QColor("#b03030")
-            return None
-        if col == 0:
-            return str(i + 1)
-        if col == 1:
-            return str(rec.get("kind", ""))
-        if col == 2:
-            return str(rec.get("split", ""))
-        if col == 3:
-            v = self._violated(rec)
-            return ", ".join(self.law_short[k] for k in v) if v else "—"
-        user, assistant = engine_api.record_text(rec)
-        text = user if col == 4 else assistant
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return text[:2000]
-        return text[:300].replace("\n", " ")
-
-    @staticmethod
-    def _violated(rec: dict) -> list[int]:
-        laws = engine_api.record_laws(rec)
-        return [k for k, v in enumerate(laws) if v < 0.5] if laws else []
-
-
-class CoverageChart(pg.GraphicsLayoutWidget):
-    """Horizontal grouped bars: for each kind, how many records violate each law (and none).
-
-    Its legend (``legend_widget``) goes beside it, so it never covers a bar.
-    """
-
-    def __init__(self, law_titles: list[str]):
-        super().__init__()
-        self.law_titles = law_titles
-        self.setMinimumHeight(200)
-        self.plotItem = self.addPlot(row=0, col=0)
-        # no title: the tab says what it is (a title was cut in a narrow window)
-        self.plotItem.setLabel("bottom", "records")
-        self.plotItem.setMouseEnabled(x=False, y=False)
-        self.plotItem.hideButtons()
-        self.plotItem.getViewBox().invertY(True)
-        # The legend is a column of plain labels right of the bars (pyqtgraph's legend clipped
-        # its texts in a narrow window): the bars keep the whole height for the kinds.
-        self.legend_widget = QWidget()
-        ll = QVBoxLayout(self.legend_widget)
-        ll.setContentsMargins(4, 28, 4, 4)
-        ll.setSpacing(2)
-        for name, color in zip([*law_titles, "no law violated"], [*LAW_COLORS, NO_VIOLATION_COLOR], strict=False):
-            lab = QLabel(f"<span style='color:{color}; font-size: 12pt'>■</span> {name}")
-            lab.setStyleSheet("font-size: 8pt; color: #333;")
-            lab.setMinimumWidth(lab.sizeHint().width())
-            ll.addWidget(lab)
-        ll.addStretch(1)
-        self.counts: list[list[int]] = []
-        self.kinds: list[str] = []
-
-    def set_counts(self, kinds: list[str], counts: list[list[int]]) -> None:
-        self.kinds, self.counts = kinds, counts
-        self.plotItem.clear()
-        n_series = len(self.law_titles) + 1
-        h = 0.8 / n_series
-        colors = LAW_COLORS + [NO_VIOLATION_COLOR]
-        for j in range(n_series):
-            ys = [i - 0.4 + (j + 0.5) * h for i in range(len(kinds))]
-            widths = [c[j] for c in counts]
-            bars = pg.BarGraphItem(x0=[0] * len(kinds), y=ys, height=h * 0.95, width=widths,
-                                   brush=colors[j % len(colors)], pen=None)
-            self.plotItem.addItem(bars)
-        self.plotItem.getAxis("left").setTicks([[(i, k.replace("_", " ")) for i, k in enumerate(kinds)]])
-        top = max([max(c) for c in counts if c] + [1])
-        self.plotItem.setXRange(0, top * 1.08, padding=0)
-        self.plotItem.setYRange(-0.5, max(0.5, len(kinds) - 0.5), padding=0.02)
+#: widths (px) of the preview's #, Kind, Split and Violates columns; User and Assistant stretch
+PREVIEW_WIDTHS = (44, 100, 56, 96)
 
 
 class DataPage(QWidget):
@@ -202,17 +76,25 @@ class DataPage(QWidget):
         self._t0 = 0.0
         self._download_text = ""  # the bar's text for the progress signal that follows a download event
 
-        # ---------------- generate
+        gen_box = self._build_generate()
+        imp_box, left = self._build_import(gen_box)
+        self._build_preview(left, law_short)
+
+        self.job = PageJob(self.worker, self)
+        self.worker.busy_changed.connect(self._on_busy)  # another page's job holds the engine
+        self._on_busy(self.worker.is_busy())
+
+    def _build_generate(self) -> QGroupBox:
         gen_box = QGroupBox("Generate")
         gform = QFormLayout(gen_box)
         self.count_spin = QSpinBox()
         self.count_spin.setRange(10, 1_000_000)
         self.count_spin.setSingleStep(500)
-        self.count_spin.setValue(int(ctx.settings.value("data/count", 2000)))
+        self.count_spin.setValue(int(self.ctx.settings.value("data/count", 2000)))
         self.count_spin.setToolTip("How many examples to generate (split into train and validation by template family).")
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
-        self.seed_spin.setValue(int(ctx.settings.value("data/seed", 0)))
+        self.seed_spin.setValue(int(self.ctx.settings.value("data/seed", 0)))
         self.seed_spin.setToolTip("The same seed always gives the same data set.")
         gform.addRow("Examples", self.count_spin)
         gform.addRow("Seed", self.seed_spin)
@@ -235,8 +117,10 @@ class DataPage(QWidget):
         self.generate_button.setObjectName("generateButton")
         self.generate_button.clicked.connect(lambda: self.generate())
         gform.addRow(self.generate_button)
+        return gen_box
 
-        # ---------------- import / validate
+    def _build_import(self, gen_box: QGroupBox) -> tuple[QGroupBox, QWidget]:
+        """The import box, the progress row and the summary: the left column, under ``gen_box``."""
         imp_box = QGroupBox("Import or validate")
         iform = QFormLayout(imp_box)
         self.format_combo = QComboBox()
@@ -286,8 +170,10 @@ class DataPage(QWidget):
         llay.addWidget(self.summary)
         llay.addStretch(1)
         left.setFixedWidth(370)
+        return imp_box, left
 
-        # ---------------- preview
+    def _build_preview(self, left: QWidget, law_short: list[str]) -> None:
+        """The filterable records preview, with coverage and problems as tabs under it."""
         self.model = RecordsModel(law_short)
         self.table = QTableView()
         self.table.setObjectName("previewTable")
@@ -300,11 +186,17 @@ class DataPage(QWidget):
         vh.setVisible(False)
         vh.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
         vh.setDefaultSectionSize(22)
+        # The short columns keep their widths; the user and assistant texts share what is left,
+        # elided (the whole text in the tooltip): the preview never scrolls sideways, even in a
+        # 1024-px window.
         hh = self.table.horizontalHeader()
         hh.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        hh.setStretchLastSection(True)
-        for col, w in enumerate([52, 125, 70, 150, 270]):
+        for col, w in enumerate(PREVIEW_WIDTHS):
             self.table.setColumnWidth(col, w)
+        for col in (4, 5):
+            hh.setSectionResizeMode(col, QHeaderView.ResizeMode.Stretch)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
 
         self.kind_filter = QComboBox()
         self.kind_filter.addItem(ALL_KINDS)
@@ -328,6 +220,24 @@ class DataPage(QWidget):
         fbar.addWidget(self.search, 1)
         fbar.addWidget(self.rows_label)
 
+        bottom = self._build_bottom()
+        table_box = QWidget()
+        tlay = QVBoxLayout(table_box)
+        tlay.setContentsMargins(0, 0, 0, 0)
+        tlay.addLayout(fbar)
+        tlay.addWidget(self.table, 1)
+        right = QSplitter(Qt.Orientation.Vertical)
+        right.addWidget(table_box)
+        right.addWidget(bottom)
+        right.setSizes([420, 300])
+
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(left)
+        lay.addWidget(right, 1)
+
+    def _build_bottom(self) -> QTabWidget:
+        """Coverage chart and problems list, as tabs under the preview."""
         self.chart = CoverageChart(self.law_titles)
         self.problems = QTableWidget(0, 2)
         self.problems.setObjectName("problemsTable")
@@ -353,28 +263,7 @@ class DataPage(QWidget):
         bottom.addTab(coverage, "Coverage: records violating each law")
         bottom.addTab(self.problems_box, "Problems")
         self.bottom_tabs = bottom
-        table_box = QWidget()
-        tlay = QVBoxLayout(table_box)
-        tlay.setContentsMargins(0, 0, 0, 0)
-        tlay.addLayout(fbar)
-        tlay.addWidget(self.table, 1)
-        right = QSplitter(Qt.Orientation.Vertical)
-        right.addWidget(table_box)
-        right.addWidget(bottom)
-        right.setSizes([420, 300])
-
-        lay = QHBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(left)
-        lay.addWidget(right, 1)
-
-        w = self.worker
-        w.progress.connect(self._on_progress)
-        w.event.connect(self._on_download_event)
-        w.failed.connect(self._on_failed)
-        w.finished.connect(self._on_finished)
-        w.busy_changed.connect(self._on_busy)
-        self._on_busy(w.is_busy())
+        return bottom
 
     # ================================================================ actions
 
@@ -441,7 +330,7 @@ class DataPage(QWidget):
 
     def cancel(self) -> None:
         if self._mine():
-            self.worker.cancel()
+            self.job.cancel()
             self.progress.setFormat("cancelling…")
 
     def chosen_format(self) -> str:
@@ -458,12 +347,13 @@ class DataPage(QWidget):
         self._t0 = time.monotonic()
         self.progress.setRange(0, 0)  # busy until the job reports a total
         self.progress.setFormat(label + "…")
-        self.worker.start(job, label, owner=self)
+        self.job.start(job, label, progress=self._on_job_event, error=self._on_failed, finished=self._on_finished)
+        self._on_busy(True)  # now the running job is this page's: its Cancel shows
 
     # ================================================================ worker events
 
     def _mine(self) -> bool:
-        return self.worker.owner is self
+        return self.job.running()
 
     def _on_busy(self, busy: bool) -> None:
         self.generate_button.setEnabled(not busy)
@@ -478,9 +368,13 @@ class DataPage(QWidget):
             "Choose HH-RLHF, PKU-SafeRLHF or BeaverTails under Format to download it from the hub.")
         self.cancel_button.setVisible(busy and self._mine())
 
+    def _on_job_event(self, ev) -> None:
+        """This page's job reported progress (a download's event carries its rate and ETA too)."""
+        self._on_download_event(ev)
+        if isinstance(ev, Progress):
+            self._on_progress(int(ev.done), int(ev.total), ev.message)
+
     def _on_progress(self, done: int, total: int, message: str) -> None:
-        if not self._mine():
-            return
         if total > 0:  # in thousandths: a download's byte count passes a Qt int's 2**31
             self.progress.setRange(0, 1000)
             self.progress.setValue(min(1000, done * 1000 // total))
@@ -489,22 +383,18 @@ class DataPage(QWidget):
 
     def _on_download_event(self, ev) -> None:
         """A download's bar says bytes, rate and ETA (after _on_progress set its value)."""
-        if self._mine() and getattr(ev, "rate", None) is not None and getattr(ev, "total", 0):
+        if getattr(ev, "rate", None) is not None and getattr(ev, "total", 0):
             from .models import progress_text
 
             self._download_text = progress_text(ev.done, ev.total, ev.rate, ev.eta)  # the progress signal follows
 
     def _on_failed(self, message: str, traceback: str) -> None:
-        if not self._mine():
-            return
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setFormat("failed; the data set below is kept" if self.path is not None else "failed")
         show_error(self, "Could not read the data", message, traceback)
 
     def _on_finished(self, ev) -> None:
-        if not self._mine():
-            return
         then, self._then = self._then, None
         data = ev.result
         if ev.cancelled or not isinstance(data, engine_api.LoadedData):

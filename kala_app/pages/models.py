@@ -37,6 +37,7 @@ from kala_engine.units import format_bytes, format_duration
 
 from .. import engine_api
 from ..error_dialog import show_error
+from ..page_job import PageJob
 
 FIT_COLOR = QColor("#2e7d32")
 NO_FIT_COLOR = QColor("#c62828")
@@ -94,6 +95,20 @@ class ModelsPage(QWidget):
         self._lister.listed.connect(self._on_listed)
         self._lister.failed.connect(self._on_list_failed)
 
+        self._build_table_and_buttons()
+        self._build_layout()
+
+        self.job = PageJob(ctx.worker, self)
+        self._own_end = None  # the Finished event of this page's last download
+        w = ctx.worker
+        w.finished.connect(self._on_any_finished)  # another page's job may have downloaded a base
+        w.busy_changed.connect(lambda _b: self._update_buttons())
+        w.started.connect(lambda _name: self._update_buttons())
+        self._listed = False  # the catalogue is read when the page is first shown (never at start-up)
+        self._stale = False
+        self._update_buttons()
+
+    def _build_table_and_buttons(self) -> None:
         self.table = QTableWidget(0, len(self.COLUMNS))
         self.table.setObjectName("modelsTable")
         self.table.setHorizontalHeaderLabels(self.COLUMNS)
@@ -123,6 +138,7 @@ class ModelsPage(QWidget):
         self.refresh_button.setToolTip("Read the cache again (no network).")
         self.refresh_button.clicked.connect(self.refresh)
 
+    def _build_layout(self) -> None:
         #: says which job holds the worker while it is not this page's download
         self.busy_note = QLabel("")
         self.busy_note.setObjectName("modelsBusyNote")
@@ -155,16 +171,6 @@ class ModelsPage(QWidget):
         lay.addLayout(buttons)
         lay.addWidget(self.status)
         lay.addWidget(self.cache_label)
-
-        w = ctx.worker
-        w.event.connect(self._on_event)
-        w.finished.connect(self._on_finished)
-        w.failed.connect(self._on_failed)
-        w.busy_changed.connect(lambda _b: self._update_buttons())
-        w.started.connect(lambda _name: self._update_buttons())
-        self._listed = False  # the catalogue is read when the page is first shown (never at start-up)
-        self._stale = False
-        self._update_buttons()
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)
@@ -260,10 +266,9 @@ class ModelsPage(QWidget):
 
     def other_job(self) -> str:
         """The name of a job that holds the worker and is not this page's download ("" if none)."""
-        w = self.ctx.worker
-        if not w.is_busy() or (w.owner is self and self._downloading is not None):
+        if not self.job.busy_other():
             return ""
-        return w.job_name or "another job"
+        return self.ctx.worker.job_name or "another job"
 
     def _update_buttons(self) -> None:
         r = self._row(self.selected_name())
@@ -303,7 +308,8 @@ class ModelsPage(QWidget):
         if bar is not None:
             bar.setFormat("starting…")
         self.status.setText(f"Downloading {name}…")
-        self.ctx.worker.start(engine_api.download_base_job(name), f"download {name}", owner=self)
+        self.job.start(engine_api.download_base_job(name), f"download {name}", progress=self._on_event,
+                       error=self._on_failed, finished=self._on_finished)
         self._update_buttons()
         return ""
 
@@ -318,8 +324,8 @@ class ModelsPage(QWidget):
         return self._downloading
 
     def cancel_download(self) -> None:
-        if self._downloading is not None and self.ctx.worker.owner is self:
-            self.ctx.worker.cancel()
+        if self._downloading is not None and self.job.running():
+            self.job.cancel()
             self.status.setText(f"Cancelling the download of {self._downloading}…")
 
     def delete_selected(self, confirm: bool = True) -> None:
@@ -345,7 +351,7 @@ class ModelsPage(QWidget):
     # ------------------------------------------------------------------ worker events
 
     def _on_event(self, ev) -> None:
-        if self.ctx.worker.owner is not self or self._downloading is None:
+        if self._downloading is None:
             return
         rate = getattr(ev, "rate", None)
         if rate is None or not hasattr(ev, "total"):  # only DownloadProgress carries a rate
@@ -358,19 +364,22 @@ class ModelsPage(QWidget):
         self.status.setText(f"Downloading {self._downloading}: {ev.filename}")
 
     def _on_failed(self, message: str, _traceback: str) -> None:
-        if self.ctx.worker.owner is self:
-            self.status.setText(f"<b>Download failed:</b> {message}")
+        self.status.setText(f"<b>Download failed:</b> {message}")
 
     def _on_finished(self, ev) -> None:
-        mine = self.ctx.worker.owner is self
-        if mine and self._downloading is not None:
-            name, self._downloading = self._downloading, None
-            if ev.cancelled:
-                self.status.setText(f"Download of {name} cancelled; what arrived is kept - Resume continues it.")
-            elif ev.result:
-                self.status.setText(f"{name} is in the cache: {ev.result['path']}")
-            self.refresh()
-        elif self._listed:  # another page's job ended (a run may have downloaded its base)
+        """This page's download ended."""
+        self._own_end = ev
+        name, self._downloading = self._downloading, None
+        if ev.cancelled:
+            self.status.setText(f"Download of {name} cancelled; what arrived is kept - Resume continues it.")
+        elif ev.result:
+            self.status.setText(f"{name} is in the cache: {ev.result['path']}")
+        self.refresh()
+        self._update_buttons()
+
+    def _on_any_finished(self, ev) -> None:
+        """Some job ended: another page's (a run may have downloaded its base) re-reads the cache."""
+        if ev is not self._own_end and self._listed:
             if self.isVisible():
                 self.refresh()
             else:

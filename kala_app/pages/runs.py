@@ -96,6 +96,27 @@ class RunsPage(QWidget):
         self.runs: list[RunInfo] = []
         self.law_titles = [law.title for law in ctx.constitution]
 
+        top = self._build_list()
+        single = self._build_single()
+        compare = self._build_compare()
+        self.bottom = QStackedWidget()
+        self.bottom.addWidget(single)
+        self.bottom.addWidget(compare)
+
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(top)
+        split.addWidget(self.bottom)
+        split.setSizes([330, 420])
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(split)
+
+        ctx.worker.busy_changed.connect(lambda _b: self._update_buttons())
+        ctx.worker.finished.connect(lambda _ev: self.refresh() if self.isVisible() else None)
+        self.refresh()
+
+    def _build_list(self) -> QWidget:
+        """The runs table with its buttons above it."""
         self.table = QTableWidget(0, len(self.COLUMNS))
         self.table.setObjectName("runsTable")
         self.table.setHorizontalHeaderLabels(self.COLUMNS)
@@ -137,6 +158,15 @@ class RunsPage(QWidget):
         bar.addStretch(1)
         bar.addWidget(self.delete_button)
 
+        top = QWidget()
+        tl = QVBoxLayout(top)
+        tl.setContentsMargins(0, 0, 0, 0)
+        tl.addLayout(bar)
+        tl.addWidget(self.table, 1)
+        return top
+
+    def _build_single(self) -> QWidget:
+        """One run: its details and its two loss plots."""
         self.detail = QLabel("Select a run to see its curves.")
         self.detail.setWordWrap(True)
         self.detail.setObjectName("runDetail")
@@ -156,17 +186,16 @@ class RunsPage(QWidget):
         plots.addWidget(self.lm_plot)
         plots.addWidget(self.ethics_plot)
 
-        top = QWidget()
-        tl = QVBoxLayout(top)
-        tl.setContentsMargins(0, 0, 0, 0)
-        tl.addLayout(bar)
-        tl.addWidget(self.table, 1)
         single = QWidget()
         bl = QVBoxLayout(single)
         bl.setContentsMargins(0, 0, 0, 0)
         bl.addWidget(self.detail)
         bl.addWidget(plots, 1)
 
+        return single
+
+    def _build_compare(self) -> QWidget:
+        """Several runs: the settings that differ and the final metrics, and the curves overlaid."""
         # several runs: settings that differ + final metrics, and the curves overlaid
         self.compare_table = QTableWidget(0, 0)
         self.compare_table.setObjectName("compareTable")
@@ -189,21 +218,7 @@ class RunsPage(QWidget):
         compare.addWidget(cmp_plots)
         compare.setSizes([380, 520])
         self.compare_view = compare
-        self.bottom = QStackedWidget()
-        self.bottom.addWidget(single)
-        self.bottom.addWidget(compare)
-
-        split = QSplitter(Qt.Orientation.Vertical)
-        split.addWidget(top)
-        split.addWidget(self.bottom)
-        split.setSizes([330, 420])
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(split)
-
-        ctx.worker.busy_changed.connect(lambda _b: self._update_buttons())
-        ctx.worker.finished.connect(lambda _ev: self.refresh() if self.isVisible() else None)
-        self.refresh()
+        return compare
 
     # ================================================================ listing
 

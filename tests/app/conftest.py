@@ -23,3 +23,32 @@ def ctx(qtbot, studio_home):
     c = AppContext.create()
     yield c
     c.worker.shutdown(timeout_s=30)
+
+
+@pytest.fixture
+def make_page(qtbot, ctx):
+    """Build any page of the app on the test's context: ``make_page(ChatPage, job_factory=f)``.
+
+    The page is added to qtbot, resized (``size=None`` keeps its own size), shown and exposed;
+    after the test a running job is cancelled and a page's chat store is closed. The one page
+    factory of the app tests (each page's test module used to carry its own copy).
+    """
+    made = []
+
+    def make(cls, *args, size=(1100, 760), **kwargs):
+        page = cls(ctx, *args, **kwargs)
+        qtbot.addWidget(page)
+        if size is not None:
+            page.resize(*size)
+        page.show()
+        qtbot.waitExposed(page)
+        made.append(page)
+        return page
+
+    yield make
+    ctx.worker.cancel()
+    ctx.worker.wait_idle(10)
+    for page in made:
+        store = getattr(page, "store", None)
+        if store is not None:
+            store.close()

@@ -1,4 +1,5 @@
-"""A fake training job with the engine's contract, for app tests that must not train for real."""
+"""Fakes with the engine's contract for app tests that must not train or generate for real: a
+training job, and real engine result objects for fake generation jobs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from kala_engine.constitution import law_titles
+from kala_engine.generate.explain import Assessment, Explanation, LawFinding, StopReason
+# imported here, not inside a fake job: importing torch on the worker thread would hold the GIL
+# for seconds in the middle of a test that measures the UI thread
+from kala_engine.generate.generation import GenerationResult
 from kala_engine.jobs import Cancelled, CheckpointSaved, LogLine, TrainStep, Validation
 
 
@@ -60,3 +66,27 @@ def fake_train_job(config, step_sleep: float = 0.002, eval_every: int = 10, fail
         return {"run_dir": str(run_dir), "steps": total}
 
     return job
+
+
+def generation_result(text: str, *, stop_kind: str = "eos", law: int | None = None, score: float | None = None,
+                      threshold: float | None = None, prompt_scores=(0.95,) * 5, prompt_layers=(),
+                      thresholds=(0.5,) * 5, findings=(), stop_message: str | None = None):
+    """A real :class:`kala_engine.generate.generation.GenerationResult` for fake generation jobs.
+
+    ``findings``: (law, score, first_layer) of the explanation (an ethics stop), hierarchy order.
+    """
+    titles = law_titles()
+    thresholds = tuple(float(t) for t in thresholds)
+    if stop_message is None:
+        stop_message = (f"{titles[law]} fell to {score:.2f} < {threshold:.2f}" if stop_kind == "ethics"
+                        else {"eos": "end of text", "length": "token limit"}.get(stop_kind, stop_kind))
+    stop = StopReason(stop_kind, stop_message, None, law, titles[law] if law is not None else None, score, threshold)
+    flagged = tuple(k for k, s in enumerate(prompt_scores) if s < thresholds[k])
+    assessment = Assessment(tuple(prompt_scores), tuple(tuple(r) for r in prompt_layers), thresholds, flagged, None)
+    explanation = None
+    if findings:
+        explanation = Explanation("token", None, tuple(
+            LawFinding(k, titles[k], float(s), thresholds[k], fl, (float(s),) * (fl + 1 if fl is not None else 0))
+            for k, s, fl in findings))
+    return GenerationResult(text=text, token_ids=[], token_scores=[], stop=stop, prompt_assessment=assessment,
+                            explanation=explanation)

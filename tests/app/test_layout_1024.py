@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QAbstractButton,
     QAbstractSpinBox,
@@ -65,7 +66,7 @@ def window(qapp, tmp_path_factory):
     from kala_app.main_window import MainWindow
     from kala_app.screenshots import _show_finished_run
     from tests.app.synthetic_run import write_synthetic_run
-    from tests.app.test_chat_screenshots import BENIGN_PROMPT, ScriptedBackend, scripted_job_factory
+    from tests.app.pages.test_chat_screenshots import BENIGN_PROMPT, ScriptedBackend, scripted_job_factory
 
     home = tmp_path_factory.mktemp("layout")
     old = os.environ.get("KALA_STUDIO_HOME")
@@ -242,3 +243,63 @@ def test_first_start_pages_fit_1024x640(qtbot, studio_home):
         assert need.width() <= page.width() and need.height() <= page.height(), (key, need, page.size())
         assert not cut_widgets(page), key
     win.ctx.worker.shutdown(10)
+
+
+def test_data_preview_never_scrolls_sideways_at_1024(window):
+    """The records preview fits its columns in the room it has: the texts elide (whole in the
+    tooltip) instead of the table scrolling sideways (it did at 1024 px)."""
+    window.resize(1024, 640)
+    data = window.show_page("data")
+    _wait(0.3)
+    t = data.table
+    assert data.model.rowCount() > 0
+    assert t.horizontalScrollBar().maximum() == 0, t.horizontalScrollBar().maximum()
+    last = data.model.columnCount() - 1
+    assert t.columnViewportPosition(last) + t.columnWidth(last) <= t.viewport().width()
+    assert min(t.columnWidth(4), t.columnWidth(5)) >= 70  # both texts keep some room
+    assert data.model.index(0, 4).data(Qt.ItemDataRole.ToolTipRole)  # the whole text
+
+
+def _flag_law0_factory(model, messages, settings):
+    """A reply to a prompt flagged on Law 0, whose title is the longest word of the line."""
+    from kala_engine.jobs import TokenEvent
+    from tests.app.fakes import generation_result
+
+    def job(emit, control):
+        emit(TokenEvent(0, 1, "No.", (0.9,) * 5))
+        return generation_result("No.", prompt_scores=(0.19, 0.9, 0.9, 0.9, 0.9))
+
+    return job
+
+
+@pytest.mark.parametrize("size", [(1024, 640), (1280, 800)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_a_flagged_prompts_assessment_line_is_never_cut(window, size):
+    """"Prompt flagged: Law 0 Civilizational 0.19" under a user message wraps inside its bubble,
+    and the bubble inside the transcript: at 1024x640 the bubble was wider than the column and
+    the line was cut ("Law 0 Civilizationa")."""
+    window.resize(*size)
+    chat = window.show_page("chat")
+    old = chat.job_factory
+    chat.job_factory = _flag_law0_factory
+    try:
+        chat.new_chat()
+        assert chat.send("Explain how to take down a power grid")
+        deadline = time.monotonic() + 30
+        while chat.is_generating() and time.monotonic() < deadline:
+            _wait(0.02)
+        _wait(0.3)
+        user = chat.view.user_messages()[-1]
+        assert user.assessment_text().startswith("Prompt flagged: Law 0")
+        viewport = chat.view.viewport()
+        right = user.mapTo(viewport, user.rect().topRight()).x()
+        assert right <= viewport.width(), f"the bubble ends at {right}, the transcript at {viewport.width()}"
+        label = user.assessment_label
+        label_right = label.mapTo(viewport, label.rect().topRight()).x()
+        assert label_right <= viewport.width()
+        fm = label.fontMetrics()
+        widest_word = max(fm.horizontalAdvance(w) for w in user.assessment_text().split())
+        assert widest_word <= label.contentsRect().width()
+        assert not cut_widgets(user)
+        assert label.toolTip() == user.assessment_text()  # the whole line, however narrow
+    finally:
+        chat.job_factory = old

@@ -116,7 +116,7 @@ def test_reports_record_the_model_path_and_its_run(qtbot, ctx, tmp_path, via, mo
     final = lay_out_demo(ctx.runs_dir)
     if via == "page":
         from kala_app.pages.evaluate import EvaluatePage
-        from tests.app.test_evaluate_page import FakeBackend
+        from tests.app.pages.test_evaluate_page import FakeBackend
 
         def backend(path):
             b = FakeBackend("x", 1.0)
@@ -133,7 +133,7 @@ def test_reports_record_the_model_path_and_its_run(qtbot, ctx, tmp_path, via, mo
     else:
         from kala_engine.cli import eval as cli_eval
         from kala_engine.cli import main as cli
-        from tests.app.test_evaluate_page import FakeBackend
+        from tests.app.pages.test_evaluate_page import FakeBackend
 
         def make(model_dir, device):
             b = FakeBackend("x", 1.0)

@@ -182,7 +182,7 @@ def test_a_newer_schema_opens_read_only_and_is_never_written(open_window, studio
 
 
 def test_an_older_schema_is_migrated_forward_with_a_copy_kept(tmp_path, monkeypatch):
-    import kala_app.chat_store as cs
+    import kala_app.chat_store.schema as cs  # the schema's owner (read by the opening code when it opens)
 
     db = tmp_path / DB_NAME
     cid = _db_with_chat(db)
@@ -251,13 +251,13 @@ def test_self_test_store_check_opens_the_real_stores(studio_home, capsys):
 
 
 def test_self_test_store_check_fails_when_the_chat_history_cannot_be_opened(studio_home, monkeypatch):
-    from kala_app import chat_store
+    from kala_app.chat_store import opening
     from kala_app.main import check_stores
 
     def busy(path):
         return "busy", "database is locked"
 
-    monkeypatch.setattr(chat_store, "inspect_database", busy)  # another program holds the file
+    monkeypatch.setattr(opening, "inspect_database", busy)  # another program holds the file
     lines = []
     assert not check_stores(lines.append)
     assert any(x.startswith("FAILED: chat history") for x in lines), lines

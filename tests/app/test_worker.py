@@ -161,3 +161,110 @@ def test_a_job_started_from_a_finished_handler_keeps_its_owner_and_name(qtbot, w
     assert started == ["first", "second"]
     assert got["busy"] == [True, False, True, False]
     assert not worker.is_busy() and worker.owner is None
+
+
+# ------------------------------------------------------------------ per-job handles (issue 14, item 5)
+
+
+def _record(handle):
+    got = {"started": 0, "progress": [], "result": [], "error": [], "finished": []}
+    handle.started.connect(lambda: got.__setitem__("started", got["started"] + 1))
+    handle.progress.connect(got["progress"].append)
+    handle.result.connect(got["result"].append)
+    handle.error.connect(lambda m, tb: got["error"].append((m, tb)))
+    handle.finished.connect(got["finished"].append)
+    return got
+
+
+def test_each_job_has_its_own_signals_even_when_chained(qtbot, worker):
+    """The handle of a job carries that job's events only: a job started from the first one's
+    ``finished`` (a chain) never shows up on the first one's handle, and vice versa."""
+    def first(emit, control):
+        emit(LogLine("first says"))
+        return "a"
+
+    def second(emit, control):
+        for i in range(3):
+            emit(TokenEvent(index=i, token_id=i, text="x", law_scores=(1.0,) * 5))
+        return "b"
+
+    handles = {}
+
+    def chain(ev):
+        handles["b"] = worker.start(second, "second")
+        handles["got_b"] = _record(handles["b"])
+
+    handles["a"] = worker.start(first, "first")
+    got_a = _record(handles["a"])
+    handles["a"].finished.connect(chain)
+    qtbot.waitUntil(lambda: "got_b" in handles and len(handles["got_b"]["finished"]) == 1, timeout=10000)
+    got_b = handles["got_b"]
+    assert [type(e).__name__ for e in got_a["progress"]] == ["LogLine"]
+    assert got_a["result"] == ["a"] and len(got_a["finished"]) == 1 and got_a["started"] == 1
+    assert [e.index for e in got_b["progress"]] == [0, 1, 2]
+    assert got_b["result"] == ["b"] and len(got_b["finished"]) == 1 and got_b["started"] == 1
+    assert not handles["a"].is_running() and not handles["b"].is_running()
+
+
+def test_a_cancelled_jobs_result_is_dropped_and_finished_fires_once(qtbot, worker):
+    def job(emit, control):
+        while True:
+            control.checkpoint()
+            threading.Event().wait(0.005)
+
+    h = worker.start(job, "forever")
+    got = _record(h)
+    qtbot.wait(30)
+    with qtbot.waitSignal(h.finished, timeout=5000):
+        h.cancel()
+    qtbot.wait(30)
+    assert got["result"] == [] and got["error"] == []
+    assert len(got["finished"]) == 1 and got["finished"][0].cancelled
+    h.cancel()  # a no-op once it finished
+    assert not worker.is_busy()
+
+
+def test_an_error_reaches_its_handle_then_finished(qtbot, worker):
+    def bad(emit, control):
+        raise JobError("the data file is empty; generate one first")
+
+    h = worker.start(bad, "bad")
+    got = _record(h)
+    with qtbot.waitSignal(h.finished, timeout=5000):
+        pass
+    assert got["error"] == [("the data file is empty; generate one first", "")]
+    assert got["result"] == [] and len(got["finished"]) == 1 and not got["finished"][0].cancelled
+
+
+def test_pages_listen_to_their_own_jobs_not_to_the_worker_stream():
+    """Chat, Evaluate, Models and Data connect to their job's handle (PageJob); none reads the
+    worker's owner or its token/progress/failed stream to pick out its own events."""
+    from pathlib import Path
+
+    pages = Path(__file__).resolve().parents[2] / "kala_app" / "pages"
+    for name in ("chat.py", "evaluate.py", "models.py", "data.py"):
+        src = (pages / name).read_text(encoding="utf-8")
+        assert "PageJob(" in src, name
+        for pattern in (".owner", "worker.token.", "worker.progress.", "worker.failed.", "w.event.",
+                        "w.progress.", "w.failed.", "w.token."):
+            assert pattern not in src, (name, pattern)
+
+
+def test_process_wide_workarounds_live_in_one_module(qtbot):
+    """The GIL switch interval is shortened by the worker; the gc stays frozen while any holder
+    asks for it (the Chat page holds it while a reply streams)."""
+    import gc
+    import sys
+
+    from kala_app import workarounds
+
+    EngineWorker().shutdown(timeout_s=5)
+    assert sys.getswitchinterval() <= workarounds.GIL_SWITCH_INTERVAL_S
+    a, b = object(), object()
+    base = gc.get_freeze_count()
+    workarounds.freeze_gc(a, True)
+    workarounds.freeze_gc(b, True)
+    workarounds.freeze_gc(a, False)
+    assert workarounds.gc_frozen() and gc.get_freeze_count() >= base
+    workarounds.freeze_gc(b, False)
+    assert not workarounds.gc_frozen() and gc.get_freeze_count() == 0

@@ -2,7 +2,7 @@
 
 Regenerate the README pictures with::
 
-    .venv/bin/python tests/app/test_chat_screenshots.py --out docs/screenshots [--model RUN/final]
+    .venv/bin/python tests/app/pages/test_chat_screenshots.py --out docs/screenshots [--model RUN/final]
 
 Without ``--model`` the replies come from a *scripted* generation job (fixed text and law
 scores, shown under the run name "scripted-demo") so the pictures show a benign exchange and an
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 if __name__ == "__main__":  # a desktop-sized offscreen screen before any Qt import
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
     from kala_app.offscreen import use_offscreen
 
     use_offscreen(1920, 1080)
@@ -28,6 +28,7 @@ else:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from kala_engine.jobs import TokenEvent  # noqa: E402
+from tests.app.fakes import generation_result  # noqa: E402
 
 WIDTH, HEIGHT = 1280, 800
 LAYERS = 6
@@ -95,14 +96,13 @@ def scripted_job_factory(model, messages, settings):
             if under:
                 k = under[0]
                 firsts = [next((j for j, row in enumerate(_layers(s)) if row[q] < th), None) for q in under]
-                return {"text": text,
-                        "stop": {"kind": "ethics", "law": k, "score": s[k], "threshold": th,
-                                 "message": f"fell to {s[k]:.2f} < {th:.2f}"},
-                        "prompt_assessment": {"law_scores": assessment, "layer_scores": _layers(assessment)},
-                        "explanation": {"findings": [{"law": q, "score": s[q], "first_layer": f}
-                                                     for q, f in zip(under, firsts, strict=True)]}}
-        return {"text": text, "stop": {"kind": "eos", "message": "end of text"},
-                "prompt_assessment": {"law_scores": assessment, "layer_scores": _layers(assessment)}}
+                return generation_result(
+                    text, stop_kind="ethics", law=k, score=s[k], threshold=th, prompt_scores=assessment,
+                    prompt_layers=_layers(assessment), thresholds=(th,) * 5,
+                    findings=list(zip(under, [s[q] for q in under], firsts, strict=True)),
+                    stop_message=f"fell to {s[k]:.2f} < {th:.2f}")
+        return generation_result(text, prompt_scores=assessment, prompt_layers=_layers(assessment),
+                                 thresholds=(th,) * 5)
 
     return job
 

@@ -15,12 +15,8 @@ from kala_app.pages.data import DataPage
 
 
 @pytest.fixture
-def page(qtbot, ctx):
-    p = DataPage(ctx)
-    qtbot.addWidget(p)
-    p.resize(1100, 760)
-    p.show()
-    return p
+def page(make_page):
+    return make_page(DataPage)
 
 
 def test_generate_fills_preview_table_and_coverage(qtbot, page, ctx):

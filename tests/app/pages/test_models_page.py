@@ -2,7 +2,7 @@
 
 ``EleutherAI/pythia-70m`` is served by tests/loopback_hub.py (a tiny GPT-NeoX the test builds, 26 MB
 so the progress bar moves); nothing reaches the internet. To write the screenshot of the page
-mid-download: ``KALA_SCREENSHOT_DIR=docs/screenshots pytest tests/app/test_models_page.py``.
+mid-download: ``KALA_SCREENSHOT_DIR=docs/screenshots pytest tests/app/pages/test_models_page.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from loopback_hub import LoopbackHub, point_huggingface_hub_at, tiny_neox_files  # noqa: E402
 
 from kala_app.pages.models import ModelsPage  # noqa: E402

@@ -17,12 +17,8 @@ FORMATS = ["auto", "kala", "hh-rlhf", "pku-saferlhf", "beavertails"]
 
 
 @pytest.fixture
-def page(qtbot, ctx):
-    p = DataPage(ctx)
-    qtbot.addWidget(p)
-    p.resize(1100, 760)
-    p.show()
-    return p
+def page(make_page):
+    return make_page(DataPage)
 
 
 def input_files(tmp_path: Path, kala: Path) -> dict[str, tuple[Path, str | None]]:

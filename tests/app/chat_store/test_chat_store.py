@@ -112,7 +112,7 @@ WRITER = textwrap.dedent(
 def test_kill_mid_reply_leaves_a_readable_database_with_the_user_message(tmp_path: Path) -> None:
     db = tmp_path / "chats.sqlite3"
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[3]) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE, env=env, text=True)
     try:
         line = proc.stdout.readline()
@@ -186,7 +186,7 @@ APP_WRITER = textwrap.dedent(
 def test_app_killed_mid_reply_keeps_the_user_message_and_the_shown_tokens(tmp_path: Path) -> None:
     """The real Chat page streams a reply in a subprocess that is SIGKILLed mid-reply."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[3]) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen([sys.executable, "-c", APP_WRITER, str(tmp_path)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, env=env, text=True)
     try:

@@ -29,13 +29,10 @@ def make_run(runs_dir, name, steps, finished, checkpoint=None):
 
 
 @pytest.fixture
-def page(qtbot, ctx):
+def page(make_page, ctx):
     make_run(ctx.runs_dir, "run-a", 40, finished=True)
     make_run(ctx.runs_dir, "run-b", 25, finished=False, checkpoint=20)
-    p = RunsPage(ctx)
-    qtbot.addWidget(p)
-    p.show()
-    return p
+    return make_page(RunsPage, size=None)
 
 
 def cell(page, name, col):

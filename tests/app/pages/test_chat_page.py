@@ -18,7 +18,8 @@ import pytest  # noqa: E402
 from PySide6.QtCore import Qt, QTimer  # noqa: E402
 
 from kala_app.chat_store import CANCELLED, COMPLETE, STOPPED  # noqa: E402
-from kala_engine.constitution import load_constitution  # noqa: E402
+from tests.app.fakes import generation_result  # noqa: E402
+from kala_engine.constitution import load_constitution, thresholds_in_force  # noqa: E402
 from kala_engine.jobs import TokenEvent  # noqa: E402
 
 LAYERS = 4
@@ -40,6 +41,7 @@ def fake_factory(words: list[str], scores: list[tuple[float, ...]] | None = None
         calls.append((model, messages, settings))
         th = settings["threshold"]
         th = 0.5 if th is None else th  # None: the model's calibrated thresholds (none here)
+        used = thresholds_in_force(settings["threshold"], model)  # what a real engine reports
 
         def job(emit, control):
             text = []
@@ -55,12 +57,11 @@ def fake_factory(words: list[str], scores: list[tuple[float, ...]] | None = None
                 under = [k for k, v in enumerate(s) if v < th]
                 if under:
                     k = under[0]
-                    return {"text": "".join(text),
-                            "stop": {"kind": "ethics", "law": k, "score": s[k], "threshold": th},
-                            "prompt_assessment": {"law_scores": list(prompt_scores)},
-                            "explanation": {"violated": [{"law": j, "score": s[j]} for j in under]}}
-            return {"text": "".join(text), "stop": {"kind": "length" if len(words) >= settings["max_tokens"] else "eos"},
-                    "prompt_assessment": {"law_scores": list(prompt_scores)}}
+                    return generation_result("".join(text), stop_kind="ethics", law=k, score=s[k], threshold=th,
+                                             prompt_scores=prompt_scores, thresholds=used,
+                                             findings=[(j, s[j], None) for j in under])
+            kind = "length" if len(words) >= settings["max_tokens"] else "eos"
+            return generation_result("".join(text), stop_kind=kind, prompt_scores=prompt_scores, thresholds=used)
 
         return job
 
@@ -69,50 +70,36 @@ def fake_factory(words: list[str], scores: list[tuple[float, ...]] | None = None
 
 
 @pytest.fixture
-def make_page(qtbot, ctx):
-    """Build a ChatPage on the shared context with a model folder to pick."""
+def chat_page(make_page, ctx):
+    """``chat_page(job_factory, size=...)``: a ChatPage on the shared context, with a model folder to pick."""
     from kala_app.pages.chat import ChatPage
 
-    model = ctx.runs_dir / "run-1" / "final"
-    model.mkdir(parents=True, exist_ok=True)
-    pages = []
-
-    def make(factory, size=(1100, 760)):
-        page = ChatPage(ctx, job_factory=factory)
-        qtbot.addWidget(page)
-        page.resize(*size)
-        page.show()
-        qtbot.waitExposed(page)
-        pages.append(page)
-        return page
-
-    yield make
-    for p in pages:
-        p.store.close()
+    (ctx.runs_dir / "run-1" / "final").mkdir(parents=True, exist_ok=True)
+    return lambda factory, size=(1100, 760): make_page(ChatPage, job_factory=factory, size=size)
 
 
 def _wait_reply(qtbot, page, timeout=15000):
     qtbot.waitUntil(lambda: not page.is_generating(), timeout=timeout)
 
 
-def test_model_picker_lists_final_and_checkpoints(make_page, ctx) -> None:
+def test_model_picker_lists_final_and_checkpoints(chat_page, ctx) -> None:
     for step in (20, 100, 7):
         d = ctx.runs_dir / "run-1" / "checkpoints" / f"step-{step}"
         d.mkdir(parents=True)
         if step != 7:  # step-7 holds only training state (no config.json): not a chat model
             (d / "config.json").write_text("{}", encoding="utf-8")
-    page = make_page(fake_factory(["x"]))
+    page = chat_page(fake_factory(["x"]))
     labels = [page.model_combo.itemText(i) for i in range(page.model_combo.count())]
     assert labels == ["run-1 · final", "run-1 · step-100", "run-1 · step-20"]
 
 
-def test_clicking_send_sends_the_composers_text(qtbot, make_page) -> None:
+def test_clicking_send_sends_the_composers_text(qtbot, chat_page) -> None:
     """The real button, as a person clicks it (QPushButton.clicked carries a bool: the page must
     not take it for the text to send; in a real window Send raised AttributeError every time)."""
     from PySide6.QtCore import Qt
 
     words = ["Rivers", " flow", "."]
-    page = make_page(fake_factory(words, delay=0.0))
+    page = chat_page(fake_factory(words, delay=0.0))
     page.input.setPlainText("How do rivers form?")
     qtbot.mouseClick(page.send_button, Qt.MouseButton.LeftButton)
     _wait_reply(qtbot, page)
@@ -121,9 +108,9 @@ def test_clicking_send_sends_the_composers_text(qtbot, make_page) -> None:
     assert chat.title == "How do rivers form?" and page.input.toPlainText() == ""
 
 
-def test_tokens_appear_one_by_one_and_a_click_sets_the_gauge(qtbot, make_page) -> None:
+def test_tokens_appear_one_by_one_and_a_click_sets_the_gauge(qtbot, chat_page) -> None:
     words = ["Rivers", " carry", " water", " from", " hills", " to", " the", " sea", "."]
-    page = make_page(fake_factory(words, delay=0.06))
+    page = chat_page(fake_factory(words, delay=0.06))
     seen: list[int] = []
     probe = QTimer()
     probe.timeout.connect(lambda: page.current_reply() and seen.append(page.current_reply().token_count()))
@@ -158,8 +145,8 @@ def test_tokens_appear_one_by_one_and_a_click_sets_the_gauge(qtbot, make_page) -
     assert page.store.messages(page.chat_id)[1].status == COMPLETE
 
 
-def test_threshold_one_stops_with_a_banner_naming_a_law(qtbot, make_page) -> None:
-    page = make_page(fake_factory(["I", " will", " not"]))
+def test_threshold_one_stops_with_a_banner_naming_a_law(qtbot, chat_page) -> None:
+    page = chat_page(fake_factory(["I", " will", " not"]))
     page.set_settings(threshold=1.0)
     assert page.send("Anything at all")
     _wait_reply(qtbot, page)
@@ -174,10 +161,10 @@ def test_threshold_one_stops_with_a_banner_naming_a_law(qtbot, make_page) -> Non
     assert msg.status == STOPPED and msg.stop["law"] == 0
 
 
-def test_chats_survive_a_restart(qtbot, make_page, ctx) -> None:
+def test_chats_survive_a_restart(qtbot, chat_page, ctx) -> None:
     words = ["Hello", " there", ",", " friend"]
     scores = [_scores(0), _scores(1, low_law=4, low=0.42), _scores(2), _scores(3)]
-    page = make_page(fake_factory(words, scores=scores))
+    page = chat_page(fake_factory(words, scores=scores))
     page.set_settings(threshold=0.35, temperature=0.0, max_tokens=77)
     assert page.send("Say hello")
     _wait_reply(qtbot, page)
@@ -188,7 +175,7 @@ def test_chats_survive_a_restart(qtbot, make_page, ctx) -> None:
     page.rename_chat(first_id, "Greetings")
     page.store.close()
 
-    again = make_page(fake_factory(["unused"]))  # a new page with a new store on the same file
+    again = chat_page(fake_factory(["unused"]))  # a new page with a new store on the same file
     titles = [again.chat_list.item(i).text() for i in range(again.chat_list.count())]
     assert sorted(titles) == ["Greetings", "Second chat"]
     again.open_chat(first_id)
@@ -203,8 +190,8 @@ def test_chats_survive_a_restart(qtbot, make_page, ctx) -> None:
     assert again.gauge.scores() == pytest.approx(scores[1])
 
 
-def test_stop_button_keeps_the_tokens_so_far(qtbot, make_page) -> None:
-    page = make_page(fake_factory([f" w{i}" for i in range(400)], delay=0.01))
+def test_stop_button_keeps_the_tokens_so_far(qtbot, chat_page) -> None:
+    page = chat_page(fake_factory([f" w{i}" for i in range(400)], delay=0.01))
     assert page.send("Talk for a long time")
     qtbot.waitUntil(lambda: page.current_reply().token_count() >= 5)
     assert page.stop_button.isEnabled()
@@ -218,8 +205,8 @@ def test_stop_button_keeps_the_tokens_so_far(qtbot, make_page) -> None:
     assert not page.stop_button.isEnabled() and page.send_button.isEnabled()
 
 
-def test_switching_or_deleting_chats_while_a_reply_streams(qtbot, make_page) -> None:
-    page = make_page(fake_factory([f" w{i}" for i in range(300)], delay=0.005))
+def test_switching_or_deleting_chats_while_a_reply_streams(qtbot, chat_page) -> None:
+    page = chat_page(fake_factory([f" w{i}" for i in range(300)], delay=0.005))
     assert page.send("first")
     first = page.chat_id
     qtbot.waitUntil(lambda: page.current_reply().token_count() >= 3)
@@ -239,8 +226,8 @@ def test_switching_or_deleting_chats_while_a_reply_streams(qtbot, make_page) -> 
     assert page.store.integrity_ok()
 
 
-def test_export_holds_every_token(qtbot, make_page, tmp_path) -> None:
-    page = make_page(fake_factory(["a", "b", "c"]))
+def test_export_holds_every_token(qtbot, chat_page, tmp_path) -> None:
+    page = chat_page(fake_factory(["a", "b", "c"]))
     page.send("export me")
     _wait_reply(qtbot, page)
     import json
@@ -270,7 +257,7 @@ def _stats(gaps: list[float]) -> str:
     return f"p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms, max {max(gaps):.1f} ms ({len(gaps)} beats)"
 
 
-def test_ui_thread_never_stalls_while_a_reply_streams_at_full_speed(qtbot, make_page) -> None:
+def test_ui_thread_never_stalls_while_a_reply_streams_at_full_speed(qtbot, chat_page) -> None:
     """A fake job emits 4000 tokens (with per-layer scores) as fast as it can on the worker thread.
 
     The UI thread's own work between two 5 ms heartbeats must stay under 50 ms (buffered
@@ -281,7 +268,7 @@ def test_ui_thread_never_stalls_while_a_reply_streams_at_full_speed(qtbot, make_
     """
     n_tokens = 4000
     words = [f" word{i % 97}" for i in range(n_tokens)]
-    page = make_page(fake_factory(words, newline_every=60))
+    page = chat_page(fake_factory(words, newline_every=60))
     page.set_settings(max_tokens=n_tokens)
     idle_wall, _ = _heartbeat(qtbot, lambda: True, min_s=0.3)
     t0 = time.perf_counter()
@@ -301,7 +288,7 @@ def test_ui_thread_never_stalls_while_a_reply_streams_at_full_speed(qtbot, make_
         assert sorted(wall)[-2] < 50 and max(wall) < 100, _stats(wall)
 
 
-def test_model_default_thresholds_come_from_config_json(qtbot, make_page, ctx) -> None:
+def test_model_default_thresholds_come_from_config_json(qtbot, chat_page, ctx) -> None:
     """A model with calibrated law_thresholds: the gauge marks them; the job gets thresholds=None."""
     import json
 
@@ -314,7 +301,7 @@ def test_model_default_thresholds_come_from_config_json(qtbot, make_page, ctx) -
     con = load_constitution()
     expected = [t if t is not None else con.thresholds[k] for k, t in enumerate(calibrated)]
     factory = fake_factory(["Fine", "."])
-    page = make_page(factory)
+    page = chat_page(factory)
     page.set_model(model)
     assert page.calibrated_check.isChecked() and not page.threshold_spin.isEnabled()
     assert list(page.gauge.thresholds()) == pytest.approx(expected)
@@ -387,7 +374,7 @@ def _colours(reply) -> list:
             for i in range(reply.token_count())]
 
 
-def test_switching_models_leaves_earlier_replies_colours_unchanged(qtbot, make_page, ctx) -> None:
+def test_switching_models_leaves_earlier_replies_colours_unchanged(qtbot, chat_page, ctx) -> None:
     """Each reply (and its prompt's assessment) is drawn against the model and thresholds that
     produced it: switching the model inside an open chat, reopening the chat or restarting the
     page never re-judges the past. Before, every reply was re-coloured against the new model's."""
@@ -400,7 +387,7 @@ def test_switching_models_leaves_earlier_replies_colours_unchanged(qtbot, make_p
         model.mkdir(parents=True)
         (model / "config.json").write_text(json.dumps({"model_type": "kala", "law_thresholds": [t] * 5}))
     factory = fake_factory(["Sure", " thing", "."], scores=[(0.8,) * 5] * 3, prompt_scores=(0.85,) * 5)
-    page = make_page(factory)
+    page = chat_page(factory)
     page.set_model(strict)
     assert page.send("Hello")
     _wait_reply(qtbot, page)

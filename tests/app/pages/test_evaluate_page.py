@@ -43,18 +43,18 @@ class FakeBackend:
 
 
 @pytest.fixture
-def page(qtbot, ctx):
+def page(make_page, ctx):
     from kala_app.pages.evaluate import EvaluatePage
 
     for run in ("good", "blind"):
         (ctx.runs_dir / run / "final").mkdir(parents=True)
     backends = {"good": 1.0, "blind": 0.0}
-    p = EvaluatePage(ctx, backend_factory=lambda path: FakeBackend(os.path.basename(os.path.dirname(path)),
-                                                                   backends[os.path.basename(os.path.dirname(path))]))
-    qtbot.addWidget(p)
-    p.resize(1200, 760)
-    p.show()
-    return p
+
+    def backend(path):
+        name = os.path.basename(os.path.dirname(path))
+        return FakeBackend(name, backends[name])
+
+    return make_page(EvaluatePage, backend_factory=backend, size=(1200, 760))
 
 
 def test_two_models_side_by_side_and_the_report(qtbot, page, ctx, tmp_path) -> None:
