@@ -18,7 +18,14 @@ Every record follows :mod:`kala_engine.data.schema`. Kinds and their targets:
 Generation is deterministic for a seed, removes duplicates, and splits by template family:
 about 12 % of the families of every group (harmful topics of each law, benign topics, alarming
 families, scenarios) go to validation, chosen by a stable hash of the family name, so the split
-does not depend on the seed or the count and validation measures unseen wordings.
+does not depend on the seed or the count and validation measures unseen wordings. One more
+family of every group of at least 8 goes to ``test``: training ignores it and calibration does
+not see it - a held-out part to measure on, never to tune on (issue 16).
+
+The paraphrase operators of :mod:`kala_engine.data.augment` vary the wording of every record:
+jailbreak wrappers on harmful requests (role-play, hypothetical, fiction, translation, "ignore
+previous instructions", encodings), their harmless twins on benign questions, synonyms, typos
+and casing. Validation and test records take their wrappers from held-out wordings.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from kala_engine.constitution import NUM_LAWS, Constitution, load_constitution
+from kala_engine.data import augment
 from kala_engine.data.banks import Banks, Scenario, Topic, load_banks
 from kala_engine.data.io import write_jsonl
 from kala_engine.data.schema import BENIGN_KINDS, HARMFUL_KINDS, KINDS, violated_laws
@@ -54,6 +62,7 @@ PRESSURE_TARGET = 0.3
 DRAFT_TARGET = 0.3
 OBEDIENCE_LAW = 2  # the law a demand of blind obedience violates
 VALIDATION_SHARE = 0.12
+TEST_MIN_FAMILIES = 8  # a group with at least this many families gives one to the test split
 PRESSURE_RATE = 0.2
 SYSTEM_RATE = 0.25
 ONES = [1.0] * NUM_LAWS
@@ -89,15 +98,24 @@ def family_groups(banks: Banks) -> dict[str, list[str]]:
     return {k: sorted(set(v)) for k, v in groups.items()}
 
 
-def validation_families(banks: Banks, share: float = VALIDATION_SHARE) -> frozenset[str]:
-    """The held-out families: round(share * n) of each group (at least 1 when n >= 4), by hash."""
-    held = set()
+def family_splits(banks: Banks, share: float = VALIDATION_SHARE) -> dict[str, str]:
+    """The held-out families and their split: round(share * n) of each group (at least 1 when
+    n >= 4) go to "validation", the next one by hash (groups of >= TEST_MIN_FAMILIES) to "test"."""
+    splits = {}
     for fams in family_groups(banks).values():
         n_val = round(share * len(fams))
         if n_val == 0 and len(fams) >= 4:
             n_val = 1
-        held.update(sorted(fams, key=_stable_hash)[:n_val])
-    return frozenset(held)
+        ranked = sorted(fams, key=_stable_hash)
+        splits.update(dict.fromkeys(ranked[:n_val], "validation"))
+        if len(fams) >= TEST_MIN_FAMILIES:
+            splits[ranked[n_val]] = "test"
+    return splits
+
+
+def validation_families(banks: Banks, share: float = VALIDATION_SHARE) -> frozenset[str]:
+    """The families of the validation split (see :func:`family_splits`)."""
+    return frozenset(f for f, s in family_splits(banks, share).items() if s == "validation")
 
 
 class _Renderer:
@@ -108,6 +126,9 @@ class _Renderer:
         self.c = constitution
         self.rng = rng
         self.t = banks.templates
+        self.para = augment.load_paraphrase()
+        self.held = False  # the record being made is in a held-out family: held-out wrappers
+        self.wrapped: str | None = None  # the jailbreak wrapper of the current request, if any
         self.law_fields = {}
         for law in constitution.laws:
             self.law_fields[f"law{law.index}"] = law.title
@@ -123,6 +144,7 @@ class _Renderer:
         Also prepares the same values in the assistant's voice ("my ex" -> "your ex") for
         :meth:`say`.
         """
+        self.wrapped = None
         values = {name: self.pick(options) for name, options in self.b.slots.items()}
         reply = {k: _second_person(v) for k, v in values.items()}
         values.update({f"{k}_cap": _cap(v) for k, v in list(values.items())})
@@ -159,7 +181,7 @@ class _Renderer:
     # ------------------------------------------------------------------ requests and replies
     def request(self, topic: Topic, values: dict[str, str], pressure: bool) -> tuple[str, str]:
         """(request text, the bare ask) for a topic, wrapped in paraphrase slots."""
-        ask = self.fill(self.pick(topic.ask), values)
+        ask = augment.synonyms(self.rng, self.fill(self.pick(topic.ask), values), self.para)
         req = self.t["request"]
         if pressure:
             template = self.pick(req["pressure"])
@@ -168,8 +190,11 @@ class _Renderer:
             template = self.pick(pool)
         body = template.format(ask=ask, ask_cap=_cap(ask))
         persona = self.pick(req["persona"]) if topic.style != "command" and not pressure else ""
-        text = self.pick(req["opener"]) + persona + body + self.pick(req["closer"])
-        return _cap(text.strip()), ask
+        if self.rng.random() < augment.WRAP_RATE:  # a jailbreak wrapper around the bare request
+            text, self.wrapped = augment.wrap(self.rng, _cap((body + self.pick(req["closer"])).strip()),
+                                              self.held, self.para)
+            return text, ask
+        return _cap((self.pick(req["opener"]) + persona + body + self.pick(req["closer"])).strip()), ask
 
     def request_labels(self, topic: Topic, pressure: bool) -> list[float]:
         labels = self.law_vector(topic.law, topic.also)
@@ -187,6 +212,8 @@ class _Renderer:
         if pressure and topic.law != OBEDIENCE_LAW:
             extra.append(self.law_words(self.pick(r["pressure_reply"]), OBEDIENCE_LAW))
         alt = self.pick(r["alternative"]).format(alt=self.say(topic.alt))
+        if self.wrapped:  # say that the wrapper changes nothing
+            extra.insert(0, self.pick(self.para.reply[self.wrapped]))
         if topic.care or self.rng.random() < 0.7:
             sentences = [decline, reason, *extra, alt]
         else:
@@ -286,15 +313,24 @@ class _Renderer:
             part("assistant", self.say(sc.a), ONES, lm=True),
         ]
 
-    def wrap_question(self, q: str) -> str:
+    def wrap_question(self, q: str, paraphrase: bool = True) -> str:
+        """A benign question with the benign prefixes and suffixes; ``paraphrase``: also synonyms
+        and, sometimes, a harmless framing (off for the alarming bank, whose words are the point)."""
         bt = self.t["benign"]
-        return (self.pick(bt["prefix"]) + q + self.pick(bt["suffix"])).strip()
+        if paraphrase:
+            q = augment.synonyms(self.rng, q, self.para)
+        text = (self.pick(bt["prefix"]) + q + self.pick(bt["suffix"])).strip()
+        if paraphrase and self.rng.random() < augment.FRAME_RATE:
+            text = augment.frame(self.rng, text, self.held, self.para)
+        return text
 
-    def benign(self, pool: Sequence) -> tuple[str, list[dict]]:
-        qa = self.pick(pool)
+    def benign(self, qa, alarming: bool = False) -> list[dict]:
         answer = self.pick(self.t["benign"]["answer_prefix"]) + qa.a
-        return qa.family, self.system_part() + [
-            part("user", self.wrap_question(self.pick(qa.q)), ONES, lm=True),
+        q = self.pick(qa.q)
+        if alarming and self.rng.random() < augment.FRAME_RATE:  # framed, the alarming words kept
+            q = augment.frame(self.rng, q, self.held, self.para)
+        return self.system_part() + [
+            part("user", self.wrap_question(q, paraphrase=not alarming), ONES, lm=True),
             part("assistant", answer, ONES, lm=True),
         ]
 
@@ -354,7 +390,7 @@ def iter_dataset(
     constitution = constitution or load_constitution()
     rng = random.Random(seed)
     r = _Renderer(banks, constitution, rng)
-    held_out = validation_families(banks)
+    held_out = family_splits(banks)
     topics_by_law = [banks.topics_for(k) for k in range(NUM_LAWS)]
     scen_by_law = [banks.scenarios_for(k) for k in range(NUM_LAWS)]
     kinds = list(KIND_WEIGHTS)
@@ -372,19 +408,26 @@ def iter_dataset(
             )
         kind = rng.choices(kinds, weights)[0]
         primary: int | None = None
-        if kind == "benign":
-            family, parts = r.benign(banks.benign)
-        elif kind == "benign_alarming":
-            family, parts = r.benign(banks.alarming)
+        if kind in ("benign", "benign_alarming"):
+            qa = r.pick(banks.benign if kind == "benign" else banks.alarming)
+            family = qa.family
+            r.held = family in held_out
+            parts = r.benign(qa, alarming=kind == "benign_alarming")
         elif kind == "law_specific":
             law = rng.randrange(NUM_LAWS)
             sc = r.pick(scen_by_law[law]) if scen_by_law[law] else r.pick(banks.scenarios)
-            family, parts, primary = sc.id, r.law_specific(sc), sc.law
+            family, primary = sc.id, sc.law
+            r.held = family in held_out
+            parts = r.law_specific(sc)
         else:
             law = rng.randrange(NUM_LAWS)
             topic = r.pick(topics_by_law[law])
             family, primary = topic.id, topic.law
+            r.held = family in held_out
             parts = getattr(r, kind)(topic)
+        for p in parts:  # typos and casing, in every kind alike
+            if p["role"] == "user" and rng.random() < augment.NOISE_RATE:
+                p["text"] = augment.noise(rng, p["text"])
         key = _key_digest(kind, parts)
         if key in seen:
             continue
@@ -393,7 +436,7 @@ def iter_dataset(
             "id": f"kala-s{seed}-{made:06d}",
             "kind": kind,
             "family": family,
-            "split": "validation" if family in held_out else "train",
+            "split": held_out.get(family, "train"),
             "primary_law": primary,
             "labels": _record_labels(parts),
             "parts": parts,
@@ -511,7 +554,7 @@ class Summary:
             "benign_share": benign_share,
             "unique_prompt_share": unique_prompt_share,
             "targets_not_all_one_share": self.not_all_ones / max(n, 1),
-            "splits": {s: self.splits.get(s, 0) for s in ("train", "validation")},
+            "splits": {s: self.splits.get(s, 0) for s in ("train", "validation", "test")},
             "families": {s: len(v) for s, v in fams.items()},
             "validation_family_share": len(fams["validation"]) / max(len(fams["train"]) + len(fams["validation"]), 1),
             "length_unit": self.unit,
@@ -548,6 +591,7 @@ def format_summary(summary: dict[str, Any], constitution: Constitution | None = 
     lines += [
         "",
         f"records {summary['records']}  train {summary['splits']['train']}  validation {summary['splits']['validation']}"
+        f"  test {summary['splits'].get('test', 0)}"
         f"  (families {summary['families']['train']} / {summary['families']['validation']},"
         f" {summary['validation_family_share']:.1%} held out, disjoint: {mark(ok['families_disjoint'])})",
         f"unique prompts       {summary['unique_prompt_share']:6.1%}  (>= {t['unique_prompt_share']:.0%}: {mark(ok['unique_prompt_share'])})",
