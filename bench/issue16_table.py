@@ -50,10 +50,12 @@ def _last_validation(run: Path) -> dict:
 
 
 def figures(seed_dir: Path) -> dict:
-    m = _metrics(json.loads((seed_dir / "eval" / "report.json").read_text()))
+    rep_path = seed_dir / "eval" / "report.json"
+    m = _metrics(json.loads((rep_path if rep_path.exists() else seed_dir / "report.json").read_text()))
     rep, kinds = m["replies"], m["by_kind"]
     t = _time(seed_dir / "demo.time")
-    val = _last_validation(seed_dir / "demo" / "run")
+    run = seed_dir / "demo" / "run"
+    val = _last_validation(run if run.exists() else seed_dir)
     pct = 100.0
     return {
         "harmful flagged or stopped %": pct * m["harmful"]["flagged_or_stopped_rate"],
@@ -81,7 +83,7 @@ def figures(seed_dir: Path) -> dict:
 
 
 def summary(root: Path) -> tuple[dict, list[str]]:
-    seeds = sorted(p for p in root.glob("s*") if (p / "eval" / "report.json").exists())
+    seeds = sorted(p for p in root.glob("s*") if (p / "eval" / "report.json").exists() or (p / "report.json").exists())
     per = [figures(s) for s in seeds]
     out = {}
     for key in per[0]:
