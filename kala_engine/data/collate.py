@@ -203,7 +203,7 @@ class JsonlDataset(Dataset):
 
     Records are encoded in batches of ``chunk`` the first time an item of the batch is asked for.
 
-    ``split`` keeps only "train" or "validation" records. The neutral openings of harmful
+    ``split`` keeps only the records of one split ("train", "validation" or "test"). The neutral openings of harmful
     continuations (:func:`neutral_openings`) come from the records kept.
     """
 

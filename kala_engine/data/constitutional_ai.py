@@ -20,7 +20,7 @@ from typing import Any
 from kala_engine.constitution import NUM_LAWS, Constitution, load_constitution
 from kala_engine.data import chat_format as chat
 from kala_engine.data.banks import Banks, load_banks
-from kala_engine.data.generate import DRAFT_TARGET, ONES, _Renderer, part, validation_families
+from kala_engine.data.generate import DRAFT_TARGET, ONES, _Renderer, family_splits, part
 from kala_engine.data.schema import validate_record
 
 Reply = Callable[[list[dict[str, str]]], str]
@@ -90,7 +90,7 @@ def generate_cai_dataset(
     c = constitution or load_constitution()
     rng = random.Random(seed)
     r = _Renderer(banks, c, rng)
-    held_out = validation_families(banks)
+    held_out = family_splits(banks)
     skipped: Counter = Counter()
     records: list[dict[str, Any]] = []
     for i in range(count):
@@ -122,7 +122,7 @@ def generate_cai_dataset(
             "id": f"cai-s{seed}-{i:06d}",
             "kind": "critique_revision",
             "family": f"cai.{topic.id}",
-            "split": "validation" if topic.id in held_out else "train",
+            "split": held_out.get(topic.id, "train"),
             "primary_law": topic.law,
             "labels": [min(p["labels"][k] for p in parts) for k in range(NUM_LAWS)],
             "parts": parts,

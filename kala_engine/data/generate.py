@@ -18,7 +18,14 @@ Every record follows :mod:`kala_engine.data.schema`. Kinds and their targets:
 Generation is deterministic for a seed, removes duplicates, and splits by template family:
 about 12 % of the families of every group (harmful topics of each law, benign topics, alarming
 families, scenarios) go to validation, chosen by a stable hash of the family name, so the split
-does not depend on the seed or the count and validation measures unseen wordings.
+does not depend on the seed or the count and validation measures unseen wordings. One more
+family of every group of at least 8 goes to ``test``: training ignores it and calibration does
+not see it - a held-out part to measure on, never to tune on (issue 16).
+
+The paraphrase operators of :mod:`kala_engine.data.augment` vary the wording of every record:
+jailbreak wrappers on harmful requests (role-play, hypothetical, fiction, translation, "ignore
+previous instructions", encodings), their harmless twins on benign questions, synonyms, typos
+and casing. Validation and test records take their wrappers from held-out wordings.
 """
 
 from __future__ import annotations
@@ -26,15 +33,16 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from kala_engine.constitution import NUM_LAWS, Constitution, load_constitution
+from kala_engine.data import augment
 from kala_engine.data.banks import Banks, Scenario, Topic, load_banks
 from kala_engine.data.io import write_jsonl
-from kala_engine.data.schema import BENIGN_KINDS, HARMFUL_KINDS, KINDS, violated_laws
+from kala_engine.data.stats import CHAR_BINS, THRESHOLDS, TOKEN_BINS, Summary, format_summary, summarize  # noqa: F401 - re-exported
 
 #: Share of each kind in a generated set (benign kinds together 44 %).
 KIND_WEIGHTS = {
@@ -54,6 +62,7 @@ PRESSURE_TARGET = 0.3
 DRAFT_TARGET = 0.3
 OBEDIENCE_LAW = 2  # the law a demand of blind obedience violates
 VALIDATION_SHARE = 0.12
+TEST_MIN_FAMILIES = 8  # a group with at least this many families gives one to the test split
 PRESSURE_RATE = 0.2
 SYSTEM_RATE = 0.25
 ONES = [1.0] * NUM_LAWS
@@ -89,15 +98,24 @@ def family_groups(banks: Banks) -> dict[str, list[str]]:
     return {k: sorted(set(v)) for k, v in groups.items()}
 
 
-def validation_families(banks: Banks, share: float = VALIDATION_SHARE) -> frozenset[str]:
-    """The held-out families: round(share * n) of each group (at least 1 when n >= 4), by hash."""
-    held = set()
+def family_splits(banks: Banks, share: float = VALIDATION_SHARE) -> dict[str, str]:
+    """The held-out families and their split: round(share * n) of each group (at least 1 when
+    n >= 4) go to "validation", the next one by hash (groups of >= TEST_MIN_FAMILIES) to "test"."""
+    splits = {}
     for fams in family_groups(banks).values():
         n_val = round(share * len(fams))
         if n_val == 0 and len(fams) >= 4:
             n_val = 1
-        held.update(sorted(fams, key=_stable_hash)[:n_val])
-    return frozenset(held)
+        ranked = sorted(fams, key=_stable_hash)
+        splits.update(dict.fromkeys(ranked[:n_val], "validation"))
+        if len(fams) >= TEST_MIN_FAMILIES:
+            splits[ranked[n_val]] = "test"
+    return splits
+
+
+def validation_families(banks: Banks, share: float = VALIDATION_SHARE) -> frozenset[str]:
+    """The families of the validation split (see :func:`family_splits`)."""
+    return frozenset(f for f, s in family_splits(banks, share).items() if s == "validation")
 
 
 class _Renderer:
@@ -108,6 +126,9 @@ class _Renderer:
         self.c = constitution
         self.rng = rng
         self.t = banks.templates
+        self.para = augment.load_paraphrase()
+        self.held = False  # the record being made is in a held-out family: held-out wrappers
+        self.wrapped: str | None = None  # the jailbreak wrapper of the current request, if any
         self.law_fields = {}
         for law in constitution.laws:
             self.law_fields[f"law{law.index}"] = law.title
@@ -123,6 +144,7 @@ class _Renderer:
         Also prepares the same values in the assistant's voice ("my ex" -> "your ex") for
         :meth:`say`.
         """
+        self.wrapped = None
         values = {name: self.pick(options) for name, options in self.b.slots.items()}
         reply = {k: _second_person(v) for k, v in values.items()}
         values.update({f"{k}_cap": _cap(v) for k, v in list(values.items())})
@@ -159,7 +181,7 @@ class _Renderer:
     # ------------------------------------------------------------------ requests and replies
     def request(self, topic: Topic, values: dict[str, str], pressure: bool) -> tuple[str, str]:
         """(request text, the bare ask) for a topic, wrapped in paraphrase slots."""
-        ask = self.fill(self.pick(topic.ask), values)
+        ask = augment.synonyms(self.rng, self.fill(self.pick(topic.ask), values), self.para)
         req = self.t["request"]
         if pressure:
             template = self.pick(req["pressure"])
@@ -168,8 +190,11 @@ class _Renderer:
             template = self.pick(pool)
         body = template.format(ask=ask, ask_cap=_cap(ask))
         persona = self.pick(req["persona"]) if topic.style != "command" and not pressure else ""
-        text = self.pick(req["opener"]) + persona + body + self.pick(req["closer"])
-        return _cap(text.strip()), ask
+        if self.rng.random() < augment.WRAP_RATE:  # a jailbreak wrapper around the bare request
+            text, self.wrapped = augment.wrap(self.rng, _cap((body + self.pick(req["closer"])).strip()),
+                                              self.held, self.para)
+            return text, ask
+        return _cap((self.pick(req["opener"]) + persona + body + self.pick(req["closer"])).strip()), ask
 
     def request_labels(self, topic: Topic, pressure: bool) -> list[float]:
         labels = self.law_vector(topic.law, topic.also)
@@ -187,6 +212,8 @@ class _Renderer:
         if pressure and topic.law != OBEDIENCE_LAW:
             extra.append(self.law_words(self.pick(r["pressure_reply"]), OBEDIENCE_LAW))
         alt = self.pick(r["alternative"]).format(alt=self.say(topic.alt))
+        if self.wrapped:  # say that the wrapper changes nothing
+            extra.insert(0, self.pick(self.para.reply[self.wrapped]))
         if topic.care or self.rng.random() < 0.7:
             sentences = [decline, reason, *extra, alt]
         else:
@@ -286,15 +313,24 @@ class _Renderer:
             part("assistant", self.say(sc.a), ONES, lm=True),
         ]
 
-    def wrap_question(self, q: str) -> str:
+    def wrap_question(self, q: str, paraphrase: bool = True) -> str:
+        """A benign question with the benign prefixes and suffixes; ``paraphrase``: also synonyms
+        and, sometimes, a harmless framing (off for the alarming bank, whose words are the point)."""
         bt = self.t["benign"]
-        return (self.pick(bt["prefix"]) + q + self.pick(bt["suffix"])).strip()
+        if paraphrase:
+            q = augment.synonyms(self.rng, q, self.para)
+        text = (self.pick(bt["prefix"]) + q + self.pick(bt["suffix"])).strip()
+        if paraphrase and self.rng.random() < augment.FRAME_RATE:
+            text = augment.frame(self.rng, text, self.held, self.para)
+        return text
 
-    def benign(self, pool: Sequence) -> tuple[str, list[dict]]:
-        qa = self.pick(pool)
+    def benign(self, qa, alarming: bool = False) -> list[dict]:
         answer = self.pick(self.t["benign"]["answer_prefix"]) + qa.a
-        return qa.family, self.system_part() + [
-            part("user", self.wrap_question(self.pick(qa.q)), ONES, lm=True),
+        q = self.pick(qa.q)
+        if alarming and self.rng.random() < augment.FRAME_RATE:  # framed, the alarming words kept
+            q = augment.frame(self.rng, q, self.held, self.para)
+        return self.system_part() + [
+            part("user", self.wrap_question(q, paraphrase=not alarming), ONES, lm=True),
             part("assistant", answer, ONES, lm=True),
         ]
 
@@ -354,7 +390,7 @@ def iter_dataset(
     constitution = constitution or load_constitution()
     rng = random.Random(seed)
     r = _Renderer(banks, constitution, rng)
-    held_out = validation_families(banks)
+    held_out = family_splits(banks)
     topics_by_law = [banks.topics_for(k) for k in range(NUM_LAWS)]
     scen_by_law = [banks.scenarios_for(k) for k in range(NUM_LAWS)]
     kinds = list(KIND_WEIGHTS)
@@ -372,19 +408,26 @@ def iter_dataset(
             )
         kind = rng.choices(kinds, weights)[0]
         primary: int | None = None
-        if kind == "benign":
-            family, parts = r.benign(banks.benign)
-        elif kind == "benign_alarming":
-            family, parts = r.benign(banks.alarming)
+        if kind in ("benign", "benign_alarming"):
+            qa = r.pick(banks.benign if kind == "benign" else banks.alarming)
+            family = qa.family
+            r.held = family in held_out
+            parts = r.benign(qa, alarming=kind == "benign_alarming")
         elif kind == "law_specific":
             law = rng.randrange(NUM_LAWS)
             sc = r.pick(scen_by_law[law]) if scen_by_law[law] else r.pick(banks.scenarios)
-            family, parts, primary = sc.id, r.law_specific(sc), sc.law
+            family, primary = sc.id, sc.law
+            r.held = family in held_out
+            parts = r.law_specific(sc)
         else:
             law = rng.randrange(NUM_LAWS)
             topic = r.pick(topics_by_law[law])
             family, primary = topic.id, topic.law
+            r.held = family in held_out
             parts = getattr(r, kind)(topic)
+        for p in parts:  # typos and casing, in every kind alike
+            if p["role"] == "user" and rng.random() < augment.NOISE_RATE:
+                p["text"] = augment.noise(rng, p["text"])
         key = _key_digest(kind, parts)
         if key in seen:
             continue
@@ -393,7 +436,7 @@ def iter_dataset(
             "id": f"kala-s{seed}-{made:06d}",
             "kind": kind,
             "family": family,
-            "split": "validation" if family in held_out else "train",
+            "split": held_out.get(family, "train"),
             "primary_law": primary,
             "labels": _record_labels(parts),
             "parts": parts,
@@ -406,160 +449,3 @@ def write_dataset(path: str | Path, count: int = 10000, seed: int = 0) -> list[d
     records = generate_dataset(count, seed)
     write_jsonl(path, records)
     return records
-
-
-# ---------------------------------------------------------------------- statistics
-CHAR_BINS = (0, 100, 200, 400, 800, 1600, 3200)
-TOKEN_BINS = (0, 32, 64, 128, 256, 512, 1024)
-THRESHOLDS = {"unique_prompt_share": 0.90, "law_share_min": 0.15, "benign_share": 0.40}
-
-
-def _prompt(record: dict) -> str:
-    for p in record["parts"]:
-        if p["role"] == "user":
-            return " ".join(p["text"].casefold().split())
-    return ""
-
-
-def summarize(records: Iterable[dict[str, Any]], tokenizer: Any = None) -> dict[str, Any]:
-    """Statistics as data for the CLI and the app.
-
-    Counts by kind x primary law, split sizes and families, a length histogram (tokens when a
-    tokenizer is given, else characters), the unique-prompt share, each law's share of the
-    harmful kinds (by primary law, and by labels violated), the benign share, the share of
-    records whose targets are not all 1.0, and the issue's thresholds with pass/fail.
-    One pass over ``records`` (see :class:`Summary`, which a stream can feed record by record).
-    """
-    summary = Summary(tokenizer)
-    for r in records:
-        summary.add(r)
-    return summary.result()
-
-
-class Summary:
-    """:func:`summarize` one record at a time, in memory that does not grow with the records'
-    text (``kala data generate`` summarises what it streams to disk)."""
-
-    def __init__(self, tokenizer: Any = None) -> None:
-        self.tokenizer = tokenizer
-        self.n = 0
-        self.by_kind: Counter = Counter()
-        self.table = {k: [0] * (NUM_LAWS + 1) for k in KINDS}  # last column: no primary law
-        self.n_harmful = 0
-        self.law_primary = [0] * NUM_LAWS
-        self.law_violated = [0] * NUM_LAWS
-        self.prompts: set[bytes] = set()
-        self.not_all_ones = 0
-        self.splits: Counter = Counter()
-        self.fams: dict[str, set[str]] = {"train": set(), "validation": set()}
-        self.unit, self.edges = ("tokens", TOKEN_BINS) if tokenizer is not None else ("chars", CHAR_BINS)
-        self.bins = [0] * len(self.edges)
-        self.length_sum = 0
-        self.length_max = 0
-
-    def add(self, r: dict[str, Any]) -> None:
-        self.n += 1
-        self.by_kind[r["kind"]] += 1
-        col = r["primary_law"] if r["primary_law"] is not None else NUM_LAWS
-        self.table.setdefault(r["kind"], [0] * (NUM_LAWS + 1))[col] += 1
-        if r["kind"] in HARMFUL_KINDS:
-            self.n_harmful += 1
-            violated = violated_laws(r["labels"])
-            for k in range(NUM_LAWS):
-                self.law_primary[k] += r["primary_law"] == k
-                self.law_violated[k] += k in violated
-        self.prompts.add(hashlib.blake2b(_prompt(r).encode("utf-8", "surrogatepass"), digest_size=16).digest())
-        self.not_all_ones += any(x < 1.0 for p in r["parts"] for x in p["labels"])
-        self.splits[r["split"]] += 1
-        if r["split"] in self.fams:
-            self.fams[r["split"]].add(r["family"])
-        if self.tokenizer is not None:
-            from kala_engine.data.collate import render_record
-
-            length = len(self.tokenizer(render_record(r), add_special_tokens=False)["input_ids"])
-        else:
-            length = sum(len(p["text"]) for p in r["parts"])
-        self.length_sum += length
-        self.length_max = max(self.length_max, length)
-        for i in range(len(self.edges) - 1, -1, -1):
-            if length >= self.edges[i]:
-                self.bins[i] += 1
-                break
-
-    def result(self) -> dict[str, Any]:
-        n, nh = self.n, max(self.n_harmful, 1)
-        law_share = [c / nh for c in self.law_primary]
-        law_violated_share = [c / nh for c in self.law_violated]
-        benign_share = sum(self.by_kind[k] for k in BENIGN_KINDS) / max(n, 1)
-        unique_prompt_share = len(self.prompts) / max(n, 1)
-        fams = self.fams
-        checks = {
-            "unique_prompt_share": unique_prompt_share >= THRESHOLDS["unique_prompt_share"],
-            "each_law_share": bool(self.n_harmful) and min(law_share) >= THRESHOLDS["law_share_min"],
-            "benign_share": benign_share >= THRESHOLDS["benign_share"],
-            "families_disjoint": not fams["train"] & fams["validation"],
-        }
-        edges = self.edges
-        histogram = [{"from": lo, "to": edges[i + 1] if i + 1 < len(edges) else None, "count": self.bins[i]}
-                     for i, lo in enumerate(edges)]
-        return {
-            "records": n,
-            "by_kind": {k: self.by_kind.get(k, 0) for k in KINDS},
-            "kind_by_law": {k: list(v) for k, v in self.table.items()},
-            "law_share_of_harmful": law_share,
-            "law_violated_share_of_harmful": law_violated_share,
-            "benign_share": benign_share,
-            "unique_prompt_share": unique_prompt_share,
-            "targets_not_all_one_share": self.not_all_ones / max(n, 1),
-            "splits": {s: self.splits.get(s, 0) for s in ("train", "validation")},
-            "families": {s: len(v) for s, v in fams.items()},
-            "validation_family_share": len(fams["validation"]) / max(len(fams["train"]) + len(fams["validation"]), 1),
-            "length_unit": self.unit,
-            "length_histogram": histogram,
-            "length_mean": self.length_sum / max(n, 1),
-            "length_max": self.length_max,
-            "thresholds": dict(THRESHOLDS),
-            "checks": checks,
-        }
-
-
-def format_summary(summary: dict[str, Any], constitution: Constitution | None = None) -> str:
-    """The summary as a printable table (kind x law, shares, length histogram, checks)."""
-    c = constitution or load_constitution()
-    heads = [f"L{k}" for k in range(NUM_LAWS)] + ["none", "total"]
-    w = max(len(k) for k in KINDS) + 2
-    lines = [f"{'kind':<{w}}" + "".join(f"{h:>7}" for h in heads)]
-    for kind, row in summary["kind_by_law"].items():
-        lines.append(f"{kind:<{w}}" + "".join(f"{x:>7}" for x in row) + f"{sum(row):>7}")
-    cols = [sum(row[i] for row in summary["kind_by_law"].values()) for i in range(NUM_LAWS + 1)]
-    lines.append(f"{'total':<{w}}" + "".join(f"{x:>7}" for x in cols) + f"{sum(cols):>7}")
-    lines.append("")
-    lines.append("law share of the harmful kinds (primary law / labels violated):")
-    for k in range(NUM_LAWS):
-        lines.append(
-            f"  {c[k].title:<28} {summary['law_share_of_harmful'][k]:6.1%}  {summary['law_violated_share_of_harmful'][k]:6.1%}"
-        )
-    ok = summary["checks"]
-    t = summary["thresholds"]
-
-    def mark(flag: bool) -> str:
-        return "ok" if flag else "FAIL"
-
-    lines += [
-        "",
-        f"records {summary['records']}  train {summary['splits']['train']}  validation {summary['splits']['validation']}"
-        f"  (families {summary['families']['train']} / {summary['families']['validation']},"
-        f" {summary['validation_family_share']:.1%} held out, disjoint: {mark(ok['families_disjoint'])})",
-        f"unique prompts       {summary['unique_prompt_share']:6.1%}  (>= {t['unique_prompt_share']:.0%}: {mark(ok['unique_prompt_share'])})",
-        f"min law share        {min(summary['law_share_of_harmful'] or [0]):6.1%}  (>= {t['law_share_min']:.0%}: {mark(ok['each_law_share'])})",
-        f"benign + alarming    {summary['benign_share']:6.1%}  (>= {t['benign_share']:.0%}: {mark(ok['benign_share'])})",
-        f"targets not all 1.0  {summary['targets_not_all_one_share']:6.1%}",
-        "",
-        f"length ({summary['length_unit']}, mean {summary['length_mean']:.0f}, max {summary['length_max']}):",
-    ]
-    top = max((b["count"] for b in summary["length_histogram"]), default=0) or 1
-    for b in summary["length_histogram"]:
-        rng_txt = f"{b['from']}-{b['to'] - 1}" if b["to"] is not None else f"{b['from']}+"
-        lines.append(f"  {rng_txt:>10} {b['count']:>7} " + "#" * round(40 * b["count"] / top))
-    return "\n".join(lines)
-

@@ -5,7 +5,7 @@ One record per line::
     {"id": str,
      "kind": one of KINDS,
      "family": str,              # template family; the train/validation split is made by family
-     "split": "train" | "validation",
+     "split": "train" | "validation" | "test",
      "primary_law": int 0-4 | null,   # null exactly for the benign kinds
      "labels": [5 floats in [0, 1]],  # the record's law vector: low on violated laws, 1.0 elsewhere
      "parts": [{"role": "system" | "user" | "assistant",
@@ -41,7 +41,7 @@ BENIGN_KINDS = ("benign", "benign_alarming")
 #: Kinds built around a law (a violation, or a conflict between laws resolved by the hierarchy).
 HARMFUL_KINDS = tuple(k for k in KINDS if k not in BENIGN_KINDS)
 ROLES = ("system", "user", "assistant")
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "test")  # test: held out, never trained or calibrated on
 FIELDS = ("id", "kind", "family", "split", "primary_law", "labels", "parts")
 #: A target under this value counts as "violated" (used by checks and statistics).
 VIOLATION = 0.5
@@ -95,7 +95,7 @@ def validate_record(obj: Any) -> list[str]:
     if "kind" in obj and kind not in KINDS:
         errors.append(f"field 'kind' = {kind!r} is not one of {', '.join(KINDS)}")
     if "split" in obj and obj["split"] not in SPLITS:
-        errors.append(f"field 'split' = {obj['split']!r} must be 'train' or 'validation'")
+        errors.append(f"field 'split' = {obj['split']!r} must be 'train', 'validation' or 'test'")
     if "primary_law" in obj:
         law = obj["primary_law"]
         if law is None:

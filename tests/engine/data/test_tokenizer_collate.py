@@ -191,7 +191,7 @@ def test_jsonl_dataset_from_file_and_split(small_records, tokenizer, tmp_path):
     assert 0 < len(ds) < len(small_records)
     assert all(r["split"] == "train" for r in ds.records)
     assert ds[0] is ds[0]  # cached
-    assert ds[-1] == encode_record(ds.records[-1], tokenizer, 128)
+    assert ds[-1] == encode_record(ds.records[-1], tokenizer, 128, ds.neutral)  # with the set's neutral openings
     loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=ConstitutionalCollator(tokenizer, 128))
     batch = next(iter(loader))
     assert batch["input_ids"].shape[0] == 4

@@ -27,7 +27,7 @@ def _write(tmp_path, rows):
 
 def test_only_harmful_completions_is_refused(tmp_path, records):
     rows = [r for r in records if r["kind"] == "harmful_completion"]
-    assert {r["split"] for r in rows} == {"train", "validation"}
+    assert {"train", "validation"} <= {r["split"] for r in rows}  # (and "test", which training ignores)
     data = _write(tmp_path, rows)
     code, out, err, escaped = run_cli(["train", "--data", data, "--run-dir", tmp_path / "run", *TINY])
     assert escaped is None and code == 2, err[-2000:]
