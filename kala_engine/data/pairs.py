@@ -195,7 +195,11 @@ def iter_pairs(count: int, seed: int = 0) -> Iterator[dict]:
             raise ValueError(f"could only generate {made} distinct pairs out of {count}; ask for fewer")
         source = rng.choices(sources, weights)[0]
         if source == "over_refusal":
-            family, parts = r.benign(banks.benign if rng.random() < 0.5 else banks.alarming)
+            alarming = rng.random() >= 0.5
+            qa = r.pick(banks.alarming if alarming else banks.benign)
+            family = qa.family
+            r.held = family in held_out  # held-out families use held-out paraphrase wordings
+            parts = r.benign(qa, alarming=alarming)
             prompt, chosen, rejected = parts[:-1], parts[-1]["text"], r.pick(r.t["response"]["decline"])
             key = (prompt[-1]["text"], chosen, rejected)
             if key not in seen:

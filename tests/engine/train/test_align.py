@@ -226,7 +226,7 @@ def test_a_pair_file_with_bad_lines_is_refused_with_every_file_line(base_and_pai
     _, pairs = base_and_pairs
     lines = pairs.read_text().splitlines()[:6]
     lines[1] = "{broken"
-    lines[4] = json.dumps({**json.loads(lines[4]), "split": "test"})
+    lines[4] = json.dumps({**json.loads(lines[4]), "split": "holdout"})
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(lines) + "\n")
     base, _ = base_and_pairs
