@@ -186,21 +186,22 @@ def make_cluster_plan(base: str = "kala-tiny", device: DeviceInfo | None = None,
                 if e.total <= budget and host_need <= host_budget:
                     return ClusterPlan(base, gpus, nodes, s, single, e, budget, host_need, host_budget, ckpt, b,
                                        -(-batch_size // b), reason=_why(s, shape, single.precision, world, seq_len,
-                                                                        budget, nodes, host_budget),
+                                                                        budget, nodes, host_budget,
+                                                                        "card" if cuda else "process"),
                                        notes=notes)
                 b //= 2
     return _refused(base, gpus, nodes, single, shape, tried[-1], batch_size, seq_len, budget, host_budget, "")
 
 
 def _why(s: str, shape: dict, precision: str, world: int, seq_len: int, budget: int, nodes: int,
-         host_budget: int) -> str:
+         host_budget: int, unit: str = "card") -> str:
     """Why ``s`` was chosen: what the simpler strategies before it would need."""
     def need(x: str) -> float:
         return _estimate(x, shape, precision, world, 1, seq_len, True).total / GiB
 
-    usable = f"{budget / GiB:.1f} GiB usable per card"
+    usable = f"{budget / GiB:.1f} GiB usable per {unit}"
     if s == "ddp":
-        return f"the whole model and optimizer fit on every card: data-parallel ({usable})"
+        return f"the whole model and optimizer fit in every {unit}: data-parallel ({usable})"
     if s == "fsdp":
         return (f"a full copy per card (DDP) needs {need('ddp'):.1f} GiB of {usable}: FSDP full-shard divides "
                 f"weights, gradients and optimizer over {world} processes")

@@ -51,6 +51,7 @@ from ..error_dialog import show_error
 from ..runs import RunInfo, list_runs, load_curves, new_run_dir
 from ..widgets.elided_combo import ElidedComboBox
 from ..widgets.live_plot import LivePlot
+from ..widgets.multi_gpu import GpuCountField, RankProgress
 from ..widgets.wrap_label import WrapLabel
 
 #: Colours of the five law curves (index = law index), the LM loss and the total ethics loss.
@@ -316,6 +317,9 @@ class TrainPage(QWidget):
         self.more_settings.setDuration(0)
         self.more_settings.setToolTip("Warm-up, validation and checkpoint intervals, seed, gradient checkpointing")
         self.more_settings.addWidget(more)
+        self.gpu_count = GpuCountField(engine_api.gpu_count)  # several GPUs (issue 19): shown only then
+        self.hp["gpus"] = self.gpu_count
+        hform.addRow(self.gpu_count.label, self.gpu_count)
         hform.addRow(self.more_settings)
         self._load_hp_settings()
 
@@ -436,6 +440,8 @@ class TrainPage(QWidget):
         rlay.addWidget(self.progress)
         rlay.addLayout(stats)
         rlay.addWidget(self.resume_banner)
+        self.rank_progress = RankProgress()  # every rank of a multi-GPU run, through rank 0
+        rlay.addWidget(self.rank_progress)
         rlay.addLayout(plot_bar)
         rlay.addWidget(plots, 1)
 
@@ -505,6 +511,8 @@ class TrainPage(QWidget):
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)
         self.fill_bases()  # a base may have been downloaded or deleted on the Models page
+        if not self.gpu_count.probed:
+            self.gpu_count.refresh()
         if not self.worker.is_busy():
             self.refresh_lists()
 
@@ -847,6 +855,7 @@ class TrainPage(QWidget):
     # ================================================================ live data
 
     def _reset_live(self, keep_overlay: bool) -> None:
+        self.rank_progress.clear_ranks()
         for p in self.plots:
             keys = [k for k in p.series if not (keep_overlay and k.startswith("ov_"))]
             p.clear_data(keys)
@@ -875,6 +884,7 @@ class TrainPage(QWidget):
         m.setdefault("step", ev.step)
         self._total_steps = int(ev.total_steps or self._total_steps or 0)
         self._add_step_metrics(m)
+        self.rank_progress.show_ranks(ev.step, m.get("ranks"))
         self._latest = m
         self._steps_seen += 1
 

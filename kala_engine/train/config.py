@@ -57,6 +57,15 @@ class TrainConfig:
     calibration_fpr: float = 0.05  # the benign flag rate each calibrated threshold allows
     tiny_overrides: dict = field(default_factory=dict)  # e.g. {"hidden_size": 128} for tests
 
+    # --- several processes (issue 19): `kala train --gpus N [--nodes M ...]` starts them through
+    # torch.distributed.run; the doctor's plan over every device (kala_engine.doctor_multi) chooses the strategy
+    gpus: int = 1  # processes per machine: CUDA GPUs, or gloo processes on the CPU
+    nodes: int = 1  # machines
+    node_rank: int = 0  # this machine's index among them (0: the one at master_addr)
+    master_addr: str = "127.0.0.1"  # address of machine 0, which every process connects to
+    master_port: int = 29500
+    strategy: str = "auto"  # auto | ddp | fsdp | fsdp-offload | nf4-lora (auto: the plan's first that fits)
+
     def __post_init__(self):
         def bad(name, allowed):
             raise ValueError(f"TrainConfig.{name} must be {allowed}, got {getattr(self, name)!r}")
@@ -91,5 +100,11 @@ class TrainConfig:
             bad("mode", "auto, full, lora or nf4-lora")
         if self.device not in ("auto", "cpu", "cuda"):
             bad("device", "auto, cpu or cuda")
+        if self.gpus < 1 or self.nodes < 1 or not 0 <= self.node_rank < self.nodes:
+            bad("gpus/nodes/node_rank", f"gpus >= 1, nodes >= 1 and node_rank in [0, nodes={self.nodes})")
+        if self.strategy not in ("auto", "ddp", "fsdp", "fsdp-offload", "nf4-lora"):
+            bad("strategy", "auto, ddp, fsdp, fsdp-offload or nf4-lora")
+        if not 0 < self.master_port < 65536:
+            bad("master_port", "in (0, 65536)")
         if self.eval_every < 0 or self.save_every < 0 or self.keep_checkpoints < 1:
             raise ValueError("TrainConfig.eval_every/save_every must be >= 0 and keep_checkpoints >= 1")
