@@ -152,8 +152,9 @@ def full_model(accelerator, model):
     state = accelerator.get_state_dict(model)
     if not accelerator.is_main_process:
         return None
-    wrapped = accelerator.unwrap_model(model)
-    plain = type(wrapped)(wrapped.config)
+    from kala_engine.model.modeling_kala import KALAForCausalLM  # not type(model): FSDP2 renames the class
+
+    plain = KALAForCausalLM(accelerator.unwrap_model(model).config)
     plain.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
     return plain
 
