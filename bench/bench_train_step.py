@@ -3,9 +3,9 @@ over the context length.
 
 Both models get the same pythia-70m-shaped config (random weights: timing does not depend on
 them) and the same batch; forward + backward (+ the ethics loss for KALA) are timed. Every
-repetition runs, for every length, GPT-NeoX, KALA and a second GPT-NeoX (an A/A control: its
-ratio to the first is pure noise) back to back in a rotating order, so drift in the machine's
-speed hits all equally. Per length it prints the median of the per-repetition ratios KALA /
+repetition runs GPT-NeoX, KALA and a second GPT-NeoX (an A/A control: its ratio to the first is
+pure noise) back to back in a rotating order, so drift in the machine's speed hits all equally;
+the lengths run one after the other, each row printed when measured. Per length it prints the median of the per-repetition ratios KALA /
 GPT-NeoX with their spread (interquartile range, min-max) and the A/A control's - the noise a
 ratio must beat to mean anything (goal: KALA <= 1.03 at every length).
 
@@ -66,38 +66,37 @@ def main(argv=None) -> dict:
         model(x, labels=x, **extra).loss.backward()
 
     models = [("gpt_neox", neox), ("kala", kala), ("gpt_neox_twin", twin)]
-    for t in seqs:  # warm-up
+    for t in seqs[:1]:  # warm-up
         for _, m in models:
             step(m, t)
     times = {t: {n: [] for n, _ in models} for t in seqs}
-    for r in range(args.reps):
-        for t in seqs:
+    curve = []
+    if not args.json:
+        print(f"{args.preset} train step (fwd+bwd), batch {args.batch}, {torch.get_num_threads()} threads, "
+              f"{args.reps} interleaved repetitions; ratios: median [IQR] (min-max)")
+        print(f"{'tokens':>7} {'NeoX ms':>9} {'KALA ms':>9}   KALA / NeoX                 A/A control (noise)")
+    for t in seqs:  # one length at a time, its row printed as soon as it is measured
+        for r in range(args.reps):
             order = models[r % 3:] + models[:r % 3]  # rotate: none always runs first
             for name, m in order:
                 t0 = time.perf_counter()
                 step(m, t)
                 times[t][name].append(time.perf_counter() - t0)
-    curve = []
-    for t in seqs:
         tt = times[t]
         ratio = [k / n for k, n in zip(tt["kala"], tt["gpt_neox"], strict=True)]
         aa = [w / n for w, n in zip(tt["gpt_neox_twin"], tt["gpt_neox"], strict=True)]
-        curve.append({"seq": t, "gpt_neox_ms": round(statistics.median(tt["gpt_neox"]) * 1000, 1),
-                      "kala_ms": round(statistics.median(tt["kala"]) * 1000, 1),
-                      "ratio": spread(ratio), "aa_control": spread(aa)})
+        c = {"seq": t, "gpt_neox_ms": round(statistics.median(tt["gpt_neox"]) * 1000, 1),
+             "kala_ms": round(statistics.median(tt["kala"]) * 1000, 1), "ratio": spread(ratio), "aa_control": spread(aa)}
+        curve.append(c)
+        if not args.json:
+            r, a = c["ratio"], c["aa_control"]
+            print(f"{c['seq']:>7} {c['gpt_neox_ms']:>9.1f} {c['kala_ms']:>9.1f}   {r['median']:.3f} "
+                  f"[{r['q1']:.3f}, {r['q3']:.3f}] ({r['min']:.2f}-{r['max']:.2f})   {a['median']:.3f} "
+                  f"[{a['q1']:.3f}, {a['q3']:.3f}] ({a['min']:.2f}-{a['max']:.2f})", flush=True)
     result = {"preset": args.preset, "batch": args.batch, "reps": args.reps, "threads": torch.get_num_threads(),
               "torch": torch.__version__, "curve": curve}
     if args.json:
         print(json.dumps(result))
-    else:
-        print(f"{args.preset} train step (fwd+bwd), batch {args.batch}, {result['threads']} threads, "
-              f"{args.reps} interleaved repetitions; ratios: median [IQR] (min-max)")
-        print(f"{'tokens':>7} {'NeoX ms':>9} {'KALA ms':>9}   KALA / NeoX                 A/A control (noise)")
-        for c in curve:
-            r, a = c["ratio"], c["aa_control"]
-            print(f"{c['seq']:>7} {c['gpt_neox_ms']:>9.1f} {c['kala_ms']:>9.1f}   {r['median']:.3f} "
-                  f"[{r['q1']:.3f}, {r['q3']:.3f}] ({r['min']:.2f}-{r['max']:.2f})   {a['median']:.3f} "
-                  f"[{a['q1']:.3f}, {a['q3']:.3f}] ({a['min']:.2f}-{a['max']:.2f})")
     return result
 
 

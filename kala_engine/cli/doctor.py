@@ -16,9 +16,20 @@ def cmd_doctor(args) -> int:
         check_model_folder(args.base, "--base", kinds=("gpt_neox", "kala"))
     if args.gpus < 1 or args.nodes < 1:
         raise CLIError("--gpus and --nodes must be >= 1")
-    cluster = diagnose_cluster(args.base, device=args.device, gpus=args.gpus, nodes=args.nodes,
-                               batch_size=args.batch_size, seq_len=args.seq_len,
-                               strategy={"auto": "auto", "full": "auto", "lora": "auto"}.get(args.mode, args.mode))
+    if args.gpus * args.nodes == 1:  # one device: the single-card plan, --mode as given
+        from kala_engine.doctor import diagnose
+        from kala_engine.doctor_multi import ClusterPlan
+
+        one = diagnose(args.base, device=args.device, batch_size=args.batch_size, seq_len=args.seq_len,
+                       mode=args.mode)
+        cluster = ClusterPlan(one.base, 1, 1, "single", one, one.estimate, one.available_bytes,
+                              gradient_checkpointing=one.gradient_checkpointing, batch_size=one.batch_size,
+                              grad_accum=one.grad_accum, fits=one.fits, reason=one.reason,
+                              alternative=one.alternative, notes=one.notes)
+    else:
+        cluster = diagnose_cluster(args.base, device=args.device, gpus=args.gpus, nodes=args.nodes,
+                                   batch_size=args.batch_size, seq_len=args.seq_len,
+                                   strategy="nf4-lora" if args.mode == "nf4-lora" else "auto")
     plan = cluster.single
     if args.json:
         d = plan.device
@@ -28,7 +39,8 @@ def cmd_doctor(args) -> int:
                        "bf16": d.bf16, "total_bytes": d.total_bytes, "available_bytes": d.available_bytes,
                        "bitsandbytes": d.bnb_library, "torch": d.torch_version, "cuda": d.cuda_version,
                        "warnings": list(d.warnings)},
-            "plan": {"base": plan.base, "device": plan.device_kind, "precision": plan.precision, "mode": cluster.mode,
+            "plan": {"base": plan.base, "device": plan.device_kind, "precision": plan.precision,
+                     "mode": plan.mode if cluster.world == 1 else cluster.mode,
                      "strategy": cluster.strategy, "gpus": cluster.gpus, "nodes": cluster.nodes,
                      "gradient_checkpointing": cluster.gradient_checkpointing, "batch_size": cluster.batch_size,
                      "grad_accum": cluster.grad_accum, "estimate_bytes": cluster.estimate_bytes,
