@@ -426,7 +426,12 @@ def make_train_config(**kwargs) -> Any:
 
 
 def train_job(config: Any) -> Callable:
-    """The engine's training job for ``config`` (``kala align``'s for a preference method)."""
+    """The engine's training job for ``config``: several GPUs, the launcher's (see
+    kala_engine.train.distributed.launch_job); a preference method, ``kala align``'s."""
+    if config.gpus * config.nodes > 1:
+        from kala_engine.train.distributed import launch_job
+
+        return launch_job(config)
     if config.method != "sft":
         from kala_engine.train.align import align_job
 
@@ -434,6 +439,13 @@ def train_job(config: Any) -> Callable:
     from kala_engine.train.trainer import train_job as engine_train_job
 
     return engine_train_job(config)
+
+
+def gpu_count() -> int:
+    """CUDA GPUs this machine shows (0 without CUDA)."""
+    from kala_engine.doctor_multi import visible_devices
+
+    return visible_devices("cuda")
 
 
 # ================================================================== self-test

@@ -40,3 +40,11 @@ def test_every_command_is_in_the_readme_table():
 def test_the_readme_table_names_no_command_the_parser_lacks():
     ghosts = sorted(_table_commands() - set(_commands(build_parser())))
     assert ghosts == [], f"README's command table names commands that do not exist: {ghosts}"
+
+
+def test_every_test_file_the_readme_names_exists():
+    """The README backs its claims with test files; a moved or renamed test must not leave a dead name."""
+    root = Path(__file__).resolve().parents[1]
+    named = sorted(set(re.findall(r"tests/[\w/]+\.py", README)))
+    missing = [n for n in named if not (root / n).is_file()]
+    assert named and missing == [], f"README names test files that do not exist: {missing}"

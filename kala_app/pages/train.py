@@ -47,6 +47,7 @@ from ..widgets.base_picker import BasePicker
 from ..widgets.elided_combo import ElidedComboBox
 from ..widgets.hyperparameters import HyperparameterForm
 from ..widgets.live_plot import LivePlot
+from ..widgets.multi_gpu import GpuCountField, RankProgress
 from ..widgets.train_method import TrainMethod
 from ..widgets.train_parts import (
     ETHICS_COLOR,
@@ -114,6 +115,8 @@ class TrainPage(QWidget):
         self.more_settings = self.hp_form.more_settings
         self.method = TrainMethod(self.ctx.settings)  # SFT / DPO / ORPO / SimPO (kala align), issue 17
         self.hp_form.layout().insertRow(0, self.method)
+        self.gpu_count = GpuCountField(engine_api.gpu_count)  # several GPUs (issue 19): shown only then
+        self.hp_form.add_field("gpus", self.gpu_count.label, self.gpu_count)
         self.method.method_changed.connect(lambda _m: self.hp["learning_rate"].setValue(
             self.method.default_learning_rate() or default_learning_rate(self.base())))
         llay.addWidget(hp_box)
@@ -136,6 +139,8 @@ class TrainPage(QWidget):
         rlay.addWidget(self.progress)
         rlay.addLayout(stats)
         rlay.addWidget(self.resume_banner)
+        self.rank_progress = RankProgress()  # every rank of a multi-GPU run, through rank 0
+        rlay.addWidget(self.rank_progress)
         rlay.addLayout(plot_bar)
         rlay.addWidget(plots, 1)
 
@@ -351,6 +356,8 @@ class TrainPage(QWidget):
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)
         self.fill_bases()  # a base may have been downloaded or deleted on the Models page
+        if not self.gpu_count.probed:
+            self.gpu_count.refresh()
         if not self.worker.is_busy():
             self.refresh_lists()
 
@@ -535,6 +542,7 @@ class TrainPage(QWidget):
     # ================================================================ live data
 
     def _reset_live(self, keep_overlay: bool) -> None:
+        self.rank_progress.clear_ranks()
         for p in self.plots:
             keys = [k for k in p.series if not (keep_overlay and k.startswith("ov_"))]
             p.clear_data(keys)
@@ -563,6 +571,7 @@ class TrainPage(QWidget):
         m.setdefault("step", ev.step)
         self._total_steps = int(ev.total_steps or self._total_steps or 0)
         self._add_step_metrics(m)
+        self.rank_progress.show_ranks(ev.step, m.get("ranks"))
         self._latest = m
         self._steps_seen += 1
 

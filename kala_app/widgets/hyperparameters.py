@@ -78,6 +78,12 @@ class HyperparameterForm(QGroupBox):
         self.more_settings.addWidget(more)
         hform.addRow(self.more_settings)
 
+    def add_field(self, key: str, label, widget: QWidget) -> None:
+        """One more TrainConfig field (a widget of another part, e.g. the GPU count) above "More settings"."""
+        form = self.layout()
+        form.insertRow(form.rowCount() - 1, label, widget)
+        self.hp[key] = widget
+
     def load(self) -> None:
         """The values remembered from the last run started here (unreadable ones are skipped)."""
         for key, w in self.hp.items():

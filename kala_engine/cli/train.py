@@ -34,6 +34,9 @@ def _printer(quiet_steps: int = 1):
             if ev.step == 1 or ev.step % quiet_steps == 0 or ev.step == ev.total_steps:
                 print(f"step {ev.step:>5}/{ev.total_steps}  lm {m['lm_loss']:.4f}  ethics {m['ethics_loss']:.4f}  "
                       f"lr {m['lr']:.2e}  {m['tokens_per_s']:.0f} tok/s  eta {m['eta']:.0f}s", flush=True)
+                if m.get("ranks"):  # rank 0 shows every rank's progress
+                    print("      ranks  " + "  ".join(f"[{x['rank']}] lm {x['lm_loss']:.4f} {x['tokens']} tok"
+                                                     for x in m["ranks"]), flush=True)
         elif isinstance(ev, Validation):
             m = ev.metrics
             maes = " ".join(f"{m[f'val_mae_{k}']:.3f}" for k in range(5))
@@ -94,6 +97,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d["device"].default)
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     p.add_argument("--tiny-overrides", type=json.loads, default={}, help=argparse.SUPPRESS)
+    p.add_argument("--gpus", type=int, default=d["gpus"].default,
+                   help="processes per machine (GPUs; on the CPU: gloo processes), started through torchrun "
+                        "with the doctor's plan: DDP, FSDP full-shard (+ CPU offload) or NF4 + LoRA")
+    p.add_argument("--nodes", type=int, default=d["nodes"].default, help="machines (run kala train on each)")
+    p.add_argument("--node-rank", type=int, default=d["node_rank"].default, help="this machine's index (0..nodes-1)")
+    p.add_argument("--master-addr", default=d["master_addr"].default, help="address of machine 0")
+    p.add_argument("--master-port", type=int, default=d["master_port"].default)
+    p.add_argument("--strategy", choices=["auto", "ddp", "fsdp", "fsdp-offload", "nf4-lora"],
+                   default=d["strategy"].default, help="over several devices (auto: the doctor's plan)")
+    p.add_argument("--launch-config", default=None, help=argparse.SUPPRESS)  # the launcher's processes
     from kala_engine.cli.note import add_note_args
 
     add_note_args(p)  # the note's --generate-data, --test (and --revision, --data-count, --no-download)
@@ -159,13 +172,29 @@ def check_train_args(args) -> None:
 
 def cmd_train(args) -> int:
     from kala_engine.cli.note import after_train, before_train
-    from kala_engine.train.trainer import train_job
 
+    if args.launch_config:  # a process the launcher started: the parent checked and prepared everything
+        from kala_engine.train.config import TrainConfig
+
+        cfg = TrainConfig(**json.loads(Path(args.launch_config).read_text(encoding="utf-8")))
+        return _run_train(cfg, args, launched=True)
     check_train_args(args)
     rc = before_train(args)  # --generate-data, --test of a trained model, the base, the default data
     if rc is not None:
         return rc
     cfg = _config(args)
+    if cfg.gpus * cfg.nodes > 1:
+        from kala_engine.cli.launch import launch
+
+        rc = launch(cfg)
+        return rc if rc else after_train(args, str(RunFolder(cfg.run_dir).final_dir))
+    return _run_train(cfg, args)
+
+
+def _run_train(cfg, args, launched: bool = False) -> int:
+    from kala_engine.cli.note import after_train
+    from kala_engine.train.trainer import train_job
+
     result = {}
 
     def emit(ev):
@@ -186,7 +215,7 @@ def cmd_train(args) -> int:
     if int(__import__("os").environ.get("RANK", "0")) != 0:
         return 0
     print(f"done: {r.get('steps')} steps; final model in {r.get('final_dir')}")
-    return after_train(args, r.get("final_dir"))
+    return 0 if launched else after_train(args, r.get("final_dir"))
 
 
 # --------------------------------------------------------------------------- demo

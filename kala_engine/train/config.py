@@ -70,6 +70,15 @@ class TrainConfig:
     beta: float = 0.1  # DPO/SimPO: inverse temperature of the implicit reward; ORPO: weight of the odds-ratio term
     simpo_gamma: float = 0.5  # SimPO's target reward margin (TRL's simpo_gamma)
 
+    # --- several processes (issue 19): `kala train --gpus N [--nodes M ...]` starts them through
+    # torch.distributed.run; the doctor's plan over every device (kala_engine.doctor_multi) chooses the strategy
+    gpus: int = 1  # processes per machine: CUDA GPUs, or gloo processes on the CPU
+    nodes: int = 1  # machines
+    node_rank: int = 0  # this machine's index among them (0: the one at master_addr)
+    master_addr: str = "127.0.0.1"  # address of machine 0, which every process connects to
+    master_port: int = 29500
+    strategy: str = "auto"  # auto | ddp | fsdp | fsdp-offload | nf4-lora (auto: the plan's first that fits)
+
     def __post_init__(self):
         def bad(name, allowed):
             raise ValueError(f"TrainConfig.{name} must be {allowed}, got {getattr(self, name)!r}")
@@ -104,6 +113,12 @@ class TrainConfig:
             bad("mode", "auto, full, lora or nf4-lora")
         if self.device not in ("auto", "cpu", "cuda"):
             bad("device", "auto, cpu or cuda")
+        if self.gpus < 1 or self.nodes < 1 or not 0 <= self.node_rank < self.nodes:
+            bad("gpus/nodes/node_rank", f"gpus >= 1, nodes >= 1 and node_rank in [0, nodes={self.nodes})")
+        if self.strategy not in ("auto", "ddp", "fsdp", "fsdp-offload", "nf4-lora"):
+            bad("strategy", "auto, ddp, fsdp, fsdp-offload or nf4-lora")
+        if not 0 < self.master_port < 65536:
+            bad("master_port", "in (0, 65536)")
         if self.eval_every < 0 or self.save_every < 0 or self.keep_checkpoints < 1:
             raise ValueError("TrainConfig.eval_every/save_every must be >= 0 and keep_checkpoints >= 1")
         if self.method not in METHODS:
@@ -112,3 +127,6 @@ class TrainConfig:
             bad("beta", "in (0, 100]")
         if not 0 <= self.simpo_gamma <= 100:
             bad("simpo_gamma", "in [0, 100]")
+        if self.method != "sft" and self.gpus * self.nodes > 1:
+            raise ValueError(f"TrainConfig: {self.method} (kala align) runs in one process for now; several "
+                             "GPUs or machines train with the constitutional SFT method (gpus=1, nodes=1)")

@@ -80,7 +80,7 @@ def build_model(cfg: TrainConfig, tokenizer, plan, emit: Emit):
             bnb_4bit_use_double_quant=True,
             llm_int8_skip_modules=["value_head", "ethics_monitor", "embed_out"],
         )
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}  # this process's GPU
     model_type = json.loads((Path(src) / "config.json").read_text(encoding="utf-8")).get("model_type")
     if model_type == "kala":
         emit(LogLine(f"continuing from the KALA model in {src}"))

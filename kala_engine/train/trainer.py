@@ -134,7 +134,7 @@ def _train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> d
     """Set up, fit, validate at the end and finish: the four parts of a run, in order."""
     run = _set_up(cfg, emit, control or JobControl())
     step = _fit(run)
-    final_val = _validate_and_log(run, step) if is_main() and run.validates else None
+    final_val = _validate_and_log(run, step) if (is_main() or run.sharded) and run.validates else None
     return _finish(run, step, final_val)
 
 
@@ -160,12 +160,20 @@ class _Run:
     warmup: int
     start_step: int = 0
     last_lm: float = float("nan")
+    local_lm: float = float("nan")  # this process's LM loss of the last step (before the mean over ranks)
     last_eth: float = float("nan")
 
     @property
     def validates(self) -> bool:
         """Validation is on (eval_every > 0) and there is a validation split."""
         return bool(self.cfg.eval_every) and self.val_set is not None and len(self.val_set) > 0
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP: every rank takes part in each forward (validation and the final model too)."""
+        from kala_engine.train.distributed import is_sharded
+
+        return is_sharded(self.accelerator)
 
     @property
     def world(self) -> int:
@@ -207,6 +215,10 @@ def _plan_and_accelerator(cfg: TrainConfig, emit: Emit):
     from kala_engine.doctor import make_plan, probe_device
 
     dev = probe_device(cfg.device)
+    if cfg.gpus * cfg.nodes > 1:  # started by `kala train --gpus N`: the plan over every device
+        from kala_engine.train.distributed import make_accelerator
+
+        return (dev, *make_accelerator(cfg, emit))
     plan = make_plan(cfg.base, dev, batch_size=cfg.batch_size, seq_len=cfg.max_length, mode=cfg.mode,
                      precision=cfg.precision, gradient_checkpointing=cfg.gradient_checkpointing)
     for w in dev.warnings:
@@ -296,8 +308,15 @@ def _set_up(cfg: TrainConfig, emit: Emit, control: JobControl) -> _Run:
     total_steps = cfg.max_steps or max(1, int(math.ceil(cfg.epochs * steps_per_epoch)))
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(100, max(1, total_steps // 20))
     optimizer = _optimizer(model, cfg)
-    start_step = _restore(cfg, folder, model, optimizer, emit)
+    from kala_engine.train.distributed import load_state_checkpoint, newest_state_checkpoint
+
+    state = newest_state_checkpoint(folder) if cfg.resume and accelerator.num_processes > 1 else None
+    start_step = int(state[0]["step"]) if state else _restore(cfg, folder, model, optimizer, emit)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if state:  # a multi-process checkpoint: accelerate's load_state (sharded under FSDP)
+        load_state_checkpoint(accelerator, state[1], emit)
+        if is_main():
+            folder.truncate_metrics(start_step)
     if is_main():
         folder.write_info({
             "config": asdict(cfg), "versions": _versions(), "plan": plan.lines,
@@ -353,6 +372,7 @@ def _optimizer_step(run: _Run, step: int, lr: float) -> tuple[torch.Tensor, floa
             acc.backward(out.loss * share)
         parts += torch.stack([out.loss.detach(), out.lm_loss.detach(), out.ethics_loss.detach(),
                               out.deep_loss.detach(), *out.ethics_loss_per_law.detach()]).float() * share
+    run.local_lm = float(parts[1])
     parts = acc.reduce(parts, reduction="mean")
     if not bool(torch.isfinite(parts).all()):
         run.optimizer.zero_grad(set_to_none=True)
@@ -369,6 +389,14 @@ def _optimizer_step(run: _Run, step: int, lr: float) -> tuple[torch.Tensor, floa
 
 
 def _checkpoint(run: _Run, step: int) -> None:
+    if run.world > 1:  # every rank writes its part (accelerate's save_state)
+        from kala_engine.train.distributed import save_state_checkpoint
+
+        path = save_state_checkpoint(run.folder, step, run.accelerator, {"step": step, "steps_per_epoch":
+                                     run.steps_per_epoch}, run.cfg.keep_checkpoints)
+        if is_main():
+            run.emit(CheckpointSaved(step=step, path=str(path)))
+        return
     if is_main():
         path = save_checkpoint(run.folder, step, run.accelerator.unwrap_model(run.model), run.optimizer,
                                {"step": step, "steps_per_epoch": run.steps_per_epoch}, run.cfg.keep_checkpoints)
@@ -383,7 +411,7 @@ def _fit(run: _Run) -> int:
     every ``save_every`` steps and on cancel; run.json says "cancelled" or "failed" when it ends so.
     """
     cfg, emit, total = run.cfg, run.emit, run.total_steps
-    if run.start_step == 0 and is_main() and run.validates:
+    if run.start_step == 0 and (is_main() or run.sharded) and run.validates:
         _validate_and_log(run, 0)
     t0, tokens_seen, step = time.perf_counter(), 0, run.start_step
     emit(LogLine(f"training {total} steps ({run.steps_per_epoch} per epoch) from step {step}"))
@@ -404,10 +432,14 @@ def _fit(run: _Run) -> int:
                 "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1), "elapsed": round(elapsed, 3),
                 "eta": round(elapsed / (step - run.start_step) * (total - step), 1), "memory_mb": _memory_mb(),
             }
+            if run.world > 1:  # rank 0 shows every rank's progress
+                from kala_engine.train.distributed import rank_progress
+
+                line["ranks"] = rank_progress(run.accelerator, run.local_lm, n_tokens)
             if is_main():
                 run.folder.append_metrics(line)
             emit(TrainStep(step=step, total_steps=total, metrics=line))
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < total and is_main() and run.validates:
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < total and (is_main() or run.sharded) and run.validates:
                 _validate_and_log(run, step)
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
                 _checkpoint(run, step)
@@ -460,22 +492,23 @@ def validate(run: _Run, step: int) -> dict:
 
 def _validate_and_log(run: _Run, step: int) -> dict:
     line = validate(run, step)
-    run.folder.append_metrics(line)
-    run.emit(Validation(step=step, metrics=line))
+    if is_main():
+        run.folder.append_metrics(line)
+        run.emit(Validation(step=step, metrics=line))
     return line
 
 
 # --------------------------------------------------------------------------- finish
 
 
-def _calibrate(run: _Run) -> dict | None:
+def _calibrate(run: _Run, model) -> dict | None:
     """Per-law thresholds on the validation split (kala_engine.train.calibration), or None."""
     if not (run.val_records and run.cfg.calibrate):
         return None
     from kala_engine.train.calibration import calibrate_thresholds
 
     with run.accelerator.autocast():
-        calibration = calibrate_thresholds(run.accelerator.unwrap_model(run.model), run.tokenizer, run.val_records,
+        calibration = calibrate_thresholds(model, run.tokenizer, run.val_records,
                                            max_fpr=run.cfg.calibration_fpr, max_length=run.cfg.max_length)
     th = ", ".join("-" if t is None else f"{t:.3f}" for t in calibration["thresholds"])
     run.emit(LogLine(f"calibrated per-law thresholds on the validation split (<= "
@@ -485,9 +518,12 @@ def _calibrate(run: _Run) -> dict | None:
 
 def _finish(run: _Run, step: int, final_val: dict | None) -> dict:
     """Calibrate, save final/, mark run.json finished; returns the run's summary."""
+    from kala_engine.train.distributed import full_model
+
+    model = full_model(run.accelerator, run.model) if run.sharded else run.accelerator.unwrap_model(run.model)
     if is_main():
-        calibration = _calibrate(run)
-        save_final(run.accelerator.unwrap_model(run.model), run.tokenizer, run.folder, run.plan.mode,
+        calibration = _calibrate(run, model)
+        save_final(model, run.tokenizer, run.folder, run.plan.mode,
                    law_thresholds=calibration["thresholds"] if calibration else None)
         run.folder.update_info(status="finished", step=step, final_lm_loss=run.last_lm,
                                final_ethics_loss=run.last_eth, final_validation=final_val,

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 from kala_engine.constitution import law_titles
 from kala_engine.generate.explain import Assessment, Explanation, LawFinding, StopReason
+
 # imported here, not inside a fake job: importing torch on the worker thread would hold the GIL
 # for seconds in the middle of a test that measures the UI thread
 from kala_engine.generate.generation import GenerationResult

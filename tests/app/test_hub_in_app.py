@@ -13,18 +13,15 @@ Nothing reaches the internet: huggingface_hub is pointed at the loopback server,
 from __future__ import annotations
 
 import gzip
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from loopback_hub import LoopbackHub, point_huggingface_hub_at, tiny_neox_files  # noqa: E402
-
 from tests.app.fakes import fake_config, fake_train_job  # noqa: E402
 from tests.app.test_layout_1024 import cut_widgets  # noqa: E402
+from tests.loopback_hub import LoopbackHub, point_huggingface_hub_at, tiny_neox_files  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "engine" / "data" / "fixtures"
 

@@ -65,8 +65,8 @@ def window(qapp, tmp_path_factory):
     from kala_app.context import AppContext
     from kala_app.main_window import MainWindow
     from kala_app.screenshots import _show_finished_run
-    from tests.app.synthetic_run import write_synthetic_run
     from tests.app.pages.test_chat_screenshots import BENIGN_PROMPT, ScriptedBackend, scripted_job_factory
+    from tests.app.synthetic_run import write_synthetic_run
 
     home = tmp_path_factory.mktemp("layout")
     old = os.environ.get("KALA_STUDIO_HOME")

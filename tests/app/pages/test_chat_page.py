@@ -18,9 +18,9 @@ import pytest  # noqa: E402
 from PySide6.QtCore import Qt, QTimer  # noqa: E402
 
 from kala_app.chat_store import CANCELLED, COMPLETE, STOPPED  # noqa: E402
-from tests.app.fakes import generation_result  # noqa: E402
 from kala_engine.constitution import load_constitution, thresholds_in_force  # noqa: E402
 from kala_engine.jobs import TokenEvent  # noqa: E402
+from tests.app.fakes import generation_result  # noqa: E402
 
 LAYERS = 4
 

@@ -8,16 +8,13 @@ mid-download: ``KALA_SCREENSHOT_DIR=docs/screenshots pytest tests/app/pages/test
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from loopback_hub import LoopbackHub, point_huggingface_hub_at, tiny_neox_files  # noqa: E402
-
 from kala_app.pages.models import ModelsPage  # noqa: E402
+from tests.loopback_hub import LoopbackHub, point_huggingface_hub_at, tiny_neox_files  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -39,3 +39,14 @@ def test_sizes_and_durations_read_the_same_in_the_cli_and_the_app():
         "–", "512 B", "12.0 KB", "311.6 MB", "1.9 GB"]
     assert [format_duration(s) for s in (None, float("nan"), -1, 16, 724, 3723)] == [
         "–", "–", "–", "0:16", "12:04", "1:02:03"]
+
+
+def test_a_preference_method_is_refused_on_several_processes():
+    """kala align runs in one process: a DPO config asking for two GPUs says so instead of launching."""
+    import pytest
+
+    from kala_engine.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="one process"):
+        TrainConfig(base="kala-tiny", data="d.jsonl", run_dir="r", method="dpo", gpus=2)
+    assert TrainConfig(base="kala-tiny", data="d.jsonl", run_dir="r", method="sft", gpus=2).gpus == 2
