@@ -323,7 +323,8 @@ def _set_up(cfg: TrainConfig, emit: Emit, control: JobControl, make_objective=No
             "parameters": sum(p.numel() for p in model.parameters()),
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "total_steps": total_steps, "train_records": len(train_set), "validation_records": len(val_set or []),
-            "status": "running", "started": time.time(), "warnings": warnings, "architecture": arch})
+            "status": "running", "started": time.time(), "warnings": warnings, "architecture": arch,
+            **getattr(objective, "info", {})})
     return _Run(cfg, folder, emit, control, accelerator, plan, tokenizer, model, optimizer, train_set, val_set,
                 val_records, ConstitutionalCollator(tokenizer, max_length=cfg.max_length), steps_per_epoch,
                 total_steps, warmup, objective, start_step)
