@@ -4,6 +4,7 @@ dynamic-ethics-weight / per-layer flags that `kala train` and `kala distill` sha
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def _int_list(text: str) -> list[int]:
@@ -71,8 +72,6 @@ def check_distill_args(args) -> None:
     check_model_folder(args.teacher, "--teacher", kinds=("kala",), tokenizer=True)
     check_teacher(args.teacher)
     if args.student not in PRESET_NAMES:
-        from pathlib import Path
-
         if Path(args.student).is_file():
             raise CLIError(f"--student {args.student} is a file; pass a preset name or a model folder")
         if Path(args.student).is_dir():
@@ -109,9 +108,12 @@ def cmd_distill(args) -> int:
     from kala_engine.jobs import Failed, Finished, JobControl, run_job
     from kala_engine.train.distill import distill_job
 
+    from kala_engine.train.distill import check_tokenizers
+
     check_distill_args(args)
     cfg, dcfg = configs(args)
-    printer, result = _printer(quiet_steps=10), {}
+    check_tokenizers(cfg, Path(dcfg.teacher))  # one line, before the run folder exists
+    printer, result = _printer(quiet_steps=10, command="distill"), {}
 
     def emit(ev):
         if isinstance(ev, (Finished, Failed)):

@@ -21,7 +21,7 @@ from kala_engine.jobs import (
 from kala_engine.train.run_folder import RunFolder
 
 
-def _printer(quiet_steps: int = 1):
+def _printer(quiet_steps: int = 1, command: str = "train"):
     import os
 
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks
@@ -49,9 +49,9 @@ def _printer(quiet_steps: int = 1):
                 from kala_engine.cli.checks import bug_report
 
                 print(ev.traceback, file=sys.stderr)
-                print(f"kala train: {ev.message}\nkala train: {bug_report()}", file=sys.stderr, flush=True)
+                print(f"kala {command}: {ev.message}\nkala {command}: {bug_report()}", file=sys.stderr, flush=True)
             else:
-                print(f"kala train: error: {ev.message}", file=sys.stderr, flush=True)
+                print(f"kala {command}: error: {ev.message}", file=sys.stderr, flush=True)
 
     return emit
 
