@@ -51,6 +51,7 @@ from ..error_dialog import show_error
 from ..runs import RunInfo, list_runs, load_curves, new_run_dir
 from ..widgets.elided_combo import ElidedComboBox
 from ..widgets.live_plot import LivePlot
+from ..widgets.train_ethics_weights import EthicsWeightsBox
 from ..widgets.wrap_label import WrapLabel
 
 #: Colours of the five law curves (index = law index), the LM loss and the total ethics loss.
@@ -325,6 +326,11 @@ class TrainPage(QWidget):
         llay.addWidget(model_box)
         llay.addWidget(doctor_box)
         llay.addWidget(hp_box)
+        self.ethics_box = EthicsWeightsBox(self.law_titles)  # issue 18: weights, layers, distillation
+        ethics_fold = QCollapsible("Ethics weights, layers, distillation")
+        ethics_fold.setDuration(0)
+        ethics_fold.addWidget(self.ethics_box)
+        llay.addWidget(ethics_fold)
         llay.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidget(left)
@@ -381,7 +387,8 @@ class TrainPage(QWidget):
         self.ethics_plot.add_points("ethics_val", "validation", VAL_COLOR)
         self.lr_plot = LivePlot("Learning rate", "lr", phase_ms=66)
         self.lr_plot.add_curve("lr", "learning rate", "#444", smooth=False)
-        self.plots = [self.lm_plot, self.ethics_plot, self.lr_plot]
+        self.plots = [self.lm_plot, self.ethics_plot, self.lr_plot, self.ethics_box.weights_plot,
+                      self.ethics_box.distill_plot]
         # Not x-linked: a link makes every plot repaint whenever one redraws (3 paints in one go).
 
         self.smooth_slider = QSlider(Qt.Orientation.Horizontal)
@@ -417,6 +424,8 @@ class TrainPage(QWidget):
         self.aux_tabs.setDocumentMode(True)
         self.aux_tabs.addTab(self.lr_plot, "Learning rate")
         self.aux_tabs.addTab(self.log_view, "Log")
+        self.aux_tabs.addTab(self.ethics_box.weights_plot, "Ethics weights")
+        self.aux_tabs.addTab(self.ethics_box.distill_plot, "Distillation")
         plots = QSplitter(Qt.Orientation.Vertical)
         plots.addWidget(self.lm_plot)
         plots.addWidget(self.ethics_plot)
@@ -712,6 +721,7 @@ class TrainPage(QWidget):
             out[key] = w.isChecked() if isinstance(w, QCheckBox) else w.value()
         if out.get("max_steps") == 0:
             out["max_steps"] = None
+        out.update(self.ethics_box.values())
         return out
 
     # ================================================================ doctor
@@ -760,7 +770,7 @@ class TrainPage(QWidget):
             cfg_kwargs = dict(base=self.base(), data=data, run_dir=str(run_dir), **self.hyperparameters())
         try:
             config = self.config_factory(**cfg_kwargs)
-            job = self.job_factory(config)
+            job = (self.ethics_box.job_for(config) if resume_run is None else None) or self.job_factory(config)
         except Exception as e:  # noqa: BLE001 - shown to the user with its traceback
             import traceback
 
@@ -891,6 +901,7 @@ class TrainPage(QWidget):
                 self.ethics_plot.append(f"law{k}", x, v)
         if (v := m.get("lr")) is not None:
             self.lr_plot.append("lr", x, v)
+        self.ethics_box.add_step(m)
 
     def _on_validation(self, ev) -> None:
         if not self._is_my_training():
