@@ -94,7 +94,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d["device"].default)
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     p.add_argument("--tiny-overrides", type=json.loads, default={}, help=argparse.SUPPRESS)
-    from kala_engine.cli.distill import add_ethics_args
+    from kala_engine.cli.ethics_options import add_ethics_args
     from kala_engine.cli.note import add_note_args
 
     add_ethics_args(p)  # --lambda-schedule, --law-weighting, --ethics-layers, --constitutional-only ...
