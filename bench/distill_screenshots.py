@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path, help="a finished `kala distill` run folder")
     ap.add_argument("--out", type=Path, default=Path("docs/screenshots"))
+    ap.add_argument("--heatmap-run", type=Path, default=None,
+                    help="the run whose final model the Runs page shows (default: RUN_DIR)")
     args = ap.parse_args(argv)
 
     import kala_app  # noqa: F401 - the PySide6 guard
@@ -36,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     ctx = AppContext.create(data_dir=home / "data", config_dir=home / "config")
     run = ctx.runs_dir / args.run.name
     shutil.copytree(args.run, run, ignore=shutil.ignore_patterns("checkpoints", ".lock"))
+    shown = run
+    if args.heatmap_run is not None:
+        shown = ctx.runs_dir / args.heatmap_run.name
+        shutil.copytree(args.heatmap_run, shown, ignore=shutil.ignore_patterns("checkpoints", ".lock"))
     win = MainWindow(ctx, show_quickstart=False)
     win.resize(1440, 900)
     win.show()
@@ -47,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     _show_finished_run(train, run)
     train.aux_tabs.setCurrentWidget(train.ethics_box.distill_plot)
     train.aux_tabs.setMaximumHeight(320)
+    train.aux_tabs.parent().setSizes([240, 240, 320])
     _wait(app, 0.8)
     for p in train.plots:
         p.redraw()
@@ -56,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = win.pages["runs"]
     win.show_page("runs")
     runs.refresh()
-    runs.select_run(run.name)
+    runs.select_run(shown.name)
     runs.load_selected_curves()
     _wait(app, 0.8)
     runs.grab().save(str(args.out / "runs-layer-heatmap.png"))

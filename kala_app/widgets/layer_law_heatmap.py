@@ -27,6 +27,8 @@ def _heatmap(title: str) -> tuple[pg.PlotWidget, pg.ImageItem]:
     w.plotItem.setMouseEnabled(x=False, y=False)
     w.plotItem.hideButtons()
     w.plotItem.setLabel("left", "layer")
+    for side in ("left", "bottom"):
+        w.plotItem.getAxis(side).setStyle(tickLength=0)  # no tick marks beside the cells' numbers
     return w, item
 
 
@@ -79,7 +81,7 @@ class LayerLawHeatmap(QWidget):
         self.gate_image.setImage(gates, levels=(0.0, max(float(gates.max()), 1e-6)))
         self._annotate(self.law_plot, laws)
         self._annotate(self.gate_plot, gates)
-        ticks = [(k + 0.5, t.split()[0] if len(t) > 12 else t) for k, t in enumerate(self.law_titles[:laws.shape[1]])]
+        ticks = [(k + 0.5, f"L{k}") for k in range(laws.shape[1])]  # Law k; the full names are in the note
         self.law_plot.plotItem.getAxis("bottom").setTicks([ticks])
         self.gate_plot.plotItem.getAxis("bottom").setTicks([[(h + 0.5, str(h)) for h in range(gates.shape[1])]])
         for p, n in ((self.law_plot, laws.shape[0]), (self.gate_plot, gates.shape[0])):
@@ -87,7 +89,8 @@ class LayerLawHeatmap(QWidget):
             p.plotItem.autoRange(padding=0)
         top = [int(np.argmax(laws[:, k])) for k in range(laws.shape[1])]
         self.note.setText(f"{Path(model_dir).parent.name}: {laws.shape[0]} layers. The layer each law leans on most: "
-                          + ", ".join(f"{t.split()[0]} {i}" for t, i in zip(self.law_titles, top, strict=False))
+                          + ", ".join(f"L{k} {t.split(maxsplit=2)[-1]} → layer {i}"
+                                      for k, (t, i) in enumerate(zip(self.law_titles, top, strict=False)))
                           + f"; largest gate {gates.max():.2f}.")
         return True
 
