@@ -313,6 +313,9 @@ def _set_up(cfg: TrainConfig, emit: Emit, control: JobControl, make_objective=No
     from kala_engine.train import ethics_weights
 
     objective = (make_objective or ethics_weights.make_objective)(cfg, model, accelerator, plan, emit)
+    if cfg.resume and "distillation" in folder.read_info() and "distillation" not in getattr(objective, "info", {}):
+        raise JobError(f"{folder.path} is a distillation run; resume it with kala distill --teacher "
+                       f"{folder.read_info()['distillation'].get('teacher')} ... --resume")
     optimizer = _optimizer(model, cfg, objective.parameters())
     start_step = _restore(cfg, folder, model, optimizer, emit, objective)
     model, optimizer = accelerator.prepare(model, optimizer)

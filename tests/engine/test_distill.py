@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kala_engine.jobs import LogLine
+from kala_engine.jobs import JobError, LogLine
 from kala_engine.train.config import TrainConfig
 from kala_engine.train.distill import DistillConfig, distill, kd_loss, student_config
 from kala_engine.train.trainer import TIMING_KEYS, train
@@ -111,6 +111,11 @@ def test_a_student_with_fewer_layers_trains_saves_loads_and_chats(dataset, teach
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "finished" and info["distillation"]["teacher"] == str(teacher)
     assert info["calibration"] is not None  # the trainer's calibration ran on the student
+    # the Runs page's Resume (a plain training job) may not continue it without its teacher
+    with pytest.raises(JobError, match="is a distillation run; resume it with kala distill --teacher"):
+        train(TrainConfig(base=str(teacher), data=str(dataset), run_dir=str(run_dir), resume=True, max_steps=4,
+                          batch_size=4, max_length=48, device="cpu", keep_layers=2, tokenizer_from=str(teacher)),
+              lambda e: None)
 
 
 def test_a_kala_tiny_student_of_half_the_width_speaks_the_teachers_tokenizer(dataset, teacher, tmp_path):
