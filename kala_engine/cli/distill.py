@@ -95,7 +95,7 @@ def cmd_distill(args) -> int:
 
 
 def register(sub) -> None:
-    from kala_engine.train.distill import DistillConfig
+    from kala_engine.train.distill_config import DistillConfig
 
     d = DistillConfig.__dataclass_fields__
     p = sub.add_parser("distill", help="a smaller KALA model trained on a larger one's next tokens and law scores")
