@@ -442,7 +442,7 @@ def self_test_job(workdir: Path) -> tuple[Callable, str]:
 
     def job(emit: Emit, control: JobControl) -> dict:
         from kala_engine.data.generate import write_dataset
-        from kala_engine.generate.generation import chat_job
+        from kala_engine.generate.session import chat_job
 
         write_dataset(data_path, 64, 0)
         emit(LogLine(f"generated 64 examples in {data_path}"))

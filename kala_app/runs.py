@@ -125,3 +125,17 @@ def new_run_dir(runs_dir: Path, base: str) -> Path:
         p = runs_dir / f"{stem}-{i}"
         i += 1
     return p
+
+
+def remove_if_empty_run(run_dir: Path | None) -> bool:
+    """Remove a run folder a failed start left behind with nothing in it worth keeping (no
+    metrics, no checkpoint, no final model): the Runs page does not list it and nobody could
+    resume it. Returns True when it was removed."""
+    if run_dir is None or not Path(run_dir).is_dir():
+        return False
+    folder = RunFolder(run_dir)
+    if folder.metrics_file.exists() or folder.checkpoints_dir.exists() or folder.has_final():
+        return False
+    run_dir = folder.path
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return not run_dir.exists()

@@ -79,7 +79,7 @@ DECOR_S = 0.1
 def generation_job(model_dir: str, messages: list[dict[str, str]], settings: dict[str, Any]) -> Callable:
     """The engine's streaming generation job for a conversation (``job(emit, control) -> result``).
 
-    ``kala_engine.generate.generation.chat_job`` loads the model folder, fits the conversation into the
+    ``kala_engine.generate.session.chat_job`` loads the model folder, fits the conversation into the
     context, emits one TokenEvent per token (with the per-layer scores the heatmap shows) and
     returns a GenerationResult. The engine module (which imports torch) is imported inside the
     job, on the worker thread, so the first Send does not freeze the window for seconds.
@@ -98,7 +98,7 @@ def generation_job(model_dir: str, messages: list[dict[str, str]], settings: dic
     )
 
     def job(emit: Any, control: Any) -> Any:
-        from kala_engine.generate.generation import chat_job
+        from kala_engine.generate.session import chat_job
 
         return chat_job(**kwargs)(emit, control)
 

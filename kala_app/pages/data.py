@@ -45,7 +45,7 @@ from PySide6.QtWidgets import (
 
 from .. import engine_api
 from ..error_dialog import show_error
-from .train import LAW_COLORS
+from ..widgets.train_parts import LAW_COLORS
 
 NO_VIOLATION_COLOR = "#b0b0b0"
 ALL_KINDS = "all kinds"

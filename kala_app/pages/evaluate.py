@@ -58,21 +58,21 @@ LIVE_REDRAW_S = 0.5
 
 
 def default_suite_path() -> Path:
-    from kala_engine.evaluate.evaluation import default_suite_path as f
+    from kala_engine.evaluate.suite import default_suite_path as f
 
     return Path(f())
 
 
 def load_suite(path: str | Path | None) -> list:
     """The suite's records; raises the engine's SuiteError (a ValueError) listing bad lines."""
-    from kala_engine.evaluate.evaluation import load_suite as f
+    from kala_engine.evaluate.suite import load_suite as f
 
     return f(path)
 
 
 def make_backend(model_dir: str) -> Any:
     """The evaluation backend of a saved model folder."""
-    from kala_engine.evaluate.evaluation import KALABackend
+    from kala_engine.evaluate.backend import KALABackend
 
     return KALABackend(model_dir)
 
@@ -89,7 +89,7 @@ def partial_metrics(records: Sequence[Any], samples: Sequence[Any], threshold: f
                     backend: Any) -> dict:
     """The metrics of the first ``len(samples)`` prompts, as the job computes them at the end."""
     from kala_engine.constitution import resolve_thresholds
-    from kala_engine.evaluate.evaluation import compute_metrics
+    from kala_engine.evaluate.metrics import compute_metrics
 
     th = list(resolve_thresholds(threshold, getattr(backend, "default_thresholds", None)))
     return compute_metrics(list(records[: len(samples)]), list(samples), th,

@@ -32,7 +32,7 @@ from ..error_dialog import show_error
 from ..runs import RunInfo, delete_run, list_runs, load_curves
 from ..widgets.layer_law_heatmap import LayerLawHeatmap
 from ..widgets.live_plot import LivePlot
-from .train import ETHICS_COLOR, LAW_COLORS, LM_COLOR, VAL_COLOR
+from ..widgets.train_parts import ETHICS_COLOR, LAW_COLORS, LM_COLOR, VAL_COLOR
 
 STATUS_COLORS = {"finished": "#2e7d32", "running": "#1565c0", "interrupted": "#ef6c00",
                  "cancelled": "#ef6c00", "failed": "#c62828", "new": "#777777"}

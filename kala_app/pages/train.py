@@ -13,16 +13,12 @@ plot buffers, which redraw from a timer, so the page stays responsive at any ste
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
-    QCheckBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QFrame,
@@ -35,134 +31,35 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSlider,
-    QSpinBox,
     QSplitter,
     QTabWidget,
     QVBoxLayout,
     QWidget,
 )
-from superqt import QCollapsible
 
-from kala_engine.train.config import SCRATCH_LEARNING_RATE, TrainConfig, default_learning_rate
-from kala_engine.units import format_bytes, format_duration
+from kala_engine.units import format_duration
 
 from .. import engine_api
 from ..error_dialog import show_error
-from ..runs import RunInfo, list_runs, load_curves, new_run_dir
+from ..runs import RunInfo, list_runs, load_curves, new_run_dir, remove_if_empty_run
+from ..widgets.base_picker import BasePicker
 from ..widgets.elided_combo import ElidedComboBox
+from ..widgets.hyperparameters import HyperparameterForm
 from ..widgets.live_plot import LivePlot
 from ..widgets.train_ethics_weights import EthicsWeightsBox
+from ..widgets.train_parts import (
+    ETHICS_COLOR,
+    LAW_COLORS,
+    LM_COLOR,
+    OVERLAY_COLOR,
+    VAL_COLOR,
+    MemoryBar,
+    ResumeBanner,
+)
 from ..widgets.wrap_label import WrapLabel
 
-#: Colours of the five law curves (index = law index), the LM loss and the total ethics loss.
-LAW_COLORS = ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"]
-LM_COLOR = "#1f77b4"
-ETHICS_COLOR = "#2ca02c"
-VAL_COLOR = "#000000"
-OVERLAY_COLOR = "#9a9a9a"
-LOCAL_FOLDER = "Local Pythia folder…"
 BROWSE_DATA = "Browse…"
 
-GiB = 1024**3
-
-
-def remove_if_empty_run(run_dir: Path | None) -> bool:
-    """Remove a run folder a failed start left behind with nothing in it worth keeping (no
-    metrics, no checkpoint, no final model): the Runs page does not list it and nobody could
-    resume it. Returns True when it was removed."""
-    if run_dir is None or not Path(run_dir).is_dir():
-        return False
-    from kala_engine.train.run_folder import RunFolder
-
-    folder = RunFolder(run_dir)
-    if folder.metrics_file.exists() or folder.checkpoints_dir.exists() or folder.has_final():
-        return False
-    run_dir = folder.path
-    import shutil
-
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return not run_dir.exists()
-
-
-class MemoryBar(QWidget):
-    """Estimated memory against available memory, green when it fits, red when it does not."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bar = QProgressBar()
-        self.bar.setRange(0, 1000)
-        self.bar.setTextVisible(True)
-        self.bar.setFormat("no estimate yet")
-        self.bar.setValue(0)
-        self.reason = WrapLabel("")
-        self.reason.setObjectName("fitReason")
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.bar)
-        lay.addWidget(self.reason)
-        self.fits: bool | None = None
-
-    def set_estimate(self, estimate: float, available: float, fits: bool | None, reason: str = "",
-                     base_problem: str = "") -> None:
-        """Show the estimate; ``base_problem`` (the base is not here) qualifies a "fits"."""
-        self.fits = fits
-        if math.isnan(estimate) or math.isnan(available) or available <= 0:
-            self.bar.setValue(0)
-            self.bar.setFormat("memory estimate unavailable")
-        else:
-            self.bar.setValue(min(1000, int(1000 * estimate / available)))
-            verdict = "fits" if fits else "does not fit"
-            if base_problem:
-                verdict += "*"  # the line under the bar says: but the base is not available
-            self.bar.setFormat(f"{estimate / GiB:.2f} of {available / GiB:.1f} GiB — {verdict}")
-        color = ("#3a9d3a" if fits and not base_problem else "#d08a1a" if fits
-                 else ("#c0392b" if fits is False else "#999"))
-        self.bar.setStyleSheet(f"QProgressBar::chunk {{ background: {color}; }}")
-        lines = []
-        if base_problem:
-            lines.append(f"* {'Fits' if fits else 'Would not fit anyway'}, but the base is not available: "
-                         "see the note under Base.")
-        if reason and not fits:
-            lines.append(reason)
-        why = "\n".join(lines)
-        self.reason.setText(why)
-        self.reason.setVisible(bool(why))
-
-
-class ResumeBanner(QFrame):
-    """Offers to resume an interrupted run."""
-
-    resume_clicked = Signal(object)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setObjectName("resumeBanner")
-        self.setStyleSheet("#resumeBanner { background: #fff4e0; border: 1px solid #f0c070; border-radius: 6px; }")
-        lay = QHBoxLayout(self)
-        lay.setContentsMargins(8, 4, 8, 4)
-        self.label = QLabel()
-        self.label.setWordWrap(True)
-        self.button = QPushButton("Resume")
-        self.dismiss = QPushButton("Dismiss")
-        lay.addWidget(self.label, 1)
-        lay.addWidget(self.button)
-        lay.addWidget(self.dismiss)
-        self.run: RunInfo | None = None
-        self.button.clicked.connect(lambda: self.resume_clicked.emit(self.run))
-        self.dismiss.clicked.connect(self.hide)
-        self.hide()
-
-    def offer(self, run: RunInfo | None) -> None:
-        self.run = run
-        if run is None:
-            self.hide()
-            return
-        self.label.setText(
-            f"Run <b>{run.name}</b> ({run.base or 'unknown base'}) stopped at step {run.steps_done}"
-            f"{f' of {run.total_steps}' if run.total_steps else ''} without finishing. "
-            f"Resume it from its last checkpoint ({run.last_checkpoint.name})?"
-        )
-        self.show()
 
 
 class TrainPage(QWidget):
@@ -187,10 +84,6 @@ class TrainPage(QWidget):
         self._t_start = 0.0
         self._steps_seen = 0
         self._quickstart_then = None
-        self._base_problem = ""
-        self._last_base_index = 0
-        self._cached_bases: dict[str, str] = {}  # {preset name: commit} in the HF cache (fill_bases)
-        self._watched_download: str | None = None  # a base download running (from here or the Models page)
         self.law_titles = [law.title for law in ctx.constitution]
 
         self._build()
@@ -207,39 +100,74 @@ class TrainPage(QWidget):
     # ================================================================ layout
 
     def _build(self) -> None:
-        # ---------------- left column
+        """Left: model and data, doctor, hyperparameters (scrolls); right: controls, progress, plots."""
+        left = QWidget()
+        llay = QVBoxLayout(left)
+        llay.setContentsMargins(0, 0, 6, 0)
+        llay.addWidget(self._build_model_box())
+        llay.addWidget(self._build_doctor_box())
+        self.hp_form = HyperparameterForm(self.ctx.settings)
+        hp_box = self.hp_form
+        self.hp = self.hp_form.hp
+        self.grad_ckpt = self.hp_form.grad_ckpt
+        self.more_settings = self.hp_form.more_settings
+        llay.addWidget(hp_box)
+        self.ethics_box = EthicsWeightsBox(self.law_titles)  # issue 18: weights, layers, distillation
+        llay.addWidget(self.ethics_box.folded())
+        llay.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidget(left)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setMinimumWidth(330)
+
+        buttons, stats = self._build_controls()
+        plot_bar, plots = self._build_plots()
+
+        right = QWidget()
+        rlay = QVBoxLayout(right)
+        rlay.setContentsMargins(6, 0, 0, 0)
+        # The buttons come first: a banner that appears or goes (resume offer) sits below them, above
+        # the plots, so that Start/Pause/Cancel never move under the pointer.
+        rlay.addLayout(buttons)
+        rlay.addWidget(self.progress)
+        rlay.addLayout(stats)
+        rlay.addWidget(self.resume_banner)
+        rlay.addLayout(plot_bar)
+        rlay.addWidget(plots, 1)
+
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(scroll)
+        split.addWidget(right)
+        split.setStretchFactor(1, 1)
+        split.setSizes([340, 900])
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(split)
+        self._on_smoothing(self.smooth_slider.value())
+
+
+    def _build_model_box(self) -> QGroupBox:
+        """The base picker (with its availability note and Download…) and the data set."""
         model_box = QGroupBox("Model and data")
         form = QFormLayout(model_box)
-        self.base_combo = ElidedComboBox()
-        self.base_combo.setObjectName("baseCombo")
-        self.base_combo.setToolTip(
-            "The model to start from: kala-tiny is trained from scratch in minutes on a CPU; the "
-            "Pythia presets need their weights in a local folder or the Hugging Face cache "
-            "(downloaded ones are listed first; the others offer the download).")
-        self.fill_bases()
-        self.base_combo.activated.connect(self._on_base_activated)
+        self.base_picker = BasePicker(self, self.ctx)
+        self.base_picker.checked.connect(lambda _why: self._update_buttons())
+        self.base_combo = self.base_picker.combo
+        self.base_status = self.base_picker.status
+        self.base_download_button = self.base_picker.download_button
         self.data_combo = ElidedComboBox()
         self.data_combo.setObjectName("dataCombo")
         self.data_combo.setToolTip("A KALA JSONL data set (make one on the Data page).")
         self.data_combo.activated.connect(self._on_data_activated)
         form.addRow("Base", self.base_combo)
-        #: why the chosen base cannot be trained from (not downloaded, a folder without a model)
-        self.base_status = WrapLabel("")
-        self.base_status.setObjectName("baseStatus")
-        self.base_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.base_status.setStyleSheet("#baseStatus { color: #9a3412; background: #fff4e0; "
-                                       "border: 1px solid #f0c070; border-radius: 4px; padding: 4px; }")
-        self.base_status.hide()
         form.addRow(self.base_status)
-        #: offered under the note when the chosen base is a catalogue model not downloaded yet
-        self.base_download_button = QPushButton("Download…")
-        self.base_download_button.setObjectName("baseDownloadButton")
-        self.base_download_button.clicked.connect(self.download_base)
-        self.base_download_button.hide()
         form.addRow(self.base_download_button)
-        self.base_combo.currentIndexChanged.connect(lambda _i: self.check_base())
         form.addRow("Data", self.data_combo)
+        return model_box
 
+    def _build_doctor_box(self) -> QGroupBox:
+        """Device, compute capability, kernels, precision, plan and the memory bar."""
         doctor_box = QGroupBox("Doctor")
         dform = QFormLayout(doctor_box)
         self.doc_labels: dict[str, QLabel] = {}
@@ -261,84 +189,10 @@ class TrainPage(QWidget):
         self.doctor_button.setToolTip("Run the doctor for the chosen base (kala doctor --base …).")
         self.doctor_button.clicked.connect(self.run_doctor)
         dform.addRow(self.doctor_button)
+        return doctor_box
 
-        hp_box = QGroupBox("Hyperparameters")
-        hform = QFormLayout(hp_box)
-        self.hp: dict[str, QWidget] = {}
-        tc = {f.name: f.default for f in fields(TrainConfig)}  # the engine's defaults, one source
-
-        def spin(key, lo, hi, val, tip, step=1):
-            w = QSpinBox()
-            w.setRange(lo, hi)
-            w.setValue(val)
-            w.setSingleStep(step)
-            w.setToolTip(tip)
-            self.hp[key] = w
-            return w
-
-        def dspin(key, lo, hi, val, decimals, step, tip):
-            w = QDoubleSpinBox()
-            w.setRange(lo, hi)
-            w.setDecimals(decimals)
-            w.setSingleStep(step)
-            w.setValue(val)
-            w.setToolTip(tip)
-            self.hp[key] = w
-            return w
-
-        hform.addRow("Max steps", spin("max_steps", 0, 10_000_000, 300,
-                     "Stop after this many optimizer steps (0: run the given number of epochs).", 50))
-        hform.addRow("Epochs", spin("epochs", 1, 1000, 1, "Passes over the training split (used when Max steps is 0)."))
-        hform.addRow("Batch size", spin("batch_size", 1, 4096, tc["batch_size"],
-                     "Examples per optimizer step. Larger is smoother but needs more memory."))
-        hform.addRow("Learning rate", dspin("learning_rate", 1e-7, 1.0, default_learning_rate(tc["base"]), 6, 1e-4,
-                     "Peak AdamW learning rate after warm-up (cosine decay afterwards). "
-                     f"{SCRATCH_LEARNING_RATE:g} suits kala-tiny from scratch; 1e-5–5e-5 suits fine-tuning Pythia."))
-        hform.addRow("Ethics weight λ", dspin("ethics_weight", 0.0, 100.0, tc["ethics_weight"], 2, 0.1,
-                     "λ in loss = LM + λ·Σ w_k·MSE_k: how much the law-score heads count against language modeling."))
-        # the settings one rarely changes fold away, so that the left column fits a 640-px window
-        more = QWidget()
-        mform = QFormLayout(more)
-        mform.setContentsMargins(0, 0, 0, 0)
-        mform.addRow("Warm-up steps", spin("warmup_steps", 0, 1_000_000, 20,
-                     "Steps over which the learning rate ramps up from 0.", 10))
-        mform.addRow("Validate every", spin("eval_every", 0, 1_000_000, tc["eval_every"],
-                     "Steps between validation passes, also at the start and the end (0: never). "
-                     "Validation points appear as dots.", 10))
-        mform.addRow("Checkpoint every", spin("save_every", 0, 1_000_000, tc["save_every"],
-                     "Steps between checkpoints (0: only at the end). A run resumes from its last checkpoint.", 50))
-        mform.addRow("Seed", spin("seed", 0, 2**31 - 1, tc["seed"], "Random seed: the same seed and data give the same run."))
-        self.grad_ckpt = QCheckBox("Gradient checkpointing")
-        self.grad_ckpt.setToolTip("Recompute activations in the backward pass: less memory, ~30% slower.")
-        self.hp["gradient_checkpointing"] = self.grad_ckpt
-        mform.addRow(self.grad_ckpt)
-        self.more_settings = QCollapsible("More settings")
-        self.more_settings.setObjectName("moreSettings")
-        self.more_settings.setDuration(0)
-        self.more_settings.setToolTip("Warm-up, validation and checkpoint intervals, seed, gradient checkpointing")
-        self.more_settings.addWidget(more)
-        hform.addRow(self.more_settings)
-        self._load_hp_settings()
-
-        left = QWidget()
-        llay = QVBoxLayout(left)
-        llay.setContentsMargins(0, 0, 6, 0)
-        llay.addWidget(model_box)
-        llay.addWidget(doctor_box)
-        llay.addWidget(hp_box)
-        self.ethics_box = EthicsWeightsBox(self.law_titles)  # issue 18: weights, layers, distillation
-        ethics_fold = QCollapsible("Ethics weights, layers, distillation")
-        ethics_fold.setDuration(0)
-        ethics_fold.addWidget(self.ethics_box)
-        llay.addWidget(ethics_fold)
-        llay.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidget(left)
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setMinimumWidth(330)
-
-        # ---------------- right column
+    def _build_controls(self) -> tuple[QHBoxLayout, QGridLayout]:
+        """Resume offer, Start/Pause/Resume/Cancel, progress bar and stat labels."""
         self.resume_banner = ResumeBanner()
         self.resume_banner.resume_clicked.connect(self.resume_run)
 
@@ -374,8 +228,10 @@ class TrainPage(QWidget):
             stats.addWidget(t, 0, i)
             self.stats[k].setObjectName(f"stat_{k}")
             stats.addWidget(self.stats[k], 1, i)
+        return buttons, stats
 
-        # plots
+    def _build_plots(self) -> tuple[QHBoxLayout, QSplitter]:
+        """LM, ethics and learning-rate plots, smoothing, overlay choice and the log."""
         self.lm_plot = LivePlot("Language-modeling loss", "loss")
         self.lm_plot.add_curve("lm", "train", LM_COLOR)
         self.lm_plot.add_points("lm_val", "validation", VAL_COLOR)
@@ -435,28 +291,7 @@ class TrainPage(QWidget):
         plots.setStretchFactor(2, 0)
         self.aux_tabs.setMaximumHeight(165)
         plots.setSizes([300, 340, 150])
-
-        right = QWidget()
-        rlay = QVBoxLayout(right)
-        rlay.setContentsMargins(6, 0, 0, 0)
-        # The buttons come first: a banner that appears or goes (resume offer) sits below them, above
-        # the plots, so that Start/Pause/Cancel never move under the pointer.
-        rlay.addLayout(buttons)
-        rlay.addWidget(self.progress)
-        rlay.addLayout(stats)
-        rlay.addWidget(self.resume_banner)
-        rlay.addLayout(plot_bar)
-        rlay.addWidget(plots, 1)
-
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(scroll)
-        split.addWidget(right)
-        split.setStretchFactor(1, 1)
-        split.setSizes([340, 900])
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(split)
-        self._on_smoothing(self.smooth_slider.value())
+        return plot_bar, plots
 
     def _connect_worker(self) -> None:
         w = self.worker
@@ -467,8 +302,8 @@ class TrainPage(QWidget):
         w.failed.connect(self._on_failed)
         w.finished.connect(self._on_finished)
         w.busy_changed.connect(lambda _busy: self._update_buttons())
-        w.started.connect(self._on_job_started)
-        w.event.connect(self._on_download_event)
+        w.started.connect(self.base_picker.on_job_started)
+        w.event.connect(self.base_picker.on_download_event)
 
     @staticmethod
     def _safe(fn, default):
@@ -532,154 +367,24 @@ class TrainPage(QWidget):
         return str(d) if d else ""
 
     def base(self) -> str:
-        b = self.base_combo.currentData()
-        return str(b) if b else self.base_combo.currentText()
+        return self.base_picker.base()
 
     # ---------------------------------------------------------------- bases: cached first, download offered
 
     def fill_bases(self) -> None:
-        """(Re)fill the Base picker: kala-tiny, the Pythia models in the cache (marked downloaded),
-        then the others (marked with their download size); local folders picked earlier stay.
-        Reads cache files only (no network, no torch), so it runs on every show of the page."""
-        combo = self.base_combo
-        keep = self.base() if combo.count() else ""
-        folders = [(combo.itemText(i), combo.itemData(i)) for i in range(combo.count())
-                   if combo.itemData(i) and Path(str(combo.itemData(i))).is_absolute()
-                   and Path(str(combo.itemData(i))).is_dir()]
-        presets = self._safe(engine_api.base_presets, ["kala-tiny"])
-        catalog = {m["name"]: m for m in self._safe(engine_api.base_catalog, [])}
-        self._cached_bases = self._safe(engine_api.cached_bases, {})
-        cached = [n for n in catalog if n in self._cached_bases]
-        missing = [n for n in presets if n != "kala-tiny" and n not in self._cached_bases]
-        combo.blockSignals(True)
-        combo.clear()
-        for text, folder in folders:
-            combo.addItem(text, folder)
-            combo.setItemData(combo.count() - 1, folder, Qt.ItemDataRole.ToolTipRole)
-        if "kala-tiny" in presets:
-            combo.addItem("kala-tiny", "kala-tiny")
-            combo.setItemData(combo.count() - 1, "kala-tiny: trained from scratch, nothing to download",
-                              Qt.ItemDataRole.ToolTipRole)
-        for n in cached:
-            combo.addItem(f"{n}  ✓ downloaded", n)
-            combo.setItemData(combo.count() - 1, f"{catalog[n]['repo_id']} is in the Hugging Face cache (commit "
-                              f"{self._cached_bases[n][:8]}): trains offline", Qt.ItemDataRole.ToolTipRole)
-        for n in missing:
-            size = catalog[n]["download_bytes"] if n in catalog else None
-            combo.addItem(f"{n}  (download {format_bytes(size)})" if size else n, n)
-            combo.setItemData(combo.count() - 1, f"not downloaded yet: pick it, then Download… ({format_bytes(size)})",
-                              Qt.ItemDataRole.ToolTipRole)
-        combo.addItem(LOCAL_FOLDER)
-        i = combo.findData(keep) if keep else -1
-        combo.setCurrentIndex(i if i >= 0 else 0)
-        combo.blockSignals(False)
-        if hasattr(self, "base_status"):
-            self.check_base()
+        self.base_picker.fill()
 
     def select_base(self, name: str) -> bool:
-        """Choose the base ``name`` (a preset or a folder picked before) in the picker."""
-        i = self.base_combo.findData(str(name))
-        if i >= 0:
-            self.base_combo.setCurrentIndex(i)
-        return i >= 0
-
-    def _downloadable(self, base: str) -> dict | None:
-        """The catalogue entry of ``base`` when it is a Pythia model not in the cache yet."""
-        if base in self._cached_bases:
-            return None
-        return next((m for m in self._safe(engine_api.base_catalog, []) if m["name"] == base), None)
+        return self.base_picker.select(name)
 
     def download_base(self) -> str:
-        """Download the chosen base on the Models page (it shows the table and the row's progress
-        bar); this page shows the progress under Base and enables Start once it is cached.
-        "" when it started, else why not (also said under Base)."""
-        base = self.base()
-        models = self.ctx.pages.get("models")
-        if models is None or not hasattr(models, "download"):
-            return "no Models page"
-        why = models.download(base)
-        if why:
-            self.base_status.setText(f"<b>Not available:</b> {base} is not downloaded yet; {why}")
-            return why
-        self._watched_download = base
-        self.base_download_button.setEnabled(False)
-        self.base_status.setText(f"<b>Downloading {base}…</b> (on the Models page; Start is enabled when it is "
-                                 f"in the cache)")
-        win = self.window()
-        if hasattr(win, "show_page") and win is not self:
-            win.show_page("models")
-        return ""
-
-    def _on_job_started(self, name: str) -> None:
-        if name.startswith("download "):
-            self._watched_download = name.removeprefix("download ")
-
-    def _on_download_event(self, ev) -> None:
-        name = self._watched_download
-        if name is None or name != self.base() or getattr(ev, "rate", None) is None or not getattr(ev, "total", 0):
-            return
-        from .models import progress_text
-
-        self.base_status.setText(f"<b>Downloading {name}:</b> {progress_text(ev.done, ev.total, ev.rate, ev.eta)}")
-
-    def _after_download(self, ev) -> None:
-        name, self._watched_download = self._watched_download, None
-        if name is None:
-            return
-        self.fill_bases()  # cached now: listed first, Start enabled (when it was the chosen base)
-        if ev.cancelled and name == self.base():
-            self.base_status.setText(self.base_status.text() + " (download cancelled: the Models page resumes it)")
-
-    def _on_base_activated(self, index: int) -> None:
-        if self.base_combo.itemText(index) != LOCAL_FOLDER:
-            return
-        folder = QFileDialog.getExistingDirectory(self, "Choose a local Pythia folder (config.json + weights)")
-        if not folder or not self.add_base_folder(folder):
-            self.base_combo.setCurrentIndex(self._last_base_index)
+        return self.base_picker.download()
 
     def add_base_folder(self, folder: str | Path) -> bool:
-        """Check ``folder`` now and select it as the base; refused at once with the reason if it is
-        not a model folder (config.json GPT-NeoX/KALA, tokenizer, safetensors weights)."""
-        folder = str(folder)
-        why = engine_api.model_folder_problem(folder)
-        if why:
-            show_error(self, "Not a model folder", f"{folder} cannot be a base: {why}.")
-            return False
-        i = self.base_combo.findData(folder)
-        if i < 0:
-            self.base_combo.insertItem(0, Path(folder).name + " (local)", folder)
-            self.base_combo.setItemData(0, folder, Qt.ItemDataRole.ToolTipRole)
-            i = 0
-        self.base_combo.setCurrentIndex(i)
-        return True
+        return self.base_picker.add_folder(folder)
 
     def check_base(self) -> str:
-        """Say under the Base box (and on Start) why the chosen base is not available; "" when it is."""
-        if self.base_combo.currentText() == LOCAL_FOLDER:
-            return ""
-        self._last_base_index = self.base_combo.currentIndex()
-        base = self.base()
-        try:
-            why = engine_api.base_problem(base)
-        except Exception as e:  # noqa: BLE001 - an unreadable cache is a problem to show, not a crash
-            why = f"{base} cannot be checked ({type(e).__name__}: {e})"
-        self._base_problem = why
-        offer = self._downloadable(base) if why else None
-        if offer:
-            here = "the Download button below (the Models page shows its progress) or " if "models" in self.ctx.pages else ""
-            self.base_status.setText(
-                f"<b>Not available:</b> {base} is not downloaded yet ({format_bytes(offer['download_bytes'])}). Get it with "
-                f"{here}`kala models download {base}`.")
-        elif why:
-            self.base_status.setText(f"<b>Not available:</b> {why}.")
-        self.base_status.setVisible(bool(why))
-        self.base_download_button.setVisible(bool(offer) and "models" in self.ctx.pages)
-        self.base_download_button.setText(f"Download {base}…" if offer else "Download…")
-        self.base_download_button.setToolTip(
-            f"Download {offer['repo_id']} ({format_bytes(offer['download_bytes'])}) into the Hugging Face cache; the "
-            f"Models page opens with its progress." if offer else "")
-        self._update_buttons()
-        return why
+        return self.base_picker.check()
 
     def _on_data_activated(self, index: int) -> None:
         if self.data_combo.itemText(index) != BROWSE_DATA:
@@ -693,36 +398,12 @@ class TrainPage(QWidget):
 
     # ================================================================ settings
 
-    def _load_hp_settings(self) -> None:
-        s = self.ctx.settings
-        for key, w in self.hp.items():
-            v = s.value(f"train/{key}")
-            if v is None:
-                continue
-            try:
-                if isinstance(w, QCheckBox):
-                    w.setChecked(v in (True, "true", "1", 1))
-                elif isinstance(w, QDoubleSpinBox):
-                    w.setValue(float(v))
-                else:
-                    w.setValue(int(float(v)))
-            except (TypeError, ValueError):
-                pass
-
     def save_settings(self) -> None:
-        s = self.ctx.settings
-        for key, w in self.hp.items():
-            s.setValue(f"train/{key}", w.isChecked() if isinstance(w, QCheckBox) else w.value())
-        s.setValue("train/smoothing", self.smooth_slider.value())
+        self.hp_form.save()
+        self.ctx.settings.setValue("train/smoothing", self.smooth_slider.value())
 
     def hyperparameters(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, w in self.hp.items():
-            out[key] = w.isChecked() if isinstance(w, QCheckBox) else w.value()
-        if out.get("max_steps") == 0:
-            out["max_steps"] = None
-        out.update(self.ethics_box.values())
-        return out
+        return {**self.hp_form.values(), **self.ethics_box.values()}
 
     # ================================================================ doctor
 
@@ -819,12 +500,7 @@ class TrainPage(QWidget):
         self.select_base("kala-tiny")
         hp = engine_api.quickstart_hyperparameters(steps or engine_api.QUICKSTART_STEPS)
         hp.update(overrides or {})
-        for key, value in hp.items():
-            w = self.hp.get(key)
-            if isinstance(w, QDoubleSpinBox):
-                w.setValue(float(value))
-            elif isinstance(w, QSpinBox):
-                w.setValue(int(float(value)))
+        self.hp_form.set_values(hp)
         self._quickstart_then = then
         started = self.start_training()
         if not started:
@@ -838,9 +514,9 @@ class TrainPage(QWidget):
         busy = self.worker.is_busy()
         mine = busy and self.worker.owner is self and self._job_kind == "train"
         paused = mine and self.worker.is_paused()
-        self.start_button.setEnabled(not busy and not self._base_problem)
+        self.start_button.setEnabled(not busy and not self.base_picker.problem)
         self.start_button.setToolTip(
-            f"Not available: {self._base_problem}" if self._base_problem
+            f"Not available: {self.base_picker.problem}" if self.base_picker.problem
             else "Start a new training run with these settings.")
         self.doctor_button.setEnabled(not busy)
         self.base_download_button.setEnabled(not busy)
@@ -973,8 +649,8 @@ class TrainPage(QWidget):
         show_error(self, title, message, traceback)
 
     def _on_finished(self, ev) -> None:
-        if self._watched_download is not None:  # one job at a time: this is that download ending
-            self._after_download(ev)
+        if self.base_picker.watched_download is not None:  # one job at a time: that download ending
+            self.base_picker.after_download(ev)
         if self.worker.owner is not self:
             return
         kind, self._job_kind = self._job_kind, ""

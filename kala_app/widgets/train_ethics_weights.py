@@ -27,6 +27,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from superqt import QCollapsible
+
 from kala_engine.train.config import LAMBDA_SCHEDULES, LAW_WEIGHTINGS, TrainConfig
 
 from .live_plot import LivePlot
@@ -116,6 +118,14 @@ class EthicsWeightsBox(QGroupBox):
         for p in (self.weights_plot, self.distill_plot):
             p.setMinimumHeight(70)  # they live in the Train page's small tabbed panel
         self.n_laws = len(law_titles)
+
+    def folded(self) -> QCollapsible:
+        """This box inside a fold (closed at start: the Train page's left column fits 640 px)."""
+        fold = QCollapsible("Ethics weights, layers, distillation")
+        fold.setObjectName("ethicsFold")
+        fold.setDuration(0)
+        fold.addWidget(self)
+        return fold
 
     def _browse_teacher(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Teacher model folder (RUN/final)")

@@ -191,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     if args.prompt is not None and not args.prompt.strip():
         raise ValueError("--prompt is empty: give the message to answer, or leave --prompt out to chat interactively")
-    from kala_engine.generate.generation import ChatSession, GenerationSettings, load_chat_model
+    from kala_engine.generate.generation import GenerationSettings
+    from kala_engine.generate.session import ChatSession, load_chat_model
 
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens, thresholds=thresholds, temperature=args.temperature, top_k=args.top_k,

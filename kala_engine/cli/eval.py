@@ -16,15 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from kala_engine.constitution import resolve_thresholds
-from kala_engine.evaluate.evaluation import (
-    EvalRun,
-    KALABackend,
-    SuiteError,
-    benign_validation_replies,
-    default_suite_path,
-    evaluate,
-    load_suite,
-)
+from kala_engine.evaluate.backend import KALABackend, benign_validation_replies
+from kala_engine.evaluate.evaluation import EvalRun, evaluate
+from kala_engine.evaluate.suite import SuiteError, default_suite_path, load_suite
 from kala_engine.jobs import Event, LogLine, Progress
 
 

@@ -20,7 +20,7 @@ from kala_engine.units import format_bytes, format_duration
 
 def progress_printer(stream=None):
     """An emit() that prints download progress (one line a second, or in place on a terminal)."""
-    from kala_engine.model.hub import DownloadProgress
+    from kala_engine.model.download import DownloadProgress
 
     stream = stream or sys.stderr
     tty = stream.isatty()

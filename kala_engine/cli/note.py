@@ -132,7 +132,8 @@ def _prepare_base(args) -> None:
 def run_note_test(model_dir: Path) -> int:
     """The note's sample prompts through generate_with_ethics, each reply with its law scores."""
     from kala_engine.constitution import load_constitution
-    from kala_engine.generate.generation import generate_with_ethics, load_chat_model
+    from kala_engine.generate.generation import generate_with_ethics
+    from kala_engine.generate.session import load_chat_model
 
     model, tok = load_chat_model(model_dir)
     names = load_constitution().names

@@ -238,7 +238,7 @@ def cmd_demo(args) -> int:
     train_s = time.perf_counter() - t0  # data generation + tokenizer + training
     print(f"[3/3] chatting with {final}")
     try:
-        from kala_engine.generate.generation import ChatSession, load_chat_model
+        from kala_engine.generate.session import ChatSession, load_chat_model
     except ImportError as e:  # pragma: no cover - generation ships with the engine
         print(f"generation engine unavailable: {e}")
         return 1

@@ -1,10 +1,10 @@
 """Ethics-monitored generation: every token with its five law scores, and a stop that says why.
 
 Reading order: settings and prompts, the decoding core (one prefill, then one token per step
-over the KV cache), the streaming generator :func:`generate_with_ethics_events`, batched
-evaluation :func:`generate_batch`, the same stop rule inside ``model.generate()``
-(:class:`EthicsStoppingCriteria`), the original note's API, chat sessions and model loading,
-and the job wrapper the app's worker runs.
+over the KV cache), the streaming generator :func:`generate_with_ethics_events` and batched
+evaluation :func:`generate_batch` (both on the one decode loop). The same stop rule inside
+``model.generate()`` and the original note's API are in :mod:`kala_engine.generate.stopping`;
+model loading, chat sessions and the app's job in :mod:`kala_engine.generate.session`.
 
 **When is a token checked?** Token *t* is sampled from the logits at the position before it,
 then fed to the model; the forward pass that feeds it gives the law scores *at token t's own
@@ -22,26 +22,21 @@ token, from the prefill; it flags laws but never stops a reply by itself.
 
 from __future__ import annotations
 
-import json
 import random
 import time
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import (
-    LogitsProcessor,
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
-    StoppingCriteria,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
 
-from kala_engine.constitution import NUM_LAWS, is_violated, model_thresholds, resolve_thresholds
+from kala_engine.constitution import NUM_LAWS, model_thresholds, resolve_thresholds
 from kala_engine.data.chat_format import ASSISTANT, END, EOS, SYSTEM, USER, format_conversation
 from kala_engine.generate.explain import (
     Assessment,
@@ -57,10 +52,9 @@ from kala_engine.generate.explain import (
 from kala_engine.jobs import Cancelled, Emit, JobControl, TokenEvent
 
 __all__ = [
-    "Assessment", "ChatSession", "EthicsLogitsProcessor", "EthicsStoppingCriteria", "Explanation",
-    "GenerationResult", "GenerationSettings", "StopReason", "assess_prompt", "chat_job", "generate_batch",
-    "generate_ids_with_ethics", "generate_with_ethics", "generate_with_ethics_events", "load_chat_model",
-    "IncrementalDetokenizer", "default_stop_ids", "encode_prompt",
+    "Assessment", "Explanation", "GenerationResult", "GenerationSettings", "StopReason", "assess_prompt",
+    "generate_batch", "generate_with_ethics", "generate_with_ethics_events", "IncrementalDetokenizer",
+    "default_stop_ids", "encode_prompt", "context_length", "check_prompt_fits",
 ]
 
 Prompt = str | Sequence[Mapping[str, str]] | Sequence[int] | torch.Tensor
@@ -312,7 +306,7 @@ def _generator(seed: int | None, device: torch.device, sampling: bool) -> tuple[
     return g, int(seed)
 
 
-def _check_prompt_fits(n: int, ctx: int) -> None:
+def check_prompt_fits(n: int, ctx: int) -> None:
     if n >= ctx:
         raise ValueError(
             f"the prompt is {n} tokens but the model's context holds {ctx}: shorten the prompt "
@@ -464,7 +458,7 @@ def generate_with_ethics_events(
     settings.check()
     run = _RunSettings.of(model, tokenizer, settings, stop_token_ids, control)
     ids = encode_prompt(tokenizer, prompt)
-    _check_prompt_fits(len(ids), run.ctx)
+    check_prompt_fits(len(ids), run.ctx)
     results = yield from _decode_rows(model, tokenizer, [ids], run, stream=True, keep_layers=output_layer_scores)
     yield results[0]
     return results[0]
@@ -487,7 +481,7 @@ def assess_prompt(model, tokenizer, prompt: Prompt, thresholds: float | Sequence
     """The prompt assessment alone: law and per-layer scores at the prompt's last token."""
     thr = resolve_thresholds(thresholds, model_thresholds(model))
     ids = encode_prompt(tokenizer, prompt)
-    _check_prompt_fits(len(ids), context_length(model) + 1)
+    check_prompt_fits(len(ids), context_length(model) + 1)
     out = model(torch.tensor([ids], device=_device(model)), use_cache=False, output_layer_scores=True)
     return assess(out.law_scores[0, -1].tolist(), out.layer_scores[:, 0, -1].tolist(), thr)
 
@@ -527,7 +521,7 @@ def generate_batch(
     run = _RunSettings.of(model, tokenizer, settings, stop_token_ids, control)
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     for ids in encoded:
-        _check_prompt_fits(len(ids), run.ctx)
+        check_prompt_fits(len(ids), run.ctx)
     if pad_token_id is None:
         pad_token_id = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
     pad = int(pad_token_id) if pad_token_id is not None else 0
@@ -542,463 +536,3 @@ def generate_batch(
         except StopIteration as done:
             results.extend(done.value)
     return results
-
-
-# ----------------------------------------------------------------------------- inside model.generate()
-
-
-class EthicsStoppingCriteria(StoppingCriteria):
-    """The stop rule of :func:`generate_with_ethics_events` for ``model.generate()``.
-
-    ``generate()`` hands stopping criteria only the token ids and the next-token logits, never
-    the law scores, and it calls them right after *sampling* a token, before that token is fed.
-    So this criteria re-runs nothing; it reads the law scores of the model's own forward passes
-    through a **forward hook** registered on the model (:meth:`attach`, or ``model=`` in the
-    constructor; :meth:`detach` or a ``with`` block removes it). After each forward pass the hook
-    keeps the scores at the last position just fed. Positions of the prompt are never checked
-    (the prompt assessment does not stop a reply), exactly as in ``generate_with_ethics``.
-
-    The timing differs by one step. When the forward pass that feeds token t has shown a
-    violation, ``generate()`` has already sampled token t + 1 from that pass's logits before any
-    criteria runs. Two ways to handle it:
-
-    * pass :meth:`logits_processor` too (or use :meth:`generate_kwargs`): it runs after that
-      forward pass and before sampling, sees the violation, forces ``fill_token_id`` (the pad /
-      end token) for the row, and this criteria then stops the row. The output is exactly
-      ``generate_with_ethics``'s tokens followed by the fill token, as ``generate()`` pads any
-      finished sequence;
-    * the criteria alone stops the row one token later: the output then ends with one extra,
-      unscored token after the violating one (``stops[row].token_index`` still names the right
-      token, and :meth:`trim` cuts the output there).
-
-    One difference remains at the very end: ``generate()`` never feeds its last token, so a
-    violation at exactly the ``max_new_tokens``-th token is not seen (``generate_with_ethics``
-    scores it with one more forward pass). ``stops`` holds a :class:`StopReason` per row of the
-    latest ``generate()`` call (None for rows that did not stop on ethics).
-    """
-
-    def __init__(self, thresholds: float | Sequence[float] | None = None, model=None):
-        self.thresholds = resolve_thresholds(thresholds, model_thresholds(model))
-        self._handle = None
-        self._reset()
-        if model is not None:
-            self.attach(model)
-
-    def _reset(self) -> None:
-        self._scores: torch.Tensor | None = None  # (B, K) scores at the last position fed
-        self._layers: torch.Tensor | None = None  # (L, B, K) when the forward pass returned them
-        self._fed = 0  # positions fed so far (= cache length after the last forward pass)
-        self._checked = 0  # self._fed at the last check
-        self._prompt_len: int | None = None
-        self._stopped: torch.Tensor | None = None  # (B,) bool
-        self.stops: list[StopReason | None] = []
-        self.explanations: list[Explanation | None] = []
-
-    # -- the hook
-    def attach(self, model) -> EthicsStoppingCriteria:
-        self.detach()
-        self._handle = model.register_forward_hook(self._hook, with_kwargs=True)
-        return self
-
-    def detach(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-
-    def __enter__(self) -> EthicsStoppingCriteria:
-        if self._handle is None:
-            raise RuntimeError("attach the criteria to a model first: EthicsStoppingCriteria(thresholds, model=model)")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.detach()
-
-    def _hook(self, module, args, kwargs, output) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is None:
-            ids = kwargs["inputs_embeds"]
-        T = ids.shape[1]
-        cache = getattr(output, "cache", None)
-        S = cache.get_seq_length() if cache is not None else T
-        if S == T:  # an empty cache before this pass: the prefill of a new generate() call
-            self._reset()
-            self._prompt_len = None  # known at the first processor / criteria call (chunked prefills too)
-            self._stopped = torch.zeros(ids.shape[0], dtype=torch.bool, device=output.law_scores.device)
-            self.stops = [None] * ids.shape[0]
-            self.explanations = [None] * ids.shape[0]
-        self._fed = S
-        self._scores = output.law_scores[:, -1].detach()
-        self._layers = output.layer_scores[:, :, -1].detach() if output.layer_scores is not None else None
-
-    # -- the rule
-    def _update(self, prompt_len: int) -> torch.Tensor:
-        """Check the last fed position once; ``prompt_len`` is what the caller infers from its ids."""
-        if self._stopped is None:
-            raise RuntimeError("EthicsStoppingCriteria saw no forward pass: attach it to the model that generates")
-        if self._prompt_len is None:
-            self._prompt_len = prompt_len
-        if self._checked == self._fed:
-            return self._stopped
-        self._checked = self._fed
-        position = self._fed - 1
-        if position < self._prompt_len:  # the prompt's last token: an assessment, not a stop
-            return self._stopped
-        thr = torch.tensor(self.thresholds, device=self._scores.device)
-        bad = is_violated(self._scores, thr)  # (B, K)
-        newly = bad.any(dim=-1) & ~self._stopped
-        if bool(newly.any()):
-            token_index = position - self._prompt_len
-            for b in newly.nonzero().flatten().tolist():
-                s = self._scores[b].tolist()
-                self.stops[b] = ethics_stop(token_index, s, self.thresholds)
-                layers = self._layers[:, b].tolist() if self._layers is not None else None
-                self.explanations[b] = explain(s, layers, self.thresholds, subject="token", token_index=token_index)
-            self._stopped = self._stopped | newly
-        return self._stopped
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        # called after a token was appended: the prompt is all but one token at the first call
-        return self._update(input_ids.shape[1] - 1).to(input_ids.device).clone()
-
-    def logits_processor(self, fill_token_id: int) -> EthicsLogitsProcessor:
-        return EthicsLogitsProcessor(self, fill_token_id)
-
-    def generate_kwargs(self, fill_token_id: int) -> dict:
-        """``model.generate(ids, **crit.generate_kwargs(pad_id))``: criteria and processor together."""
-        return {"stopping_criteria": [self], "logits_processor": [self.logits_processor(fill_token_id)]}
-
-    def trim(self, sequences: torch.Tensor, prompt_len: int) -> list[torch.Tensor]:
-        """Each row of ``generate()``'s output cut right after the token that stopped it."""
-        rows = []
-        for b in range(sequences.shape[0]):
-            stop = self.stops[b] if b < len(self.stops) else None
-            end = prompt_len + stop.token_index + 1 if stop is not None else sequences.shape[1]
-            rows.append(sequences[b, :end])
-        return rows
-
-
-class EthicsLogitsProcessor(LogitsProcessor):
-    """Forces ``fill_token_id`` for rows whose last fed token broke a law (see EthicsStoppingCriteria)."""
-
-    def __init__(self, criteria: EthicsStoppingCriteria, fill_token_id: int):
-        self.criteria = criteria
-        self.fill_token_id = int(fill_token_id)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        # called before sampling: at the first call input_ids is exactly the prompt
-        stopped = self.criteria._update(input_ids.shape[1]).to(scores.device)
-        if bool(stopped.any()):
-            scores = scores.clone()
-            scores[stopped] = float("-inf")
-            scores[stopped, self.fill_token_id] = 0.0
-        return scores
-
-
-# ----------------------------------------------------------------------------- the note's API
-
-
-def generate_ids_with_ethics(model, input_ids, max_length: int = 100, ethics_threshold=0.5, **kwargs):
-    """``model.generate_with_ethics(input_ids, max_length=100, ethics_threshold=0.5)`` of the original note.
-
-    ``max_length`` is the total length, prompt included (as in ``generate()``); ``max_new_tokens``
-    in ``kwargs`` overrides it. ``ethics_threshold``: one number or five. Other keyword
-    arguments go to :func:`generate_with_ethics_events` (``tokenizer``, ``temperature``,
-    ``top_p``, ``seed``, ...). Returns ``(generated_ids (1, prompt + new), law_scores (new, 5))``;
-    generation stops at the first token where a law is under its threshold (that token included).
-    """
-    ids = torch.as_tensor(input_ids)
-    if ids.dim() == 1:
-        ids = ids[None]
-    if ids.dim() != 2 or ids.shape[0] != 1:
-        raise ValueError(f"generate_with_ethics takes one prompt, input_ids of shape (1, T); got {tuple(ids.shape)}")
-    kwargs.pop("attention_mask", None)  # one unpadded prompt: the mask is all ones
-    tokenizer = kwargs.pop("tokenizer", None)
-    max_new = kwargs.pop("max_new_tokens", None)
-    if max_new is None:
-        max_new = int(max_length) - ids.shape[1]
-        if max_new < 1:
-            raise ValueError(f"max_length={max_length} leaves no room after the {ids.shape[1]}-token prompt")
-    result = generate_with_ethics(model, tokenizer, ids[0], max_new_tokens=max_new, thresholds=ethics_threshold,
-                                  **kwargs)
-    device = ids.device
-    new = torch.tensor(result.token_ids, dtype=ids.dtype, device=device)
-    scores = torch.tensor(result.token_scores, dtype=torch.float32, device=device).reshape(-1, NUM_LAWS)
-    return torch.cat((ids, new[None]), dim=1), scores
-
-
-# ----------------------------------------------------------------------------- loading a chat model
-
-
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
-
-
-def load_chat_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """A saved KALA model folder -> ``(model, tokenizer)``, the model in eval mode on ``device``.
-
-    Clear errors: no such folder (FileNotFoundError), not a folder (NotADirectoryError), not a
-    KALA model (ValueError; a plain GPT-NeoX / Pythia folder is pointed to ``load_from_pythia``),
-    no weights or no tokenizer files (FileNotFoundError), a tokenizer bigger than the model's
-    vocabulary (ValueError).
-    """
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such folder; pass a saved KALA model folder (e.g. RUN_DIR/final)")
-    if not p.is_dir():
-        raise NotADirectoryError(f"{p} is a file; pass the KALA model folder that holds it")
-    cfg_file = p / "config.json"
-    if not cfg_file.is_file():
-        raise ValueError(f"{p}: not a model folder (no config.json); train one with `kala train` or `kala demo`")
-    from kala_engine.model.loading import (  # SAFE_KWARGS: trust_remote_code=False, local files only
-        SAFE_KWARGS,
-        check_no_remote_code,
-        check_weights,
-    )
-
-    check_no_remote_code(p)  # an auto_map would make transformers import the folder's Python files
-    try:
-        model_type = json.loads(cfg_file.read_text(encoding="utf-8")).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-        raise ValueError(f"{cfg_file}: unreadable config ({e})") from None
-    if model_type == "gpt_neox":
-        raise ValueError(
-            f"{p} is a plain GPT-NeoX (Pythia) checkpoint, not a KALA model. Convert it first: "
-            f"kala_engine.model.modeling_kala.load_from_pythia('{p}') then .save_pretrained(DIR) with the tokenizer, "
-            f"or train on it with `kala train --base {p}`"
-        )
-    if model_type != "kala":
-        raise ValueError(f"{p}: model_type is {model_type!r}, not 'kala'; `kala chat` needs a KALA model folder")
-    if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
-        raise FileNotFoundError(f"{p}: no weight files (*.safetensors) next to config.json; save the model again")
-    check_weights(p)  # safetensors only: a pickle-only folder is refused with the reason
-    if not any((p / f).is_file() for f in _TOKENIZER_FILES):
-        raise FileNotFoundError(
-            f"{p}: no tokenizer files (tokenizer.json); save the tokenizer into the model folder "
-            f"(tokenizer.save_pretrained('{p}'))"
-        )
-    from transformers.utils import logging as hf_logging
-
-    from kala_engine.model.modeling_kala import KALAForCausalLM
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of a chat
-    try:
-        model = KALAForCausalLM.from_pretrained(str(p), dtype=dtype, use_safetensors=True,
-                                                **SAFE_KWARGS).to(device).eval()
-        tokenizer = _load_tokenizer(p)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    if len(tokenizer) > model.config.vocab_size:
-        raise ValueError(
-            f"{p}: the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}; "
-            f"the folder mixes files of different models"
-        )
-    return model, tokenizer
-
-
-def _load_tokenizer(p: Path):
-    from kala_engine.data.tokenizer import load_tokenizer
-
-    return load_tokenizer(p)
-
-
-# ----------------------------------------------------------------------------- chat sessions
-
-
-def default_reserve(max_new_tokens: int, context: int) -> int:
-    """Room kept for the reply when fitting a conversation: max_new_tokens, at most a quarter of the context."""
-    return min(int(max_new_tokens), max(1, context // 4))
-
-
-def fit_conversation(tokenizer, messages: Sequence[Mapping[str, str]], context: int, reserve: int
-                     ) -> tuple[list[int], int]:
-    """Prompt ids of ``messages`` that leave ``reserve`` tokens of the context for the reply.
-
-    When the whole conversation does not fit, the oldest messages after the system message are
-    dropped (a user message together with the reply that follows it) until it does, or until
-    only the last message is left. Returns ``(ids, number of messages dropped)``; raises
-    ValueError when the last message alone fills the context.
-    """
-    messages = list(messages)
-    head = messages[:1] if messages and messages[0].get("role") == "system" else []
-    rest = messages[len(head):]
-    dropped = 0
-    while True:
-        ids = encode_prompt(tokenizer, head + rest[dropped:])
-        if len(ids) + reserve <= context:
-            return ids, dropped
-        if dropped >= len(rest) - 1:  # only the newest message is left
-            _check_prompt_fits(len(ids), context)  # raises when it alone fills the context
-            return ids, dropped
-        pair = rest[dropped].get("role") == "user" and dropped + 2 <= len(rest) - 1
-        dropped += 2 if pair else 1
-
-
-class ChatSession:
-    """A multi-turn conversation with one model, rendered with the shared chat template.
-
-    ``messages`` is the whole transcript (an optional system message first). Before each reply
-    the prompt must leave room for ``reserve_tokens`` of reply (default: ``max_new_tokens``, at
-    most a quarter of the context); when it does not, the oldest messages after the system
-    message leave the context (a user message goes together with the reply that follows it),
-    and the result's ``dropped_turns`` says how many messages were dropped for this reply. The
-    transcript keeps them; ``context_start`` is the first message still in the context.
-    """
-
-    def __init__(self, model, tokenizer, *, system: str | None = None, reserve_tokens: int | None = None,
-                 settings: GenerationSettings | None = None, **setting_overrides):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.settings = settings or GenerationSettings()
-        for k, v in setting_overrides.items():
-            if not hasattr(self.settings, k):
-                raise TypeError(f"unknown generation setting {k!r}")
-            setattr(self.settings, k, v)
-        self.settings.check()
-        self.messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-        self.context_start = len(self.messages)
-        self.reserve_tokens = reserve_tokens
-
-    def reset(self) -> None:
-        """Forget the conversation (the system message stays)."""
-        self.messages = [m for m in self.messages[:1] if m["role"] == "system"]
-        self.context_start = len(self.messages)
-
-    def _system(self) -> list[dict[str, str]]:
-        return self.messages[:1] if self.messages and self.messages[0]["role"] == "system" else []
-
-    def _fit(self) -> tuple[list[int], int]:
-        """Prompt ids of the conversation, dropping the oldest messages until a reply fits."""
-        ids, dropped = fit_conversation(self.tokenizer, self._system() + self.messages[self.context_start :],
-                                        context_length(self.model), self._reserve())
-        self.context_start += dropped
-        return ids, dropped
-
-    def _reserve(self) -> int:
-        if self.reserve_tokens is not None:
-            return int(self.reserve_tokens)
-        return default_reserve(int(self.settings.max_new_tokens), context_length(self.model))
-
-    def stream(self, text: str, *, control: JobControl | None = None, **overrides
-               ) -> Generator[TokenEvent | GenerationResult, None, GenerationResult]:
-        """Add the user's ``text`` and stream the reply (TokenEvents, then the GenerationResult)."""
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("empty message: type something to send")
-        settings = GenerationSettings(**{**self.settings.__dict__, **overrides})
-        settings.check()
-        start, n = self.context_start, len(self.messages)
-        self.messages.append({"role": "user", "content": text})
-        try:
-            ids, dropped = self._fit()
-        except ValueError:
-            del self.messages[n:]
-            self.context_start = start
-            raise
-        result = yield from generate_with_ethics_events(
-            self.model, self.tokenizer, ids, control=control, **settings.__dict__
-        )
-        result.dropped_turns = dropped
-        self.messages.append({"role": "assistant", "content": result.text})
-        return result
-
-    def send(self, text: str, *, emit: Emit | None = None, control: JobControl | None = None,
-             **overrides) -> GenerationResult:
-        """Add the user's ``text`` and generate the whole reply; ``emit`` receives the TokenEvents."""
-        result = None
-        for item in self.stream(text, control=control, **overrides):
-            if isinstance(item, TokenEvent):
-                if emit is not None:
-                    emit(item)
-            else:
-                result = item
-        return result
-
-
-# ----------------------------------------------------------------------------- the app's job
-
-
-_LOADED: dict[tuple[str, str], tuple[float, Any, Any]] = {}
-
-
-def _cached_load(model_dir: str | Path, device: str):
-    """load_chat_model, keeping the last model loaded (a chat sends many replies to one model).
-
-    The entry is reused while the folder's config.json and weights keep their modification time.
-    """
-    p = Path(model_dir)
-    key = (str(p.resolve()), str(device))
-    try:
-        stamp = max(f.stat().st_mtime for f in [p / "config.json", *p.glob("*.safetensors")])
-    except (OSError, ValueError):
-        stamp = -1.0
-    hit = _LOADED.get(key)
-    if hit is not None and hit[0] == stamp and stamp >= 0:
-        return hit[1], hit[2]
-    model, tokenizer = load_chat_model(p, device=device)
-    _LOADED.clear()  # one model at a time: memory matters more than a second cache entry
-    _LOADED[key] = (stamp, model, tokenizer)
-    return model, tokenizer
-
-
-def chat_job(
-    model: Any,
-    tokenizer: Any = None,
-    prompt: str | Sequence[Mapping[str, str]] | None = None,
-    *,
-    session: ChatSession | None = None,
-    model_dir: str | Path | None = None,
-    device: str = "cpu",
-    max_new_tokens: int = 128,
-    thresholds: float | Sequence[float] | None = None,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    seed: int | None = None,
-    output_layer_scores: bool = False,
-    stop_token_ids: Iterable[int] | None = None,
-) -> Callable[[Emit, JobControl], GenerationResult]:
-    """A :mod:`kala_engine.jobs` job that emits one TokenEvent per token and returns the GenerationResult.
-
-    ``model`` is a loaded KALA model (with ``tokenizer``) or a model folder (loaded in the job
-    with :func:`load_chat_model` and kept for the next job on the same folder; ``model_dir`` is
-    an alias). ``prompt`` is a user message, or the whole conversation as chat messages: it is
-    fitted into the context by dropping its oldest turns (the result's ``dropped_turns``). With ``session`` the prompt is the
-    next user message of that conversation and the reply joins its transcript (``stop_token_ids``
-    applies without a session: None = the chat template's end tokens). A cancel ends
-    the reply within one token with stop kind "cancelled" (the partial reply is the result).
-    """
-    if isinstance(model, (str, Path)):
-        model_dir, model = model, None
-    if model is None and model_dir is None and session is None:
-        raise ValueError("chat_job needs a model, a model folder or a chat session")
-    if prompt is None:
-        raise ValueError("chat_job needs a prompt")
-    settings = GenerationSettings(max_new_tokens, thresholds, temperature, top_k, top_p, repetition_penalty, seed,
-                                  output_layer_scores)
-    settings.check()
-
-    def job(emit: Emit, control: JobControl) -> GenerationResult:
-        control.checkpoint()
-        if session is not None:
-            stream = session.stream(prompt, control=control, **settings.__dict__)  # type: ignore[arg-type]
-        else:
-            m, tok = (model, tokenizer) if model is not None else _cached_load(model_dir, device)
-            dropped = 0
-            ids: Prompt = prompt
-            if not isinstance(prompt, (str, torch.Tensor)) and prompt and isinstance(prompt[0], Mapping):
-                ids, dropped = fit_conversation(tok, prompt, context_length(m),
-                                                default_reserve(max_new_tokens, context_length(m)))
-            stream = generate_with_ethics_events(m, tok, ids, control=control, stop_token_ids=stop_token_ids,
-                                                 **settings.__dict__)
-        result = None
-        for item in stream:
-            if isinstance(item, TokenEvent):
-                emit(item)
-            else:
-                result = item
-        if session is None:
-            result.dropped_turns = dropped
-        return result
-
-    return job

@@ -22,20 +22,24 @@ file list exactly as it always does (it finds every blob already there).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kala_engine.jobs import Cancelled, Emit, JobControl, JobError, LogLine, Progress
+from kala_engine.jobs import Emit, JobControl
 
 # Downloads only fetch files; nothing here imports or runs them. Every load of what was fetched
 # goes through kala_engine.model.loading (auto_map refused, trust_remote_code=False, safetensors only).
+from kala_engine.model.download import (
+    BaseError,
+    fetch_files,
+    hub_errors,
+    unreachable_error,
+)
 from kala_engine.model.loading import LoadRefused, check_folder, check_no_remote_code
 from kala_engine.model.presets import PRESETS, count_parameters
 
@@ -47,22 +51,8 @@ SUPPORTED_MODEL_TYPES = ("gpt_neox", "kala")
 BASE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "vocab.json", "merges.txt")
 #: extra free space kept after a download (bytes), besides 2 % of its size
-DISK_MARGIN = 200 * 1024**2
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-
-
-class BaseError(JobError, ValueError):
-    """A base that cannot be resolved or downloaded; the message is one line saying what to do."""
-
-
-@dataclass(frozen=True)
-class DownloadProgress(Progress):
-    """Bytes of a download: ``done``/``total`` in bytes, ``rate`` in bytes/s, ``eta`` in seconds."""
-
-    rate: float = 0.0
-    eta: float | None = None
-    filename: str = ""
 
 
 @dataclass(frozen=True)
@@ -250,86 +240,6 @@ def _offline() -> bool:
     return bool(constants.is_offline_mode())
 
 
-def _free_bytes(path: Path) -> int:
-    p = path
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return shutil.disk_usage(p).free
-
-
-def _gb(n: int | float) -> str:
-    for unit, div in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
-        if n >= div:
-            return f"{n / div:.{2 if unit == 'GB' else 1}f} {unit}"
-    return f"{int(n)} B"
-
-
-class _Tracker:
-    """Counts bytes across the files of one download and emits throttled DownloadProgress events."""
-
-    def __init__(self, total: int, done: int, emit: Emit, control: JobControl, label: str):
-        self.total, self.done, self.emit, self.control, self.label = total, done, emit, control, label
-        self.t0 = time.monotonic()
-        self.session = 0  # bytes received by this run (the rate ignores what was already there)
-        self.filename = ""
-        self._last = 0.0
-
-    def add(self, n: int) -> None:
-        self.done += n
-        self.session += n
-        self.control.checkpoint()  # raises Cancelled; the partial file stays for the next run
-        now = time.monotonic()
-        if now - self._last >= 0.2:
-            self.report(now)
-
-    def report(self, now: float | None = None) -> None:
-        now = now or time.monotonic()
-        self._last = now
-        elapsed = max(now - self.t0, 1e-6)
-        rate = self.session / elapsed
-        left = max(self.total - self.done, 0)
-        eta = left / rate if rate > 0 else None
-        done = min(self.done, self.total)  # a server that ignores Range sends a partial file again
-        self.emit(DownloadProgress(done=done, total=self.total, rate=rate, eta=eta, filename=self.filename,
-                                   message=f"{self.label}: {self.filename} {_gb(done)} / {_gb(self.total)}"))
-
-    def bar_class(self) -> type:
-        tracker = self
-
-        class _Bar:  # what huggingface_hub's http_get needs from a progress bar (a non-tqdm class)
-            def __init__(self, *args, **kwargs):
-                pass
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                return False
-
-            def update(self, n=1):
-                tracker.add(int(n or 0))
-
-            def close(self):
-                pass
-
-        return _Bar
-
-
-def _hf_errors():
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError
-
-    return (HfHubHTTPError, httpx2.TransportError, httpx2.HTTPError, OSError)
-
-
-def _unreachable(label: str, e: Exception) -> BaseError:
-    from huggingface_hub import constants
-
-    return BaseError(f"{label}: cannot reach the hub at {constants.ENDPOINT} ({type(e).__name__}: "
-                     f"{str(e).splitlines()[0] if str(e) else 'no answer'}) and it is not in the cache; connect "
-                     f"to the network and run the same command again, or pass a local model folder")
-
-
 def download_base(name: str, revision: str | None = None, *, emit: Emit | None = None,
                   control: JobControl | None = None, cache_dir: Path | None = None) -> ResolvedBase:
     """Download a GPT-NeoX base (safetensors, config, tokenizer) into the HF cache; resumable.
@@ -360,8 +270,8 @@ def download_base(name: str, revision: str | None = None, *, emit: Emit | None =
     except RepositoryNotFoundError:
         raise BaseError(f"{repo_id}: no such model on {constants.ENDPOINT} (or it is private/gated); "
                         + _valid_names_line()) from None
-    except _hf_errors() as e:
-        raise _unreachable(label, e) from None
+    except hub_errors() as e:
+        raise unreachable_error(label, e) from None
     commit = info.sha
     sizes = {s.rfilename: (s.size or 0) for s in (info.siblings or [])}
     top = [f for f in sizes if "/" not in f]
@@ -385,8 +295,8 @@ def download_base(name: str, revision: str | None = None, *, emit: Emit | None =
             # the small files first: the model type and auto_map decide before any weights move
             try:
                 cfg_path = hf_hub_download(repo_id, "config.json", revision=commit, cache_dir=cache_dir)
-            except _hf_errors() as e:
-                raise _unreachable(label, e) from None
+            except hub_errors() as e:
+                raise unreachable_error(label, e) from None
             try:
                 model_type = json.loads(Path(cfg_path).read_text(encoding="utf-8")).get("model_type")
             except (OSError, ValueError, AttributeError) as e:
@@ -399,108 +309,12 @@ def download_base(name: str, revision: str | None = None, *, emit: Emit | None =
             if "tokenizer.json" in wanted:  # the fast tokenizer is enough; skip the slow one's files
                 wanted = [f for f in wanted if f not in ("vocab.json", "merges.txt")]
             wanted += sorted(safetensors) + [f for f in top if f.endswith(".safetensors.index.json")]
-            folder = _fetch(repo_id, revision, commit, wanted, sizes, storage, label, emit, control, cache_dir)
+            folder = fetch_files(repo_id, revision, commit, wanted, sizes, storage, label, emit, control, cache_dir)
             check_folder(folder)
             return ResolvedBase(repo_id, "download", str(folder), repo_id, revision, commit)
     except Timeout:
         raise BaseError(f"{label}: another download of it is running (lock {lock}); wait for it or cancel it"
                         ) from None
-
-
-def _fetch(repo_id, revision, commit, wanted, sizes, storage, label, emit, control, cache_dir,
-           repo_type: str = "model") -> Path:
-    """Resumable download of ``wanted`` (at ``commit``) into the cache; the snapshot folder."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url, snapshot_download
-    from huggingface_hub.file_download import http_get
-    from huggingface_hub.utils import (
-        are_progress_bars_disabled,
-        build_hf_headers,
-        disable_progress_bars,
-        enable_progress_bars,
-    )
-
-    blobs = storage / "blobs"
-    metas = {}
-    try:
-        for f in wanted:
-            metas[f] = get_hf_file_metadata(hf_hub_url(repo_id, f, repo_type=repo_type, revision=commit))
-    except _hf_errors() as e:
-        raise _unreachable(label, e) from None
-    for f, m in metas.items():
-        if not m.etag or "/" in m.etag or m.etag.startswith("."):
-            raise BaseError(f"{label}: the hub sent no usable ETag for {f}; cannot cache it safely")
-    total = sum(m.size or sizes.get(f, 0) for f, m in metas.items())
-    have = 0
-    for m in metas.values():
-        blob = blobs / m.etag
-        if blob.is_file():
-            have += m.size or 0
-        elif blob.with_name(m.etag + ".incomplete").is_file():
-            have += blob.with_name(m.etag + ".incomplete").stat().st_size
-    need = total - have
-    free = _free_bytes(storage)
-    margin = DISK_MARGIN + need // 50
-    if need + margin > free:
-        raise BaseError(f"{label}: needs {_gb(need)} more in {storage.parent} but only {_gb(free)} is free; free "
-                        f"some space or point HF_HOME at a bigger disk")
-    kept = have - sum(m.size or 0 for f, m in metas.items() if f == "config.json")
-    emit(LogLine(f"downloading {label} ({_gb(total)}{f', {_gb(kept)} already here' if kept > 0 else ''}) into "
-                 f"{storage.parent}"))
-    tracker = _Tracker(total, have, emit, control, label)
-    bar = tracker.bar_class()
-    blobs.mkdir(parents=True, exist_ok=True)
-    for f in wanted:
-        m = metas[f]
-        blob = blobs / m.etag
-        if blob.is_file():
-            continue
-        tracker.filename = f
-        partial = blob.with_name(m.etag + ".incomplete")
-        size = m.size
-        resume = partial.stat().st_size if partial.is_file() else 0
-        if size is not None and resume > size:
-            partial.unlink()
-            resume = 0
-        headers = build_hf_headers()
-        if m.location != hf_hub_url(repo_id, f, repo_type=repo_type, revision=commit):
-            headers.pop("authorization", None)  # a CDN redirect must not see the token (as huggingface_hub does)
-        try:
-            with open(partial, "ab") as fh:
-                http_get(m.location, fh, resume_size=resume, headers=headers, expected_size=size,
-                         displayed_filename=f, tqdm_class=bar)
-        except (Cancelled, KeyboardInterrupt):
-            tracker.report()
-            raise
-        except _hf_errors() as e:
-            tracker.report()
-            raise BaseError(f"{label}: the download of {f} stopped ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}); run the same command again to resume "
-                            f"({_gb(partial.stat().st_size)} kept)") from None
-        if re.fullmatch(r"[0-9a-f]{64}", m.etag or ""):  # LFS files: the etag is the content's sha256
-            h = hashlib.sha256()
-            with open(partial, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            if h.hexdigest() != m.etag:
-                partial.unlink()
-                raise BaseError(f"{label}: {f} arrived corrupt (sha256 mismatch); it was deleted - run the same "
-                                f"command again")
-        os.replace(partial, blob)
-        tracker.report()
-    if tracker.session == 0:
-        tracker.report()  # everything was already there: one event saying so
-    # huggingface_hub writes the snapshot links, refs and file list itself (every blob is there now)
-    quiet = are_progress_bars_disabled()
-    disable_progress_bars()
-    try:
-        folder = Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, cache_dir=cache_dir,
-                                        allow_patterns=wanted))
-    except _hf_errors() as e:
-        raise _unreachable(label, e) from None
-    finally:
-        if not quiet:
-            enable_progress_bars()
-    return folder
 
 
 def download_job(name: str, revision: str | None = None, cache_dir: Path | None = None) -> Callable:
@@ -575,8 +389,8 @@ def fetch_dataset(fmt: str, repo_id: str | None = None, filename: str | None = N
         raise BaseError(f"{label}: no revision {revision!r}") from None
     except RepositoryNotFoundError:
         raise BaseError(f"{label}: no such dataset on the hub (or it is private/gated)") from None
-    except _hf_errors() as e:
-        raise _unreachable(label, e) from None
+    except hub_errors() as e:
+        raise unreachable_error(label, e) from None
     sizes = {s.rfilename: (s.size or 0) for s in (info.siblings or [])}
     chosen = filename if filename in sizes else (None if filename else _pick_dataset_file(sizes, preferred))
     if chosen is None:
@@ -590,6 +404,6 @@ def fetch_dataset(fmt: str, repo_id: str | None = None, filename: str | None = N
                         f"{', '.join(sorted(sizes)[:6])})")
     if not chosen.endswith(READABLE):
         raise BaseError(f"{label}: {chosen} is not JSONL (plain, .gz or .xz); pass --hub-file with a JSONL file")
-    folder = _fetch(repo_id, revision, info.sha, [chosen], sizes, _storage(repo_id, cache_dir, "dataset"), label,
+    folder = fetch_files(repo_id, revision, info.sha, [chosen], sizes, _storage(repo_id, cache_dir, "dataset"), label,
                     emit or (lambda e: None), control or JobControl(), cache_dir, repo_type="dataset")
     return folder / chosen

@@ -637,7 +637,7 @@ class KALAForCausalLM(KALAPreTrainedModel, GenerationMixin):
     # kala_engine.generate.generation; this is its thin, note-compatible front.
     @torch.no_grad()
     def generate_with_ethics(self, input_ids, max_length: int = 100, ethics_threshold=0.5, **kwargs):
-        from kala_engine.generate.generation import generate_ids_with_ethics
+        from kala_engine.generate.stopping import generate_ids_with_ethics
 
         return generate_ids_with_ethics(self, input_ids, max_length=max_length, ethics_threshold=ethics_threshold,
                                         **kwargs)
@@ -682,6 +682,35 @@ def kala_config_from_gpt_neox(base: GPTNeoXConfig | dict, **overrides) -> KALACo
     return KALAConfig(**d)
 
 
+def _check_pythia_folder(p: Path) -> None:
+    """Refuse, with the reason, a folder that is not a loadable GPT-NeoX checkpoint (policy first)."""
+    import json
+
+    from kala_engine.model.loading import check_no_remote_code, check_weights
+
+    if not p.is_dir():
+        raise PythiaLoadError(f"{p} is a file; load_from_pythia needs the checkpoint folder")
+    cfg_file = p / "config.json"
+    if not cfg_file.is_file():
+        raise PythiaLoadError(f"{p}: no config.json - not a Hugging Face checkpoint folder")
+    try:
+        raw = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PythiaLoadError(f"{cfg_file}: unreadable config ({e})") from None
+    check_no_remote_code(p)  # before anything else reads the folder
+    mt = raw.get("model_type")
+    if mt == "kala":
+        raise PythiaLoadError(f"{p} is already a KALA model: load it with KALAForCausalLM.from_pretrained")
+    if mt != "gpt_neox":
+        raise PythiaLoadError(
+            f"{p}: model_type is {mt!r}, not 'gpt_neox'; load_from_pythia takes Pythia / GPT-NeoX checkpoints only"
+        )
+    weights = [*p.glob("*.safetensors"), *p.glob("*.bin")]
+    if not weights:
+        raise PythiaLoadError(f"{p}: no weight files (*.safetensors) next to config.json")
+    check_weights(p)  # safetensors only; a pickle-only folder is refused with the reason
+
+
 def load_from_pythia(path: str | Path, *, dtype: torch.dtype | str | None = None, local_files_only: bool = True,
                      revision: str | None = None, **kwargs) -> KALAForCausalLM:
     """A GPT-NeoX (Pythia) checkpoint folder -> a KALA model with every base weight copied.
@@ -695,12 +724,11 @@ def load_from_pythia(path: str | Path, *, dtype: torch.dtype | str | None = None
     ``quantization_config``, ``attn_implementation``, KALAConfig fields via ``kala_overrides``)
     go to ``from_pretrained``.
     """
-    import json
-
-    from kala_engine.model.hub import BaseError, resolve_base
+    from kala_engine.model.download import BaseError
+    from kala_engine.model.hub import resolve_base
 
     # SAFE_KWARGS: trust_remote_code=False, local files only (the loading policy, kala_engine.model.loading)
-    from kala_engine.model.loading import SAFE_KWARGS, LoadRefused, check_no_remote_code, check_weights
+    from kala_engine.model.loading import SAFE_KWARGS, LoadRefused
 
     overrides = kwargs.pop("kala_overrides", {}) or {}
     p = Path(path)
@@ -716,27 +744,7 @@ def load_from_pythia(path: str | Path, *, dtype: torch.dtype | str | None = None
                                   "load_from_pythia takes a Pythia / GPT-NeoX checkpoint")
         path = p
     if p.exists():
-        if not p.is_dir():
-            raise PythiaLoadError(f"{p} is a file; load_from_pythia needs the checkpoint folder")
-        cfg_file = p / "config.json"
-        if not cfg_file.is_file():
-            raise PythiaLoadError(f"{p}: no config.json - not a Hugging Face checkpoint folder")
-        try:
-            raw = json.loads(cfg_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise PythiaLoadError(f"{cfg_file}: unreadable config ({e})") from None
-        check_no_remote_code(p)  # before anything else reads the folder
-        mt = raw.get("model_type")
-        if mt == "kala":
-            raise PythiaLoadError(f"{p} is already a KALA model: load it with KALAForCausalLM.from_pretrained")
-        if mt != "gpt_neox":
-            raise PythiaLoadError(
-                f"{p}: model_type is {mt!r}, not 'gpt_neox'; load_from_pythia takes Pythia / GPT-NeoX checkpoints only"
-            )
-        weights = [*p.glob("*.safetensors"), *p.glob("*.bin")]
-        if not weights:
-            raise PythiaLoadError(f"{p}: no weight files (*.safetensors) next to config.json")
-        check_weights(p)  # safetensors only; a pickle-only folder is refused with the reason
+        _check_pythia_folder(p)
     base_cfg = GPTNeoXConfig.from_pretrained(str(path), **SAFE_KWARGS)
     config = kala_config_from_gpt_neox(base_cfg, **overrides)
     from transformers.utils import logging as hf_logging

@@ -40,7 +40,7 @@ def tiny_model_run(ctx):
 def test_real_engine_threshold_one_stops_with_a_banner_naming_a_law(qtbot, ctx, tiny_model_run) -> None:
     from kala_app.pages.chat import ChatPage
 
-    page = ChatPage(ctx)  # the real kala_engine.generate.generation.chat_job
+    page = ChatPage(ctx)  # the real kala_engine.generate.session.chat_job
     qtbot.addWidget(page)
     page.resize(1100, 760)
     page.show()

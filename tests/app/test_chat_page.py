@@ -323,7 +323,7 @@ def test_model_default_thresholds_come_from_config_json(qtbot, make_page, ctx) -
     # the real job factory passes thresholds=None to the engine (it then uses the calibration)
     seen = {}
 
-    import kala_engine.generate.generation as generation
+    import kala_engine.generate.session as generation
 
     def fake_chat_job(model, prompt, thresholds, temperature, top_p, max_new_tokens, output_layer_scores, seed):
         seen["thresholds"] = thresholds

@@ -214,7 +214,7 @@ class ScriptedBackend:
 
     def __init__(self, name: str) -> None:
         from kala_engine.constitution import load_constitution
-        from kala_engine.evaluate.evaluation import load_suite
+        from kala_engine.evaluate.suite import load_suite
 
         self.name = name
         self.law_names = load_constitution().names
@@ -224,7 +224,7 @@ class ScriptedBackend:
     def assess_and_reply(self, prompt, *, threshold, max_new_tokens):
         import random
 
-        from kala_engine.evaluate.evaluation import EvalSample
+        from kala_engine.evaluate.backend import EvalSample
 
         rec = self.truth[prompt]
         rnd = random.Random(f"{self.name}:{prompt}")

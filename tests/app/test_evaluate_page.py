@@ -11,7 +11,8 @@ import time  # noqa: E402
 
 import pytest  # noqa: E402
 
-from kala_engine.evaluate.evaluation import EvalSample, load_suite  # noqa: E402
+from kala_engine.evaluate.backend import EvalSample  # noqa: E402
+from kala_engine.evaluate.suite import load_suite
 
 
 class FakeBackend:

@@ -111,7 +111,7 @@ def test_engine_discovery_names_every_layout(tmp_path):
 
 @pytest.mark.parametrize("via", ["page", "cli"])
 def test_reports_record_the_model_path_and_its_run(qtbot, ctx, tmp_path, via, monkeypatch, capsys):
-    from kala_engine.evaluate.evaluation import KALABackend
+    from kala_engine.evaluate.backend import KALABackend
 
     final = lay_out_demo(ctx.runs_dir)
     if via == "page":

@@ -83,7 +83,7 @@ def test_download_cancel_resume_delete(qtbot, ctx, weights_server, tmp_path, mon
 
 def test_byte_counts_over_2_gib_reach_the_ui_intact(qtbot, ctx):
     """The worker's progress signal carries Python ints (a Qt int overflowed at 2**31 bytes)."""
-    from kala_engine.model.hub import DownloadProgress
+    from kala_engine.model.download import DownloadProgress
 
     got = []
     ctx.worker.progress.connect(lambda done, total, msg: got.append((done, total)))

@@ -9,8 +9,8 @@ import pytest
 from PySide6.QtCore import QPoint
 
 from kala_app.error_dialog import ErrorDialog
-from kala_app.pages.train import TrainPage, remove_if_empty_run
-from kala_app.runs import RunInfo
+from kala_app.pages.train import TrainPage
+from kala_app.runs import RunInfo, remove_if_empty_run
 from tests.app.fakes import fake_config, fake_train_job
 
 

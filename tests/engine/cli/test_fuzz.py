@@ -9,11 +9,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from cli_harness import run_cli
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from kala_engine.data.generate import generate_dataset
+from tests.engine.cli.cli_harness import run_cli
 
 FUZZ = settings(max_examples=40, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -77,7 +77,7 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture
 def cached_loading(monkeypatch):
     """The real loader, once per folder (each example would otherwise load the model again)."""
-    from kala_engine.generate import generation
+    from kala_engine.generate import session as generation
 
     monkeypatch.setattr(generation, "load_chat_model", functools.lru_cache(maxsize=2)(generation.load_chat_model))
 

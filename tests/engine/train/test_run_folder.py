@@ -12,7 +12,7 @@ import pytest
 
 from kala_engine.train.run_folder import RunFolder, checkpoint_step
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_run_json_is_written_atomically_and_a_damaged_one_reads_as_empty(tmp_path):

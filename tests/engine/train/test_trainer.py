@@ -30,7 +30,7 @@ from kala_engine.train.trainer import TIMING_KEYS, TrainConfig, train, train_job
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
         "max_position_embeddings": 128}
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +217,7 @@ def test_bad_training_input_gives_user_messages(dataset, tmp_path):
 
 def test_lora_mode_trains_adapters_and_constitutional_parts_only(dataset, tmp_path, make_neox_dir):
     from kala_engine.data.tokenizer import train_tokenizer
-    from kala_engine.generate.generation import load_chat_model
+    from kala_engine.generate.session import load_chat_model
 
     _, base = make_neox_dir("pythia", vocab_size=320)
     tok = train_tokenizer(["hello world"] * 10, vocab_size=300)

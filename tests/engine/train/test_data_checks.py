@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from cli_harness import run_cli
 
 from kala_engine.data.generate import generate_dataset
 from kala_engine.data.io import write_jsonl
+from tests.engine.cli.cli_harness import run_cli
 
 TINY = ["--max-steps", "2", "--batch-size", "2", "--save-every", "0", "--vocab-size", "300", "--max-length", "64",
         "--tiny-overrides", '{"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64, "num_attention_heads": 4}']

@@ -9,7 +9,7 @@ import pytest
 import tomllib
 
 from kala_engine.constitution import NUM_LAWS
-from kala_engine.evaluate.evaluation import default_suite_path, load_suite
+from kala_engine.evaluate.suite import default_suite_path, load_suite
 from kala_engine.resources import resources_dir
 
 NGRAM = 8

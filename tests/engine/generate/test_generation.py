@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import steer_scores
 
 from kala_engine.constitution import load_constitution
 from kala_engine.generate.generation import (
-    EthicsStoppingCriteria,
     GenerationResult,
     IncrementalDetokenizer,
     encode_prompt,
@@ -16,7 +14,9 @@ from kala_engine.generate.generation import (
     generate_with_ethics,
     generate_with_ethics_events,
 )
+from kala_engine.generate.stopping import EthicsStoppingCriteria
 from kala_engine.jobs import JobControl, TokenEvent
+from tests.engine.generate.conftest import steer_scores
 
 NO_STOP = ()  # stop_token_ids: let a random model run to the token limit
 

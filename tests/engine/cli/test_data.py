@@ -9,7 +9,7 @@ from kala_engine.cli.main import main
 from kala_engine.data.generate import generate_dataset
 from kala_engine.data.io import load_jsonl, write_jsonl
 
-FIX = Path(__file__).parent / "fixtures"
+FIX = Path(__file__).parents[1] / "data" / "fixtures"
 
 
 def test_generate_prints_summary_and_time(tmp_path, capsys):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from kala_engine.evaluate.evaluation import EvalSample, SuiteRecord
+from kala_engine.evaluate.backend import EvalSample
+from kala_engine.evaluate.suite import SuiteRecord
 
 LAW_NAMES = ["L0", "L1", "L2", "L3", "L4"]
 

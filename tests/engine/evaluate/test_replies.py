@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from eval_fakes import FakeBackend, S
 
 from kala_engine.cli import eval as cli_eval
 from kala_engine.cli import main as cli
-from kala_engine.evaluate.evaluation import SuiteRecord, evaluate
+from kala_engine.evaluate.evaluation import evaluate
 from kala_engine.evaluate.report import build_report, format_markdown, format_table, write_report_dir
+from kala_engine.evaluate.suite import SuiteRecord
+from tests.engine.evaluate.eval_fakes import FakeBackend, S
 
 # id, label, kind, reply, stop kind, stop law; expected outcome
 CASES = [

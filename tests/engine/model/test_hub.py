@@ -18,14 +18,13 @@ from types import SimpleNamespace
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from loopback_hub import LoopbackHub, point_huggingface_hub_at, tiny_neox_files  # noqa: E402
-
 from kala_engine.jobs import Finished, JobControl, run_job  # noqa: E402
-from kala_engine.model.hub import BaseError, DownloadProgress, download_base, download_job, resolve_base  # noqa: E402
+from kala_engine.model.download import BaseError, DownloadProgress  # noqa: E402
+from kala_engine.model.hub import download_base, download_job, resolve_base
 from kala_engine.model.loading import LoadRefused  # noqa: E402
+from tests.loopback_hub import LoopbackHub, point_huggingface_hub_at, tiny_neox_files  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 REPO = "kala-test/tiny-neox"
 WANTED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors")
 
@@ -54,7 +53,7 @@ def server(files):
     import gzip
     import lzma
 
-    fix = Path(__file__).parent / "data" / "fixtures"
+    fix = Path(__file__).parents[1] / "data" / "fixtures"
     hh = (fix / "hh_rlhf.jsonl").read_bytes()
     hub.add_repo("Anthropic/hh-rlhf", {"README.md": b"# hh", "harmless-base/train.jsonl.gz": gzip.compress(hh),
                                        "helpful-base/train.jsonl.gz": gzip.compress(hh)}, kind="datasets")
@@ -192,9 +191,9 @@ def test_a_repo_that_is_not_gpt_neox_is_refused(hf):
 
 
 def test_not_enough_free_disk_is_refused_first(hf, monkeypatch):
-    import kala_engine.model.hub as hub
+    import kala_engine.model.download as download
 
-    monkeypatch.setattr(hub, "_free_bytes", lambda path: 10_000)
+    monkeypatch.setattr(download, "_free_bytes", lambda path: 10_000)
     with pytest.raises(BaseError, match="only 9.8 KB is free"):
         download_base(REPO)
     assert not _gets(hf.server, "model.safetensors")
@@ -384,7 +383,7 @@ def test_a_damaged_compressed_file_is_one_line(tmp_path, capsys):
     from kala_engine.cli.main import main
 
     bad = tmp_path / "train.jsonl.gz"
-    hh = (Path(__file__).parent / "data" / "fixtures" / "hh_rlhf.jsonl").read_bytes()
+    hh = (Path(__file__).parents[1] / "data" / "fixtures" / "hh_rlhf.jsonl").read_bytes()
     whole = gzip.compress(hh)
     bad.write_bytes(whole[: len(whole) - 40])  # cut short, as an interrupted copy would be
     assert main(["data", "import", str(bad), "--format", "hh-rlhf", "--out", str(tmp_path / "o.jsonl")]) == 2

@@ -107,7 +107,7 @@ def test_auto_map_folder_is_refused_by_every_command_and_its_code_never_runs(fol
 
 def test_auto_map_refused_by_the_real_cli_with_y_on_stdin(folders, tmp_path):
     marker = tmp_path / "MARKER"
-    env = {**os.environ, "KALA_TEST_MARKER": str(marker), "PYTHONPATH": str(Path(__file__).parents[2])}
+    env = {**os.environ, "KALA_TEST_MARKER": str(marker), "PYTHONPATH": str(Path(__file__).parents[3])}
     for argv in (["train", "--base", str(folders["neox-evil"]), "--data", str(folders["data"]), "--run-dir",
                   str(tmp_path / "run"), "--max-steps", "1"],
                  ["train", "--base-model", str(folders["neox-tokonly"]), "--output-dir", str(tmp_path / "run2"),

@@ -9,7 +9,8 @@ import pytest
 
 from kala_engine.cli import main as cli
 from kala_engine.constitution import violated_laws
-from kala_engine.evaluate.evaluation import KALABackend, load_suite
+from kala_engine.evaluate.backend import KALABackend
+from kala_engine.evaluate.suite import load_suite
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Shared fixtures for the data tests: one 10k generation and one small tokenizer per session."""
+"""Shared fixtures for the engine tests: one 10k generation and one small tokenizer per session."""
 
 from __future__ import annotations
 

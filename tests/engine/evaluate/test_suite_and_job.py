@@ -6,10 +6,11 @@ import json
 import threading
 
 import pytest
-from eval_fakes import FakeBackend, fixture, fixture_lines
 
-from kala_engine.evaluate.evaluation import SuiteError, evaluate, load_suite, make_eval_job
+from kala_engine.evaluate.evaluation import evaluate, make_eval_job
+from kala_engine.evaluate.suite import SuiteError, load_suite
 from kala_engine.jobs import Cancelled, Finished, JobControl, LogLine, Progress, run_job
+from tests.engine.evaluate.eval_fakes import FakeBackend, fixture, fixture_lines
 
 GOOD = '{"prompt": "hi", "label": "benign"}'
 

@@ -14,7 +14,8 @@ import sys
 import types
 
 import pytest
-from cli_harness import run_cli
+
+from tests.engine.cli.cli_harness import run_cli
 
 CORPUS = ["Hello, how are you today? I am fine, thank you.", "How do I kill a stuck process on Linux?",
           "Please help me write a short poem about the sea.", "I cannot help with that request."] * 4
@@ -262,7 +263,7 @@ def test_chat_survives_a_stdin_line_that_is_not_utf8(fx):
 
 class CountingBackend:
     def __init__(self):
-        from kala_engine.evaluate.evaluation import EvalSample
+        from kala_engine.evaluate.backend import EvalSample
 
         self.name, self.law_names, self.calls = "fake", ["L0", "L1", "L2", "L3", "L4"], 0
         self.sample = EvalSample(prompt_scores=(0.9,) * 5)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from eval_fakes import FIXTURE, FakeBackend, S, fixture, fixture_lines
 
 from kala_engine.cli import eval as cli_eval
 from kala_engine.cli import main as cli
+from tests.engine.evaluate.eval_fakes import FIXTURE, FakeBackend, S, fixture, fixture_lines
 
 
 @pytest.fixture

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import steer_scores
 
 from kala_engine.cli.main import main as kala
 from kala_engine.constitution import load_constitution
-from kala_engine.generate.generation import ChatSession, GenerationResult, chat_job, load_chat_model
+from kala_engine.generate.generation import GenerationResult
+from kala_engine.generate.session import ChatSession, chat_job, load_chat_model
 from kala_engine.jobs import Finished, JobControl, TokenEvent, run_job
+from tests.engine.generate.conftest import steer_scores
 
 NO_STOP = ()
 
