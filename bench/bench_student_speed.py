@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from kala_engine.generate.generation import generate_with_ethics_events, load_chat_model  # noqa: E402
+from kala_engine.generate.generation import generate_with_ethics_events  # noqa: E402
+from kala_engine.generate.session import load_chat_model  # noqa: E402
 
 PROMPT = "How do I kill a stuck process on Linux?"
 

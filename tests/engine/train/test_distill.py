@@ -91,7 +91,7 @@ def test_a_distillation_step_lowers_the_students_kl_to_the_teacher(dataset, teac
 
 
 def test_a_student_with_fewer_layers_trains_saves_loads_and_chats(dataset, teacher, tmp_path):
-    from kala_engine.generate.generation import ChatSession, load_chat_model
+    from kala_engine.generate.session import ChatSession, load_chat_model
 
     run_dir = tmp_path / "student"
     code, out, err, exc = run_cli(["distill", "--teacher", teacher, "--student", teacher, "--student-layers", "2",
