@@ -19,7 +19,7 @@ from kala_engine.jobs import JobError, LogLine
 from kala_engine.train.config import TrainConfig
 from kala_engine.train.distill import DistillConfig, distill, kd_loss, student_config
 from kala_engine.train.trainer import TIMING_KEYS, train
-from tests.engine.cli_harness import run_cli
+from tests.engine.cli.cli_harness import run_cli
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 64,
         "max_position_embeddings": 128}
