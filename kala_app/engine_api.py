@@ -426,7 +426,11 @@ def make_train_config(**kwargs) -> Any:
 
 
 def train_job(config: Any) -> Callable:
-    """The engine's training job for ``config``."""
+    """The engine's training job for ``config`` (``kala align``'s for a preference method)."""
+    if config.method != "sft":
+        from kala_engine.train.align import align_job
+
+        return align_job(config)
     from kala_engine.train.trainer import train_job as engine_train_job
 
     return engine_train_job(config)

@@ -32,6 +32,7 @@ from ..error_dialog import show_error
 from ..runs import RunInfo, delete_run, list_runs, load_curves
 from ..widgets.layer_law_heatmap import LayerLawHeatmap
 from ..widgets.live_plot import LivePlot
+from ..widgets.train_method import method_text
 from ..widgets.train_parts import ETHICS_COLOR, LAW_COLORS, LM_COLOR, VAL_COLOR
 
 STATUS_COLORS = {"finished": "#2e7d32", "running": "#1565c0", "interrupted": "#ef6c00",
@@ -373,6 +374,7 @@ class RunsPage(QWidget):
             p.plotItem.enableAutoRange()
         cfg = r.config
         bits = [f"<b>{r.name}</b> — {r.status}", f"base {r.base or '?'}", f"data {Path(r.data).name or '?'}"]
+        bits.insert(1, method_text(cfg))  # constitutional SFT, or DPO/ORPO/SimPO with beta (issue 17)
         for key in ("batch_size", "learning_rate", "ethics_weight", "max_steps"):
             if cfg.get(key) is not None:
                 bits.append(f"{key.replace('_', ' ')} {cfg[key]}")

@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from kala_engine.train.config import default_learning_rate
 from kala_engine.units import format_duration
 
 from .. import engine_api
@@ -47,6 +48,7 @@ from ..widgets.elided_combo import ElidedComboBox
 from ..widgets.hyperparameters import HyperparameterForm
 from ..widgets.live_plot import LivePlot
 from ..widgets.train_ethics_weights import EthicsWeightsBox
+from ..widgets.train_method import TrainMethod
 from ..widgets.train_parts import (
     ETHICS_COLOR,
     LAW_COLORS,
@@ -111,6 +113,10 @@ class TrainPage(QWidget):
         self.hp = self.hp_form.hp
         self.grad_ckpt = self.hp_form.grad_ckpt
         self.more_settings = self.hp_form.more_settings
+        self.method = TrainMethod(self.ctx.settings)  # SFT / DPO / ORPO / SimPO (kala align), issue 17
+        self.hp_form.layout().insertRow(0, self.method)
+        self.method.method_changed.connect(lambda _m: self.hp["learning_rate"].setValue(
+            self.method.default_learning_rate() or default_learning_rate(self.base())))
         llay.addWidget(hp_box)
         self.ethics_box = EthicsWeightsBox(self.law_titles)  # issue 18: weights, layers, distillation
         llay.addWidget(self.ethics_box.folded())
@@ -243,7 +249,7 @@ class TrainPage(QWidget):
         self.ethics_plot.add_points("ethics_val", "validation", VAL_COLOR)
         self.lr_plot = LivePlot("Learning rate", "lr", phase_ms=66)
         self.lr_plot.add_curve("lr", "learning rate", "#444", smooth=False)
-        self.plots = [self.lm_plot, self.ethics_plot, self.lr_plot, self.ethics_box.weights_plot,
+        self.plots = [self.lm_plot, self.ethics_plot, self.lr_plot, self.method.plot, self.ethics_box.weights_plot,
                       self.ethics_box.distill_plot]
         # Not x-linked: a link makes every plot repaint whenever one redraws (3 paints in one go).
 
@@ -285,12 +291,14 @@ class TrainPage(QWidget):
         plots = QSplitter(Qt.Orientation.Vertical)
         plots.addWidget(self.lm_plot)
         plots.addWidget(self.ethics_plot)
+        plots.addWidget(self.method.plot)  # reward margin and preference accuracy (DPO/ORPO/SimPO only)
         plots.addWidget(self.aux_tabs)
         plots.setStretchFactor(0, 1)
         plots.setStretchFactor(1, 1)
-        plots.setStretchFactor(2, 0)
+        plots.setStretchFactor(2, 1)
+        plots.setStretchFactor(3, 0)
         self.aux_tabs.setMaximumHeight(165)
-        plots.setSizes([300, 340, 150])
+        plots.setSizes([300, 340, 220, 150])
         return plot_bar, plots
 
     def _connect_worker(self) -> None:
@@ -403,7 +411,7 @@ class TrainPage(QWidget):
         self.ctx.settings.setValue("train/smoothing", self.smooth_slider.value())
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {**self.hp_form.values(), **self.ethics_box.values()}
+        return {**self.hp_form.values(), **self.method.settings(), **self.ethics_box.values()}
 
     # ================================================================ doctor
 
@@ -577,6 +585,7 @@ class TrainPage(QWidget):
                 self.ethics_plot.append(f"law{k}", x, v)
         if (v := m.get("lr")) is not None:
             self.lr_plot.append("lr", x, v)
+        self.method.add_step(m)
         self.ethics_box.add_step(m)
 
     def _on_validation(self, ev) -> None:
@@ -599,6 +608,7 @@ class TrainPage(QWidget):
             self.lm_plot.append("lm_val", x, lm)
         if eth is not None:
             self.ethics_plot.append("ethics_val", x, eth)
+        self.method.add_validation(m)
 
     def _on_log(self, message: str) -> None:
         if self.worker.owner is self:

@@ -1,6 +1,6 @@
 """``kala data``: generate, validate, import and summarise constitutional JSONL datasets.
 
-    kala data generate --out FILE [--count N] [--seed S]
+    kala data generate --out FILE [--count N] [--seed S] [--pairs]
     kala data validate FILE
     kala data import FILE --format {kala,hh-rlhf,pku-saferlhf,beavertails} --out FILE
     kala data import --from-hub [REPO_ID] [--hub-file PATH] --format F --out FILE
@@ -39,6 +39,8 @@ def register(subparsers) -> None:
     gen.add_argument("--out", required=True, type=Path, help="output .jsonl file (written atomically)")
     gen.add_argument("--count", type=_positive_int, default=10000, help="number of records (default 10000)")
     gen.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same file")
+    gen.add_argument("--pairs", action="store_true",
+                     help="write preference pairs (prompt, chosen, rejected) for kala align instead of records")
     gen.set_defaults(func=cmd_generate)
 
     val = sub.add_parser("validate", help="check a dataset: exit 0, or exit 2 listing FILE:LINE: reason")
@@ -56,6 +58,8 @@ def register(subparsers) -> None:
     imp.add_argument("--hub-file", default=None, help="with --from-hub: the file in the repo (default: its train split)")
     imp.add_argument("--revision", default=None, help="with --from-hub: branch, tag or commit")
     imp.add_argument("--out", required=True, type=Path, help="output .jsonl file (written atomically)")
+    imp.add_argument("--pairs", action="store_true",
+                     help="write preference pairs (safe reply over unsafe reply of the same prompt) for kala align")
     imp.set_defaults(func=cmd_import)
 
     st = sub.add_parser("stats", help="print a dataset's summary (kind x law, lengths, shares)")
@@ -124,6 +128,8 @@ def cmd_generate(args) -> int:
     from kala_engine.data.io import write_jsonl
 
     check_out_file(args.out)
+    if args.pairs:
+        return _generate_pairs(args)
     check_generate_size(args.out, args.count, args.seed)
     t0 = time.perf_counter()
     summary = Summary()
@@ -146,10 +152,22 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _generate_pairs(args) -> int:
+    from kala_engine.data.pairs import write_pairs
+
+    t0 = time.perf_counter()
+    stats = write_pairs(args.out, args.count, args.seed)
+    for name in ("by_source", "by_split"):
+        print("  ".join(f"{k} {v}" for k, v in sorted(stats[name].items())))
+    print(f"\nwrote {stats['n']} pairs to {args.out} (seed {args.seed}) in {time.perf_counter() - t0:.2f} s")
+    return 0
+
+
 def cmd_validate(args) -> int:
     from kala_engine.data.io import validate_file
+    from kala_engine.data.pairs import is_pair_file, validate_pair_file
 
-    problems = validate_file(args.file)
+    problems = (validate_pair_file if args.file.is_file() and is_pair_file(args.file) else validate_file)(args.file)
     if problems:
         for p in problems:
             print(p)
@@ -179,6 +197,11 @@ def cmd_import(args) -> int:
         print(f"converting {args.file}")
     elif args.file is None:
         raise ValueError("give the dataset file to import, or --from-hub [REPO_ID] to take it from the hub")
+    if args.pairs:
+        from kala_engine.data.pairs import import_pairs
+
+        print(import_pairs(args.file, args.fmt, args.out))
+        return 0
     report = import_dataset(args.file, args.fmt, args.out)
     print(report.format())
     return 0

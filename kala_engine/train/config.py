@@ -14,6 +14,12 @@ SCRATCH_LEARNING_RATE = 2e-3
 FINE_TUNE_LEARNING_RATE = 3e-4
 
 
+#: training methods: kala train's supervised fine-tuning, and kala align's preference methods
+METHODS = ("sft", "dpo", "orpo", "simpo")
+#: peak learning rate of kala align (preference optimisation moves a trained model a little)
+ALIGN_LEARNING_RATE = 5e-5
+
+
 def default_learning_rate(base: str) -> float:
     """The learning rate a run of ``base`` uses unless one is given."""
     return SCRATCH_LEARNING_RATE if base == "kala-tiny" else FINE_TUNE_LEARNING_RATE
@@ -56,6 +62,13 @@ class TrainConfig:
     calibrate: bool = True  # per-law thresholds from the validation split, saved with the final model
     calibration_fpr: float = 0.05  # the benign flag rate each calibrated threshold allows
     tiny_overrides: dict = field(default_factory=dict)  # e.g. {"hidden_size": 128} for tests
+
+    # -- preference alignment (kala align, issue 17; kala_engine.train.align) --
+    #: sft: kala train's supervised loss; dpo (a reference model), orpo or simpo (reference-free):
+    #: a preference loss on chosen/rejected pairs plus ethics_weight * the ethics loss
+    method: str = "sft"
+    beta: float = 0.1  # DPO/SimPO: inverse temperature of the implicit reward; ORPO: weight of the odds-ratio term
+    simpo_gamma: float = 0.5  # SimPO's target reward margin (TRL's simpo_gamma)
 
     # ---- issue 18: dynamic ethics weights, per-layer ethics tuning, students (kala_engine.train.ethics_weights)
     #: how lambda (ethics_weight) moves over the run: constant | warmup (linear from 0 over
@@ -116,6 +129,12 @@ class TrainConfig:
             bad("device", "auto, cpu or cuda")
         if self.eval_every < 0 or self.save_every < 0 or self.keep_checkpoints < 1:
             raise ValueError("TrainConfig.eval_every/save_every must be >= 0 and keep_checkpoints >= 1")
+        if self.method not in METHODS:
+            bad("method", " | ".join(METHODS))
+        if not 0 < self.beta <= 100:
+            bad("beta", "in (0, 100]")
+        if not 0 <= self.simpo_gamma <= 100:
+            bad("simpo_gamma", "in [0, 100]")
         self._check_issue_18_fields(bad)
 
     def _check_issue_18_fields(self, bad) -> None:

@@ -85,11 +85,13 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None, objective=None) -> dict:
+def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None, body=None, objective=None) -> dict:
     """Run (or resume) training; returns a summary dict. Raises JobError with a user message.
 
-    ``objective(cfg, model, accelerator, plan, emit)`` makes the loss of the run (default
-    :func:`kala_engine.train.ethics_weights.make_objective`; distillation passes its own).
+    ``body(cfg, emit, control)`` is what runs inside the run folder's lock (default: this
+    module's set-up, fit, validate, finish; ``kala align`` passes its own).
+    ``objective(cfg, model, accelerator, plan, emit)`` makes the loss of the default body's run
+    (default :func:`kala_engine.train.ethics_weights.make_objective`; distillation passes its own).
 
     The main process owns the run folder for the whole run (``DIR/.lock``, see
     :mod:`kala_engine.train.run_lock`): a second starter - another ``kala train``, or the app's worker
@@ -98,8 +100,9 @@ def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None, objec
     """
     from kala_engine.train.run_lock import LOCK_NAME, RunLock
 
+    body = body or (lambda c, e, k: _train(c, e, k, objective))
     if not is_main():  # torchrun / accelerate launch: rank 0 holds the folder for all ranks
-        return _train(cfg, emit, control, objective)
+        return body(cfg, emit, control)
     run_dir = Path(cfg.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise JobError(f"run folder {run_dir} is a file; pass a folder (it is created when missing)")
@@ -123,7 +126,7 @@ def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None, objec
         if lock.took_over_from is not None:
             emit(LogLine(f"{run_dir} was last used by {lock.took_over_from.describe()}, which ended without "
                          f"releasing it; this process owns it now", level="warning"))
-        return _train(cfg, emit, control, objective)
+        return body(cfg, emit, control)
     finally:
         lock.release()
         leave_no_empty_folder()
@@ -404,7 +407,8 @@ def _checkpoint(run: _Run, step: int) -> None:
     if is_main():
         path = save_checkpoint(run.folder, step, run.accelerator.unwrap_model(run.model), run.optimizer,
                                {"step": step, "steps_per_epoch": run.steps_per_epoch,
-                                "objective": run.objective.state_dict()}, run.cfg.keep_checkpoints)
+                                **({"objective": run.objective.state_dict()} if getattr(run, "objective", None)
+                                   else {})}, run.cfg.keep_checkpoints)
         run.emit(CheckpointSaved(step=step, path=str(path)))
     run.accelerator.wait_for_everyone()
 
