@@ -160,10 +160,10 @@ class _Run:
     steps_per_epoch: int
     total_steps: int
     warmup: int
-    objective: Any = None  # the loss (kala_engine.train.ethics_weights.EthicsObjective or a distillation's)
     start_step: int = 0
     last_lm: float = float("nan")
     last_eth: float = float("nan")
+    objective: Any = None  # the loss (kala_engine.train.ethics_weights.EthicsObjective or a distillation's)
 
     @property
     def validates(self) -> bool:
@@ -333,7 +333,7 @@ def _set_up(cfg: TrainConfig, emit: Emit, control: JobControl, make_objective=No
             **getattr(objective, "info", {})})
     return _Run(cfg, folder, emit, control, accelerator, plan, tokenizer, model, optimizer, train_set, val_set,
                 val_records, ConstitutionalCollator(tokenizer, max_length=cfg.max_length), steps_per_epoch,
-                total_steps, warmup, objective, start_step)
+                total_steps, warmup, start_step, objective=objective)
 
 
 # --------------------------------------------------------------------------- fit
