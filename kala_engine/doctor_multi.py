@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from kala_engine.doctor import DeviceInfo, MEMORY_BUDGET, Plan, base_shape, make_plan
+from kala_engine.doctor import MEMORY_BUDGET, DeviceInfo, Plan, base_shape, make_plan
 from kala_engine.model.presets import GiB, MemoryEstimate, count_parameters, estimate_memory
 
 STRATEGIES = ("ddp", "fsdp", "fsdp-offload", "nf4-lora")

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
 from . import schema as tables  # looked up when used: tests and migrations may change them
 from .schema import (
     _COLUMNS,

@@ -6,7 +6,6 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-
 DB_NAME = "chats.sqlite3"
 SCHEMA_VERSION = 2
 #: ``PRAGMA application_id`` of a KALA chat database ("KALA" in ASCII): tells ours from other SQLite files

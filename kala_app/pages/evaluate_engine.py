@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+
 def default_suite_path() -> Path:
     from kala_engine.evaluate.suite import default_suite_path as f
 

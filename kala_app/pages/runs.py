@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 
 from ..error_dialog import show_error
 from ..runs import RunInfo, delete_run, list_runs, load_curves
+from ..widgets.layer_law_heatmap import LayerLawHeatmap
 from ..widgets.live_plot import LivePlot
 from ..widgets.train_method import method_text
 from ..widgets.train_parts import ETHICS_COLOR, LAW_COLORS, LM_COLOR, VAL_COLOR
@@ -185,6 +186,8 @@ class RunsPage(QWidget):
         plots = QSplitter(Qt.Orientation.Horizontal)
         plots.addWidget(self.lm_plot)
         plots.addWidget(self.ethics_plot)
+        self.layer_map = LayerLawHeatmap(self.law_titles)  # issue 18: the learned layer x law weights, gates
+        plots.addWidget(self.layer_map)
 
         single = QWidget()
         bl = QVBoxLayout(single)
@@ -361,6 +364,7 @@ class RunsPage(QWidget):
     def load_selected_curves(self) -> int:
         """Draw the selected run's curves; returns the number of training points."""
         r = self.selected_run()
+        self.layer_map.show_model(r.path / "final" if r is not None else None)
         for p in (self.lm_plot, self.ethics_plot):
             p.clear_data()
         if r is None:

@@ -48,6 +48,7 @@ from ..widgets.elided_combo import ElidedComboBox
 from ..widgets.hyperparameters import HyperparameterForm
 from ..widgets.live_plot import LivePlot
 from ..widgets.multi_gpu import GpuCountField, RankProgress
+from ..widgets.train_ethics_weights import EthicsWeightsBox
 from ..widgets.train_method import TrainMethod
 from ..widgets.train_parts import (
     ETHICS_COLOR,
@@ -120,6 +121,8 @@ class TrainPage(QWidget):
         self.method.method_changed.connect(lambda _m: self.hp["learning_rate"].setValue(
             self.method.default_learning_rate() or default_learning_rate(self.base())))
         llay.addWidget(hp_box)
+        self.ethics_box = EthicsWeightsBox(self.law_titles)  # issue 18: weights, layers, distillation
+        llay.addWidget(self.ethics_box.folded())
         llay.addStretch(1)
         scroll = QScrollArea()
         scroll.setWidget(left)
@@ -251,7 +254,8 @@ class TrainPage(QWidget):
         self.ethics_plot.add_points("ethics_val", "validation", VAL_COLOR)
         self.lr_plot = LivePlot("Learning rate", "lr", phase_ms=66)
         self.lr_plot.add_curve("lr", "learning rate", "#444", smooth=False)
-        self.plots = [self.lm_plot, self.ethics_plot, self.lr_plot, self.method.plot]
+        self.plots = [self.lm_plot, self.ethics_plot, self.lr_plot, self.method.plot, self.ethics_box.weights_plot,
+                      self.ethics_box.distill_plot]
         # Not x-linked: a link makes every plot repaint whenever one redraws (3 paints in one go).
 
         self.smooth_slider = QSlider(Qt.Orientation.Horizontal)
@@ -287,6 +291,8 @@ class TrainPage(QWidget):
         self.aux_tabs.setDocumentMode(True)
         self.aux_tabs.addTab(self.lr_plot, "Learning rate")
         self.aux_tabs.addTab(self.log_view, "Log")
+        self.aux_tabs.addTab(self.ethics_box.weights_plot, "Ethics weights")
+        self.aux_tabs.addTab(self.ethics_box.distill_plot, "Distillation")
         plots = QSplitter(Qt.Orientation.Vertical)
         plots.addWidget(self.lm_plot)
         plots.addWidget(self.ethics_plot)
@@ -412,7 +418,7 @@ class TrainPage(QWidget):
         self.ctx.settings.setValue("train/smoothing", self.smooth_slider.value())
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {**self.hp_form.values(), **self.method.settings()}
+        return {**self.hp_form.values(), **self.method.settings(), **self.ethics_box.values()}
 
     # ================================================================ doctor
 
@@ -460,7 +466,7 @@ class TrainPage(QWidget):
             cfg_kwargs = dict(base=self.base(), data=data, run_dir=str(run_dir), **self.hyperparameters())
         try:
             config = self.config_factory(**cfg_kwargs)
-            job = self.job_factory(config)
+            job = (self.ethics_box.job_for(config) if resume_run is None else None) or self.job_factory(config)
         except Exception as e:  # noqa: BLE001 - shown to the user with its traceback
             import traceback
 
@@ -589,6 +595,7 @@ class TrainPage(QWidget):
         if (v := m.get("lr")) is not None:
             self.lr_plot.append("lr", x, v)
         self.method.add_step(m)
+        self.ethics_box.add_step(m)
 
     def _on_validation(self, ev) -> None:
         if not self._is_my_training():

@@ -11,7 +11,16 @@ from __future__ import annotations
 import json
 import sys
 
-from kala_engine.jobs import CheckpointSaved, Failed, Finished, JobControl, LogLine, TrainStep, Validation, run_job
+from kala_engine.jobs import (
+    CheckpointSaved,
+    Failed,
+    Finished,
+    JobControl,
+    LogLine,
+    TrainStep,
+    Validation,
+    run_job,
+)
 
 
 def _printer(quiet_steps: int):

@@ -20,7 +20,7 @@ from kala_engine.cli.checks import CLIError  # noqa: F401 - the error every comm
 
 # one module per command, each with register(subparsers); imported when the parser is built
 def _command_modules():
-    from kala_engine.cli import align, chat, data, doctor, eval, models, train
+    from kala_engine.cli import align, chat, data, distill, doctor, eval, models, train
 
     return [
         data,  # kala data generate|validate|import|stats|cai
@@ -30,6 +30,7 @@ def _command_modules():
         chat,  # kala chat
         eval,  # kala eval
         models,  # kala models list|download|delete
+        distill,  # kala distill
     ]
 
 

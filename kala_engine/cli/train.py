@@ -21,7 +21,7 @@ from kala_engine.jobs import (
 from kala_engine.train.run_folder import RunFolder
 
 
-def _printer(quiet_steps: int = 1):
+def _printer(quiet_steps: int = 1, command: str = "train"):
     import os
 
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks
@@ -52,9 +52,9 @@ def _printer(quiet_steps: int = 1):
                 from kala_engine.cli.checks import bug_report
 
                 print(ev.traceback, file=sys.stderr)
-                print(f"kala train: {ev.message}\nkala train: {bug_report()}", file=sys.stderr, flush=True)
+                print(f"kala {command}: {ev.message}\nkala {command}: {bug_report()}", file=sys.stderr, flush=True)
             else:
-                print(f"kala train: error: {ev.message}", file=sys.stderr, flush=True)
+                print(f"kala {command}: error: {ev.message}", file=sys.stderr, flush=True)
 
     return emit
 
@@ -107,8 +107,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", choices=["auto", "ddp", "fsdp", "fsdp-offload", "nf4-lora"],
                    default=d["strategy"].default, help="over several devices (auto: the doctor's plan)")
     p.add_argument("--launch-config", default=None, help=argparse.SUPPRESS)  # the launcher's processes
+    from kala_engine.cli.ethics_options import add_ethics_args
     from kala_engine.cli.note import add_note_args
 
+    add_ethics_args(p)  # --lambda-schedule, --law-weighting, --ethics-layers, --constitutional-only ...
     add_note_args(p)  # the note's --generate-data, --test (and --revision, --data-count, --no-download)
 
 

@@ -79,6 +79,29 @@ class TrainConfig:
     master_port: int = 29500
     strategy: str = "auto"  # auto | ddp | fsdp | fsdp-offload | nf4-lora (auto: the plan's first that fits)
 
+    # ---- issue 18: dynamic ethics weights, per-layer ethics tuning, students (kala_engine.train.ethics_weights)
+    #: how lambda (ethics_weight) moves over the run: constant | warmup (linear from 0 over
+    #: lambda_warmup_steps) | cosine (the warm-up, then cosine down to ethics_weight * lambda_min_ratio)
+    lambda_schedule: str = "constant"
+    lambda_warmup_steps: int = 100
+    lambda_min_ratio: float = 0.1
+    #: per-law weights on top of the constitution's priorities: fixed (the priorities) | uncertainty
+    #: (Kendall et al. 2018: learned log-variances, a law with a larger loss pulls less) | validation
+    #: (after each validation a law's weight is its MAE over the mean MAE, bounded to
+    #: [1/adaptive_bound, adaptive_bound]: a law the model gets more wrong pulls more)
+    law_weighting: str = "fixed"
+    adaptive_bound: float = 2.0
+    #: layers whose constitutional parts (value head, monitor, gate) train; None: every layer
+    ethics_layers: list | None = None
+    #: per-layer weights of the deep-supervision term (one per layer); None: equal
+    layer_supervision_weights: list | None = None
+    #: freeze the whole base (embeddings, attention, MLP, LM head): only constitutional parts train
+    constitutional_only: bool = False
+    #: keep this many layers of the base, evenly spaced, the last kept (a smaller student); None: all
+    keep_layers: int | None = None
+    #: a folder whose tokenizer this run uses instead of the base's (or of training one for kala-tiny)
+    tokenizer_from: str | None = None
+
     def __post_init__(self):
         def bad(name, allowed):
             raise ValueError(f"TrainConfig.{name} must be {allowed}, got {getattr(self, name)!r}")
@@ -130,3 +153,28 @@ class TrainConfig:
         if self.method != "sft" and self.gpus * self.nodes > 1:
             raise ValueError(f"TrainConfig: {self.method} (kala align) runs in one process for now; several "
                              "GPUs or machines train with the constitutional SFT method (gpus=1, nodes=1)")
+        self._check_issue_18_fields(bad)
+
+    def _check_issue_18_fields(self, bad) -> None:
+        if self.lambda_schedule not in LAMBDA_SCHEDULES:
+            bad("lambda_schedule", " | ".join(LAMBDA_SCHEDULES))
+        if self.lambda_warmup_steps < 0:
+            bad("lambda_warmup_steps", ">= 0")
+        if not 0 <= self.lambda_min_ratio <= 1:
+            bad("lambda_min_ratio", "in [0, 1]")
+        if self.law_weighting not in LAW_WEIGHTINGS:
+            bad("law_weighting", " | ".join(LAW_WEIGHTINGS))
+        if not 1 <= self.adaptive_bound <= 100:
+            bad("adaptive_bound", "in [1, 100]")
+        if self.ethics_layers is not None and (not self.ethics_layers or any(
+                not isinstance(i, int) or i < 0 for i in self.ethics_layers)):
+            bad("ethics_layers", "a non-empty list of layer indices >= 0")
+        if self.layer_supervision_weights is not None and (not self.layer_supervision_weights or any(
+                not isinstance(w, (int, float)) or w < 0 for w in self.layer_supervision_weights)):
+            bad("layer_supervision_weights", "a non-empty list of weights >= 0")
+        if self.keep_layers is not None and self.keep_layers < 1:
+            bad("keep_layers", ">= 1")
+
+
+LAMBDA_SCHEDULES = ("constant", "warmup", "cosine")
+LAW_WEIGHTINGS = ("fixed", "uncertainty", "validation")

@@ -28,7 +28,12 @@ def build_tokenizer(cfg: TrainConfig, records: list[dict], folder: RunFolder, em
     tok_dir = folder.tokenizer_dir
     if (tok_dir / "tokenizer.json").is_file():
         return load_tokenizer(tok_dir)
-    if cfg.base == "kala-tiny":
+    if cfg.tokenizer_from:  # e.g. a distillation student speaks its teacher's tokenizer
+        try:
+            tok = prepare_tokenizer(load_tokenizer(cfg.tokenizer_from))
+        except (OSError, ValueError) as e:
+            raise JobError(f"{cfg.tokenizer_from}: cannot load its tokenizer ({e})") from None
+    elif cfg.base == "kala-tiny":
         emit(LogLine(f"training a {cfg.vocab_size}-token BPE tokenizer on {len(records)} records"))
         tok = train_tokenizer(record_texts(records), out_dir=None, vocab_size=cfg.vocab_size)
     else:

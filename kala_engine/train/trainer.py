@@ -85,11 +85,13 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None, body=None) -> dict:
+def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None, body=None, objective=None) -> dict:
     """Run (or resume) training; returns a summary dict. Raises JobError with a user message.
 
     ``body(cfg, emit, control)`` is what runs inside the run folder's lock (default: this
     module's set-up, fit, validate, finish; ``kala align`` passes its own).
+    ``objective(cfg, model, accelerator, plan, emit)`` makes the loss of the default body's run
+    (default :func:`kala_engine.train.ethics_weights.make_objective`; distillation passes its own).
 
     The main process owns the run folder for the whole run (``DIR/.lock``, see
     :mod:`kala_engine.train.run_lock`): a second starter - another ``kala train``, or the app's worker
@@ -98,7 +100,7 @@ def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None, body=
     """
     from kala_engine.train.run_lock import LOCK_NAME, RunLock
 
-    body = body or _train
+    body = body or (lambda c, e, k: _train(c, e, k, objective))
     if not is_main():  # torchrun / accelerate launch: rank 0 holds the folder for all ranks
         return body(cfg, emit, control)
     run_dir = Path(cfg.run_dir)
@@ -130,9 +132,9 @@ def train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None, body=
         leave_no_empty_folder()
 
 
-def _train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None) -> dict:
+def _train(cfg: TrainConfig, emit: Emit, control: JobControl | None = None, objective=None) -> dict:
     """Set up, fit, validate at the end and finish: the four parts of a run, in order."""
-    run = _set_up(cfg, emit, control or JobControl())
+    run = _set_up(cfg, emit, control or JobControl(), objective)
     step = _fit(run)
     final_val = _validate_and_log(run, step) if (is_main() or run.sharded) and run.validates else None
     return _finish(run, step, final_val)
@@ -162,6 +164,7 @@ class _Run:
     last_lm: float = float("nan")
     local_lm: float = float("nan")  # this process's LM loss of the last step (before the mean over ranks)
     last_eth: float = float("nan")
+    objective: Any = None  # the loss (kala_engine.train.ethics_weights.EthicsObjective or a distillation's)
 
     @property
     def validates(self) -> bool:
@@ -246,9 +249,10 @@ def _model_and_tokenizer(cfg: TrainConfig, folder: RunFolder, train_records: lis
 
         tokenizer = load_tokenizer(folder.tokenizer_dir)
     model = build_model(cfg, tokenizer, plan, emit)
+    _layers_to_train(cfg, model, emit)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    lora = plan.mode in ("lora", "nf4-lora") or cfg.mode in ("lora", "nf4-lora")
+    lora = (plan.mode in ("lora", "nf4-lora") or cfg.mode in ("lora", "nf4-lora")) and not cfg.constitutional_only
     if lora:
         model = apply_lora(model, cfg, quantized=plan.mode == "nf4-lora")
     model.train()
@@ -258,16 +262,28 @@ def _model_and_tokenizer(cfg: TrainConfig, folder: RunFolder, train_records: lis
     return model, tokenizer, arch
 
 
-def _optimizer(model, cfg: TrainConfig):
-    """AdamW; no weight decay on biases and norms (nanoGPT's configure_optimizers)."""
+def _layers_to_train(cfg: TrainConfig, model, emit: Emit) -> None:
+    """A smaller model (keep_layers) and the frozen parts (ethics_layers, constitutional_only)."""
+    from kala_engine.train.ethics_layers import apply_ethics_layers, keep_layers
+
+    if cfg.keep_layers is not None and cfg.keep_layers != model.config.num_hidden_layers:
+        kept = keep_layers(model, cfg.keep_layers)
+        emit(LogLine(f"kept layers {kept} of the base ({cfg.keep_layers} layers)"))
+    apply_ethics_layers(model, cfg, emit)
+
+
+def _optimizer(model, cfg: TrainConfig, extra: list | None = None):
+    """AdamW; no weight decay on biases and norms (nanoGPT's configure_optimizers); ``extra``
+    (the objective's own tensors) in a group of their own without decay."""
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate,
-                             betas=(0.9, 0.95), eps=1e-8, foreach=True)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if extra:
+        groups.append({"params": list(extra), "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95), eps=1e-8, foreach=True)
 
 
-def _restore(cfg: TrainConfig, folder: RunFolder, model, optimizer, emit: Emit) -> int:
+def _restore(cfg: TrainConfig, folder: RunFolder, model, optimizer, emit: Emit, objective=None) -> int:
     """The step to start from: a resume restores the newest readable checkpoint; a new run seeds."""
     if not cfg.resume:
         torch.manual_seed(cfg.seed)
@@ -279,12 +295,14 @@ def _restore(cfg: TrainConfig, folder: RunFolder, model, optimizer, emit: Emit) 
     if meta is None:
         emit(LogLine("no checkpoint yet: starting from step 0", level="warning"))
     start = int(meta["step"]) if meta is not None else 0
+    if meta is not None and objective is not None:
+        objective.load_state_dict(meta.get("position", {}).get("objective"))
     if is_main():
         folder.truncate_metrics(start)
     return start
 
 
-def _set_up(cfg: TrainConfig, emit: Emit, control: JobControl) -> _Run:
+def _set_up(cfg: TrainConfig, emit: Emit, control: JobControl, make_objective=None) -> _Run:
     """Data, plan, tokenizer, model, optimizer, the step to start from; run.json written."""
     from kala_engine.data.collate import ConstitutionalCollator, JsonlDataset
 
@@ -307,11 +325,16 @@ def _set_up(cfg: TrainConfig, emit: Emit, control: JobControl) -> _Run:
     steps_per_epoch = max(1, len(train_set) // (cfg.batch_size * accelerator.num_processes))
     total_steps = cfg.max_steps or max(1, int(math.ceil(cfg.epochs * steps_per_epoch)))
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(100, max(1, total_steps // 20))
-    optimizer = _optimizer(model, cfg)
+    from kala_engine.train import ethics_weights
     from kala_engine.train.distributed import load_state_checkpoint, newest_state_checkpoint
 
+    objective = (make_objective or ethics_weights.make_objective)(cfg, model, accelerator, plan, emit)
+    if cfg.resume and "distillation" in folder.read_info() and "distillation" not in getattr(objective, "info", {}):
+        raise JobError(f"{folder.path} is a distillation run; resume it with kala distill --teacher "
+                       f"{folder.read_info()['distillation'].get('teacher')} ... --resume")
+    optimizer = _optimizer(model, cfg, objective.parameters())
     state = newest_state_checkpoint(folder) if cfg.resume and accelerator.num_processes > 1 else None
-    start_step = int(state[0]["step"]) if state else _restore(cfg, folder, model, optimizer, emit)
+    start_step = int(state[0]["step"]) if state else _restore(cfg, folder, model, optimizer, emit, objective)
     model, optimizer = accelerator.prepare(model, optimizer)
     if state:  # a multi-process checkpoint: accelerate's load_state (sharded under FSDP)
         load_state_checkpoint(accelerator, state[1], emit)
@@ -324,10 +347,11 @@ def _set_up(cfg: TrainConfig, emit: Emit, control: JobControl) -> _Run:
             "parameters": sum(p.numel() for p in model.parameters()),
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "total_steps": total_steps, "train_records": len(train_set), "validation_records": len(val_set or []),
-            "status": "running", "started": time.time(), "warnings": warnings, "architecture": arch})
+            "status": "running", "started": time.time(), "warnings": warnings, "architecture": arch,
+            **getattr(objective, "info", {})})
     return _Run(cfg, folder, emit, control, accelerator, plan, tokenizer, model, optimizer, train_set, val_set,
                 val_records, ConstitutionalCollator(tokenizer, max_length=cfg.max_length), steps_per_epoch,
-                total_steps, warmup, start_step)
+                total_steps, warmup, start_step, objective=objective)
 
 
 # --------------------------------------------------------------------------- fit
@@ -356,24 +380,34 @@ def _micro_batches(run: _Run, step: int) -> list[tuple[dict, float]]:
     return out
 
 
-def _optimizer_step(run: _Run, step: int, lr: float) -> tuple[torch.Tensor, float, int]:
-    """One optimizer step: (loss parts [loss, lm, ethics, deep, per law], grad norm, tokens)."""
+def _optimizer_step(run: _Run, step: int, lr: float) -> tuple[torch.Tensor, float, int, dict]:
+    """One optimizer step: (loss parts [loss, lm, ethics, deep, per law], grad norm, tokens, the
+    objective's extra terms)."""
     acc, model = run.accelerator, run.model
     for g in run.optimizer.param_groups:
         g["lr"] = lr
-    parts = torch.zeros(4 + NUM_LAWS, device=acc.device)
+    parts, extra = torch.zeros(4 + NUM_LAWS, device=acc.device), {}
     n_tokens = 0
     micro = _micro_batches(run, step)
     for k, (b, share) in enumerate(micro):
         n_tokens += int(b["attention_mask"].sum())
         with acc.no_sync(model) if k < len(micro) - 1 else contextlib.nullcontext():
             with acc.autocast():
-                out = model(**b)
-            acc.backward(out.loss * share)
-        parts += torch.stack([out.loss.detach(), out.lm_loss.detach(), out.ethics_loss.detach(),
+                out, loss, terms = run.objective.forward(model, b, step, run.total_steps)
+            acc.backward(loss * share)
+        parts += torch.stack([loss.detach(), out.lm_loss.detach(), out.ethics_loss.detach(),
                               out.deep_loss.detach(), *out.ethics_loss_per_law.detach()]).float() * share
-    run.local_lm = float(parts[1])
+        for name, v in terms.items():
+            extra[name] = extra.get(name, 0.0) + v.detach().float() * share
+    run.local_lm = float(parts[1])  # this rank's, before the mean over ranks (rank progress)
     parts = acc.reduce(parts, reduction="mean")
+    names = sorted(extra)
+    if names:
+        values = acc.reduce(torch.stack([extra[n] for n in names]), reduction="mean")
+        extra = {n: float(v) for n, v in zip(names, values, strict=True)}
+    for p in run.objective.parameters():  # not the model's: DDP does not average their gradients
+        if p.grad is not None and acc.num_processes > 1:
+            p.grad = acc.reduce(p.grad, reduction="mean")
     if not bool(torch.isfinite(parts).all()):
         run.optimizer.zero_grad(set_to_none=True)
         good = run.folder.checkpoint_steps()
@@ -385,7 +419,7 @@ def _optimizer_step(run: _Run, step: int, lr: float) -> tuple[torch.Tensor, floa
     grad_norm = acc.clip_grad_norm_(model.parameters(), run.cfg.max_grad_norm)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return parts, float(grad_norm), n_tokens
+    return parts, float(grad_norm), n_tokens, extra
 
 
 def _checkpoint(run: _Run, step: int) -> None:
@@ -399,7 +433,9 @@ def _checkpoint(run: _Run, step: int) -> None:
         return
     if is_main():
         path = save_checkpoint(run.folder, step, run.accelerator.unwrap_model(run.model), run.optimizer,
-                               {"step": step, "steps_per_epoch": run.steps_per_epoch}, run.cfg.keep_checkpoints)
+                               {"step": step, "steps_per_epoch": run.steps_per_epoch,
+                                **({"objective": run.objective.state_dict()} if getattr(run, "objective", None)
+                                   else {})}, run.cfg.keep_checkpoints)
         run.emit(CheckpointSaved(step=step, path=str(path)))
     run.accelerator.wait_for_everyone()
 
@@ -419,7 +455,8 @@ def _fit(run: _Run) -> int:
         while step < total:
             run.control.checkpoint(on_pause=lambda: emit(LogLine(f"paused at step {step}")))
             lr = lr_at(step, total, cfg, run.warmup)
-            parts, grad_norm, n_tokens = _optimizer_step(run, step, lr)
+            weights = run.objective.weights_log(step, total)
+            parts, grad_norm, n_tokens, extra = _optimizer_step(run, step, lr)
             step += 1
             tokens_seen += n_tokens * run.world
             elapsed = time.perf_counter() - t0
@@ -428,7 +465,7 @@ def _fit(run: _Run) -> int:
                 "step": step, "epoch": round(step / run.steps_per_epoch, 4), "loss": float(parts[0]),
                 "lm_loss": run.last_lm, "ethics_loss": run.last_eth, "deep_loss": float(parts[3]),
                 **{LAW_KEYS[i]: float(parts[4 + i]) for i in range(NUM_LAWS)},
-                "lr": lr, "grad_norm": grad_norm,
+                **extra, **weights, "lr": lr, "grad_norm": grad_norm,
                 "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1), "elapsed": round(elapsed, 3),
                 "eta": round(elapsed / (step - run.start_step) * (total - step), 1), "memory_mb": _memory_mb(),
             }
@@ -492,6 +529,7 @@ def validate(run: _Run, step: int) -> dict:
 
 def _validate_and_log(run: _Run, step: int) -> dict:
     line = validate(run, step)
+    run.objective.observe_validation(line)  # every rank (under FSDP every rank validates)
     if is_main():
         run.folder.append_metrics(line)
         run.emit(Validation(step=step, metrics=line))
