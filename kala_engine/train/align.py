@@ -41,18 +41,18 @@ from kala_engine.train.config import TrainConfig
 from kala_engine.train.model_setup import base_dir, is_main, lr_at
 from kala_engine.train.preference import NEEDS_REFERENCE, preference_loss, sequence_logps
 from kala_engine.train.run_folder import RunFolder
+from kala_engine.train.run_info import memory_mb, versions
 from kala_engine.train.trainer import (
     LAW_KEYS,
     _checkpoint,
     _finish,
-    _memory_mb,
     _micro_batches,
     _model_and_tokenizer,
     _optimizer,
     _plan_and_accelerator,
     _restore,
     _Run,
-    _versions,
+    record_interruption,
     train,
 )
 
@@ -202,7 +202,7 @@ def _set_up(cfg: TrainConfig, emit: Emit, control: JobControl) -> _AlignRun:
     model, optimizer = accelerator.prepare(model, optimizer)
     if is_main():
         folder.write_info({
-            "config": asdict(cfg), "versions": _versions(), "plan": plan.lines, "method": cfg.method,
+            "config": asdict(cfg), "versions": versions(), "plan": plan.lines, "method": cfg.method,
             "alignment": {"method": cfg.method, "beta": cfg.beta, "ethics_weight": cfg.ethics_weight,
                           **({"simpo_gamma": cfg.simpo_gamma} if cfg.method == "simpo" else {}),
                           "reference": "lora-disabled" if lora and ref is None and cfg.method in NEEDS_REFERENCE
@@ -309,7 +309,7 @@ def _fit(run: _AlignRun) -> int:
             line = {"step": step, "epoch": round(step / run.steps_per_epoch, 4), "method": cfg.method, **_line(stats),
                     "lr": lr, "grad_norm": grad_norm,
                     "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1), "elapsed": round(elapsed, 3),
-                    "eta": round(elapsed / (step - run.start_step) * (total - step), 1), "memory_mb": _memory_mb()}
+                    "eta": round(elapsed / (step - run.start_step) * (total - step), 1), "memory_mb": memory_mb()}
             run.last_lm, run.last_eth = line["lm_loss"], line["ethics_loss"]
             if is_main():
                 run.folder.append_metrics(line)
@@ -318,16 +318,8 @@ def _fit(run: _AlignRun) -> int:
                 _validate_and_log(run, step)
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
                 _checkpoint(run, step)
-    except Cancelled:
-        emit(LogLine(f"cancelled at step {step}: saving a checkpoint"))
-        if step > run.start_step:
-            _checkpoint(run, step)
-        if is_main():
-            run.folder.update_info(status="cancelled", step=step)
-        raise
-    except BaseException:
-        if is_main():
-            run.folder.update_info(status="failed", step=step)
+    except BaseException as e:
+        record_interruption(run, step, _checkpoint, cancelled=isinstance(e, Cancelled))
         raise
     return step
 

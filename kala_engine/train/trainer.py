@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import platform
 import random
 import shutil
 import time
@@ -55,6 +54,7 @@ from kala_engine.train.checkpoints import (
 from kala_engine.train.config import TrainConfig
 from kala_engine.train.model_setup import apply_lora, base_dir, build_model, build_tokenizer, is_main, lr_at
 from kala_engine.train.run_folder import RunFolder
+from kala_engine.train.run_info import memory_mb, versions
 
 LAW_KEYS = [f"law_loss_{k}" for k in range(NUM_LAWS)]
 #: metrics that depend on wall time (everything else in a metrics line is reproducible)
@@ -62,21 +62,6 @@ TIMING_KEYS = ("tokens_per_s", "elapsed", "eta", "memory_mb", "time")
 
 
 # --------------------------------------------------------------------------- the run
-
-
-def _versions() -> dict:
-    import accelerate
-    import transformers
-
-    out = {"python": platform.python_version(), "torch": torch.__version__,
-           "transformers": transformers.__version__, "accelerate": accelerate.__version__}
-    try:
-        from importlib.metadata import version
-
-        out["kala-studio"] = version("kala-studio")
-    except Exception:  # noqa: BLE001
-        pass
-    return out
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -342,7 +327,7 @@ def _set_up(cfg: TrainConfig, emit: Emit, control: JobControl, make_objective=No
             folder.truncate_metrics(start_step)
     if is_main():
         folder.write_info({
-            "config": asdict(cfg), "versions": _versions(), "plan": plan.lines,
+            "config": asdict(cfg), "versions": versions(), "plan": plan.lines,
             "device": {"kind": plan.device_kind, "name": dev.name}, "processes": accelerator.num_processes,
             "parameters": sum(p.numel() for p in model.parameters()),
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -467,7 +452,7 @@ def _fit(run: _Run) -> int:
                 **{LAW_KEYS[i]: float(parts[4 + i]) for i in range(NUM_LAWS)},
                 **extra, **weights, "lr": lr, "grad_norm": grad_norm,
                 "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1), "elapsed": round(elapsed, 3),
-                "eta": round(elapsed / (step - run.start_step) * (total - step), 1), "memory_mb": _memory_mb(),
+                "eta": round(elapsed / (step - run.start_step) * (total - step), 1), "memory_mb": memory_mb(),
             }
             if run.world > 1:  # rank 0 shows every rank's progress
                 from kala_engine.train.distributed import rank_progress
@@ -480,18 +465,21 @@ def _fit(run: _Run) -> int:
                 _validate_and_log(run, step)
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
                 _checkpoint(run, step)
-    except Cancelled:
-        emit(LogLine(f"cancelled at step {step}: saving a checkpoint"))
-        if step > run.start_step:
-            _checkpoint(run, step)
-        if is_main():
-            run.folder.update_info(status="cancelled", step=step)
-        raise
-    except BaseException:
-        if is_main():
-            run.folder.update_info(status="failed", step=step)
+    except BaseException as e:
+        record_interruption(run, step, _checkpoint, cancelled=isinstance(e, Cancelled))
         raise
     return step
+
+
+def record_interruption(run, step: int, checkpoint, cancelled: bool) -> None:
+    """A fit loop (any training method's) stopped early at ``step``: cancelled → a checkpoint there
+    (when the run moved) and status "cancelled"; anything else → status "failed". The caller re-raises."""
+    if cancelled:
+        run.emit(LogLine(f"cancelled at step {step}: saving a checkpoint"))
+        if step > run.start_step:
+            checkpoint(run, step)
+    if is_main():
+        run.folder.update_info(status="cancelled" if cancelled else "failed", step=step)
 
 
 # --------------------------------------------------------------------------- validate
@@ -586,17 +574,6 @@ def save_final(model, tokenizer, folder: RunFolder, mode: str, law_thresholds: l
     with folder.writing_final() as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-
-
-def _memory_mb() -> float:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    try:
-        import resource
-
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    except (ImportError, OSError):
-        return 0.0
 
 
 def train_job(cfg: TrainConfig):
