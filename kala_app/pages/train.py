@@ -30,7 +30,6 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
-    QSlider,
     QSplitter,
     QTabWidget,
     QVBoxLayout,
@@ -42,20 +41,15 @@ from kala_engine.units import format_duration
 
 from .. import engine_api
 from ..error_dialog import show_error
-from ..runs import RunInfo, list_runs, load_curves, new_run_dir, remove_if_empty_run
+from ..runs import RunInfo, list_runs, new_run_dir, remove_if_empty_run
 from ..widgets.base_picker import BasePicker
 from ..widgets.elided_combo import ElidedComboBox
 from ..widgets.hyperparameters import HyperparameterForm
-from ..widgets.live_plot import LivePlot
 from ..widgets.multi_gpu import GpuCountField, RankProgress
+from ..widgets.train_curves import TrainCurves
 from ..widgets.train_ethics_weights import EthicsWeightsBox
 from ..widgets.train_method import TrainMethod
 from ..widgets.train_parts import (
-    ETHICS_COLOR,
-    LAW_COLORS,
-    LM_COLOR,
-    OVERLAY_COLOR,
-    VAL_COLOR,
     MemoryBar,
     ResumeBanner,
 )
@@ -242,46 +236,17 @@ class TrainPage(QWidget):
         return buttons, stats
 
     def _build_plots(self) -> tuple[QHBoxLayout, QSplitter]:
-        """LM, ethics and learning-rate plots, smoothing, overlay choice and the log."""
-        self.lm_plot = LivePlot("Language-modeling loss", "loss")
-        self.lm_plot.add_curve("lm", "train", LM_COLOR)
-        self.lm_plot.add_points("lm_val", "validation", VAL_COLOR)
-        self.ethics_plot = LivePlot("Ethics loss (click a legend entry to hide it)", "loss", phase_ms=33,
-                                    legend_columns=2)
-        self.ethics_plot.add_curve("ethics", "total", ETHICS_COLOR, width=2)
-        for k, title in enumerate(self.law_titles):
-            self.ethics_plot.add_curve(f"law{k}", title, LAW_COLORS[k % len(LAW_COLORS)])
-        self.ethics_plot.add_points("ethics_val", "validation", VAL_COLOR)
-        self.lr_plot = LivePlot("Learning rate", "lr", phase_ms=66)
-        self.lr_plot.add_curve("lr", "learning rate", "#444", smooth=False)
-        self.plots = [self.lm_plot, self.ethics_plot, self.lr_plot, self.method.plot, self.ethics_box.weights_plot,
-                      self.ethics_box.distill_plot]
+        """The loss curves (with smoothing and the overlay), the method's plot and a tabbed panel of
+        the learning rate, the log, the ethics weights and the distillation terms."""
+        self.curves = TrainCurves(self.law_titles, self.ctx.settings, extra=[self.method, self.ethics_box])
+        self.lm_plot, self.ethics_plot, self.lr_plot = self.curves.lm_plot, self.curves.ethics_plot, self.curves.lr_plot
+        self.smooth_slider, self.overlay_combo = self.curves.smooth_slider, self.curves.overlay_combo
+        self.plots = [*self.curves.plots, self.method.plot, self.ethics_box.weights_plot, self.ethics_box.distill_plot]
         # Not x-linked: a link makes every plot repaint whenever one redraws (3 paints in one go).
-
-        self.smooth_slider = QSlider(Qt.Orientation.Horizontal)
-        self.smooth_slider.setRange(0, 99)
-        self.smooth_slider.setValue(int(float(self.ctx.settings.value("train/smoothing", 60))))
-        self.smooth_slider.setToolTip("Exponential moving average of the loss curves (0: raw values).")
-        self.smooth_slider.valueChanged.connect(self._on_smoothing)
-        self.smooth_label = QLabel()
-        self.overlay_combo = ElidedComboBox()
-        self.overlay_combo.setObjectName("overlayCombo")
-        self.overlay_combo.setToolTip("Draw an earlier run's curves (dashed, grey) under this one.")
-        self.overlay_combo.setMinimumWidth(220)
-        self.overlay_combo.activated.connect(self._on_overlay_chosen)
-        plot_bar = QHBoxLayout()
-        plot_bar.addWidget(QLabel("Smoothing"))
-        plot_bar.addWidget(self.smooth_slider, 1)
-        plot_bar.addWidget(self.smooth_label)
-        plot_bar.addSpacing(16)
-        plot_bar.addWidget(QLabel("Compare with"))
-        plot_bar.addWidget(self.overlay_combo, 1)
-
         self.log_view = QPlainTextEdit()
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(2000)
         self.log_view.setPlaceholderText("training log")
-
         # the learning rate and the log share a tabbed panel: in a 640-px-high window the two loss
         # plots keep a readable height
         self.lr_plot.setMinimumHeight(70)  # the panel may shrink before the loss plots do
@@ -298,13 +263,11 @@ class TrainPage(QWidget):
         plots.addWidget(self.ethics_plot)
         plots.addWidget(self.method.plot)  # reward margin and preference accuracy (DPO/ORPO/SimPO only)
         plots.addWidget(self.aux_tabs)
-        plots.setStretchFactor(0, 1)
-        plots.setStretchFactor(1, 1)
-        plots.setStretchFactor(2, 1)
-        plots.setStretchFactor(3, 0)
+        for i, stretch in enumerate((1, 1, 1, 0)):
+            plots.setStretchFactor(i, stretch)
         self.aux_tabs.setMaximumHeight(165)
         plots.setSizes([300, 340, 220, 150])
-        return plot_bar, plots
+        return self.curves.bar, plots
 
     def _connect_worker(self) -> None:
         w = self.worker
@@ -561,11 +524,7 @@ class TrainPage(QWidget):
             lab.setText("–")
 
     def _load_existing_curves(self, run_dir: Path) -> None:
-        train, val = load_curves(run_dir)
-        for m in train:
-            self._add_step_metrics(m)
-        for m in val:
-            self._add_validation_metrics(m)
+        self.curves.load_run(run_dir)
 
     def _is_my_training(self) -> bool:
         return self.worker.owner is self and self._job_kind == "train"
@@ -582,20 +541,7 @@ class TrainPage(QWidget):
         self._steps_seen += 1
 
     def _add_step_metrics(self, m: dict) -> None:
-        x = m.get("step")
-        if x is None:
-            return
-        if (v := m.get("lm_loss")) is not None:
-            self.lm_plot.append("lm", x, v)
-        if (v := m.get("ethics_loss")) is not None:
-            self.ethics_plot.append("ethics", x, v)
-        for k in range(len(self.law_titles)):
-            if (v := m.get(f"law_loss_{k}")) is not None:
-                self.ethics_plot.append(f"law{k}", x, v)
-        if (v := m.get("lr")) is not None:
-            self.lr_plot.append("lr", x, v)
-        self.method.add_step(m)
-        self.ethics_box.add_step(m)
+        self.curves.add_step(m)
 
     def _on_validation(self, ev) -> None:
         if not self._is_my_training():
@@ -608,16 +554,7 @@ class TrainPage(QWidget):
             + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float)))
 
     def _add_validation_metrics(self, m: dict) -> None:
-        x = m.get("step")
-        lm = m.get("lm_loss", m.get("val_lm_loss"))
-        eth = m.get("ethics_loss", m.get("val_ethics_loss"))
-        if x is None:
-            return
-        if lm is not None:
-            self.lm_plot.append("lm_val", x, lm)
-        if eth is not None:
-            self.ethics_plot.append("ethics_val", x, eth)
-        self.method.add_validation(m)
+        self.curves.add_validation(m)
 
     def _on_log(self, message: str) -> None:
         if self.worker.owner is self:
@@ -709,38 +646,11 @@ class TrainPage(QWidget):
     # ================================================================ plots
 
     def _on_smoothing(self, value: int) -> None:
-        alpha = value / 100.0
-        self.smooth_label.setText(f"{alpha:.2f}")
-        for p in (self.lm_plot, self.ethics_plot):
-            p.set_smoothing(alpha)
-
-    def _on_overlay_chosen(self, index: int) -> None:
-        self.set_overlay(self.overlay_combo.itemData(index))
+        self.curves.set_smoothing(value)
 
     def set_overlay(self, run_dir: str | Path | None) -> int:
         """Draw ``run_dir``'s curves dashed under the live ones (None removes them). Returns points."""
-        for p in (self.lm_plot, self.ethics_plot):
-            for k in [k for k in p.series if k.startswith("ov_")]:
-                p.remove(k)
-        if not run_dir:
-            return 0
-        train, val = load_curves(run_dir)
-        name = Path(run_dir).name
-        dash = Qt.PenStyle.DashLine
-        self.lm_plot.add_curve("ov_lm", f"{name}", OVERLAY_COLOR, style=dash)
-        self.ethics_plot.add_curve("ov_ethics", f"{name}", OVERLAY_COLOR, style=dash)
-        xs = [m["step"] for m in train if "step" in m and m.get("lm_loss") is not None]
-        self.lm_plot.extend("ov_lm", xs, [m["lm_loss"] for m in train if "step" in m and m.get("lm_loss") is not None])
-        xe = [m["step"] for m in train if "step" in m and m.get("ethics_loss") is not None]
-        self.ethics_plot.extend("ov_ethics", xe,
-                                [m["ethics_loss"] for m in train if "step" in m and m.get("ethics_loss") is not None])
-        for p in (self.lm_plot, self.ethics_plot):
-            p.set_smoothing(p.smoothing)
-            p.redraw()
-        i = self.overlay_combo.findData(str(run_dir))
-        if i >= 0:
-            self.overlay_combo.setCurrentIndex(i)
-        return len(xs)
+        return self.curves.set_overlay(run_dir)
 
     def shutdown(self) -> None:
         for p in self.plots:

@@ -7,7 +7,7 @@ launch job), which starts the processes through PyTorch's launcher with the doct
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from PySide6.QtWidgets import QLabel, QSpinBox
 
