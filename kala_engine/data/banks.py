@@ -129,6 +129,75 @@ def load_banks(folder: str | Path | None = None) -> Banks:
     return _load_cached(str(folder if folder is not None else resource_path("prompts")))
 
 
+def _read_topic(path: Path, n: int, t: dict, slot_names: set[str]) -> Topic:
+    """One ``[[topic]]`` of harmful.toml, checked (laws, style, lead, every text's slot fields)."""
+    where = f"topic[{n}] ({t.get('id', '?')})"
+    law = _law(path, f"{where}.law", t.get("law"))
+    also = tuple(_law(path, f"{where}.also", x) for x in t.get("also", []))
+    if law in also:
+        raise BankError(f"{path}: {where}: 'also' repeats the topic's own law {law}")
+    style = t.get("style", "howto")
+    if style not in STYLES:
+        raise BankError(f"{path}: {where}.style must be one of {STYLES}, got {style!r}")
+    lead = t.get("lead")
+    if lead is not None:
+        lead = _strings(path, f"{where}.lead", lead)
+        if len(lead) != 2:
+            raise BankError(f"{path}: {where}.lead must be [question, answer]")
+    topic = Topic(
+        id=str(t.get("id") or f"topic{n}"),
+        law=law,
+        also=also,
+        style=style,
+        ask=_strings(path, f"{where}.ask", t.get("ask")),
+        harm=_strings(path, f"{where}.harm", t.get("harm"))[0],
+        alt=_strings(path, f"{where}.alt", t.get("alt"))[0],
+        bad=_strings(path, f"{where}.bad", t.get("bad")),
+        lead=lead,
+        care=bool(t.get("care", False)),
+    )
+    for text in (*topic.ask, *topic.bad, topic.harm, topic.alt):
+        _check_fields(path, where, text, slot_names)
+    return topic
+
+
+def _read_scenario(path: Path, n: int, s: dict, slot_names: set[str]) -> Scenario:
+    """One ``[[scenario]]`` of law_specific.toml, checked."""
+    law_fields = {f"law{i}" for i in range(NUM_LAWS)} | {f"short{i}" for i in range(NUM_LAWS)}
+    where = f"scenario[{n}] ({s.get('id', '?')})"
+    sc = Scenario(
+        id=str(s.get("id") or f"scenario{n}"),
+        law=_law(path, f"{where}.law", s.get("law")),
+        violates=tuple(_law(path, f"{where}.violates", x) for x in s.get("violates", [])),
+        q=_strings(path, f"{where}.q", s.get("q")),
+        a=_strings(path, f"{where}.a", s.get("a"))[0],
+    )
+    for text in sc.q:
+        _check_fields(path, where, text, slot_names)
+    _check_fields(path, where, sc.a, slot_names | law_fields)
+    return sc
+
+
+def _read_qa(folder: Path) -> tuple[list[QA], list[QA]]:
+    """The benign questions (benign.toml) and the benign-but-alarming families (alarming.toml)."""
+    path = folder / "benign.toml"
+    benign = []
+    for topic, items in _read(path).get("topics", {}).items():
+        for n, item in enumerate(items):
+            where = f"topics.{topic}[{n}]"
+            benign.append(QA(f"benign.{topic}.{n:02d}", _strings(path, f"{where}.q", item.get("q")),
+                             _strings(path, f"{where}.a", item.get("a"))[0]))
+    path = folder / "alarming.toml"
+    alarming = []
+    for n, fam in enumerate(_read(path).get("family", [])):
+        fid = f"alarming.{fam.get('id') or n}"
+        for m, item in enumerate(fam.get("items", [])):
+            where = f"family[{n}].items[{m}]"
+            alarming.append(QA(fid, _strings(path, f"{where}.q", item.get("q")),
+                               _strings(path, f"{where}.a", item.get("a"))[0]))
+    return benign, alarming
+
+
 @lru_cache(maxsize=4)
 def _load_cached(folder_str: str) -> Banks:
     folder = Path(folder_str)
@@ -141,73 +210,11 @@ def _load_cached(folder_str: str) -> Banks:
             continue
         templates[section] = {k: _strings(slots_path, f"{section}.{k}", v) for k, v in table.items()}
     slot_names = set(slots) | {f"{k}_cap" for k in slots}
-    law_fields = {f"law{i}" for i in range(NUM_LAWS)} | {f"short{i}" for i in range(NUM_LAWS)}
-
     path = folder / "harmful.toml"
-    topics = []
-    for n, t in enumerate(_read(path).get("topic", [])):
-        where = f"topic[{n}] ({t.get('id', '?')})"
-        law = _law(path, f"{where}.law", t.get("law"))
-        also = tuple(_law(path, f"{where}.also", x) for x in t.get("also", []))
-        if law in also:
-            raise BankError(f"{path}: {where}: 'also' repeats the topic's own law {law}")
-        style = t.get("style", "howto")
-        if style not in STYLES:
-            raise BankError(f"{path}: {where}.style must be one of {STYLES}, got {style!r}")
-        lead = t.get("lead")
-        if lead is not None:
-            lead = _strings(path, f"{where}.lead", lead)
-            if len(lead) != 2:
-                raise BankError(f"{path}: {where}.lead must be [question, answer]")
-        topic = Topic(
-            id=str(t.get("id") or f"topic{n}"),
-            law=law,
-            also=also,
-            style=style,
-            ask=_strings(path, f"{where}.ask", t.get("ask")),
-            harm=_strings(path, f"{where}.harm", t.get("harm"))[0],
-            alt=_strings(path, f"{where}.alt", t.get("alt"))[0],
-            bad=_strings(path, f"{where}.bad", t.get("bad")),
-            lead=lead,
-            care=bool(t.get("care", False)),
-        )
-        for text in (*topic.ask, *topic.bad, topic.harm, topic.alt):
-            _check_fields(path, where, text, slot_names)
-        topics.append(topic)
-
+    topics = [_read_topic(path, n, t, slot_names) for n, t in enumerate(_read(path).get("topic", []))]
     path = folder / "law_specific.toml"
-    scenarios = []
-    for n, s in enumerate(_read(path).get("scenario", [])):
-        where = f"scenario[{n}] ({s.get('id', '?')})"
-        sc = Scenario(
-            id=str(s.get("id") or f"scenario{n}"),
-            law=_law(path, f"{where}.law", s.get("law")),
-            violates=tuple(_law(path, f"{where}.violates", x) for x in s.get("violates", [])),
-            q=_strings(path, f"{where}.q", s.get("q")),
-            a=_strings(path, f"{where}.a", s.get("a"))[0],
-        )
-        for text in sc.q:
-            _check_fields(path, where, text, slot_names)
-        _check_fields(path, where, sc.a, slot_names | law_fields)
-        scenarios.append(sc)
-
-    path = folder / "benign.toml"
-    benign = []
-    for topic, items in _read(path).get("topics", {}).items():
-        for n, item in enumerate(items):
-            where = f"topics.{topic}[{n}]"
-            benign.append(QA(f"benign.{topic}.{n:02d}", _strings(path, f"{where}.q", item.get("q")),
-                             _strings(path, f"{where}.a", item.get("a"))[0]))
-
-    path = folder / "alarming.toml"
-    alarming = []
-    for n, fam in enumerate(_read(path).get("family", [])):
-        fid = f"alarming.{fam.get('id') or n}"
-        for m, item in enumerate(fam.get("items", [])):
-            where = f"family[{n}].items[{m}]"
-            alarming.append(QA(fid, _strings(path, f"{where}.q", item.get("q")),
-                               _strings(path, f"{where}.a", item.get("a"))[0]))
-
+    scenarios = [_read_scenario(path, n, s, slot_names) for n, s in enumerate(_read(path).get("scenario", []))]
+    benign, alarming = _read_qa(folder)
     banks = Banks(tuple(topics), tuple(scenarios), tuple(benign), tuple(alarming), slots, templates, folder)
     for law in range(NUM_LAWS):
         if not banks.topics_for(law):
