@@ -19,10 +19,8 @@ from typing import Any
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
-    QFileDialog,
     QFormLayout,
     QFrame,
-    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -37,13 +35,12 @@ from PySide6.QtWidgets import (
 )
 
 from kala_engine.train.config import default_learning_rate
-from kala_engine.units import format_duration
 
 from .. import engine_api
 from ..error_dialog import show_error
 from ..runs import RunInfo, list_runs, new_run_dir, remove_if_empty_run
 from ..widgets.base_picker import BasePicker
-from ..widgets.elided_combo import ElidedComboBox
+from ..widgets.data_picker import DataPicker
 from ..widgets.hyperparameters import HyperparameterForm
 from ..widgets.multi_gpu import GpuCountField, RankProgress
 from ..widgets.train_curves import TrainCurves
@@ -52,11 +49,9 @@ from ..widgets.train_method import TrainMethod
 from ..widgets.train_parts import (
     MemoryBar,
     ResumeBanner,
+    StepStats,
 )
 from ..widgets.wrap_label import WrapLabel
-
-BROWSE_DATA = "Browse…"
-
 
 
 class TrainPage(QWidget):
@@ -134,7 +129,7 @@ class TrainPage(QWidget):
         # the plots, so that Start/Pause/Cancel never move under the pointer.
         rlay.addLayout(buttons)
         rlay.addWidget(self.progress)
-        rlay.addLayout(stats)
+        rlay.addWidget(stats)
         rlay.addWidget(self.resume_banner)
         self.rank_progress = RankProgress()  # every rank of a multi-GPU run, through rank 0
         rlay.addWidget(self.rank_progress)
@@ -161,10 +156,8 @@ class TrainPage(QWidget):
         self.base_combo = self.base_picker.combo
         self.base_status = self.base_picker.status
         self.base_download_button = self.base_picker.download_button
-        self.data_combo = ElidedComboBox()
-        self.data_combo.setObjectName("dataCombo")
-        self.data_combo.setToolTip("A KALA JSONL data set (make one on the Data page).")
-        self.data_combo.activated.connect(self._on_data_activated)
+        self.data_picker = DataPicker(self, self.ctx)
+        self.data_combo = self.data_picker.combo
         form.addRow("Base", self.base_combo)
         form.addRow(self.base_status)
         form.addRow(self.base_download_button)
@@ -196,7 +189,7 @@ class TrainPage(QWidget):
         dform.addRow(self.doctor_button)
         return doctor_box
 
-    def _build_controls(self) -> tuple[QHBoxLayout, QGridLayout]:
+    def _build_controls(self) -> tuple[QHBoxLayout, QWidget]:
         """Resume offer, Start/Pause/Resume/Cancel, progress bar and stat labels."""
         self.resume_banner = ResumeBanner()
         self.resume_banner.resume_clicked.connect(self.resume_run)
@@ -224,16 +217,9 @@ class TrainPage(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setFormat("idle")
-        self.stats = {k: QLabel("–") for k in ("step", "epoch", "elapsed", "eta", "tokens_per_s", "lr")}
-        stats = QGridLayout()
-        for i, (k, title) in enumerate([("step", "Step"), ("epoch", "Epoch"), ("elapsed", "Elapsed"),
-                                        ("eta", "ETA"), ("tokens_per_s", "Tokens/s"), ("lr", "LR")]):
-            t = QLabel(title)
-            t.setStyleSheet("color: #666;")
-            stats.addWidget(t, 0, i)
-            self.stats[k].setObjectName(f"stat_{k}")
-            stats.addWidget(self.stats[k], 1, i)
-        return buttons, stats
+        self.step_stats = StepStats()
+        self.stats = self.step_stats.labels
+        return buttons, self.step_stats
 
     def _build_plots(self) -> tuple[QHBoxLayout, QSplitter]:
         """The loss curves (with smoothing and the overlay), the method's plot and a tabbed panel of
@@ -281,32 +267,11 @@ class TrainPage(QWidget):
         w.started.connect(self.base_picker.on_job_started)
         w.event.connect(self.base_picker.on_download_event)
 
-    @staticmethod
-    def _safe(fn, default):
-        try:
-            return fn()
-        except Exception:  # noqa: BLE001 - an optional engine piece; the page still works
-            return default
-
     # ================================================================ lists (data sets, runs)
 
     def refresh_lists(self) -> None:
         """Re-read the data sets and runs folders (data combo, overlay combo, resume offer)."""
-        current = self.data_path()
-        self.data_combo.clear()
-        files = sorted(self.ctx.datasets_dir.glob("*.jsonl"), key=lambda p: p.stat().st_mtime, reverse=True)
-        remembered = self.ctx.settings.value("data/current", "")
-        paths = [str(p) for p in files]
-        for extra in (current, remembered):
-            if extra and extra not in paths and Path(extra).is_file():
-                paths.insert(0, extra)
-        for p in paths:
-            self.data_combo.addItem(Path(p).name, p)
-            self.data_combo.setItemData(self.data_combo.count() - 1, p, Qt.ItemDataRole.ToolTipRole)
-        self.data_combo.addItem(BROWSE_DATA)
-        want = current or remembered
-        idx = self.data_combo.findData(want) if want else 0
-        self.data_combo.setCurrentIndex(max(0, idx))
+        self.data_picker.refill()
 
         runs = list_runs(self.ctx.runs_dir, active=self.run_dir if self._job_kind == "train" else None)
         sel = self.overlay_combo.currentData()
@@ -332,17 +297,10 @@ class TrainPage(QWidget):
 
     def set_data_path(self, path: str | Path) -> None:
         """Select a data set (adds it to the list if needed)."""
-        path = str(path)
-        self.ctx.settings.setValue("data/current", path)
-        i = self.data_combo.findData(path)
-        if i < 0:
-            self.data_combo.insertItem(0, Path(path).name, path)
-            i = 0
-        self.data_combo.setCurrentIndex(i)
+        self.data_picker.set_path(path)
 
     def data_path(self) -> str:
-        d = self.data_combo.currentData()
-        return str(d) if d else ""
+        return self.data_picker.path()
 
     def base(self) -> str:
         return self.base_picker.base()
@@ -363,16 +321,6 @@ class TrainPage(QWidget):
 
     def check_base(self) -> str:
         return self.base_picker.check()
-
-    def _on_data_activated(self, index: int) -> None:
-        if self.data_combo.itemText(index) != BROWSE_DATA:
-            return
-        path, _ = QFileDialog.getOpenFileName(self, "Choose a KALA data set", str(self.ctx.datasets_dir),
-                                              "KALA JSONL (*.jsonl);;All files (*)")
-        if path:
-            self.set_data_path(path)
-        else:
-            self.data_combo.setCurrentIndex(0)
 
     # ================================================================ settings
 
@@ -520,8 +468,7 @@ class TrainPage(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setFormat("starting…")
-        for lab in self.stats.values():
-            lab.setText("–")
+        self.step_stats.clear()
 
     def _load_existing_curves(self, run_dir: Path) -> None:
         self.curves.load_run(run_dir)
@@ -582,15 +529,7 @@ class TrainPage(QWidget):
         eta = m.get("eta")
         if eta is None and total and step:
             eta = elapsed / step * (total - step)
-        tps = m.get("tokens_per_s")
-        self.stats["step"].setText(f"{step}" + (f" / {total}" if total else ""))
-        ep = m.get("epoch")
-        self.stats["epoch"].setText(f"{ep:.2f}" if isinstance(ep, (int, float)) else "–")
-        self.stats["elapsed"].setText(format_duration(elapsed))
-        self.stats["eta"].setText(format_duration(eta))
-        self.stats["tokens_per_s"].setText(f"{tps:,.0f}" if isinstance(tps, (int, float)) else "–")
-        lr = m.get("lr")
-        self.stats["lr"].setText(f"{lr:.2e}" if isinstance(lr, (int, float)) else "–")
+        self.step_stats.show_step(m, step, total, elapsed, eta)
 
     def _on_failed(self, message: str, traceback: str) -> None:
         if self.worker.owner is not self:

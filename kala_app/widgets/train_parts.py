@@ -5,7 +5,18 @@ from __future__ import annotations
 import math
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from kala_engine.units import format_duration
 
 from ..runs import RunInfo
 from .wrap_label import WrapLabel
@@ -99,3 +110,38 @@ class ResumeBanner(QFrame):
             f"Resume it from its last checkpoint ({run.last_checkpoint.name})?"
         )
         self.show()
+
+
+class StepStats(QWidget):
+    """Step, epoch, elapsed, ETA, tokens/s and learning rate of the newest step, in a row."""
+
+    FIELDS = [("step", "Step"), ("epoch", "Epoch"), ("elapsed", "Elapsed"), ("eta", "ETA"),
+              ("tokens_per_s", "Tokens/s"), ("lr", "LR")]
+
+    def __init__(self) -> None:
+        super().__init__()
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        self.labels = {k: QLabel("–") for k, _ in self.FIELDS}
+        for i, (k, title) in enumerate(self.FIELDS):
+            t = QLabel(title)
+            t.setStyleSheet("color: #666;")
+            grid.addWidget(t, 0, i)
+            self.labels[k].setObjectName(f"stat_{k}")
+            grid.addWidget(self.labels[k], 1, i)
+
+    def clear(self) -> None:
+        for lab in self.labels.values():
+            lab.setText("–")
+
+    def show_step(self, m: dict, step: int, total: int, elapsed: float, eta: float | None) -> None:
+        def number(key: str, fmt: str) -> str:
+            v = m.get(key)
+            return format(v, fmt) if isinstance(v, (int, float)) else "–"
+
+        self.labels["step"].setText(f"{step}" + (f" / {total}" if total else ""))
+        self.labels["epoch"].setText(number("epoch", ".2f"))
+        self.labels["elapsed"].setText(format_duration(elapsed))
+        self.labels["eta"].setText(format_duration(eta))
+        self.labels["tokens_per_s"].setText(number("tokens_per_s", ",.0f"))
+        self.labels["lr"].setText(number("lr", ".2e"))
