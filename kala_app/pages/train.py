@@ -118,6 +118,8 @@ class TrainPage(QWidget):
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setMinimumWidth(330)
+        # the column wraps to the width it gets (a vertical scroll bar must not bring a sideways one)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
 
         buttons, stats = self._build_controls()
         plot_bar, plots = self._build_plots()

@@ -303,3 +303,16 @@ def test_a_flagged_prompts_assessment_line_is_never_cut(window, size):
         assert label.toolTip() == user.assessment_text()  # the whole line, however narrow
     finally:
         chat.job_factory = old
+
+
+def test_train_settings_column_never_scrolls_sideways_at_1024(window):
+    """The Train page's left column (method, hyperparameters, ethics fold) grew taller than 640 px:
+    its vertical scroll bar must not bring a horizontal one; the column wraps to its width."""
+    from PySide6.QtWidgets import QScrollArea
+
+    window.resize(1024, 640)
+    train = window.show_page("train")
+    _wait(0.3)
+    area = next(a for a in train.findChildren(QScrollArea) if a.widget() is not None
+                and a.widget().isAncestorOf(train.hp_form))
+    assert not area.horizontalScrollBar().isVisible()
