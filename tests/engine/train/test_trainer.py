@@ -26,10 +26,9 @@ from kala_engine.jobs import (
     run_job,
 )
 from kala_engine.model.presets import GiB
-from kala_engine.train.trainer import TIMING_KEYS, TrainConfig, train, train_job
+from kala_engine.train.trainer import TIMING_KEYS, train, train_job
+from tests.engine.train.tiny_runs import TINY, cfg_for
 
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-        "max_position_embeddings": 128}
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -42,12 +41,6 @@ def dataset(tmp_path_factory):
     return p
 
 
-def cfg_for(dataset, run_dir, **kw) -> TrainConfig:
-    base = dict(data=str(dataset), run_dir=str(run_dir), max_steps=12, batch_size=4, max_length=48,
-                learning_rate=3e-3, eval_every=4, eval_batches=2, save_every=4, keep_checkpoints=3, seed=7,
-                vocab_size=300, tiny_overrides=TINY, device="cpu")
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def metrics(run_dir) -> list[dict]:
