@@ -353,9 +353,10 @@ def held_out_preference(model_dir: str, pairs_path: str, split: str = "validatio
     """``logp_accuracy`` and ``logp_margin`` of a saved model on the ``split`` pairs of a pair file."""
     from kala_engine.data.pairs import load_pairs
     from kala_engine.data.tokenizer import load_tokenizer
-    from kala_engine.model.loading import SAFE_KWARGS
+    from kala_engine.model.loading import SAFE_KWARGS, check_folder
     from kala_engine.model.modeling_kala import KALAForCausalLM
 
+    check_folder(model_dir)  # the loading policy first: no auto_map (foreign code), safetensors only
     tok = load_tokenizer(model_dir)
     model = KALAForCausalLM.from_pretrained(model_dir, use_safetensors=True, **SAFE_KWARGS).eval()
     ds = PairDataset([p for p in load_pairs(pairs_path) if p["split"] == split], tok, max_length)

@@ -156,9 +156,10 @@ class DistillObjective:
 def load_teacher(teacher: Path, device, precision: str):
     """The teacher in inference mode on ``device``: eval, no gradients, fp16/bf16 on a GPU when
     the run trains in it (the full-precision weights stay on disk)."""
-    from kala_engine.model.loading import SAFE_KWARGS
+    from kala_engine.model.loading import SAFE_KWARGS, check_folder
     from kala_engine.model.modeling_kala import KALAForCausalLM
 
+    check_folder(teacher)  # the loading policy first: no auto_map (foreign code), safetensors only
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision) if str(device).startswith("cuda") \
         else None
     model = KALAForCausalLM.from_pretrained(teacher, use_safetensors=True, dtype=dtype or torch.float32,

@@ -150,3 +150,24 @@ def test_pickle_only_weights_are_refused_without_unpickling(folders, tmp_path, m
     assert main(["data", "cai", "--model", str(tmp_path / "neox-bin"), "--out", str(tmp_path / "o.jsonl"),
                  "--count", "1"]) == 2
     assert "pickle" in capsys.readouterr().err
+
+
+def test_align_and_distill_loaders_apply_the_loading_policy(tmp_path):
+    """A teacher or an aligned model folder whose config asks for its own code (auto_map) is refused
+    before transformers reads it, like every other loader."""
+    import json as _json
+
+    import pytest as _pytest
+
+    from kala_engine.model.loading import LoadRefused
+    from kala_engine.train.align import held_out_preference
+    from kala_engine.train.distill import load_teacher
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(_json.dumps({"model_type": "kala", "auto_map": {"AutoModel": "x.Y"}}))
+    (bad / "model.safetensors").write_bytes(b"")
+    with _pytest.raises(LoadRefused):
+        load_teacher(bad, "cpu", "fp32")
+    with _pytest.raises(LoadRefused):
+        held_out_preference(bad, tmp_path / "pairs.jsonl")
