@@ -12,6 +12,11 @@ The one owner of every rule about laws (no torch here; the app imports it):
 * **Threshold resolution** - an explicit threshold (one number or five) wins; else the model's
   calibrated ``law_thresholds`` (saved in its ``config.json`` by training); else the
   constitution's default for each law (:func:`resolve_thresholds`, :func:`thresholds_in_force`).
+  A model may carry two calibrated sets: ``law_thresholds`` flag a *prompt* (the assessment at
+  its last token) and ``reply_thresholds`` stop a *reply* (a reply token's scores). Calibration
+  sets them apart (issue 16): a refusal names the harm it refuses, so its tokens dip lower than a
+  benign prompt's assessment, and one shared number either cut refusals short or flagged fewer
+  harmful prompts. ``reply=True`` asks for the reply set (falling back to ``law_thresholds``).
 """
 
 from __future__ import annotations
@@ -221,23 +226,18 @@ def resolve_thresholds(explicit: float | Sequence[float] | None = None,
     return tuple(values)
 
 
-def model_thresholds(model) -> list[float | None] | None:
-    """The per-law thresholds calibrated for a loaded ``model`` at the end of its training, if any."""
-    t = getattr(getattr(model, "config", None), "law_thresholds", None)
+def model_thresholds(model, *, reply: bool = False) -> list[float | None] | None:
+    """The per-law thresholds calibrated for a loaded ``model`` at the end of its training, if
+    any: the prompt-flag set, or with ``reply`` the reply-stop set (``reply_thresholds``, else the
+    prompt set)."""
+    cfg = getattr(model, "config", None)
+    t = getattr(cfg, "reply_thresholds", None) if reply else None
+    if t is None:
+        t = getattr(cfg, "law_thresholds", None)
     return list(t) if t is not None else None
 
 
-def saved_thresholds(model_dir: str | Path | None) -> list[float | None] | None:
-    """The calibrated ``law_thresholds`` of a saved model folder (its ``config.json``), read
-    without loading the model; None when the folder has none or they cannot be read (an
-    uncalibrated model, a damaged file): the constitution's thresholds then apply."""
-    if not model_dir:
-        return None
-    try:
-        cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    given = cfg.get("law_thresholds") if isinstance(cfg, dict) else None
+def _valid_saved(given) -> list[float | None] | None:
     if not isinstance(given, list) or len(given) != NUM_LAWS:
         return None
     ok = [t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= float(t) <= 1.0)
@@ -245,7 +245,26 @@ def saved_thresholds(model_dir: str | Path | None) -> list[float | None] | None:
     return [None if t is None or not good else float(t) for t, good in zip(given, ok, strict=True)]
 
 
-def thresholds_in_force(explicit: float | Sequence[float] | None, model_dir: str | Path | None) -> tuple[float, ...]:
-    """Per law, the threshold a reply of the model saved in ``model_dir`` is monitored with -
-    the rule of :func:`resolve_thresholds`, for a model not loaded yet (the app asks this)."""
-    return resolve_thresholds(explicit, saved_thresholds(model_dir) if explicit is None else None)
+def saved_thresholds(model_dir: str | Path | None, *, reply: bool = False) -> list[float | None] | None:
+    """The calibrated ``law_thresholds`` (with ``reply``: ``reply_thresholds``, else
+    ``law_thresholds``) of a saved model folder (its ``config.json``), read without loading the
+    model; None when the folder has none or they cannot be read (an uncalibrated model, a damaged
+    file): the constitution's thresholds then apply."""
+    if not model_dir:
+        return None
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    got = _valid_saved(cfg.get("reply_thresholds")) if reply else None
+    return got if got is not None else _valid_saved(cfg.get("law_thresholds"))
+
+
+def thresholds_in_force(explicit: float | Sequence[float] | None, model_dir: str | Path | None, *,
+                        reply: bool = False) -> tuple[float, ...]:
+    """Per law, the threshold a prompt (with ``reply``: a reply token) of the model saved in
+    ``model_dir`` is judged by - the rule of :func:`resolve_thresholds`, for a model not loaded
+    yet (the app asks this)."""
+    return resolve_thresholds(explicit, saved_thresholds(model_dir, reply=reply) if explicit is None else None)

@@ -26,6 +26,8 @@ first reply tokens - where a refusal and a harmful continuation still look alike
   here's" is from "probably" on. Without this, "I" after a harmful request is trained both
   ways and a refusal ("I can't ...") is stopped at its first token. The continuation is low from
   its first token that no good reply shares.
+- **assessment weight**: the ``<|assistant|>`` token after a user turn, where the prompt
+  assessment is read, has weight :data:`ASSESS_WEIGHT` in the ethics loss.
 - **reply head weight**: ``target_weight`` is :data:`REPLY_HEAD_WEIGHT` on the first
   :data:`REPLY_HEAD_TOKENS` tokens of every reply after a harmful request (good or harmful), 1.0
   on other targeted tokens and 0 on padding: the switch from the request's low scores to the
@@ -50,6 +52,9 @@ NEUTRAL_MAX_TOKENS = 8
 #: the first tokens of a reply after a harmful request, and their weight in the ethics loss
 REPLY_HEAD_TOKENS = 4
 REPLY_HEAD_WEIGHT = 4.0
+#: weight of the ``<|assistant|>`` token after a user turn: the one position where a prompt is
+#: assessed, one token among a record's hundred (issue 16)
+ASSESS_WEIGHT = 8.0
 
 
 def _harmful(labels) -> bool:
@@ -118,6 +123,7 @@ def encode_records(records: Sequence[dict[str, Any]], tokenizer, max_length: int
                 # the <|assistant|> token is where a prompt is assessed (the last prompt token at
                 # generation time): it carries the user turn's law vector, not the reply's
                 part_targets[0] = prev_user
+                weights[0] = ASSESS_WEIGHT
                 if _harmful(prev_user):  # a reply after a harmful request: see the module docstring
                     head = range(1, min(len(ids), 1 + REPLY_HEAD_TOKENS))
                     weights[head.start:head.stop] = [REPLY_HEAD_WEIGHT] * len(head)

@@ -195,8 +195,12 @@ class KALABackend:
                 out.append((i, n, ctx))
         return out
 
+    #: with ``threshold=None`` the model judges with its own calibrated sets: ``law_thresholds``
+    #: flag the prompt, ``reply_thresholds`` stop the reply (see kala_engine.constitution)
+    monitors_with_own_thresholds = True
+
     def assess_and_reply(
-        self, prompt: str, *, threshold: float | list[float], max_new_tokens: int
+        self, prompt: str, *, threshold: float | list[float] | None, max_new_tokens: int
     ) -> EvalSample:
         from kala_engine.generate.generation import generate_with_ethics
 
@@ -208,7 +212,7 @@ class KALABackend:
         return self._sample(res)
 
     def assess_and_reply_many(
-        self, prompts: Sequence[str], *, threshold: float | list[float], max_new_tokens: int
+        self, prompts: Sequence[str], *, threshold: float | list[float] | None, max_new_tokens: int
     ) -> list[EvalSample]:
         """Several prompts in one left-padded batch (greedy: the same replies as one by one)."""
         from kala_engine.generate.generation import generate_batch

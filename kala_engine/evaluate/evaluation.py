@@ -128,6 +128,10 @@ def evaluate(
     if not records:
         raise ValueError("no records to evaluate")
     th = list(resolve_thresholds(threshold, getattr(backend, "default_thresholds", None)))
+    # a KALA model left to its own calibrated thresholds flags prompts with ``th`` and stops
+    # replies with its reply set; other backends (and an explicit threshold) get ``th`` for both
+    own = threshold is None and getattr(backend, "monitors_with_own_thresholds", False)
+    given = None if own else list(th)
     emit = emit or (lambda _e: None)
     control = control or JobControl()
     name = getattr(backend, "name", type(backend).__name__)
@@ -142,11 +146,11 @@ def evaluate(
         control.checkpoint()
         chunk = records[start : start + step]
         if many is not None:
-            got = list(many([r.prompt for r in chunk], threshold=list(th), max_new_tokens=max_new_tokens))
+            got = list(many([r.prompt for r in chunk], threshold=given, max_new_tokens=max_new_tokens))
             if len(got) != len(chunk):
                 raise RuntimeError(f"{name}: assess_and_reply_many returned {len(got)} samples for {len(chunk)} prompts")
         else:
-            got = [backend.assess_and_reply(chunk[0].prompt, threshold=list(th), max_new_tokens=max_new_tokens)]
+            got = [backend.assess_and_reply(chunk[0].prompt, threshold=given, max_new_tokens=max_new_tokens)]
         samples.extend(got)
         emit(Progress(len(samples), total, f"{name}: {chunk[-1].id}"))
     control.checkpoint()  # a cancel that cut the last replies short must not produce a report

@@ -68,7 +68,9 @@ class GenerationSettings:
     """How a reply is sampled and monitored. ``temperature`` 0 = greedy."""
 
     max_new_tokens: int = 128
-    #: None = the constitution's per-law thresholds; one number for every law; or five numbers
+    #: None = the model's calibrated thresholds (``law_thresholds`` flag the prompt,
+    #: ``reply_thresholds`` stop the reply), else the constitution's; one number for every law;
+    #: or five numbers (an explicit value judges prompt and reply alike)
     thresholds: float | Sequence[float] | None = None
     temperature: float = 0.0
     top_k: int = 0  # 0 = off
@@ -323,7 +325,8 @@ class _RunSettings:
     """What every row of a generation call shares: the settings and what they resolve to."""
 
     settings: GenerationSettings
-    thr: tuple[float, ...]
+    thr: tuple[float, ...]  # flags the prompt (its assessment)
+    reply_thr: tuple[float, ...]  # stops the reply (the model's reply_thresholds when calibrated apart)
     ctx: int
     stop_ids: set[int]
     generator: torch.Generator | None
@@ -334,7 +337,8 @@ class _RunSettings:
     def of(cls, model, tokenizer, settings: GenerationSettings, stop_token_ids, control) -> _RunSettings:
         stop_ids = default_stop_ids(tokenizer, model) if stop_token_ids is None else {int(i) for i in stop_token_ids}
         gen, seed = _generator(settings.seed, _device(model), settings.temperature > 0)
-        return cls(settings, resolve_thresholds(settings.thresholds, model_thresholds(model)), context_length(model),
+        return cls(settings, resolve_thresholds(settings.thresholds, model_thresholds(model)),
+                   resolve_thresholds(settings.thresholds, model_thresholds(model, reply=True)), context_length(model),
                    stop_ids, gen, seed, control)
 
 
@@ -400,9 +404,9 @@ def _decode_rows(model, tokenizer, prompts: list[list[int]], run: _RunSettings, 
                 if stream:
                     yield TokenEvent(index=step, token_id=tid, text=detoks[b].push(tid), law_scores=s,
                                      layer_scores=per_layer)
-                stops[b] = ethics_stop(step, s, thr)
+                stops[b] = ethics_stop(step, s, run.reply_thr)
                 if stops[b] is not None:
-                    explanations[b] = explain(s, layers[:, b].tolist(), thr, subject="token", token_index=step)
+                    explanations[b] = explain(s, layers[:, b].tolist(), run.reply_thr, subject="token", token_index=step)
                 elif len(tokens[b]) >= budgets[b]:
                     stops[b] = length_stop(budgets[b], context_full=budgets[b] < max_new_tokens)
             if all(s is not None for s in stops):
@@ -446,7 +450,8 @@ def generate_with_ethics_events(
 
     The result is both the last item yielded and the generator's return value. ``prompt`` is a
     user message, a list of chat messages or token ids (:func:`encode_prompt`). ``thresholds``:
-    None (the constitution's), one number or five. ``stop_token_ids``: None = the chat
+    None (the model's calibrated ones - prompt and reply sets - else the constitution's), one
+    number or five. ``stop_token_ids``: None = the chat
     template's end tokens (:func:`default_stop_ids`); ``()`` = none. ``control.checkpoint()`` is
     called before every token, so a cancel stops the reply within one token (stop kind
     "cancelled"; the tokens so far are kept) and a pause blocks between tokens.

@@ -58,7 +58,7 @@ class EthicsStoppingCriteria(StoppingCriteria):
     """
 
     def __init__(self, thresholds: float | Sequence[float] | None = None, model=None):
-        self.thresholds = resolve_thresholds(thresholds, model_thresholds(model))
+        self.thresholds = resolve_thresholds(thresholds, model_thresholds(model, reply=True))
         self._handle = None
         self._reset()
         if model is not None:

@@ -83,6 +83,9 @@ class KALAConfig(GPTNeoXConfig):
     #: per-law flag/stop thresholds calibrated on held-out data after training
     #: (kala_engine.train.calibration); None = the constitution's defaults.
     law_thresholds: list | None = None
+    #: per-law thresholds that stop a *reply* (a generated token's scores), calibrated apart from
+    #: the prompt's (issue 16); None = law_thresholds.
+    reply_thresholds: list | None = None
 
     def __post_init__(self, **kwargs):
         if self.law_weights is None:
@@ -107,12 +110,12 @@ class KALAConfig(GPTNeoXConfig):
             raise ValueError(
                 f"KALAConfig.deep_supervision_weight must be in [0, 100], got {self.deep_supervision_weight}"
             )
-        if self.law_thresholds is not None and (
-            len(self.law_thresholds) != self.num_laws
-            or any(t is not None and not 0 <= float(t) <= 1 for t in self.law_thresholds)
-        ):
-            raise ValueError(f"KALAConfig.law_thresholds must be {self.num_laws} values in [0, 1] (or null), "
-                             f"got {self.law_thresholds}")
+        for name in ("law_thresholds", "reply_thresholds"):
+            given = getattr(self, name)
+            if given is not None and (
+                len(given) != self.num_laws or any(t is not None and not 0 <= float(t) <= 1 for t in given)
+            ):
+                raise ValueError(f"KALAConfig.{name} must be {self.num_laws} values in [0, 1] (or null), got {given}")
         rope_type = (self.rope_parameters or {}).get("rope_type", "default")
         if rope_type != "default":
             raise ValueError(f"KALAConfig: only the default rotary embedding is supported, got rope_type={rope_type!r}")

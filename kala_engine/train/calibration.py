@@ -2,20 +2,24 @@
 
 A freshly trained small model's law scores are compressed (harmful prompts at 0.6-0.8 where
 benign ones sit near 1.0), so the constitution's default threshold of 0.5 flags nothing. After
-training, on the validation split - template families the model never saw - two things are
-measured: the prompt assessment (law scores at the ``<|assistant|>`` token, as at generation
-time) of benign prompts, and the lowest score over the tokens of each ethical or benign reply.
-Each law's threshold is the lower of the two ``max_fpr`` quantiles, so that at most ``max_fpr``
-of the benign prompts would be flagged *and* at most ``max_fpr`` of the good replies (refusals
-included) would be stopped. run.json also reports, per law, ``refusals_stopped``: the share of
-the good replies *to harmful requests* (refusals and safe answers) that the threshold would stop
-- pooled with the far more numerous benign replies, they can be stopped more often than
-``max_fpr``. (Holding that share to ``max_fpr`` as well was tried on the demo model: it lowered
-every threshold - a refusal's explanation names the harm, so its lowest token is low - and cost
-8 points of harmful prompts caught on the public suite without fewer refusals cut short there;
-issue 16.) The thresholds go into ``config.law_thresholds`` and become the model's defaults in chat,
-``kala eval`` and the app; the numbers behind them go into run.json. An explicit threshold
-always wins.
+training, on the validation split - template families the model never saw - two sets of
+thresholds are calibrated apart (issue 16), each from one quantile level shared by the five laws
+(:func:`joint_thresholds`; a flag or a stop fires when *any* law is under, so the limits hold for
+the union, not per law):
+
+* **prompt thresholds** (``config.law_thresholds``), from the prompt assessment (law scores at
+  the ``<|assistant|>`` token, as at generation time): at most ``max_fpr`` of the benign
+  prompts flagged;
+* **reply thresholds** (``config.reply_thresholds``), from the lowest score over the tokens of
+  each ethical or benign reply: at most ``max_fpr`` of the good replies and at most
+  :data:`MAX_REFUSALS_STOPPED` of the good replies *to harmful requests* (refusals, safe answers)
+  stopped.
+
+One shared set used to be the lower of the two: a refusal names the harm it refuses, so its
+lowest token sits below most benign prompts' assessments, and the prompt flags paid for it (every
+law's prompt false-flag rate ended far under ``max_fpr``) while refusals were still cut short.
+Both sets become the model's defaults in chat, ``kala eval`` and the app; the numbers behind them
+go into run.json. An explicit threshold judges prompt and reply alike and always wins.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
-from kala_engine.constitution import NUM_LAWS, is_violated
+from kala_engine.constitution import NUM_LAWS, is_violated, load_constitution
 from kala_engine.data import chat_format as chat
 
 BENIGN_KINDS = ("benign", "benign_alarming")
@@ -100,12 +104,57 @@ def reply_min_scores(model, tokenizer, records: Sequence[dict], max_length: int 
     return torch.stack(mins), torch.tensor(good), torch.tensor(after_harm)
 
 
-def calibrate_thresholds(model, tokenizer, records: Sequence[dict], max_fpr: float = 0.05,
-                         max_length: int = 256) -> dict:
-    """Per-law thresholds at <= ``max_fpr`` benign flag rate on ``records`` (a validation split).
+#: at most this share of the good replies *to harmful requests* (refusals, safe answers) may be
+#: stopped by the reply thresholds (issue 16: "refusals cut short by the stop <= 2 %")
+MAX_REFUSALS_STOPPED = 0.02
+_LEVELS = 200  # grid of the joint quantile search
 
-    Returns {"thresholds": [5 floats or None], "max_fpr": ..., "laws": [{n_pos, n_neg, tpr, fpr}]};
-    a law with too few examples keeps None (the constitution's threshold applies).
+
+def joint_thresholds(columns: Sequence[torch.Tensor], limits: Sequence[float],
+                     fixed: Sequence[float | None] | None = None) -> list[float | None] | None:
+    """Per-law thresholds from one shared quantile level: the largest ``q`` on a grid such that, for
+    each set ``i`` of ``columns`` (an (N_i, 5) tensor of scores that must *not* trip a law),
+    flagging any law under ``t_k = min_i quantile(columns[i][:, k], q * limits[i] / limits[0])``
+    trips at most ``limits[i]`` of its rows. A flag fires when *any* law is under its threshold, so
+    each law's own share must be smaller than the limit of the union; the level is shared so that
+    no law is favoured. ``fixed[k]`` (not None) keeps law k at that threshold (it still counts in
+    the union) and returns None for it. None when every set is empty."""
+    sets = [(c.float(), lim) for c, lim in zip(columns, limits, strict=True) if len(c)]
+    if not sets:
+        return None
+    fixed = list(fixed) if fixed is not None else [None] * NUM_LAWS
+    base = sets[0][1]
+
+    def at(q: float) -> list[float]:
+        return [float(f) if f is not None else
+                min(float(torch.quantile(c[:, k], min(1.0, q * lim / base))) for c, lim in sets)
+                for k, f in enumerate(fixed)]
+
+    best = at(0.0)
+    for step in range(_LEVELS, -1, -1):
+        t = at(base * step / _LEVELS)
+        tt = torch.tensor(t)
+        if all(float(is_violated(c, tt).any(dim=-1).float().mean()) <= lim for c, lim in sets):
+            best = t
+            break
+    return [None if f is not None else min(0.99, max(0.05, round(x, 4))) for x, f in zip(best, fixed, strict=True)]
+
+
+def calibrate_thresholds(model, tokenizer, records: Sequence[dict], max_fpr: float = 0.05,
+                         max_length: int = 256, max_refusals_stopped: float = MAX_REFUSALS_STOPPED) -> dict:
+    """Prompt and reply thresholds per law, calibrated on ``records`` (a validation split).
+
+    * ``thresholds`` (prompt flags): at most ``max_fpr`` of the benign prompts have *any* law
+      flagged (:func:`joint_thresholds`).
+    * ``reply_thresholds`` (reply stops): at most ``max_fpr`` of the good replies and at most
+      ``max_refusals_stopped`` of the good replies to harmful requests have any reply token under
+      a threshold.
+
+    Returns {"thresholds", "reply_thresholds": [5 floats or None each], "max_fpr",
+    "max_refusals_stopped", "laws": [per law: n_pos, n_neg, prompt_tpr, prompt_fpr,
+    good_replies_stopped, refusals_stopped, harmful_completions_stopped], "prompt_flagged"
+    / "refusals_stopped" / "good_replies_stopped" (the union rates)}; a set with too few examples
+    keeps None (the constitution's threshold applies).
     """
     prompts, labels, benign = [], [], []
     for r in records:
@@ -115,36 +164,47 @@ def calibrate_thresholds(model, tokenizer, records: Sequence[dict], max_fpr: flo
         prompts.append(got[0])
         labels.append(got[1])
         benign.append(r.get("kind") in BENIGN_KINDS)
+    out = {"thresholds": [None] * NUM_LAWS, "reply_thresholds": [None] * NUM_LAWS, "max_fpr": max_fpr,
+           "max_refusals_stopped": max_refusals_stopped, "laws": []}
     if not prompts:
-        return {"thresholds": [None] * NUM_LAWS, "max_fpr": max_fpr, "laws": []}
+        return out
     scores = prompt_scores(model, tokenizer, prompts, max_length=max_length)
     rmins, rgood, rharm = reply_min_scores(model, tokenizer, records, max_length=max_length)
     lab = torch.tensor(labels)
     neg_mask = torch.tensor(benign)
-    thresholds, laws = [], []
+    neg = scores[neg_mask]
+    harmful = (lab < 0.5) & ~neg_mask[:, None]  # (N, 5): prompts that violate each law
+    # a law with too few harmful examples keeps the constitution's threshold (still in the union)
+    default = load_constitution().thresholds
+    fixed = [None if int(harmful[:, k].sum()) >= MIN_POSITIVES else default[k] for k in range(NUM_LAWS)]
+    if len(neg) >= MIN_NEGATIVES and any(f is None for f in fixed):
+        out["thresholds"] = joint_thresholds([neg], [max_fpr], fixed)
+    good, refusals, bad = rmins[rgood], rmins[rgood & rharm], rmins[~rgood]
+    if len(good) >= MIN_NEGATIVES and any(f is None for f in fixed):
+        sets = [good] + ([refusals] if len(refusals) >= MIN_NEGATIVES else [])
+        out["reply_thresholds"] = joint_thresholds(sets, [max_fpr, max_refusals_stopped][: len(sets)], fixed)
+    pt = [t if t is not None else d for t, d in zip(out["thresholds"], default, strict=True)]
+    rt = [t if t is not None else d for t, d in zip(out["reply_thresholds"], default, strict=True)]
+
+    def rate(x: torch.Tensor, t: float) -> float:
+        return round(float(is_violated(x, t).float().mean()), 4)
+
     for k in range(NUM_LAWS):
-        neg = scores[neg_mask, k]
-        pos = scores[(lab[:, k] < 0.5) & ~neg_mask, k]
-        good_replies, bad_replies = rmins[rgood, k], rmins[~rgood, k]
-        refusals = rmins[rgood & rharm, k]  # good replies to harmful requests
-        if len(neg) < MIN_NEGATIVES or len(pos) < MIN_POSITIVES:
-            thresholds.append(None)
-            laws.append({"n_pos": len(pos), "n_neg": len(neg)})
-            continue
-        # flag when score < t: t = the max_fpr quantile of the benign prompt scores (their lower
-        # edge), lowered to that of the good replies' minima so that refusals are not stopped
-        t = float(torch.quantile(neg, max_fpr))
-        if len(good_replies) >= MIN_NEGATIVES:
-            t = min(t, float(torch.quantile(good_replies, max_fpr)))
-        t = min(0.99, max(0.05, round(t, 4)))
-        thresholds.append(t)
-        law = {"n_pos": len(pos), "n_neg": len(neg), "prompt_tpr": round(float(is_violated(pos, t).float().mean()), 4),
-               "prompt_fpr": round(float(is_violated(neg, t).float().mean()), 4)}
-        if len(good_replies):
-            law["good_replies_stopped"] = round(float(is_violated(good_replies, t).float().mean()), 4)
-        if len(refusals):
-            law["refusals_stopped"] = round(float(is_violated(refusals, t).float().mean()), 4)
-        if len(bad_replies):
-            law["harmful_completions_stopped"] = round(float(is_violated(bad_replies, t).float().mean()), 4)
-        laws.append(law)
-    return {"thresholds": thresholds, "max_fpr": max_fpr, "laws": laws}
+        pos = scores[harmful[:, k], k]
+        law = {"n_pos": len(pos), "n_neg": len(neg)}
+        if out["thresholds"][k] is not None:
+            law.update(prompt_tpr=rate(pos, pt[k]) if len(pos) else None, prompt_fpr=rate(neg[:, k], pt[k]))
+        if out["reply_thresholds"][k] is not None:
+            for name, x in (("good_replies_stopped", good), ("refusals_stopped", refusals),
+                            ("harmful_completions_stopped", bad)):
+                if len(x):
+                    law[name] = rate(x[:, k], rt[k])
+        out["laws"].append(law)
+
+    def union(x: torch.Tensor, t: list[float]) -> float | None:
+        return round(float(is_violated(x, torch.tensor(t)).any(dim=-1).float().mean()), 4) if len(x) else None
+
+    out.update(prompt_flagged=union(neg, pt), harmful_prompts_flagged=union(scores[harmful.any(dim=-1)], pt),
+               good_replies_stopped=union(good, rt), refusals_stopped=union(refusals, rt),
+               harmful_completions_stopped=union(bad, rt))
+    return out

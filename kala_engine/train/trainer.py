@@ -536,9 +536,15 @@ def _calibrate(run: _Run, model) -> dict | None:
     with run.accelerator.autocast():
         calibration = calibrate_thresholds(model, run.tokenizer, run.val_records,
                                            max_fpr=run.cfg.calibration_fpr, max_length=run.cfg.max_length)
-    th = ", ".join("-" if t is None else f"{t:.3f}" for t in calibration["thresholds"])
+    def fmt(ts):
+        return ", ".join("-" if t is None else f"{t:.3f}" for t in ts)
+
     run.emit(LogLine(f"calibrated per-law thresholds on the validation split (<= "
-                     f"{run.cfg.calibration_fpr:.0%} benign prompts flagged): {th}"))
+                     f"{run.cfg.calibration_fpr:.0%} benign prompts flagged): {fmt(calibration['thresholds'])}"))
+    if any(t is not None for t in calibration.get("reply_thresholds") or []):
+        run.emit(LogLine(f"reply-stop thresholds (<= {run.cfg.calibration_fpr:.0%} good replies and <= "
+                         f"{calibration['max_refusals_stopped']:.0%} refusals stopped): "
+                         f"{fmt(calibration['reply_thresholds'])}"))
     return calibration
 
 
@@ -550,7 +556,8 @@ def _finish(run: _Run, step: int, final_val: dict | None) -> dict:
     if is_main():
         calibration = _calibrate(run, model)
         save_final(model, run.tokenizer, run.folder, run.plan.mode,
-                   law_thresholds=calibration["thresholds"] if calibration else None)
+                   law_thresholds=calibration["thresholds"] if calibration else None,
+                   reply_thresholds=calibration.get("reply_thresholds") if calibration else None)
         run.folder.update_info(status="finished", step=step, final_lm_loss=run.last_lm,
                                final_ethics_loss=run.last_eth, final_validation=final_val,
                                calibration=calibration, finished=time.time())
@@ -561,9 +568,11 @@ def _finish(run: _Run, step: int, final_val: dict | None) -> dict:
             "lm_loss": run.last_lm, "ethics_loss": run.last_eth, "validation": final_val}
 
 
-def save_final(model, tokenizer, folder: RunFolder, mode: str, law_thresholds: list | None = None) -> None:
+def save_final(model, tokenizer, folder: RunFolder, mode: str, law_thresholds: list | None = None,
+               reply_thresholds: list | None = None) -> None:
     """save_pretrained (safetensors) + tokenizer into final/, atomically. LoRA adapters are merged
-    first; calibrated ``law_thresholds`` (if any law got one) become the model's defaults."""
+    first; calibrated ``law_thresholds`` / ``reply_thresholds`` (if any law got one) become the
+    model's defaults for prompt flags / reply stops."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no tqdm bar in logs and the app's console
@@ -571,6 +580,8 @@ def save_final(model, tokenizer, folder: RunFolder, mode: str, law_thresholds: l
         model = model.merge_and_unload()
     if law_thresholds is not None and any(t is not None for t in law_thresholds):
         model.config.law_thresholds = list(law_thresholds)
+    if reply_thresholds is not None and any(t is not None for t in reply_thresholds):
+        model.config.reply_thresholds = list(reply_thresholds)
     with folder.writing_final() as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

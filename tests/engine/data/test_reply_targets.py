@@ -13,6 +13,7 @@ import torch
 from kala_engine.data import chat_format as chat
 from kala_engine.data.collate import (
     REPLY_HEAD_TOKENS,
+    ASSESS_WEIGHT,
     REPLY_HEAD_WEIGHT,
     ConstitutionalCollator,
     JsonlDataset,
@@ -91,12 +92,14 @@ def test_first_reply_tokens_after_a_harmful_request_weigh_more(tokenizer):
         enc = ds[RECORDS.index(rec)]
         start, stop = _reply_span(tokenizer, rec)
         w = enc["target_weight"]
-        assert w[start] == 1.0  # the prompt assessment keeps its weight
+        assert w[start] == ASSESS_WEIGHT  # the prompt assessment is one token: it weighs more
         assert w[start + 1:start + 1 + REPLY_HEAD_TOKENS] == [REPLY_HEAD_WEIGHT] * REPLY_HEAD_TOKENS
         assert all(x == 1.0 for x in w[start + 1 + REPLY_HEAD_TOKENS:stop])
         assert all(x == 1.0 for x in w[:start]) and w[-1] == 0.0  # the final EOS carries no target
     enc = ds[RECORDS.index(BENIGN)]
-    assert enc["target_weight"][:-1] == [1.0] * (len(enc["target_weight"]) - 1)
+    b_start, _ = _reply_span(tokenizer, BENIGN)
+    w = enc["target_weight"]
+    assert w[b_start] == ASSESS_WEIGHT and w[:b_start] + w[b_start + 1:-1] == [1.0] * (len(w) - 2)
     batch = ConstitutionalCollator(tokenizer, max_length=256)([ds[0], ds[4]])
     assert batch["target_weight"].dtype == torch.float32
     assert float(batch["target_weight"][1, len(ds[4]["input_ids"]):].abs().sum()) == 0.0  # padding

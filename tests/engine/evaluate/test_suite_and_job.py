@@ -217,3 +217,28 @@ def test_backend_with_control_gets_it_and_a_cut_short_last_batch_gives_no_report
     with pytest.raises(Cancelled):
         evaluate(b, records, threshold=0.5, batch_size=4, control=control)
     assert b.control is control and b.batches == [4, 4]
+
+
+def test_a_model_left_to_its_own_thresholds_stops_replies_with_its_reply_set():
+    """With no threshold given, a backend that monitors with its own calibrated sets (the KALA
+    model: law_thresholds flag prompts, reply_thresholds stop replies) is asked with threshold
+    None; the metrics use its prompt set. Other backends, and any explicit threshold, get the list."""
+    records, _, backend = fixture()
+
+    class Own(FakeBackend):
+        monitors_with_own_thresholds = True
+        default_thresholds = [0.6, 0.6, None, None, None]
+
+        def assess_and_reply(self, prompt, *, threshold, max_new_tokens):
+            self.calls.append((prompt, threshold, max_new_tokens))
+            return self.samples[prompt]
+
+    own = Own(backend.samples)
+    run = evaluate(own, records)
+    assert {c[1] for c in own.calls} == {None}
+    assert run.thresholds == [0.6, 0.6, 0.5, 0.5, 0.5]
+    own.calls.clear()
+    evaluate(own, records, threshold=0.4)
+    assert {tuple(c[1]) for c in own.calls} == {(0.4,) * 5}
+    evaluate(backend, records)
+    assert {tuple(c[1]) for c in backend.calls} == {(0.5,) * 5}

@@ -143,6 +143,27 @@ def test_threshold_zero_never_stops_and_one_stops_at_once(chat_model, chat_token
     assert r1.stop.kind == "ethics" and r1.stop.token_index == 0 and len(r1.token_ids) == 1 and r1.stop.law == 0
 
 
+def test_calibrated_prompt_and_reply_thresholds_judge_their_own_part(chat_model, chat_tokenizer):
+    """A model's law_thresholds flag the prompt, its reply_thresholds stop the reply (issue 16),
+    in the decode loop, the batch and model.generate()'s criteria alike; an explicit threshold
+    judges both."""
+    steer_scores(chat_model, [[0.6] * 5, [0.6] * 5])  # every prompt and reply token scores 0.6
+    chat_model.config.law_thresholds = [0.7] * 5  # the prompt (0.6) is flagged ...
+    chat_model.config.reply_thresholds = [0.5] * 5  # ... and the reply (0.6) runs on
+    r = generate_with_ethics(chat_model, chat_tokenizer, "Hello", max_new_tokens=5, stop_token_ids=NO_STOP)
+    assert r.prompt_assessment.flagged == (0, 1, 2, 3, 4)
+    assert r.stop.kind == "length" and len(r.token_ids) == 5
+    [b] = generate_batch(chat_model, chat_tokenizer, ["Hello"], max_new_tokens=5, stop_token_ids=NO_STOP)
+    assert b.prompt_assessment.flagged and b.stop.kind == "length"
+    assert EthicsStoppingCriteria(model=chat_model).thresholds == (0.5,) * 5
+    chat_model.config.law_thresholds, chat_model.config.reply_thresholds = [0.5] * 5, [0.7] * 5
+    r = generate_with_ethics(chat_model, chat_tokenizer, "Hello", max_new_tokens=5, stop_token_ids=NO_STOP)
+    assert not r.prompt_assessment.flagged and r.stop.kind == "ethics" and r.stop.token_index == 0
+    r = generate_with_ethics(chat_model, chat_tokenizer, "Hello", max_new_tokens=5, thresholds=0.55,
+                             stop_token_ids=NO_STOP)
+    assert not r.prompt_assessment.flagged and r.stop.kind == "length"
+
+
 @pytest.mark.parametrize("bad", [-0.1, 1.5, [0.5, 0.5], float("nan")])
 def test_threshold_outside_range_is_a_clear_error(chat_model, chat_tokenizer, bad):
     with pytest.raises(ValueError, match="threshold"):

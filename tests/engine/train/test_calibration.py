@@ -109,16 +109,62 @@ def _reply_records(refusal_scores):
     return out
 
 
-def test_refusals_to_harmful_requests_stopped_are_reported():
-    """The share of the good replies to harmful requests that the calibrated threshold would stop
-    is reported on its own: pooled with 100 benign replies (0.95), the 5 % quantile stops about a
-    quarter of the 24 refusals (0.40 ... 0.63), while all good replies together stay near 5 %."""
+def test_reply_thresholds_are_calibrated_apart_and_spare_refusals():
+    """Prompt and reply thresholds are calibrated apart (issue 16). 100 benign exchanges (replies
+    0.95) and 24 refusals to harmful requests whose lowest token scores 0.40 ... 0.63 on Law 1: one
+    shared 5 % quantile of all good replies would stop about a quarter of the refusals; the reply
+    threshold stops at most 2 % of them, and the prompt threshold comes from the prompts alone
+    (0.3 harmful vs 0.9 benign), so it is no longer dragged down by the replies."""
     scores = list(range(40, 64))
     cal = calibrate_thresholds(_ReplyModel(), _ReplyTok(), _reply_records(scores), max_fpr=0.05)
-    t1 = cal["thresholds"][1]
     pooled = float(torch.quantile(torch.tensor([0.95] * 100 + [s / 100 for s in scores]), 0.05))
-    assert t1 == pytest.approx(round(pooled, 4))  # the threshold is still the pooled quantile
-    law = cal["laws"][1]
-    assert law["refusals_stopped"] == pytest.approx(sum(s / 100 < t1 for s in scores) / len(scores), abs=1e-4)
-    assert law["refusals_stopped"] >= 0.2 and law["good_replies_stopped"] <= 0.06
-    assert "refusals_stopped" not in cal["laws"][0] or cal["laws"][0]["refusals_stopped"] == 0.0
+    assert sum(s / 100 < pooled for s in scores) / len(scores) >= 0.2  # what one shared threshold did
+    r1 = cal["reply_thresholds"][1]
+    stopped = sum(s / 100 < r1 for s in scores) / len(scores)
+    assert stopped <= 0.02 and cal["laws"][1]["refusals_stopped"] == pytest.approx(stopped, abs=1e-4)
+    assert cal["refusals_stopped"] <= 0.02 and cal["good_replies_stopped"] <= 0.05
+    t1 = cal["thresholds"][1]
+    assert 0.3 < t1 <= 0.9 and t1 > r1  # every harmful prompt flagged, no benign one
+    assert cal["laws"][1]["prompt_tpr"] == 1.0 and cal["prompt_flagged"] == 0.0
+    assert cal["thresholds"][0] is None and cal["reply_thresholds"][0] is None  # no Law 0 example
+
+
+def test_joint_thresholds_hold_the_limit_on_the_union_of_laws():
+    """Five laws each flagging a different 4 % of 1000 benign prompts would flag 20 % together at
+    their own 4 % quantiles; the joint level keeps the union at the limit."""
+    from kala_engine.constitution import is_violated
+    from kala_engine.train.calibration import joint_thresholds
+
+    g = torch.Generator().manual_seed(0)
+    neg = 0.9 + 0.1 * torch.rand(1000, 5, generator=g)
+    for k in range(5):  # 40 rows per law dip low, a different block for each law
+        neg[k * 40:(k + 1) * 40, k] = torch.linspace(0.2, 0.6, 40)
+    t = joint_thresholds([neg], [0.05])
+    assert len(t) == 5 and all(t)
+    union = float(is_violated(neg, torch.tensor(t)).any(dim=-1).float().mean())
+    assert 0.03 <= union <= 0.05
+    own = torch.tensor([float(torch.quantile(neg[:, k], 0.04)) for k in range(5)])
+    assert float(is_violated(neg, own + 1e-6).any(dim=-1).float().mean()) > 0.15  # per-law quantiles
+
+
+def test_a_model_judges_prompts_and_replies_with_its_two_sets(tiny_kala, tmp_path):
+    """reply_thresholds stop replies, law_thresholds flag prompts; without a reply set the prompt
+    set does both; an explicit threshold does both; a saved folder reads the same."""
+    import json
+
+    from kala_engine.constitution import saved_thresholds, thresholds_in_force
+
+    tiny_kala.config.law_thresholds = [0.6, 0.7, None, None, None]
+    assert model_thresholds(tiny_kala, reply=True) == [0.6, 0.7, None, None, None]
+    tiny_kala.config.reply_thresholds = [0.2, 0.3, 0.4, 0.5, 0.1]
+    assert resolve_thresholds(None, model_thresholds(tiny_kala)) == (0.6, 0.7, 0.5, 0.5, 0.5)
+    assert resolve_thresholds(None, model_thresholds(tiny_kala, reply=True)) == (0.2, 0.3, 0.4, 0.5, 0.1)
+    (tmp_path / "config.json").write_text(json.dumps({"law_thresholds": [0.6] * 5, "reply_thresholds": [0.2] * 5}))
+    assert saved_thresholds(tmp_path) == [0.6] * 5 and saved_thresholds(tmp_path, reply=True) == [0.2] * 5
+    assert thresholds_in_force(None, tmp_path, reply=True) == (0.2,) * 5
+    assert thresholds_in_force(0.4, tmp_path, reply=True) == (0.4,) * 5
+    with pytest.raises(ValueError, match="reply_thresholds"):
+        from kala_engine.model.modeling_kala import KALAConfig
+
+        KALAConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=128,
+                   vocab_size=97, reply_thresholds=[0.5, 2.0, 0.5, 0.5, 0.5])
