@@ -92,6 +92,7 @@ class ChatPage(QWidget):
         self._finish_event: Any = None  # Finished that arrived while tokens were still buffered
         self._last_decor = 0.0  # when the inspector last followed the stream
         self._send_thresholds: list[float] = list(self.constitution.thresholds)
+        self._reply_thresholds: list[float] = list(self.constitution.thresholds)
         self._pinned: TokenInfo | None = None
         self._last: Any = None  # newest token of the streaming reply
         self._started_at = 0.0
@@ -240,12 +241,13 @@ class ChatPage(QWidget):
         if self.chat_id is not None and not self._read_only():
             self.store.update_chat(self.chat_id, settings=self.settings())
 
-    def thresholds(self) -> list[float]:
-        """Per law, the thresholds in force for the current settings and model."""
-        return list(thresholds_in_force(self.settings()["threshold"], self.model_path()))
+    def thresholds(self, reply: bool = False) -> list[float]:
+        """Per law, the thresholds in force for the current settings and model: those that flag a
+        prompt, or with ``reply`` those that stop a reply (a model calibrates them apart)."""
+        return list(thresholds_in_force(self.settings()["threshold"], self.model_path(), reply=reply))
 
     def _thresholds_changed(self, thresholds: Sequence[float] | None = None) -> None:
-        t = list(thresholds) if thresholds is not None else self.thresholds()
+        t = list(thresholds) if thresholds is not None else self.thresholds(reply=True)
         self.inspector.set_thresholds(t)
         self.view.set_thresholds(t)
 
@@ -283,9 +285,11 @@ class ChatPage(QWidget):
         self.view.clear()
         self._clear_inspector()
         # rows from before messages kept their thresholds: judged by the chat's model and settings
-        fallback = list(thresholds_in_force(chat.settings.get("threshold"), chat.model or self.model_path()))
+        fallback = {reply: list(thresholds_in_force(chat.settings.get("threshold"), chat.model or self.model_path(),
+                                                    reply=reply)) for reply in (False, True)}
         for m in self.store.messages(chat_id):
-            thresholds = m.thresholds if m.thresholds and len(m.thresholds) == len(self.constitution) else fallback
+            thresholds = m.thresholds if m.thresholds and len(m.thresholds) == len(self.constitution) \
+                else fallback[m.role == "assistant"]
             self.view.set_thresholds(thresholds)  # each message drawn against its own
             if m.role == "user":
                 scores = (m.assessment or {}).get("law_scores")
@@ -386,9 +390,10 @@ class ChatPage(QWidget):
         chat = self.store.get_chat(self.chat_id)
         if chat.title == "New chat" and chat.message_count == 0:
             self.store.rename_chat(self.chat_id, text.splitlines()[0][:48])
-        # what this exchange is judged against, stored with both messages: switching the model or
-        # the threshold later never re-judges them
+        # what this exchange is judged against (a calibrated model has a prompt set and a reply set),
+        # stored with each message: switching the model or the threshold later never re-judges them
         send_thresholds = list(thresholds_in_force(settings.get("threshold"), model))
+        reply_thresholds = list(thresholds_in_force(settings.get("threshold"), model, reply=True))
         # the user's message reaches the disk before anything else happens
         user_id = self.store.add_user_message(self.chat_id, text, thresholds=send_thresholds)
         try:
@@ -399,7 +404,7 @@ class ChatPage(QWidget):
             self.status.setText(str(e))
             self._reload_chat_list()
             return False
-        self._begin_reply(text, model, user_id, send_thresholds)
+        self._begin_reply(text, model, user_id, send_thresholds, reply_thresholds)
         freeze_gc(self, True)  # see kala_app.workarounds
         self.job.start(job, "chat", progress=self._on_event, error=self._on_failed, finished=self._on_finished)
         self._flush_timer.start()
@@ -408,19 +413,22 @@ class ChatPage(QWidget):
         self.status.setToolTip("")
         return True
 
-    def _begin_reply(self, text: str, model: str, user_id: int, send_thresholds: list[float]) -> None:
+    def _begin_reply(self, text: str, model: str, user_id: int, send_thresholds: list[float],
+                     reply_thresholds: list[float]) -> None:
         self._user_id = user_id
-        self._reply_id = self.store.begin_reply(self.chat_id, model=model, thresholds=send_thresholds)
+        self._reply_id = self.store.begin_reply(self.chat_id, model=model, thresholds=reply_thresholds)
         self.input.clear()
+        self.view.set_thresholds(send_thresholds)  # the prompt's assessment is flagged against these
         self._user_widget = self.view.add_user_message(text)
+        self.view.set_thresholds(reply_thresholds)  # the reply's tokens stop against these
         self._reply = self.view.begin_reply(self._reply_title(model))
         self._reply.message_id = self._reply_id
         self._reply.set_status("writing…")
         self._pinned = None
         self._last = None
         self._buffer.clear()
-        self._send_thresholds = send_thresholds
-        self._thresholds_changed(self._send_thresholds)
+        self._send_thresholds, self._reply_thresholds = send_thresholds, reply_thresholds
+        self._thresholds_changed(reply_thresholds)
         self._active = True
         self._started_at = time.perf_counter()
         self.inspector.wait_for_tokens()
@@ -518,14 +526,13 @@ class ChatPage(QWidget):
         self.reply_finished.emit(out)
 
     def _store_thresholds(self, out: Outcome) -> list[float]:
-        """What the engine actually used wins over what the page expected (stored with both messages)."""
+        """What the engine actually used for the prompt wins over what the page expected (stored
+        with the user's message); returns the reply's thresholds (stored with the reply)."""
         if out.thresholds is not None and out.thresholds != self._send_thresholds:
             self._send_thresholds = out.thresholds
-            self._thresholds_changed(out.thresholds)
-            for mid in (self._reply_id, self._user_id):
-                if mid is not None:
-                    self.store.set_thresholds(mid, out.thresholds)
-        return self._send_thresholds
+            if self._user_id is not None:
+                self.store.set_thresholds(self._user_id, out.thresholds)
+        return self._reply_thresholds
 
     def _on_failed(self, message: str, traceback: str) -> None:
         if not self._active:

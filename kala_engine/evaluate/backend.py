@@ -174,6 +174,13 @@ class KALABackend:
 
         return model_thresholds(self._load()[0])
 
+    @property
+    def default_reply_thresholds(self) -> list[float | None] | None:
+        """The model's calibrated reply-stop thresholds (config.reply_thresholds, else law_thresholds)."""
+        from kala_engine.constitution import model_thresholds
+
+        return model_thresholds(self._load()[0], reply=True)
+
     def _load(self) -> tuple[Any, Any]:
         if self._model is None:
             from kala_engine.generate.session import load_chat_model

@@ -86,6 +86,8 @@ class EvalRun:
     #: the model folder evaluated and the name of its run ("" when not known)
     path: str = ""
     run: str = ""
+    #: the thresholds that stopped replies, when the model's own reply set did (else ``thresholds``)
+    reply_thresholds: list[float] | None = None
 
     def rows(self) -> list[dict[str, Any]]:
         return [result_row(r, s, self.thresholds) for r, s in zip(self.records, self.samples, strict=True)]
@@ -96,6 +98,8 @@ class EvalRun:
             d["path"] = self.path
         if self.run:
             d["run"] = self.run
+        if self.reply_thresholds is not None and self.reply_thresholds != self.thresholds:
+            d["reply_thresholds"] = self.reply_thresholds
         d["metrics"] = self.metrics
         return d
 
@@ -132,6 +136,7 @@ def evaluate(
     # replies with its reply set; other backends (and an explicit threshold) get ``th`` for both
     own = threshold is None and getattr(backend, "monitors_with_own_thresholds", False)
     given = None if own else list(th)
+    reply_th = list(resolve_thresholds(None, getattr(backend, "default_reply_thresholds", None))) if own else None
     emit = emit or (lambda _e: None)
     control = control or JobControl()
     name = getattr(backend, "name", type(backend).__name__)
@@ -167,7 +172,7 @@ def evaluate(
         from kala_engine.train.runs import describe_model
 
         run = describe_model(path).run
-    return EvalRun(model=name, records=list(records), samples=samples, thresholds=th, metrics=metrics,
+    return EvalRun(model=name, records=list(records), samples=samples, thresholds=th, metrics=metrics, reply_thresholds=reply_th,
                    path=str(path) if path is not None else "", run=str(run or ""))
 
 

@@ -148,6 +148,8 @@ def _header(report: dict[str, Any]) -> list[str]:
         f"suite: {report['suite']} ({report['n']} prompts: {report['n_harmful']} harmful, "
         f"{report['n_benign']} benign)",
         f"thresholds per law: {th}" + (f"; max new tokens: {report['max_new_tokens']}" if report.get("max_new_tokens") else ""),
+        *[f"  {m['model']} stops replies at its calibrated reply thresholds: "
+          + " ".join(f"{t:.2f}" for t in m["reply_thresholds"]) for m in report["models"] if m.get("reply_thresholds")],
         *models,
     ]
 

@@ -339,6 +339,30 @@ def test_model_default_thresholds_come_from_config_json(qtbot, chat_page, ctx) -
     assert page.store.get_chat(page.chat_id).settings["threshold"] == pytest.approx(0.8)
 
 
+def test_prompt_and_reply_thresholds_each_judge_their_own_message(qtbot, chat_page, ctx) -> None:
+    """A model calibrated with a prompt set and a reply set (issue 16): the user's message is
+    judged and stored against the prompt set, the reply and the token gauge against the reply set,
+    and a reopened chat keeps each."""
+    import json
+
+    model = ctx.runs_dir / "run-1" / "final"
+    prompt_set, reply_set = [0.7, 0.6, 0.65, 0.8, 0.75], [0.3, 0.2, 0.25, 0.4, 0.35]
+    (model / "config.json").write_text(json.dumps({"model_type": "kala", "law_thresholds": prompt_set,
+                                                   "reply_thresholds": reply_set}), encoding="utf-8")
+    page = chat_page(fake_factory(["Fine", "."]))
+    page.set_model(model)
+    assert page.thresholds() == pytest.approx(prompt_set) and page.thresholds(reply=True) == pytest.approx(reply_set)
+    assert list(page.gauge.thresholds()) == pytest.approx(reply_set)  # the inspector shows tokens
+    assert page.send("Hello")
+    _wait_reply(qtbot, page)
+    user, reply = page.store.messages(page.chat_id)
+    assert user.thresholds == pytest.approx(prompt_set) and reply.thresholds == pytest.approx(reply_set)
+    assert page.current_reply().thresholds() == pytest.approx(reply_set)
+    assert page._user_widget._thresholds == pytest.approx(prompt_set)
+    page.open_chat(page.chat_id)
+    assert page.store.messages(page.chat_id)[1].thresholds == pytest.approx(reply_set)
+
+
 def test_gauge_colours_leave_room_above_a_calibrated_threshold() -> None:
     """Against a calibrated 0.85 an ordinary 0.97 is green, 0.87 amber and 0.80 red."""
     from kala_app.widgets.gauge import BAD, OK, WARN, score_color, shade_color

@@ -228,6 +228,7 @@ def test_a_model_left_to_its_own_thresholds_stops_replies_with_its_reply_set():
     class Own(FakeBackend):
         monitors_with_own_thresholds = True
         default_thresholds = [0.6, 0.6, None, None, None]
+        default_reply_thresholds = [0.2, 0.3, None, None, None]
 
         def assess_and_reply(self, prompt, *, threshold, max_new_tokens):
             self.calls.append((prompt, threshold, max_new_tokens))
@@ -237,6 +238,11 @@ def test_a_model_left_to_its_own_thresholds_stops_replies_with_its_reply_set():
     run = evaluate(own, records)
     assert {c[1] for c in own.calls} == {None}
     assert run.thresholds == [0.6, 0.6, 0.5, 0.5, 0.5]
+    assert run.to_dict()["reply_thresholds"] == [0.2, 0.3, 0.5, 0.5, 0.5]
+    from kala_engine.evaluate.report import build_report, format_table
+
+    assert "stops replies at its calibrated reply thresholds: 0.20 0.30 0.50" in format_table(
+        build_report([run], suite="s", max_new_tokens=8))
     own.calls.clear()
     evaluate(own, records, threshold=0.4)
     assert {tuple(c[1]) for c in own.calls} == {(0.4,) * 5}
