@@ -44,15 +44,16 @@ from kala_engine.data.banks import Banks, Scenario, Topic, load_banks
 from kala_engine.data.io import write_jsonl
 from kala_engine.data.stats import CHAR_BINS, THRESHOLDS, TOKEN_BINS, Summary, format_summary, summarize  # noqa: F401 - re-exported
 
-#: Share of each kind in a generated set (benign kinds together 44 %).
+#: Share of each kind in a generated set: benign kinds together half (issue 16: a model trained
+#: on 44 % benign replies fell back on a refusal for a quarter of unseen benign prompts).
 KIND_WEIGHTS = {
-    "benign": 0.30,
-    "benign_alarming": 0.14,
-    "harmful_request": 0.20,
-    "critique_revision": 0.09,
+    "benign": 0.34,
+    "benign_alarming": 0.16,
+    "harmful_request": 0.18,
+    "critique_revision": 0.07,
     "law_specific": 0.10,
-    "harmful_completion": 0.10,
-    "multi_turn": 0.07,
+    "harmful_completion": 0.09,
+    "multi_turn": 0.06,
 }
 #: Target on the law a request is built around, on the other laws it violates, on law 2 when
 #: the request also demands blind obedience, and on a flawed draft's violated laws.

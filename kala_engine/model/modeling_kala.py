@@ -80,6 +80,12 @@ class KALAConfig(GPTNeoXConfig):
     ethics_loss_weight: float = 0.5
     #: weight of the per-layer (deep supervision) term, relative to the final ethics loss.
     deep_supervision_weight: float = 0.1
+    #: how a law score is compared with its target: "kl" (the binary KL divergence, 0 at the
+    #: target; its gradient through the sigmoid is score - target, so a head that is confidently
+    #: wrong still learns) or "mse" (squared error: its gradient vanishes where the sigmoid
+    #: saturates - at the "satisfied" 0.95 the heads start from, a harmful example pulls 20x
+    #: more weakly than at 0.5; issue 16)
+    ethics_loss_kind: str = "kl"
     #: per-law flag/stop thresholds calibrated on held-out data after training
     #: (kala_engine.train.calibration); None = the constitution's defaults.
     law_thresholds: list | None = None
@@ -110,6 +116,8 @@ class KALAConfig(GPTNeoXConfig):
             raise ValueError(
                 f"KALAConfig.deep_supervision_weight must be in [0, 100], got {self.deep_supervision_weight}"
             )
+        if self.ethics_loss_kind not in ("kl", "mse"):
+            raise ValueError(f"KALAConfig.ethics_loss_kind must be 'kl' or 'mse', got {self.ethics_loss_kind!r}")
         for name in ("law_thresholds", "reply_thresholds"):
             given = getattr(self, name)
             if given is not None and (
@@ -526,10 +534,23 @@ class KALAModel(KALAPreTrainedModel):
         )
 
 
-def weighted_mse(scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-law mean squared error over the masked tokens: (..., T, K) -> (K,)."""
+def score_error(scores: torch.Tensor, targets: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Elementwise error of law scores in [0, 1] against their targets: squared error, or the
+    binary KL divergence KL(target || score) (BCE minus the target's own entropy: 0 at the target)."""
+    t = targets.to(scores.dtype)
+    if kind == "mse":
+        return (scores - t) ** 2
+    s = scores.float().clamp(1e-6, 1 - 1e-6)
+    t = t.float()
+    kl = torch.xlogy(t, t) - torch.xlogy(t, s) + torch.xlogy(1 - t, 1 - t) - torch.xlogy(1 - t, 1 - s)
+    return kl.to(scores.dtype)
+
+
+def weighted_mse(scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Per-law mean error (squared, or ``kind="kl"``: :func:`score_error`) over the masked tokens:
+    (..., T, K) -> (K,)."""
     m = mask.to(scores.dtype).unsqueeze(-1)  # (..., T, 1)
-    sq = (scores - targets.to(scores.dtype)) ** 2 * m
+    sq = score_error(scores, targets, kind) * m
     dims = tuple(range(sq.dim() - 1))
     return sq.sum(dim=dims) / m.sum(dim=dims).clamp(min=1.0)
 
@@ -609,12 +630,13 @@ class KALAForCausalLM(KALAPreTrainedModel, GenerationMixin):
             if target_weight is not None:
                 target_mask = target_mask.to(target_weight.dtype) * target_weight
             w = normalized_law_weights(self.config, logits.device)
-            per_law = weighted_mse(out.law_scores, law_targets, target_mask)  # (K,)
+            kind = self.config.ethics_loss_kind
+            per_law = weighted_mse(out.law_scores, law_targets, target_mask, kind)  # (K,)
             ethics_loss = (per_law * w).sum()
             deep_mon = weighted_mse(out.layer_scores, law_targets.unsqueeze(0).expand_as(out.layer_scores),
-                                    target_mask.unsqueeze(0).expand(out.layer_scores.shape[:-1]))
+                                    target_mask.unsqueeze(0).expand(out.layer_scores.shape[:-1]), kind)
             deep_val = weighted_mse(out.value_scores, law_targets.unsqueeze(0).expand_as(out.value_scores),
-                                    target_mask.unsqueeze(0).expand(out.value_scores.shape[:-1]))
+                                    target_mask.unsqueeze(0).expand(out.value_scores.shape[:-1]), kind)
             deep_loss = ((deep_mon + deep_val) * w).sum() / 2
             ethics_total = self.config.ethics_loss_weight * (
                 ethics_loss + self.config.deep_supervision_weight * deep_loss

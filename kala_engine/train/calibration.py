@@ -140,8 +140,44 @@ def joint_thresholds(columns: Sequence[torch.Tensor], limits: Sequence[float],
     return [None if f is not None else min(0.99, max(0.05, round(x, 4))) for x, f in zip(best, fixed, strict=True)]
 
 
+def prompt_thresholds(neg: torch.Tensor, pos: torch.Tensor, max_fpr: float, min_recall: float,
+                      fixed: Sequence[float | None]) -> list[float | None] | None:
+    """The prompt-flag thresholds: the constitution's, moved (all free laws together, in a straight
+    line) toward the benign limit's :func:`joint_thresholds` only as far as needed to flag at least
+    ``min_recall`` of the harmful prompts ``pos`` (N, 5) with at most ``max_fpr`` of the benign
+    prompts ``neg``; the benign limit's own thresholds when no point on the way does both.
+
+    Why not the benign limit itself: on a validation split the two classes can be separable, and
+    every threshold from the constitution's to the benign prompts' lower edge (near 1.0 when a head
+    is sure) then meets the limit on validation; the edge flags what the heads have never seen - a
+    benign prompt in a new wording scores a little under 1.0. The constitution's threshold is the
+    prior, moved no further than held-out data asks (it still moves all the way for heads whose
+    scores are compressed, such as a squared-error head's harmful prompts at 0.6-0.8)."""
+    edge = joint_thresholds([neg], [max_fpr], fixed)
+    if edge is None or not len(pos):
+        return edge
+    start = list(load_constitution().thresholds)
+    free = [k for k, f in enumerate(fixed) if f is None]
+    full = [float(f) if f is not None else 0.0 for f in fixed]
+
+    def at(a: float) -> list[float]:
+        t = list(full)
+        for k in free:
+            t[k] = start[k] + a * (edge[k] - start[k])
+        return t
+
+    for step in range(_LEVELS + 1):
+        tt = torch.tensor(at(step / _LEVELS))
+        flagged_neg = float(is_violated(neg, tt).any(dim=-1).float().mean())
+        flagged_pos = float(is_violated(pos, tt).any(dim=-1).float().mean())
+        if flagged_neg <= max_fpr and flagged_pos >= min_recall:
+            return [round(v, 4) if fixed[k] is None else None for k, v in enumerate(tt.tolist())]
+    return edge
+
+
 def calibrate_thresholds(model, tokenizer, records: Sequence[dict], max_fpr: float = 0.05,
-                         max_length: int = 256, max_refusals_stopped: float = MAX_REFUSALS_STOPPED) -> dict:
+                         max_length: int = 256, max_refusals_stopped: float = MAX_REFUSALS_STOPPED,
+                         min_recall: float | None = None) -> dict:
     """Prompt and reply thresholds per law, calibrated on ``records`` (a validation split).
 
     * ``thresholds`` (prompt flags): at most ``max_fpr`` of the benign prompts have *any* law
@@ -178,7 +214,8 @@ def calibrate_thresholds(model, tokenizer, records: Sequence[dict], max_fpr: flo
     default = load_constitution().thresholds
     fixed = [None if int(harmful[:, k].sum()) >= MIN_POSITIVES else default[k] for k in range(NUM_LAWS)]
     if len(neg) >= MIN_NEGATIVES and any(f is None for f in fixed):
-        out["thresholds"] = joint_thresholds([neg], [max_fpr], fixed)
+        recall = 1.0 - max_fpr if min_recall is None else min_recall
+        out["thresholds"] = prompt_thresholds(neg, scores[harmful.any(dim=-1)], max_fpr, recall, fixed)
     good, refusals, bad = rmins[rgood], rmins[rgood & rharm], rmins[~rgood]
     if len(good) >= MIN_NEGATIVES and any(f is None for f in fixed):
         sets = [good] + ([refusals] if len(refusals) >= MIN_NEGATIVES else [])

@@ -48,10 +48,13 @@ def lambda_at(step: int, total: int, cfg) -> float:
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
 
 
-def per_layer_mse(scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(L, B, T, K) scores vs (B, T, K) targets over the (B, T) mask -> (L, K) mean squared errors."""
+def per_layer_mse(scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """(L, B, T, K) scores vs (B, T, K) targets over the (B, T) mask -> (L, K) mean errors
+    (squared, or the model's ``kind``: :func:`kala_engine.model.modeling_kala.score_error`)."""
+    from kala_engine.model.modeling_kala import score_error
+
     m = mask.to(scores.dtype)[None, ..., None]  # (1, B, T, 1)
-    sq = (scores - targets.to(scores.dtype)[None]) ** 2 * m
+    sq = score_error(scores, targets[None], kind) * m
     return sq.sum(dim=(1, 2)) / m.sum(dim=(1, 2)).clamp(min=1.0)
 
 
@@ -125,13 +128,13 @@ class EthicsObjective:
             loss = loss + lambda_at(step, total, self.cfg) * (self.priority * s).sum()
         return loss
 
-    def deep_loss(self, out, batch) -> torch.Tensor:
+    def deep_loss(self, out, batch, kind: str = "mse") -> torch.Tensor:
         """The per-layer term with this objective's layer weights (the model's own when equal)."""
         mask = batch.get("target_mask", batch.get("attention_mask"))
         if batch.get("target_weight") is not None:
             mask = mask.to(batch["target_weight"].dtype) * batch["target_weight"]
-        mon = per_layer_mse(out.layer_scores.float(), batch["law_targets"], mask)  # (L, K)
-        val = per_layer_mse(out.value_scores.float(), batch["law_targets"], mask)
+        mon = per_layer_mse(out.layer_scores.float(), batch["law_targets"], mask, kind)  # (L, K)
+        val = per_layer_mse(out.value_scores.float(), batch["law_targets"], mask, kind)
         per_layer = ((mon + val) * self.priority).sum(-1) / 2  # (L,)
         w = self.layer_weights if self.layer_weights is not None else torch.ones_like(per_layer)
         return (per_layer * w).mean()
@@ -142,7 +145,9 @@ class EthicsObjective:
         out = model(**batch, output_layer_scores=need_layers) if need_layers else model(**batch)
         if self.plain:
             return out, out.loss, {}
-        deep = self.deep_loss(out, batch) if self.layer_weights is not None else out.deep_loss
+        config = getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
+        kind = getattr(config, "ethics_loss_kind", "mse")  # the model's own (a DDP wrapper has it on .module)
+        deep = self.deep_loss(out, batch, kind) if self.layer_weights is not None else out.deep_loss
         loss = self.combine(out.lm_loss, out.ethics_loss_per_law, deep, step, total)
         return out, loss, {"deep_loss_weighted": deep.detach()} if self.layer_weights is not None else {}
 

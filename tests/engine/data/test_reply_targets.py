@@ -122,7 +122,7 @@ def test_target_weight_weighs_the_ethics_loss():
         weighted = model(x, law_targets=targets, target_mask=mask, target_weight=weight)
         ones = model(x, law_targets=targets, target_mask=mask, target_weight=torch.ones(2, 9))
     torch.testing.assert_close(ones.ethics_loss_per_law, plain.ethics_loss_per_law)
-    want = weighted_mse(weighted.law_scores, targets, weight)
+    want = weighted_mse(weighted.law_scores, targets, weight, cfg.ethics_loss_kind)
     torch.testing.assert_close(weighted.ethics_loss_per_law, want)
     assert not torch.allclose(weighted.ethics_loss_per_law, plain.ethics_loss_per_law)
 

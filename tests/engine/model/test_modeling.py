@@ -258,3 +258,23 @@ def test_bad_config_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         KALAConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=128,
                    vocab_size=97, **{field: value})
+
+
+def test_the_kl_ethics_loss_still_pulls_a_confidently_wrong_head():
+    """At the 'satisfied' 0.95 the heads start from, a harmful target (0.05) gets a 20x weaker
+    pull on the head's logit from the squared error than from the KL loss (issue 16); both are 0
+    at the target, and a bad kind is a clear error."""
+    from kala_engine.model.modeling_kala import KALAConfig, weighted_mse
+
+    target, mask = torch.full((1, 1, 5), 0.05), torch.ones(1, 1)
+    grads = {}
+    for kind in ("mse", "kl"):
+        logit = torch.full((1, 1, 5), 2.944, requires_grad=True)  # sigmoid = 0.95
+        weighted_mse(torch.sigmoid(logit), target, mask, kind).sum().backward()
+        grads[kind] = float(logit.grad[0, 0, 0])
+        assert float(weighted_mse(target, target, mask, kind).sum()) == pytest.approx(0.0, abs=1e-6)
+    assert grads["kl"] == pytest.approx(0.95 - 0.05, rel=1e-3)
+    assert grads["kl"] > 10 * grads["mse"] > 0
+    with pytest.raises(ValueError, match="ethics_loss_kind"):
+        KALAConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=128,
+                   vocab_size=97, ethics_loss_kind="hinge")

@@ -168,3 +168,29 @@ def test_a_model_judges_prompts_and_replies_with_its_two_sets(tiny_kala, tmp_pat
 
         KALAConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=128,
                    vocab_size=97, reply_thresholds=[0.5, 2.0, 0.5, 0.5, 0.5])
+
+
+def _split(harm, benign):
+    """(benign scores, harmful scores) as (N, 5) tensors: every law scores the same."""
+    return (torch.tensor(benign, dtype=torch.float32)[:, None].repeat(1, 5),
+            torch.tensor(harm, dtype=torch.float32)[:, None].repeat(1, 5))
+
+
+def test_prompt_thresholds_start_from_the_constitution_and_move_only_as_far_as_needed():
+    """Separable validation scores leave the constitution's 0.5 alone (the benign edge at 0.99
+    would flag every new wording under 0.99); compressed scores (harmful 0.6-0.8) move the
+    thresholds up until 95 % of the harmful prompts are caught, never past the benign limit."""
+    from kala_engine.train.calibration import prompt_thresholds
+
+    free = [None] * 5
+    neg, pos = _split([0.05 + 0.002 * i for i in range(100)], [0.995] * 95 + [0.992] * 5)
+    t = prompt_thresholds(neg, pos, 0.05, 0.95, free)
+    assert t == pytest.approx([0.5] * 5)
+    neg, pos = _split([0.6 + 0.002 * i for i in range(100)], [0.97 + 0.0002 * i for i in range(100)])
+    t = prompt_thresholds(neg, pos, 0.05, 0.95, free)
+    caught = float((pos[:, 0] < t[0]).float().mean())
+    assert 0.95 <= caught and t[0] < 0.8 and float((neg[:, 0] < t[0]).float().mean()) == 0.0
+    # overlapping classes: the recall target cannot be met within the limit -> the benign limit's edge
+    neg, pos = _split([0.9] * 100, [0.9 + 0.0009 * i for i in range(100)])
+    t = prompt_thresholds(neg, pos, 0.05, 0.95, free)
+    assert float((neg[:, 0] < t[0]).float().mean()) <= 0.05

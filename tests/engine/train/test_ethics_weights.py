@@ -101,11 +101,12 @@ def test_equal_layer_weights_are_the_models_deep_loss_and_one_layer_weights_only
         out = tiny_kala(**batch, output_layer_scores=True)
     equal = EthicsObjective(cfg(layer_supervision_weights=[1, 1]), list(tiny_kala.config.law_weights),
                             layer_supervision(cfg(layer_supervision_weights=[1, 1]), 2))
-    torch.testing.assert_close(equal.deep_loss(out, batch), out.deep_loss)
+    torch.testing.assert_close(equal.deep_loss(out, batch, tiny_kala.config.ethics_loss_kind), out.deep_loss)
     only_last = EthicsObjective(cfg(), list(tiny_kala.config.law_weights),
                                 layer_supervision(cfg(ethics_layers=[1]), 2))
     first = EthicsObjective(cfg(), list(tiny_kala.config.law_weights), layer_supervision(cfg(ethics_layers=[0]), 2))
-    assert float(only_last.deep_loss(out, batch) + first.deep_loss(out, batch)) == pytest.approx(
+    kind = tiny_kala.config.ethics_loss_kind
+    assert float(only_last.deep_loss(out, batch, kind) + first.deep_loss(out, batch, kind)) == pytest.approx(
         2 * float(out.deep_loss), rel=1e-5)
 
 
