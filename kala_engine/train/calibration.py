@@ -8,8 +8,9 @@ thresholds are calibrated apart (issue 16), each from one quantile level shared 
 the union, not per law):
 
 * **prompt thresholds** (``config.law_thresholds``), from the prompt assessment (law scores at
-  the ``<|assistant|>`` token, as at generation time): at most ``max_fpr`` of the benign
-  prompts flagged;
+  the ``<|assistant|>`` token, as at generation time): the constitution's, moved toward the
+  benign limit (at most ``max_fpr`` of the benign prompts flagged) only as far as needed to flag
+  ``1 - max_fpr`` of the harmful prompts (:func:`prompt_thresholds`);
 * **reply thresholds** (``config.reply_thresholds``), from the lowest score over the tokens of
   each ethical or benign reply: at most ``max_fpr`` of the good replies and at most
   :data:`MAX_REFUSALS_STOPPED` of the good replies *to harmful requests* (refusals, safe answers)
