@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .workarounds import freeze_gc
 from .worker import EngineWorker, JobHandle
 
 
@@ -43,6 +44,11 @@ class PageJob:
         """Run ``job(emit, control)``; the callbacks get this job's signals (see JobHandle).
         Raises RuntimeError while the engine is busy."""
         handle = self.worker.start(job, name, owner=self.owner)
+        # no full collection on the job's thread while it runs: one there once collected Qt
+        # wrappers of the UI thread and crashed (Evaluate page, a garbage collection in the
+        # worker); see kala_app.workarounds.freeze_gc
+        freeze_gc(handle, True)
+        handle.finished.connect(lambda *_: freeze_gc(handle, False))
         for signal, slot in ((handle.progress, progress), (handle.result, result),
                              (handle.error, error), (handle.finished, finished)):
             if slot is not None:
