@@ -416,9 +416,7 @@ class EvaluatePage(QWidget):
                f"{r0.get('refusals_cut_short', 0)} of its {r0.get('refusals', 0)} refusals."
                if (r0 := m0.get("replies")) else "")
             + "<br><span style='color:#6b7785'>Thresholds (Law 0…4): "
-            + " · ".join(f"{m['model'].split(' · ')[0]} "
-                         + "/".join(f"{float(t):.2f}" for t in m["metrics"].get("thresholds") or [])
-                         for m in models)
+            + " · ".join(f"{m['model'].split(' · ')[0]} " + _thresholds_text(m) for m in models)
             + (" (each model's calibrated)" if self.threshold() is None else "") + "</span>")
         self._update_buttons()
         self.evaluation_finished.emit(self.report)
@@ -442,3 +440,13 @@ class EvaluatePage(QWidget):
         self.run_button.setEnabled(not running and not self.job.busy_other() and bool(self.selected_models()))
         self.cancel_button.setEnabled(running)
         self.save_button.setEnabled(self.report is not None and not running)
+
+
+def _thresholds_text(model_entry: dict) -> str:
+    """"0.66/0.64/…" for the prompt flags, and the reply-stop set where the model has its own."""
+    def fmt(ts) -> str:
+        return "/".join(f"{float(t):.2f}" for t in ts or [])
+
+    prompt = fmt(model_entry["metrics"].get("thresholds"))
+    reply = model_entry.get("reply_thresholds")
+    return f"prompts {prompt}, replies stop at {fmt(reply)}" if reply else prompt

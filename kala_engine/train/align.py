@@ -358,6 +358,7 @@ def held_out_preference(model_dir: str, pairs_path: str, split: str = "validatio
 
     check_folder(model_dir)  # the loading policy first: no auto_map (foreign code), safetensors only
     tok = load_tokenizer(model_dir)
+    # SAFE_KWARGS = trust_remote_code=False, local_files_only=True: nothing in the folder runs
     model = KALAForCausalLM.from_pretrained(model_dir, use_safetensors=True, **SAFE_KWARGS).eval()
     ds = PairDataset([p for p in load_pairs(pairs_path) if p["split"] == split], tok, max_length)
     collate, diffs = PairCollator(tok, max_length), []

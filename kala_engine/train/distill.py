@@ -162,6 +162,7 @@ def load_teacher(teacher: Path, device, precision: str):
     check_folder(teacher)  # the loading policy first: no auto_map (foreign code), safetensors only
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision) if str(device).startswith("cuda") \
         else None
+    # SAFE_KWARGS = trust_remote_code=False, local_files_only=True: nothing in the folder runs
     model = KALAForCausalLM.from_pretrained(teacher, use_safetensors=True, dtype=dtype or torch.float32,
                                             **SAFE_KWARGS)
     model.to(device).eval()

@@ -147,6 +147,29 @@ def test_default_threshold_is_each_models_calibration(qtbot, page, ctx, monkeypa
     assert asked[-1] == pytest.approx(0.7)
 
 
+def test_the_reply_stop_thresholds_are_shown_apart(qtbot, page, ctx) -> None:
+    """A KALA model flags prompts with one calibrated set and stops replies with another (issue
+    16): the summary names both, so the Evaluate page says what the report.json says."""
+
+    class OwnSets(FakeBackend):
+        monitors_with_own_thresholds = True
+        default_thresholds = [0.66, 0.64, 0.66, 0.66, 0.66]
+        default_reply_thresholds = [0.42, 0.19, 0.32, 0.53, 0.45]
+
+        def assess_and_reply(self, prompt, *, threshold, max_new_tokens):
+            return super().assess_and_reply(prompt, threshold=threshold or self.default_reply_thresholds,
+                                            max_new_tokens=max_new_tokens)
+
+    page.backend_factory = lambda path: OwnSets(os.path.basename(os.path.dirname(path)), 1.0)
+    page.set_models(ctx.runs_dir / "good" / "final")
+    with qtbot.waitSignal(page.evaluation_finished, timeout=30000):
+        assert page.run()
+    text = page.summary.text()
+    assert "prompts 0.66/0.64/0.66/0.66/0.66" in text
+    assert "replies stop at 0.42/0.19/0.32/0.53/0.45" in text
+    assert page.report["models"][0]["reply_thresholds"] == pytest.approx(OwnSets.default_reply_thresholds)
+
+
 def test_elapsed_eta_and_charts_fill_while_it_runs(qtbot, page, ctx) -> None:
     """Before the end: the status says elapsed and time left, the table and charts show results so far."""
     import pyqtgraph as pg
