@@ -28,9 +28,6 @@ first reply tokens - where a refusal and a harmful continuation still look alike
   its first token that no good reply shares.
 - **assessment weight**: the ``<|assistant|>`` token after a user turn, where the prompt
   assessment is read, has weight :data:`ASSESS_WEIGHT` in the ethics loss.
-- **decision weight** (LM loss): ``lm_weight`` is :data:`DECISION_WEIGHT` on the first token of
-  every reply that follows a user turn - whether the model answers or refuses is decided there,
-  and a plain mean over the reply's tokens gives that one decision a fortieth of the gradient.
 - **reply head weight**: ``target_weight`` is :data:`REPLY_HEAD_WEIGHT` on the first
   :data:`REPLY_HEAD_TOKENS` tokens of every reply after a harmful request (good or harmful), 1.0
   on other targeted tokens and 0 on padding: the switch from the request's low scores to the
@@ -58,9 +55,6 @@ REPLY_HEAD_WEIGHT = 4.0
 #: weight of the ``<|assistant|>`` token after a user turn: the one position where a prompt is
 #: assessed, one token among a record's hundred (issue 16)
 ASSESS_WEIGHT = 8.0
-#: weight in the LM loss of a reply's first token (after ``<|assistant|>``): where the model
-#: decides to answer or to refuse, one token among a reply's forty (issue 16)
-DECISION_WEIGHT = 8.0
 
 
 def _harmful(labels) -> bool:
@@ -116,7 +110,6 @@ def encode_records(records: Sequence[dict[str, Any]], tokenizer, max_length: int
         law_targets: list[list[float]] = []
         target_mask: list[bool] = []
         target_weight: list[float] = []
-        lm_weight: list[float] = []
         prev_user: list[float] | None = None
         for p in record["parts"]:
             ids = encoded[pos]
@@ -126,9 +119,6 @@ def encode_records(records: Sequence[dict[str, Any]], tokenizer, max_length: int
             labels += ids if p["lm"] else [IGNORE_INDEX] * len(ids)
             part_targets = [targets] * len(ids)
             weights = [1.0] * len(ids)
-            lm_w = [1.0] * len(ids)
-            if p["role"] == "assistant" and prev_user is not None and len(ids) > 1:
-                lm_w[1] = DECISION_WEIGHT  # labels are not shifted: index 1 is the reply's first token
             if p["role"] == "assistant" and prev_user is not None and part_targets:
                 # the <|assistant|> token is where a prompt is assessed (the last prompt token at
                 # generation time): it carries the user turn's law vector, not the reply's
@@ -145,14 +135,12 @@ def encode_records(records: Sequence[dict[str, Any]], tokenizer, max_length: int
             law_targets += part_targets
             target_mask += [True] * len(ids)
             target_weight += weights
-            lm_weight += lm_w
             prev_user = targets if p["role"] == "user" else None
         input_ids.append(eos)
         labels.append(eos if record["parts"][-1]["lm"] else IGNORE_INDEX)
         law_targets.append([1.0] * NUM_LAWS)
         target_mask.append(False)
         target_weight.append(0.0)
-        lm_weight.append(1.0)
         out.append(
             {
                 "input_ids": input_ids[:max_length],
@@ -160,7 +148,6 @@ def encode_records(records: Sequence[dict[str, Any]], tokenizer, max_length: int
                 "law_targets": law_targets[:max_length],
                 "target_mask": target_mask[:max_length],
                 "target_weight": target_weight[:max_length],
-                "lm_weight": lm_weight[:max_length],
             }
         )
     return out
@@ -172,7 +159,6 @@ class ConstitutionalCollator:
     Returns ``input_ids (B,T) long, attention_mask (B,T) long, labels (B,T) long (-100 on
     padding), law_targets (B,T,5) float, target_mask (B,T) bool, target_weight (B,T) float``
     (the per-token weight of the law targets, 0 on padding; 1.0 where an example has none),
-    ``lm_weight (B,T) float`` (the per-token weight of the LM loss; 1.0 where an example has none),
     with T the longest example
     (cut at ``max_length``), optionally rounded up to ``pad_to_multiple_of``.
     """
@@ -199,7 +185,6 @@ class ConstitutionalCollator:
         law_targets = torch.ones((B, T, NUM_LAWS), dtype=torch.float32)
         target_mask = torch.zeros((B, T), dtype=torch.bool)
         target_weight = torch.zeros((B, T), dtype=torch.float32)
-        lm_weight = torch.ones((B, T), dtype=torch.float32)
         for i, e in enumerate(examples):
             n = min(len(e["input_ids"]), T)
             input_ids[i, :n] = torch.tensor(e["input_ids"][:n], dtype=torch.long)
@@ -209,8 +194,6 @@ class ConstitutionalCollator:
             target_mask[i, :n] = torch.tensor(e["target_mask"][:n], dtype=torch.bool)
             target_weight[i, :n] = torch.tensor(e["target_weight"][:n], dtype=torch.float32) if "target_weight" in e \
                 else target_mask[i, :n].float()
-            if "lm_weight" in e:
-                lm_weight[i, :n] = torch.tensor(e["lm_weight"][:n], dtype=torch.float32)
         return {
             "input_ids": input_ids,
             "attention_mask": attention,
@@ -218,7 +201,6 @@ class ConstitutionalCollator:
             "law_targets": law_targets,
             "target_mask": target_mask,
             "target_weight": target_weight,
-            "lm_weight": lm_weight,
         }
 
 

@@ -584,7 +584,6 @@ class KALAForCausalLM(KALAPreTrainedModel, GenerationMixin):
         law_targets: torch.Tensor | None = None,
         target_mask: torch.Tensor | None = None,
         target_weight: torch.Tensor | None = None,
-        lm_weight: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_layer_scores: bool = False,
         output_hidden_states: bool | None = None,
@@ -597,10 +596,6 @@ class KALAForCausalLM(KALAPreTrainedModel, GenerationMixin):
         target_mask (B, T): tokens that carry law targets (default: every attended token).
         target_weight (B, T): per-token weight of the law targets in the ethics losses (the
             collator's: more on the first reply tokens after a harmful request); default 1.
-        lm_weight (B, T): per-token weight of the LM loss, aligned with ``labels`` (the collator's:
-            more on a reply's first token, where the model decides to answer or refuse). The
-            training ``loss`` uses the weighted mean; ``lm_loss`` stays the plain mean per token,
-            so logs, validation and perplexity do not depend on the weights.
         """
         out = self.gpt_neox(
             input_ids,
@@ -626,13 +621,9 @@ class KALAForCausalLM(KALAPreTrainedModel, GenerationMixin):
             shift_labels = F.pad(labels.to(logits.device), (0, 1), value=-100)[:, 1:]
             n = (shift_labels != -100).sum()
             ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shift_labels.reshape(-1),
-                                 ignore_index=-100, reduction="none")
-            lm_loss = ce.sum() / n.clamp(min=1)
+                                 ignore_index=-100, reduction="sum")
+            lm_loss = ce / n.clamp(min=1)
             loss = lm_loss
-            if lm_weight is not None:
-                w = F.pad(lm_weight.to(ce.dtype).to(logits.device), (0, 1))[:, 1:].reshape(-1)
-                w = w * (shift_labels.reshape(-1) != -100)
-                loss = (ce * w).sum() / w.sum().clamp(min=1e-8)
         if law_targets is not None:
             if target_mask is None:
                 target_mask = attention_mask if attention_mask is not None else torch.ones_like(law_targets[..., 0])

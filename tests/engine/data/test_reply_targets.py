@@ -14,7 +14,6 @@ from kala_engine.data import chat_format as chat
 from kala_engine.data.collate import (
     REPLY_HEAD_TOKENS,
     ASSESS_WEIGHT,
-    DECISION_WEIGHT,
     REPLY_HEAD_WEIGHT,
     ConstitutionalCollator,
     JsonlDataset,
@@ -126,45 +125,6 @@ def test_target_weight_weighs_the_ethics_loss():
     want = weighted_mse(weighted.law_scores, targets, weight, cfg.ethics_loss_kind)
     torch.testing.assert_close(weighted.ethics_loss_per_law, want)
     assert not torch.allclose(weighted.ethics_loss_per_law, plain.ethics_loss_per_law)
-
-
-def test_a_replys_first_token_weighs_more_in_the_lm_loss(tokenizer):
-    """The reply's first token - answer or refuse - gets DECISION_WEIGHT in ``lm_weight``, after
-    a harmful request and after a benign question alike; every other token 1.0."""
-    ds = JsonlDataset(RECORDS, tokenizer, max_length=256)
-    for rec in (REFUSAL, BENIGN, SURE):
-        enc = ds[RECORDS.index(rec)]
-        start, _ = _reply_span(tokenizer, rec)  # the <|assistant|> token
-        w = enc["lm_weight"]
-        assert len(w) == len(enc["input_ids"]) and w[start + 1] == DECISION_WEIGHT
-        assert w[:start + 1] + w[start + 2:] == [1.0] * (len(w) - 1)
-    batch = ConstitutionalCollator(tokenizer, max_length=256)([ds[0], {k: v for k, v in ds[4].items()
-                                                                       if k != "lm_weight"}])
-    assert batch["lm_weight"].dtype == torch.float32 and float(batch["lm_weight"][0].max()) == DECISION_WEIGHT
-    assert bool((batch["lm_weight"][1] == 1.0).all())  # an example without weights: plain LM loss
-
-
-def test_lm_weight_weighs_the_training_loss_not_the_reported_lm_loss():
-    from kala_engine.model.modeling_kala import KALAConfig, KALAForCausalLM
-
-    torch.manual_seed(0)
-    cfg = KALAConfig(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=64,
-                     vocab_size=50, rotary_pct=0.25, max_position_embeddings=64)
-    model = KALAForCausalLM(cfg).eval()
-    x = torch.randint(0, 50, (2, 9))
-    labels = x.clone()
-    labels[:, :2] = -100
-    weight = torch.ones(2, 9)
-    weight[0, 4] = 8.0  # the label at position 4, predicted from position 3
-    with torch.no_grad():
-        plain = model(x, labels=labels)
-        weighted = model(x, labels=labels, lm_weight=weight)
-        ce = torch.nn.functional.cross_entropy(plain.logits[:, :-1].reshape(-1, 50), labels[:, 1:].reshape(-1),
-                                               reduction="none", ignore_index=-100).reshape(2, 8)
-    torch.testing.assert_close(weighted.lm_loss, plain.lm_loss)  # logs and perplexity: the plain mean
-    w = weight[:, 1:] * (labels[:, 1:] != -100)
-    torch.testing.assert_close(weighted.loss, (ce * w).sum() / w.sum())
-    assert not torch.allclose(weighted.loss, plain.loss)
 
 
 def _train_and_score(tokenizer, dataset_factory, steps=120):
