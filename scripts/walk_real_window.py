@@ -132,7 +132,6 @@ def main(argv=None) -> int:
     if not wait_for("runs page", lambda: win.current_page_key() == "runs", 10):
         return 1
     shot("runs")
-    win.ctx.worker.stop() if hasattr(win.ctx.worker, "stop") else None
     win.close()
     pump(1.0)
     print(f"walk: done; screenshots in {out}; data folder {home}")
