@@ -385,10 +385,12 @@ def test_a_model_trained_after_start_is_picked(qtbot, ctx) -> None:
     page = ChatPage(ctx, job_factory=fake_factory(["x"]))
     qtbot.addWidget(page)
     assert page.model_path() == "" and not page.send_button.isEnabled()
+    assert page.view._placeholder.text().startswith("Pick a model above")
     (ctx.runs_dir / "first" / "final").mkdir(parents=True)
     (ctx.runs_dir / "first" / "final" / "config.json").write_text('{"law_thresholds": [0.9, 0.8, 0.7, 0.6, 0.55]}')
     page.refresh_models()
     assert page.model_path().endswith("final") and page.send_button.isEnabled()
+    assert page.view._placeholder.text().startswith("Send a message below.")  # no "pick a model" once one is
     assert list(page.gauge.thresholds()) == pytest.approx([0.9, 0.8, 0.7, 0.6, 0.55])
     page.store.close()
 
