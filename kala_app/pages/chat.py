@@ -139,7 +139,7 @@ class ChatPage(QWidget):
         self.model_picker.changed.connect(self._on_model_changed)
         cl.addWidget(self.model_picker)
         self.view = ChatView(self.constitution)
-        self._update_placeholder()
+        self.view.show_hint(model_chosen=False)
         self.view.token_hovered.connect(self._on_hover)
         self.view.token_selected.connect(self._on_selected)
         cl.addWidget(self.view, 1)
@@ -207,11 +207,6 @@ class ChatPage(QWidget):
         self.set_model(path)
         if self.chat_id is None:
             self.new_chat()
-
-    def _update_placeholder(self) -> None:
-        """The empty chat's hint: pick a model first, or (one is chosen) just write."""
-        first = "Send a message below." if self.model_path() else "Pick a model above and send a message."
-        self.view.set_placeholder(first + "\nEvery token of the reply is scored against the Five Laws.")
 
     def _on_model_changed(self) -> None:
         if self.chat_id is not None and not self._loading and not self._read_only():
@@ -587,7 +582,7 @@ class ChatPage(QWidget):
         self.inspector.clear()
 
     def _update_buttons(self, *_a: Any) -> None:
-        self._update_placeholder()
+        self.view.show_hint(model_chosen=bool(self.model_path()))
         busy_other = self.job.busy_other() and not self._active
         self.send_button.setEnabled(not self._active and not busy_other and bool(self.model_path()))
         self.send_button.setToolTip("Engine busy with another job" if busy_other else "Send (Ctrl+Enter)")

@@ -64,6 +64,11 @@ class ChatView(QScrollArea):
         self._placeholder.setText(text)
         self._placeholder.setVisible(bool(text) and not self._items)
 
+    def show_hint(self, model_chosen: bool) -> None:
+        """The empty chat's hint: pick a model first, or (one is chosen) just write."""
+        first = "Send a message below." if model_chosen else "Pick a model above and send a message."
+        self.set_placeholder(first + "\nEvery token of the reply is scored against the Five Laws.")
+
     def set_thresholds(self, value: float | Sequence[float]) -> None:
         """Thresholds used for messages added from now on."""
         self._thresholds = resolve_thresholds(value)
