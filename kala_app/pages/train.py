@@ -7,8 +7,8 @@ Cancel, a progress bar with ETA and tokens/s, and live plots of the LM loss, the
 (total and one curve per law, each toggled from the legend), validation points and the learning
 rate, with smoothing and the overlay of an earlier run. An interrupted run is offered for resume.
 
-Training runs on the engine worker (``kala_engine.train.trainer.train_job``); events only append to
-plot buffers, which redraw from a timer, so the page stays responsive at any step rate.
+Training runs as the page's own :class:`~kala_app.page_job.PageJob` on the engine worker; events
+only append to plot buffers, which redraw from a timer, so the page stays responsive at any step rate.
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from kala_engine.jobs import CheckpointSaved, LogLine, TrainStep, Validation
 from kala_engine.train.config import default_learning_rate
 
 from .. import engine_api
 from ..error_dialog import show_error
+from ..page_job import PageJob
 from ..runs import RunInfo, list_runs, new_run_dir, remove_if_empty_run
 from ..widgets.base_picker import BasePicker
 from ..widgets.data_picker import DataPicker
@@ -65,12 +67,13 @@ class TrainPage(QWidget):
         super().__init__()
         self.ctx = ctx
         self.worker = ctx.worker
+        self.job = PageJob(ctx.worker, self)  # this page's own job: training or the doctor
         # replaceable in tests: how a config and a job are made
         self.config_factory = engine_api.make_train_config
         self.job_factory = engine_api.train_job
         self.doctor_factory = engine_api.doctor
         self.run_dir: Path | None = None
-        self._job_kind = ""  # "train" | "doctor" while this page owns the running job
+        self._job_kind = ""  # "train" | "doctor" while this page's job runs
         self._latest: dict | None = None
         self._total_steps = 0
         self._t_start = 0.0
@@ -258,16 +261,26 @@ class TrainPage(QWidget):
         return self.curves.bar, plots
 
     def _connect_worker(self) -> None:
+        """Every job: the buttons (one job at a time) and the base picker (a download from anywhere)."""
         w = self.worker
-        w.step.connect(self._on_step)
-        w.validation.connect(self._on_validation)
-        w.log.connect(self._on_log)
-        w.checkpoint_saved.connect(self._on_checkpoint)
-        w.failed.connect(self._on_failed)
-        w.finished.connect(self._on_finished)
         w.busy_changed.connect(lambda _busy: self._update_buttons())
         w.started.connect(self.base_picker.on_job_started)
         w.event.connect(self.base_picker.on_download_event)
+        w.finished.connect(self._on_any_finished)
+
+    def _start_job(self, job, name: str) -> None:
+        self.job.start(job, name, progress=self._on_event, error=self._on_failed, finished=self._on_finished)
+
+    def _on_event(self, ev) -> None:
+        """One event of this page's job."""
+        if isinstance(ev, TrainStep):
+            self._on_step(ev)
+        elif isinstance(ev, Validation):
+            self._on_validation(ev)
+        elif isinstance(ev, LogLine):
+            self.log_view.appendPlainText(ev.message)
+        elif isinstance(ev, CheckpointSaved) and self._job_kind == "train":
+            self.log_view.appendPlainText(f"checkpoint saved at step {ev.step}: {ev.path}")
 
     # ================================================================ lists (data sets, runs)
 
@@ -346,7 +359,7 @@ class TrainPage(QWidget):
 
         self._job_kind = "doctor"
         self.doc_labels["device"].setText("checking…")
-        self.worker.start(job, f"doctor {base}", owner=self)
+        self._start_job(job, f"doctor {base}")
 
     def show_doctor(self, rep: engine_api.DoctorReport) -> None:
         for key, lab in self.doc_labels.items():
@@ -395,7 +408,7 @@ class TrainPage(QWidget):
         self._t_start = time.monotonic()
         self.resume_banner.hide()
         self.log_view.appendPlainText(f"--- {'resuming' if resume_run else 'starting'} run {self.run_dir.name}")
-        self.worker.start(job, f"training {self.run_dir.name}", owner=self)
+        self._start_job(job, f"training {self.run_dir.name}")
         self._update_buttons()
         return True
 
@@ -404,18 +417,18 @@ class TrainPage(QWidget):
             self.start_training(resume_run=run)
 
     def pause(self) -> None:
-        if self._owns_job():
-            self.worker.pause()
+        if self.job.running():
+            self.job.pause()
             self._update_buttons()
 
     def resume(self) -> None:
-        if self._owns_job():
-            self.worker.resume()
+        if self.job.running():
+            self.job.resume()
             self._update_buttons()
 
     def cancel(self) -> None:
-        if self._owns_job():
-            self.worker.cancel()
+        if self.job.running():
+            self.job.cancel()
             self.progress.setFormat("cancelling… (saving a checkpoint)")
             self._update_buttons()
 
@@ -435,13 +448,10 @@ class TrainPage(QWidget):
             self._quickstart_then = None
         return started
 
-    def _owns_job(self) -> bool:
-        return self.worker.is_busy() and self.worker.owner is self
-
     def _update_buttons(self) -> None:
         busy = self.worker.is_busy()
-        mine = busy and self.worker.owner is self and self._job_kind == "train"
-        paused = mine and self.worker.is_paused()
+        mine = self._is_my_training()
+        paused = mine and self.job.is_paused()
         self.start_button.setEnabled(not busy and not self.base_picker.problem)
         self.start_button.setToolTip(
             f"Not available: {self.base_picker.problem}" if self.base_picker.problem
@@ -476,7 +486,7 @@ class TrainPage(QWidget):
         self.curves.load_run(run_dir)
 
     def _is_my_training(self) -> bool:
-        return self.worker.owner is self and self._job_kind == "train"
+        return self.job.running() and self._job_kind == "train"
 
     def _on_step(self, ev) -> None:
         if not self._is_my_training():
@@ -497,21 +507,10 @@ class TrainPage(QWidget):
             return
         m = dict(ev.metrics)
         m.setdefault("step", ev.step)
-        self._add_validation_metrics(m)
+        self.curves.add_validation(m)
         self.log_view.appendPlainText(
             f"validation at step {m['step']}: "
             + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float)))
-
-    def _add_validation_metrics(self, m: dict) -> None:
-        self.curves.add_validation(m)
-
-    def _on_log(self, message: str) -> None:
-        if self.worker.owner is self:
-            self.log_view.appendPlainText(message)
-
-    def _on_checkpoint(self, ev) -> None:
-        if self._is_my_training():
-            self.log_view.appendPlainText(f"checkpoint saved at step {ev.step}: {ev.path}")
 
     def _refresh_progress(self, force: bool = False) -> None:
         """Progress bar and stat labels from the newest step (10 Hz)."""
@@ -523,7 +522,7 @@ class TrainPage(QWidget):
         if total > 0:
             self.progress.setRange(0, total)
             self.progress.setValue(min(step, total))
-        if self.worker.is_paused():
+        if self.job.is_paused():
             self.progress.setFormat(f"paused at step {step}" + (f" of {total}" if total else ""))
         else:
             self.progress.setFormat(f"step {step}" + (f" of {total} (%p%)" if total else ""))
@@ -534,8 +533,6 @@ class TrainPage(QWidget):
         self.step_stats.show_step(m, step, total, elapsed, eta)
 
     def _on_failed(self, message: str, traceback: str) -> None:
-        if self.worker.owner is not self:
-            return
         if self._job_kind == "train":
             remove_if_empty_run(self.run_dir)
         title = "Training failed" if self._job_kind == "train" else "The doctor failed"
@@ -545,11 +542,12 @@ class TrainPage(QWidget):
         self.aux_tabs.setCurrentWidget(self.log_view)
         show_error(self, title, message, traceback)
 
-    def _on_finished(self, ev) -> None:
+    def _on_any_finished(self, ev) -> None:
         if self.base_picker.watched_download is not None:  # one job at a time: that download ending
             self.base_picker.after_download(ev)
-        if self.worker.owner is not self:
-            return
+
+    def _on_finished(self, ev) -> None:
+        """This page's job ended (success, cancel or failure)."""
         kind, self._job_kind = self._job_kind, ""
         if kind == "doctor":
             if isinstance(ev.result, engine_api.DoctorReport):
@@ -574,7 +572,7 @@ class TrainPage(QWidget):
         if ev.cancelled:
             self.progress.setFormat("cancelled at step %v — resume it from the banner above")
             self.log_view.appendPlainText("--- cancelled")
-        elif self.worker.owner is self and self._steps_seen == 0 and ev.result is None:
+        elif self._steps_seen == 0 and ev.result is None:
             self.progress.setFormat("stopped")
         else:
             if self.progress.maximum() <= 1:
