@@ -48,9 +48,9 @@ def test_ids_are_unique(banks):
 
 def test_benign_and_alarming_banks_are_broad(banks):
     alarming = Counter(qa.family for qa in banks.alarming)
-    assert len(alarming) >= 95 and min(alarming.values()) >= 3
+    assert len(alarming) >= 130 and min(alarming.values()) >= 3
     topics = {qa.family.rsplit(".", 1)[0] for qa in banks.benign}
-    assert len(banks.benign) >= 350 and len(topics) >= 40
+    assert len(banks.benign) >= 440 and len(topics) >= 50
 
 
 def test_no_question_is_both_harmful_and_benign(banks):
