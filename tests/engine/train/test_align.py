@@ -22,10 +22,9 @@ from kala_engine.jobs import CheckpointSaved, Finished, JobControl, JobError, Lo
 from kala_engine.train.align import PairCollator, PairDataset, align, align_job, held_out_preference
 from kala_engine.train.config import TrainConfig
 from kala_engine.train.preference import preference_loss, sequence_logps
-from kala_engine.train.trainer import TIMING_KEYS, train
+from kala_engine.train.trainer import train
+from tests.engine.train.tiny_runs import TINY, assert_same_trajectory, metrics
 
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-        "max_position_embeddings": 128}
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -122,11 +121,6 @@ def acfg(base_and_pairs, run_dir, **kw) -> TrainConfig:
     return TrainConfig(**kw)
 
 
-def metrics(run_dir) -> list[dict]:
-    lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return [{k: v for k, v in d.items() if k not in TIMING_KEYS} for d in lines]
-
-
 @pytest.mark.parametrize("method", ["dpo", "orpo", "simpo"])
 def test_one_optimizer_step_raises_the_chosen_minus_rejected_margin(base_and_pairs, method):
     from kala_engine.data.pairs import load_pairs
@@ -212,12 +206,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_metrics(base_and_pairs, tmp_
     events = []
     align(acfg(base_and_pairs, run_dir, max_steps=16, resume=True), events.append)
     assert any(isinstance(e, LogLine) and "resumed from checkpoint step-10" in e.message for e in events)
-    a, b = metrics(run_dir), metrics(ref_dir)
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        assert x.keys() == y.keys()
-        for k in x:
-            assert (abs(x[k] - y[k]) <= 1e-6) if isinstance(x[k], float) else x[k] == y[k], (x["step"], k)
+    assert_same_trajectory(metrics(run_dir), metrics(ref_dir))
 
 
 def test_a_pair_file_with_bad_lines_is_refused_with_every_file_line(base_and_pairs, tmp_path, capsys):
