@@ -41,7 +41,7 @@ from kala_engine.train.config import TrainConfig
 from kala_engine.train.model_setup import base_dir, is_main, lr_at
 from kala_engine.train.preference import NEEDS_REFERENCE, preference_loss, sequence_logps
 from kala_engine.train.run_folder import RunFolder
-from kala_engine.train.run_info import memory_mb, versions
+from kala_engine.train.run_info import step_timing, versions
 from kala_engine.train.trainer import (
     LAW_KEYS,
     _checkpoint,
@@ -305,11 +305,8 @@ def _fit(run: _AlignRun) -> int:
             stats, grad_norm, n_tokens = _optimizer_step(run, step, lr)
             step += 1
             tokens_seen += n_tokens * run.world
-            elapsed = time.perf_counter() - t0
             line = {"step": step, "epoch": round(step / run.steps_per_epoch, 4), "method": cfg.method, **_line(stats),
-                    "lr": lr, "grad_norm": grad_norm,
-                    "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1), "elapsed": round(elapsed, 3),
-                    "eta": round(elapsed / (step - run.start_step) * (total - step), 1), "memory_mb": memory_mb()}
+                    "lr": lr, "grad_norm": grad_norm, **step_timing(t0, tokens_seen, step - run.start_step, total - step)}
             run.last_lm, run.last_eth = line["lm_loss"], line["ethics_loss"]
             if is_main():
                 run.folder.append_metrics(line)

@@ -54,7 +54,7 @@ from kala_engine.train.checkpoints import (
 from kala_engine.train.config import TrainConfig
 from kala_engine.train.model_setup import apply_lora, base_dir, build_model, build_tokenizer, is_main, lr_at
 from kala_engine.train.run_folder import RunFolder
-from kala_engine.train.run_info import memory_mb, versions
+from kala_engine.train.run_info import step_timing, versions
 
 LAW_KEYS = [f"law_loss_{k}" for k in range(NUM_LAWS)]
 #: metrics that depend on wall time (everything else in a metrics line is reproducible)
@@ -444,15 +444,13 @@ def _fit(run: _Run) -> int:
             parts, grad_norm, n_tokens, extra = _optimizer_step(run, step, lr)
             step += 1
             tokens_seen += n_tokens * run.world
-            elapsed = time.perf_counter() - t0
             run.last_lm, run.last_eth = float(parts[1]), float(parts[2])
             line = {
                 "step": step, "epoch": round(step / run.steps_per_epoch, 4), "loss": float(parts[0]),
                 "lm_loss": run.last_lm, "ethics_loss": run.last_eth, "deep_loss": float(parts[3]),
                 **{LAW_KEYS[i]: float(parts[4 + i]) for i in range(NUM_LAWS)},
                 **extra, **weights, "lr": lr, "grad_norm": grad_norm,
-                "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1), "elapsed": round(elapsed, 3),
-                "eta": round(elapsed / (step - run.start_step) * (total - step), 1), "memory_mb": memory_mb(),
+                **step_timing(t0, tokens_seen, step - run.start_step, total - step),
             }
             if run.world > 1:  # rank 0 shows every rank's progress
                 from kala_engine.train.distributed import rank_progress
