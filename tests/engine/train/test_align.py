@@ -22,8 +22,7 @@ from kala_engine.jobs import CheckpointSaved, Finished, JobControl, JobError, Lo
 from kala_engine.train.align import PairCollator, PairDataset, align, align_job, held_out_preference
 from kala_engine.train.config import TrainConfig
 from kala_engine.train.preference import preference_loss, sequence_logps
-from kala_engine.train.trainer import train
-from tests.engine.train.tiny_runs import TINY, assert_same_trajectory, metrics
+from tests.engine.train.tiny_runs import assert_same_trajectory, metrics, write_base_and_pairs
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -101,16 +100,7 @@ def test_simpo_and_orpo_losses_equal_trl():
 
 @pytest.fixture(scope="module")
 def base_and_pairs(tmp_path_factory):
-    from kala_engine.data.generate import write_dataset
-    from kala_engine.data.pairs import write_pairs
-
-    d = tmp_path_factory.mktemp("align")
-    write_dataset(d / "d.jsonl", 200, 1)
-    write_pairs(d / "pairs.jsonl", 160, 2)
-    train(TrainConfig(data=str(d / "d.jsonl"), run_dir=str(d / "base"), max_steps=15, batch_size=8, max_length=80,
-                      vocab_size=400, tiny_overrides=TINY, device="cpu", eval_every=0, save_every=0, seed=1),
-          lambda e: None)
-    return d / "base" / "final", d / "pairs.jsonl"
+    return write_base_and_pairs(tmp_path_factory.mktemp("align"))
 
 
 def acfg(base_and_pairs, run_dir, **kw) -> TrainConfig:

@@ -31,6 +31,21 @@ def write_data(tmp_path_factory, n: int, seed: int) -> Path:
     return p
 
 
+def write_base_and_pairs(d: Path) -> tuple[Path, Path]:
+    """In ``d``: a tiny base trained 15 steps (its ``final/``) and 160 preference pairs, what the
+    alignment tests (engine and Train page) align."""
+    from kala_engine.data.generate import write_dataset
+    from kala_engine.data.pairs import write_pairs
+    from kala_engine.train.trainer import train
+
+    write_dataset(d / "d.jsonl", 200, 1)
+    write_pairs(d / "pairs.jsonl", 160, 2)
+    train(TrainConfig(data=str(d / "d.jsonl"), run_dir=str(d / "base"), max_steps=15, batch_size=8, max_length=80,
+                      vocab_size=400, tiny_overrides=TINY, device="cpu", eval_every=0, save_every=0, seed=1),
+          lambda e: None)
+    return d / "base" / "final", d / "pairs.jsonl"
+
+
 def metrics(run_dir) -> list[dict]:
     """The run's metrics.jsonl lines without the timing keys (which differ between two equal runs)."""
     lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
