@@ -13,16 +13,6 @@ from kala_app.runs import RunInfo, remove_if_empty_run
 
 
 @pytest.fixture
-def empty_hf_cache(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
-@pytest.fixture
 def page(empty_hf_cache, train_page):
     return train_page()
 
