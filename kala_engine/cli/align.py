@@ -11,14 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-from kala_engine.jobs import (
-    Failed,
-    Finished,
-    JobControl,
-    TrainStep,
-    Validation,
-    run_job,
-)
+from kala_engine.jobs import Failed, Finished, JobControl, TrainStep, Validation, run_job
 
 
 def _step_line(ev: TrainStep) -> str:
