@@ -205,22 +205,28 @@ class Plan:
         out.append(f"plan         {self.base}: {self.mode} on {self.device_kind}, {self.precision}, "
                    f"micro-batch {self.batch_size} x accumulation {self.grad_accum}, {self.seq_len} tokens, "
                    f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}")
-        out.append(f"estimate     {e['total']:.2f} GiB (weights {e['weights']}, gradients {e['gradients']}, "
-                   f"optimizer {e['optimizer']}, activations {e['activations']}, overhead {e['overhead']}) "
+        out.append(f"estimate     {e['total']:.2f} GiB ({estimate_parts(e)}) "
                    f"of {self.available_bytes / GiB:.2f} GiB usable -> {'fits' if self.fits else 'DOES NOT FIT'}"
                    + (" (but the base is not available, see below)" if self.base_problem else ""))
         for n in self.notes:
             out.append(f"note         {n}")
         if self.base_problem:
             out.append(f"base         NOT AVAILABLE: {self.base_problem}")
-        if self.reason:
-            out.append(f"reason       {self.reason}")
-        if self.alternative:
-            out.append(f"instead      {self.alternative}")
-        return out
+        return out + verdict_lines(self.reason, self.alternative)
 
     def report(self) -> str:
         return "\n".join(self.lines)
+
+
+def estimate_parts(e: dict) -> str:
+    """A memory estimate's parts (``MemoryEstimate.as_gib()``) as the doctor's estimate lines name them."""
+    return (f"weights {e['weights']}, gradients {e['gradients']}, optimizer {e['optimizer']}, "
+            f"activations {e['activations']}, overhead {e['overhead']}")
+
+
+def verdict_lines(reason: str, alternative: str | None) -> list[str]:
+    """The end of a plan's report: why it does not fit and what to do instead (each when there is one)."""
+    return ([f"reason       {reason}"] if reason else []) + ([f"instead      {alternative}"] if alternative else [])
 
 
 def base_shape(base: str) -> dict:

@@ -24,7 +24,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from kala_engine.doctor import MEMORY_BUDGET, DeviceInfo, Plan, base_shape, make_plan
+from kala_engine.doctor import (
+    MEMORY_BUDGET,
+    DeviceInfo,
+    Plan,
+    base_shape,
+    estimate_parts,
+    make_plan,
+    verdict_lines,
+)
 from kala_engine.model.presets import GiB, MemoryEstimate, count_parameters, estimate_memory
 
 STRATEGIES = ("ddp", "fsdp", "fsdp-offload", "nf4-lora")
@@ -94,18 +102,13 @@ class ClusterPlan:
                    f"= {self.world} processes, {self.precision}, micro-batch {self.batch_size} x accumulation "
                    f"{self.grad_accum} per process, {self.single.seq_len} tokens, gradient checkpointing "
                    f"{'on' if self.gradient_checkpointing else 'off'}")
-        out.append(f"estimate     {e['total']:.2f} GiB per {unit} (weights {e['weights']}, gradients {e['gradients']}, "
-                   f"optimizer {e['optimizer']}, activations {e['activations']}, overhead {e['overhead']}) of "
+        out.append(f"estimate     {e['total']:.2f} GiB per {unit} ({estimate_parts(e)}) of "
                    f"{self.card_budget / GiB:.2f} GiB usable -> {'fits' if self.fits else 'DOES NOT FIT'}")
         if self.host_need:
             out.append(f"host         {self.host_need / GiB:.1f} GiB of RAM per machine for the offloaded state, "
                        f"of {self.host_budget / GiB:.1f} GiB usable")
         out += [f"note         {n}" for n in self.notes]
-        if self.reason:
-            out.append(f"reason       {self.reason}")
-        if self.alternative:
-            out.append(f"instead      {self.alternative}")
-        return out
+        return out + verdict_lines(self.reason, self.alternative)
 
     def report(self) -> str:
         return "\n".join(self.lines)

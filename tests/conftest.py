@@ -22,6 +22,17 @@ def tiny_neox_config(**overrides):
 
 
 @pytest.fixture
+def empty_hf_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache for the test: no base model was ever downloaded."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
 def make_neox_dir(tmp_path):
     """Factory: build a random tiny GPTNeoXForCausalLM, save it, return (model, folder)."""
     import torch

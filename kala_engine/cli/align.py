@@ -11,42 +11,21 @@ from __future__ import annotations
 import json
 import sys
 
-from kala_engine.jobs import (
-    CheckpointSaved,
-    Failed,
-    Finished,
-    JobControl,
-    LogLine,
-    TrainStep,
-    Validation,
-    run_job,
-)
+from kala_engine.jobs import Failed, Finished, JobControl, TrainStep, Validation, run_job
 
 
-def _printer(quiet_steps: int):
-    def emit(ev):
-        if isinstance(ev, TrainStep):
-            m = ev.metrics
-            if ev.step == 1 or ev.step % quiet_steps == 0 or ev.step == ev.total_steps:
-                print(f"step {ev.step:>5}/{ev.total_steps}  {m['method']} {m['preference_loss']:.4f}  "
-                      f"margin {m['reward_margin']:+.4f}  acc {m['preference_accuracy']:.2f}  "
-                      f"ethics {m['ethics_loss']:.4f}  lr {m['lr']:.2e}  eta {m['eta']:.0f}s", flush=True)
-        elif isinstance(ev, Validation):
-            m = ev.metrics
-            print(f"validation @ {ev.step} ({m['pairs']} held-out pairs): {m['method']} {m['preference_loss']:.4f}  "
-                  f"margin {m['reward_margin']:+.4f}  reward acc {m['preference_accuracy']:.3f}  "
-                  f"logp acc {m['logp_accuracy']:.3f}  ethics {m['ethics_loss']:.4f}", flush=True)
-        elif isinstance(ev, CheckpointSaved):
-            print(f"checkpoint saved: {ev.path}", flush=True)
-        elif isinstance(ev, LogLine):
-            print(("warning: " if ev.level == "warning" else "") + ev.message, flush=True,
-                  file=sys.stderr if ev.level != "info" else sys.stdout)
-        elif isinstance(ev, Failed):
-            if ev.traceback:
-                print(ev.traceback, file=sys.stderr)
-            print(f"kala align: error: {ev.message}", file=sys.stderr, flush=True)
+def _step_line(ev: TrainStep) -> str:
+    m = ev.metrics
+    return (f"step {ev.step:>5}/{ev.total_steps}  {m['method']} {m['preference_loss']:.4f}  "
+            f"margin {m['reward_margin']:+.4f}  acc {m['preference_accuracy']:.2f}  "
+            f"ethics {m['ethics_loss']:.4f}  lr {m['lr']:.2e}  eta {m['eta']:.0f}s")
 
-    return emit
+
+def _validation_line(ev: Validation) -> str:
+    m = ev.metrics
+    return (f"validation @ {ev.step} ({m['pairs']} held-out pairs): {m['method']} {m['preference_loss']:.4f}  "
+            f"margin {m['reward_margin']:+.4f}  reward acc {m['preference_accuracy']:.3f}  "
+            f"logp acc {m['logp_accuracy']:.3f}  ethics {m['ethics_loss']:.4f}")
 
 
 def register(sub) -> None:
@@ -82,18 +61,22 @@ def cmd_align(args) -> int:
     from dataclasses import fields
 
     from kala_engine.cli.checks import check_out_dir
-    from kala_engine.cli.train import _exit_code, _guarded
+    from kala_engine.cli.train import _exit_code, _guarded, _printer
     from kala_engine.train.align import align_job
     from kala_engine.train.config import TrainConfig
 
     check_out_dir(args.run_dir, "--run-dir")
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
     out: dict = {}
-    printer = _printer(quiet_steps=10)
+    printer = _printer(quiet_steps=10, command="align", step_line=_step_line, validation_line=_validation_line)
 
     def emit(ev):
         if isinstance(ev, (Finished, Failed)):
             out["ev"] = ev
+        if isinstance(ev, Failed) and ev.traceback:  # align's own words for a bug (train's add a bug report)
+            print(ev.traceback, file=sys.stderr)
+            print(f"kala align: error: {ev.message}", file=sys.stderr, flush=True)
+            return
         printer(ev)
 
     run_job(_guarded(align_job(cfg)), emit, JobControl())

@@ -21,7 +21,25 @@ from kala_engine.jobs import (
 from kala_engine.train.run_folder import RunFolder
 
 
-def _printer(quiet_steps: int = 1, command: str = "train"):
+def _step_line(ev: TrainStep) -> str:
+    m = ev.metrics
+    line = (f"step {ev.step:>5}/{ev.total_steps}  lm {m['lm_loss']:.4f}  ethics {m['ethics_loss']:.4f}  "
+            f"lr {m['lr']:.2e}  {m['tokens_per_s']:.0f} tok/s  eta {m['eta']:.0f}s")
+    if m.get("ranks"):  # rank 0 shows every rank's progress
+        line += "\n      ranks  " + "  ".join(f"[{x['rank']}] lm {x['lm_loss']:.4f} {x['tokens']} tok"
+                                              for x in m["ranks"])
+    return line
+
+
+def _validation_line(ev: Validation) -> str:
+    m = ev.metrics
+    maes = " ".join(f"{m[f'val_mae_{k}']:.3f}" for k in range(5))
+    return f"validation @ {ev.step}: lm {m['lm_loss']:.4f}  ethics {m['ethics_loss']:.4f}  per-law MAE [{maes}]"
+
+
+def _printer(quiet_steps: int = 1, command: str = "train", step_line=_step_line, validation_line=_validation_line):
+    """The progress a training command prints (train, demo, distill, align: each its own step and
+    validation lines): every `quiet_steps`-th step, validations, checkpoints, log lines, the failure."""
     import os
 
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks
@@ -30,18 +48,10 @@ def _printer(quiet_steps: int = 1, command: str = "train"):
         if not main and not isinstance(ev, Failed):
             return
         if isinstance(ev, TrainStep):
-            m = ev.metrics
             if ev.step == 1 or ev.step % quiet_steps == 0 or ev.step == ev.total_steps:
-                print(f"step {ev.step:>5}/{ev.total_steps}  lm {m['lm_loss']:.4f}  ethics {m['ethics_loss']:.4f}  "
-                      f"lr {m['lr']:.2e}  {m['tokens_per_s']:.0f} tok/s  eta {m['eta']:.0f}s", flush=True)
-                if m.get("ranks"):  # rank 0 shows every rank's progress
-                    print("      ranks  " + "  ".join(f"[{x['rank']}] lm {x['lm_loss']:.4f} {x['tokens']} tok"
-                                                     for x in m["ranks"]), flush=True)
+                print(step_line(ev), flush=True)
         elif isinstance(ev, Validation):
-            m = ev.metrics
-            maes = " ".join(f"{m[f'val_mae_{k}']:.3f}" for k in range(5))
-            print(f"validation @ {ev.step}: lm {m['lm_loss']:.4f}  ethics {m['ethics_loss']:.4f}  "
-                  f"per-law MAE [{maes}]", flush=True)
+            print(validation_line(ev), flush=True)
         elif isinstance(ev, CheckpointSaved):
             print(f"checkpoint saved: {ev.path}", flush=True)
         elif isinstance(ev, LogLine):

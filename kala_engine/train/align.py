@@ -36,23 +36,22 @@ from typing import Any
 import torch
 
 from kala_engine.constitution import NUM_LAWS
-from kala_engine.jobs import Cancelled, Emit, JobControl, JobError, LogLine, TrainStep, Validation
+from kala_engine.jobs import Emit, JobControl, JobError, LogLine, Validation
 from kala_engine.train.config import TrainConfig
-from kala_engine.train.model_setup import base_dir, is_main, lr_at
+from kala_engine.train.model_setup import base_dir, is_main
 from kala_engine.train.preference import NEEDS_REFERENCE, preference_loss, sequence_logps
 from kala_engine.train.run_folder import RunFolder
-from kala_engine.train.run_info import memory_mb, versions
+from kala_engine.train.run_info import versions
 from kala_engine.train.trainer import (
     LAW_KEYS,
-    _checkpoint,
     _finish,
+    _fit,
     _micro_batches,
     _model_and_tokenizer,
     _optimizer,
     _plan_and_accelerator,
     _restore,
     _Run,
-    record_interruption,
     train,
 )
 
@@ -79,7 +78,7 @@ def align_job(cfg: TrainConfig):
 
 def _align(cfg: TrainConfig, emit: Emit, control: JobControl | None) -> dict:
     run = _set_up(cfg, emit, control or JobControl())
-    step = _fit(run)
+    step = _fit(run, _align_step, _validate_and_log, f"aligning ({cfg.method})", all_ranks=False)
     final_val = _validate_and_log(run, step) if is_main() and run.validates else None
     return _finish(run, step, final_val)
 
@@ -291,37 +290,10 @@ def _line(stats: torch.Tensor) -> dict:
 # --------------------------------------------------------------------------- fit, validate
 
 
-def _fit(run: _AlignRun) -> int:
-    """The loop from ``run.start_step`` to ``run.total_steps`` (the trainer's, with this step)."""
-    cfg, emit, total = run.cfg, run.emit, run.total_steps
-    if run.start_step == 0 and is_main() and run.validates:
-        _validate_and_log(run, 0)
-    t0, tokens_seen, step = time.perf_counter(), 0, run.start_step
-    emit(LogLine(f"aligning ({cfg.method}) {total} steps ({run.steps_per_epoch} per epoch) from step {step}"))
-    try:
-        while step < total:
-            run.control.checkpoint(on_pause=lambda: emit(LogLine(f"paused at step {step}")))
-            lr = lr_at(step, total, cfg, run.warmup)
-            stats, grad_norm, n_tokens = _optimizer_step(run, step, lr)
-            step += 1
-            tokens_seen += n_tokens * run.world
-            elapsed = time.perf_counter() - t0
-            line = {"step": step, "epoch": round(step / run.steps_per_epoch, 4), "method": cfg.method, **_line(stats),
-                    "lr": lr, "grad_norm": grad_norm,
-                    "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1), "elapsed": round(elapsed, 3),
-                    "eta": round(elapsed / (step - run.start_step) * (total - step), 1), "memory_mb": memory_mb()}
-            run.last_lm, run.last_eth = line["lm_loss"], line["ethics_loss"]
-            if is_main():
-                run.folder.append_metrics(line)
-            emit(TrainStep(step=step, total_steps=total, metrics=line))
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < total and is_main() and run.validates:
-                _validate_and_log(run, step)
-            if cfg.save_every and step % cfg.save_every == 0 and step < total:
-                _checkpoint(run, step)
-    except BaseException as e:
-        record_interruption(run, step, _checkpoint, cancelled=isinstance(e, Cancelled))
-        raise
-    return step
+def _align_step(run: _AlignRun, step: int, lr: float) -> tuple[dict, float, int]:
+    """One optimizer step of preference alignment (the trainer's loop takes it): its numbers, grad norm, tokens."""
+    stats, grad_norm, n_tokens = _optimizer_step(run, step, lr)
+    return {"method": run.cfg.method, **_line(stats)}, grad_norm, n_tokens
 
 
 def validate(run: _AlignRun, step: int) -> dict:

@@ -1,10 +1,20 @@
-"""What a run records about where it ran: package versions (run.json) and memory in use (metrics)."""
+"""What a run records about where it ran: package versions (run.json), memory in use and
+the other wall-time numbers of a step's metrics line."""
 
 from __future__ import annotations
 
 import platform
+import time
 
 import torch
+
+
+def step_timing(t0: float, tokens_seen: int, steps_done: int, steps_left: int) -> dict:
+    """The wall-time end of a training step's metrics line (any method's): tokens/s and elapsed
+    since ``t0`` (a ``time.perf_counter()``), the eta from the steps done and left, the memory."""
+    elapsed = time.perf_counter() - t0
+    return {"tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1), "elapsed": round(elapsed, 3),
+            "eta": round(elapsed / steps_done * steps_left, 1), "memory_mb": memory_mb()}
 
 
 def versions() -> dict:

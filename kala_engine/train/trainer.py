@@ -54,7 +54,7 @@ from kala_engine.train.checkpoints import (
 from kala_engine.train.config import TrainConfig
 from kala_engine.train.model_setup import apply_lora, base_dir, build_model, build_tokenizer, is_main, lr_at
 from kala_engine.train.run_folder import RunFolder
-from kala_engine.train.run_info import memory_mb, versions
+from kala_engine.train.run_info import step_timing, versions
 
 LAW_KEYS = [f"law_loss_{k}" for k in range(NUM_LAWS)]
 #: metrics that depend on wall time (everything else in a metrics line is reproducible)
@@ -425,44 +425,46 @@ def _checkpoint(run: _Run, step: int) -> None:
     run.accelerator.wait_for_everyone()
 
 
-def _fit(run: _Run) -> int:
-    """The training loop from ``run.start_step`` to ``run.total_steps``; returns the last step.
+def _sft_step(run: _Run, step: int, lr: float) -> tuple[dict, float, int]:
+    """One optimizer step of constitutional SFT: its numbers for the metrics line, grad norm, tokens."""
+    weights = run.objective.weights_log(step, run.total_steps)
+    parts, grad_norm, n_tokens, extra = _optimizer_step(run, step, lr)
+    return ({"loss": float(parts[0]), "lm_loss": float(parts[1]), "ethics_loss": float(parts[2]),
+             "deep_loss": float(parts[3]), **{LAW_KEYS[i]: float(parts[4 + i]) for i in range(NUM_LAWS)},
+             **extra, **weights}, grad_norm, n_tokens)
 
-    Validates at the start, every ``eval_every`` steps (the end is :func:`_train`'s), checkpoints
-    every ``save_every`` steps and on cancel; run.json says "cancelled" or "failed" when it ends so.
-    """
+
+def _fit(run: _Run, take_step=_sft_step, validate_and_log=None, doing: str = "training", all_ranks: bool = True) -> int:
+    """Every method's loop from ``run.start_step`` to ``run.total_steps`` (``take_step``: the method's
+    optimizer step); returns the last step. Validates at the start and every ``eval_every`` steps (the
+    end is the caller's), checkpoints every ``save_every`` steps and on cancel (run.json says "cancelled"
+    or "failed"). ``all_ranks``: every rank of a sharded run validates, rank 0 shows each rank's progress."""
     cfg, emit, total = run.cfg, run.emit, run.total_steps
-    if run.start_step == 0 and (is_main() or run.sharded) and run.validates:
-        _validate_and_log(run, 0)
+    validate_and_log = validate_and_log or _validate_and_log
+    if run.start_step == 0 and (is_main() or (all_ranks and run.sharded)) and run.validates:
+        validate_and_log(run, 0)
     t0, tokens_seen, step = time.perf_counter(), 0, run.start_step
-    emit(LogLine(f"training {total} steps ({run.steps_per_epoch} per epoch) from step {step}"))
+    emit(LogLine(f"{doing} {total} steps ({run.steps_per_epoch} per epoch) from step {step}"))
     try:
         while step < total:
             run.control.checkpoint(on_pause=lambda: emit(LogLine(f"paused at step {step}")))
             lr = lr_at(step, total, cfg, run.warmup)
-            weights = run.objective.weights_log(step, total)
-            parts, grad_norm, n_tokens, extra = _optimizer_step(run, step, lr)
+            numbers, grad_norm, n_tokens = take_step(run, step, lr)
             step += 1
             tokens_seen += n_tokens * run.world
-            elapsed = time.perf_counter() - t0
-            run.last_lm, run.last_eth = float(parts[1]), float(parts[2])
-            line = {
-                "step": step, "epoch": round(step / run.steps_per_epoch, 4), "loss": float(parts[0]),
-                "lm_loss": run.last_lm, "ethics_loss": run.last_eth, "deep_loss": float(parts[3]),
-                **{LAW_KEYS[i]: float(parts[4 + i]) for i in range(NUM_LAWS)},
-                **extra, **weights, "lr": lr, "grad_norm": grad_norm,
-                "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1), "elapsed": round(elapsed, 3),
-                "eta": round(elapsed / (step - run.start_step) * (total - step), 1), "memory_mb": memory_mb(),
-            }
-            if run.world > 1:  # rank 0 shows every rank's progress
+            line = {"step": step, "epoch": round(step / run.steps_per_epoch, 4), **numbers, "lr": lr,
+                    "grad_norm": grad_norm, **step_timing(t0, tokens_seen, step - run.start_step, total - step)}
+            run.last_lm, run.last_eth = line["lm_loss"], line["ethics_loss"]
+            if all_ranks and run.world > 1:  # rank 0 shows every rank's progress
                 from kala_engine.train.distributed import rank_progress
 
                 line["ranks"] = rank_progress(run.accelerator, run.local_lm, n_tokens)
             if is_main():
                 run.folder.append_metrics(line)
             emit(TrainStep(step=step, total_steps=total, metrics=line))
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < total and (is_main() or run.sharded) and run.validates:
-                _validate_and_log(run, step)
+            if (cfg.eval_every and step % cfg.eval_every == 0 and step < total
+                    and (is_main() or (all_ranks and run.sharded)) and run.validates):
+                validate_and_log(run, step)
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
                 _checkpoint(run, step)
     except BaseException as e:

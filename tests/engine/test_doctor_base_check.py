@@ -15,16 +15,6 @@ CPU = DeviceInfo(kind="cpu", name="x86_64", total_bytes=24 * GiB, available_byte
 
 
 @pytest.fixture
-def empty_hf_cache(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
-@pytest.fixture
 def pythia_dir(make_neox_dir):
     from kala_engine.data.tokenizer import train_tokenizer
 

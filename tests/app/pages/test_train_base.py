@@ -9,35 +9,12 @@ import pytest
 from PySide6.QtCore import QPoint
 
 from kala_app.error_dialog import ErrorDialog
-from kala_app.pages.train import TrainPage
 from kala_app.runs import RunInfo, remove_if_empty_run
-from tests.app.fakes import fake_config, fake_train_job
 
 
 @pytest.fixture
-def empty_hf_cache(tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
-@pytest.fixture
-def page(qtbot, ctx, empty_hf_cache):
-    data = ctx.datasets_dir / "tiny.jsonl"
-    data.write_text("{}\n")
-    p = TrainPage(ctx)
-    qtbot.addWidget(p)
-    p.config_factory = fake_config
-    p.job_factory = fake_train_job
-    p.refresh_lists()
-    p.set_data_path(data)
-    p.show()
-    yield p
-    ctx.worker.cancel()
-    ctx.worker.wait_idle(10)
+def page(empty_hf_cache, train_page):
+    return train_page()
 
 
 def model_folder(root, *, weights=True, tokenizer=True, model_type="gpt_neox"):

@@ -14,24 +14,11 @@ from kala_app.pages.runs import RunsPage
 from kala_app.pages.train import TrainPage
 from kala_app.widgets.train_method import TrainMethod, method_text
 
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-        "max_position_embeddings": 128}
-
-
 @pytest.fixture(scope="module")
 def base_and_pairs(tmp_path_factory):
-    from kala_engine.data.generate import write_dataset
-    from kala_engine.data.pairs import write_pairs
-    from kala_engine.train.config import TrainConfig
-    from kala_engine.train.trainer import train
+    from tests.engine.train.tiny_runs import write_base_and_pairs
 
-    d = tmp_path_factory.mktemp("align_app")
-    write_dataset(d / "d.jsonl", 200, 1)
-    write_pairs(d / "pairs.jsonl", 160, 2)
-    train(TrainConfig(data=str(d / "d.jsonl"), run_dir=str(d / "base"), max_steps=15, batch_size=8, max_length=80,
-                      vocab_size=400, tiny_overrides=TINY, device="cpu", eval_every=0, save_every=0, seed=1),
-          lambda e: None)
-    return d / "base" / "final", d / "pairs.jsonl"
+    return write_base_and_pairs(tmp_path_factory.mktemp("align_app"))
 
 
 def test_selector_sets_the_method_its_settings_and_the_learning_rate(qtbot, ctx):

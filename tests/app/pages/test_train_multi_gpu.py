@@ -8,10 +8,9 @@ import pytest
 from PySide6.QtCore import Qt
 
 from kala_app import engine_api
-from kala_app.pages.train import TrainPage
 from kala_app.widgets.multi_gpu import GpuCountField
 from kala_engine.jobs import TrainStep
-from tests.app.fakes import fake_config, fake_train_job
+from tests.app.fakes import fake_train_job
 
 
 @pytest.mark.parametrize(("count", "shown"), [(0, False), (1, False), (2, True), (8, True)])
@@ -34,23 +33,12 @@ def test_a_probe_that_fails_leaves_one_device(qtbot):
 
 
 @pytest.fixture
-def page(qtbot, ctx, monkeypatch):
+def page(monkeypatch, train_page):
     monkeypatch.setattr(engine_api, "gpu_count", lambda: 4)  # a mocked machine with four GPUs
-    data = ctx.datasets_dir / "tiny.jsonl"
-    data.write_text("{}\n")
-    p = TrainPage(ctx)
-    qtbot.addWidget(p)
     seen = []
-    p.config_factory = fake_config
-    p.job_factory = lambda cfg: seen.append(cfg) or fake_train_job(cfg)
+    p = train_page(max_steps=20, job_factory=lambda cfg: seen.append(cfg) or fake_train_job(cfg))
     p.seen = seen
-    p.refresh_lists()
-    p.set_data_path(data)
-    p.hp["max_steps"].setValue(20)
-    p.show()
-    yield p
-    ctx.worker.cancel()
-    ctx.worker.wait_idle(10)
+    return p
 
 
 def test_train_page_offers_the_gpus_and_passes_the_count_to_the_run(qtbot, page, ctx):

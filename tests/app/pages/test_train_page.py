@@ -9,24 +9,12 @@ from PySide6.QtCore import Qt
 
 from kala_app.error_dialog import ErrorDialog
 from kala_app.pages.train import TrainPage
-from tests.app.fakes import fake_config, fake_train_job
+from tests.app.fakes import fake_train_job
 
 
 @pytest.fixture
-def page(qtbot, ctx, tmp_path):
-    data = ctx.datasets_dir / "tiny.jsonl"
-    data.write_text("{}\n")
-    p = TrainPage(ctx)
-    qtbot.addWidget(p)
-    p.config_factory = fake_config
-    p.job_factory = fake_train_job
-    p.refresh_lists()
-    p.set_data_path(data)
-    p.hp["max_steps"].setValue(60)
-    p.show()
-    yield p
-    ctx.worker.cancel()
-    ctx.worker.wait_idle(10)
+def page(train_page):
+    return train_page(max_steps=60)
 
 
 def test_start_button_trains_and_points_reach_the_plots(qtbot, page, ctx):

@@ -22,10 +22,8 @@ from kala_engine.jobs import CheckpointSaved, Finished, JobControl, JobError, Lo
 from kala_engine.train.align import PairCollator, PairDataset, align, align_job, held_out_preference
 from kala_engine.train.config import TrainConfig
 from kala_engine.train.preference import preference_loss, sequence_logps
-from kala_engine.train.trainer import TIMING_KEYS, train
+from tests.engine.train.tiny_runs import assert_same_trajectory, metrics, write_base_and_pairs
 
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-        "max_position_embeddings": 128}
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -102,16 +100,7 @@ def test_simpo_and_orpo_losses_equal_trl():
 
 @pytest.fixture(scope="module")
 def base_and_pairs(tmp_path_factory):
-    from kala_engine.data.generate import write_dataset
-    from kala_engine.data.pairs import write_pairs
-
-    d = tmp_path_factory.mktemp("align")
-    write_dataset(d / "d.jsonl", 200, 1)
-    write_pairs(d / "pairs.jsonl", 160, 2)
-    train(TrainConfig(data=str(d / "d.jsonl"), run_dir=str(d / "base"), max_steps=15, batch_size=8, max_length=80,
-                      vocab_size=400, tiny_overrides=TINY, device="cpu", eval_every=0, save_every=0, seed=1),
-          lambda e: None)
-    return d / "base" / "final", d / "pairs.jsonl"
+    return write_base_and_pairs(tmp_path_factory.mktemp("align"))
 
 
 def acfg(base_and_pairs, run_dir, **kw) -> TrainConfig:
@@ -120,11 +109,6 @@ def acfg(base_and_pairs, run_dir, **kw) -> TrainConfig:
           "batch_size": 4, "max_length": 80, "learning_rate": 1e-3, "eval_every": 4, "eval_batches": 2,
           "save_every": 5, "keep_checkpoints": 3, "seed": 5, "device": "cpu", "beta": 0.2, **kw}
     return TrainConfig(**kw)
-
-
-def metrics(run_dir) -> list[dict]:
-    lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return [{k: v for k, v in d.items() if k not in TIMING_KEYS} for d in lines]
 
 
 @pytest.mark.parametrize("method", ["dpo", "orpo", "simpo"])
@@ -212,12 +196,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_metrics(base_and_pairs, tmp_
     events = []
     align(acfg(base_and_pairs, run_dir, max_steps=16, resume=True), events.append)
     assert any(isinstance(e, LogLine) and "resumed from checkpoint step-10" in e.message for e in events)
-    a, b = metrics(run_dir), metrics(ref_dir)
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        assert x.keys() == y.keys()
-        for k in x:
-            assert (abs(x[k] - y[k]) <= 1e-6) if isinstance(x[k], float) else x[k] == y[k], (x["step"], k)
+    assert_same_trajectory(metrics(run_dir), metrics(ref_dir))
 
 
 def test_a_pair_file_with_bad_lines_is_refused_with_every_file_line(base_and_pairs, tmp_path, capsys):

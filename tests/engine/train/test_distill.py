@@ -18,8 +18,9 @@ import torch
 from kala_engine.jobs import JobError, LogLine
 from kala_engine.train.config import TrainConfig
 from kala_engine.train.distill import DistillConfig, distill, kd_loss, student_config
-from kala_engine.train.trainer import TIMING_KEYS, train
+from kala_engine.train.trainer import train
 from tests.engine.cli.cli_harness import run_cli
+from tests.engine.train.tiny_runs import assert_same_trajectory, metrics, write_data
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 64,
         "max_position_embeddings": 128}
@@ -28,11 +29,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from kala_engine.data.generate import write_dataset
-
-    p = tmp_path_factory.mktemp("data") / "d.jsonl"
-    write_dataset(p, 200, 11)
-    return p
+    return write_data(tmp_path_factory, 200, 11)
 
 
 @pytest.fixture(scope="module")
@@ -148,11 +145,6 @@ def test_a_student_with_another_tokenizer_is_refused_in_one_line_before_anything
     assert not run_dir.exists()
 
 
-def _metrics(run_dir) -> list[dict]:
-    out = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return [{k: v for k, v in d.items() if k not in TIMING_KEYS} for d in out]
-
-
 def test_kill_9_then_resume_retraces_the_uninterrupted_distillation(dataset, teacher, tmp_path):
     reference = tmp_path / "reference"
     distill(student_cfg(dataset, reference, teacher, max_steps=10), DistillConfig(teacher=str(teacher)),
@@ -182,15 +174,8 @@ def test_kill_9_then_resume_retraces_the_uninterrupted_distillation(dataset, tea
     distill(student_cfg(dataset, run_dir, teacher, max_steps=10, resume=True), DistillConfig(teacher=str(teacher)),
             events.append)
     assert any(isinstance(e, LogLine) and "resumed from checkpoint step-" in e.message for e in events)
-    a, b = _metrics(run_dir), _metrics(reference)
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        assert x.keys() == y.keys()
-        for k in x:
-            if isinstance(x[k], float):
-                assert abs(x[k] - y[k]) <= 1e-6, (x.get("step"), k, x[k], y[k])
-            else:
-                assert x[k] == y[k], (k, x[k], y[k])
+    a = metrics(run_dir)
+    assert_same_trajectory(a, metrics(reference))
     # the learned law weights moved (uncertainty rule) and were restored with the checkpoint
     weights = [m["law_weight_0"] for m in a if "law_weight_0" in m]
     assert weights[-1] != weights[0]

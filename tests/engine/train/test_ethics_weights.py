@@ -11,6 +11,7 @@ import torch
 from kala_engine.constitution import NUM_LAWS
 from kala_engine.train.config import TrainConfig
 from kala_engine.train.ethics_weights import EthicsObjective, lambda_at
+from tests.engine.train.tiny_runs import write_data
 
 PRIORITIES = [2.0, 1.6, 1.3, 1.1, 1.0]
 TINY = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 64,
@@ -112,11 +113,7 @@ def test_equal_layer_weights_are_the_models_deep_loss_and_one_layer_weights_only
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from kala_engine.data.generate import write_dataset
-
-    p = tmp_path_factory.mktemp("data") / "d.jsonl"
-    write_dataset(p, 160, 5)
-    return p
+    return write_data(tmp_path_factory, 160, 5)
 
 
 def run_cfg(dataset, run_dir, **kw) -> TrainConfig:

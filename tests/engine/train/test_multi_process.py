@@ -17,21 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from kala_engine.train.trainer import TIMING_KEYS
+from tests.engine.train.tiny_runs import TINY, metrics, write_data
 
 ROOT = Path(__file__).resolve().parents[3]
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-        "max_position_embeddings": 128}
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from kala_engine.data.generate import write_dataset
-
-    p = tmp_path_factory.mktemp("data") / "d.jsonl"
-    write_dataset(p, 240, 3)
-    return p
+    return write_data(tmp_path_factory, 240, 3)
 
 
 def train_cmd(dataset, run_dir, port: int, *extra: str, device: str = "cpu") -> list[str]:
@@ -40,11 +34,6 @@ def train_cmd(dataset, run_dir, port: int, *extra: str, device: str = "cpu") -> 
             "--batch-size", "4", "--max-length", "48", "--learning-rate", "3e-3", "--eval-every", "4",
             "--eval-batches", "2", "--save-every", "4", "--seed", "7", "--vocab-size", "300",
             "--tiny-overrides", json.dumps(TINY), *extra]
-
-
-def metrics(run_dir) -> list[dict]:
-    lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return [{k: v for k, v in d.items() if k not in TIMING_KEYS} for d in lines]
 
 
 def same(a, b, where=""):

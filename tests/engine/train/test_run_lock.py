@@ -15,7 +15,7 @@ import pytest
 from kala_engine.jobs import Failed, JobError, LogLine, run_job
 from kala_engine.train.run_lock import LOCK_NAME, OWNER_NAME, RunLock, owner_of
 from kala_engine.train.trainer import train, train_job
-from tests.engine.train.tiny_runs import TINY, cfg_for
+from tests.engine.train.tiny_runs import TINY, cfg_for, write_data
 
 ROOT = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -23,11 +23,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from kala_engine.data.generate import write_dataset
-
-    p = tmp_path_factory.mktemp("data") / "d.jsonl"
-    write_dataset(p, 240, 3)
-    return p
+    return write_data(tmp_path_factory, 240, 3)
 
 
 

@@ -26,37 +26,17 @@ from kala_engine.jobs import (
     run_job,
 )
 from kala_engine.model.presets import GiB
-from kala_engine.train.trainer import TIMING_KEYS, train, train_job
-from tests.engine.train.tiny_runs import TINY, cfg_for
+from kala_engine.train.trainer import train, train_job
+from tests.engine.train.tiny_runs import TINY, assert_same_trajectory, cfg_for, metrics, write_data
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    from kala_engine.data.generate import write_dataset
-
-    p = tmp_path_factory.mktemp("data") / "d.jsonl"
-    write_dataset(p, 240, 3)
-    return p
+    return write_data(tmp_path_factory, 240, 3)
 
 
-
-
-def metrics(run_dir) -> list[dict]:
-    lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return [{k: v for k, v in d.items() if k not in TIMING_KEYS} for d in lines]
-
-
-def assert_same_trajectory(a: list[dict], b: list[dict]):
-    assert len(a) == len(b), (len(a), len(b))
-    for x, y in zip(a, b, strict=True):
-        assert x.keys() == y.keys()
-        for k in x:
-            if isinstance(x[k], float):
-                assert abs(x[k] - y[k]) <= 1e-6, (x.get("step"), k, x[k], y[k])
-            else:
-                assert x[k] == y[k], (k, x[k], y[k])
 
 
 @pytest.fixture(scope="module")
