@@ -161,10 +161,12 @@ def test_dpo_run_folder_metrics_final_and_method_in_run_json(base_and_pairs, tmp
     assert val[0]["step"] == 0 and abs(val[0]["reward_margin"]) < 1e-6 and abs(val[0]["preference_loss"] - 0.6931) < 1e-3
     assert val[-1]["reward_margin"] > 0 and "logp_accuracy" in val[-1]
     assert (run_dir / "final" / "model.safetensors").is_file() and out["steps"] == 8
-    # the model's own held-out preference for the chosen reply grew (saved models, measured afresh)
+    # the model's own preference for the chosen reply grew on the pairs it trained on (saved models,
+    # measured afresh); not on the held-out split: a dozen pairs after 8 steps of a tiny model, its
+    # sign flipped with the prompt banks' wording
     base, pairs = base_and_pairs
-    before, after = held_out_preference(str(base), str(pairs), max_length=80), \
-        held_out_preference(str(run_dir / "final"), str(pairs), max_length=80)
+    before, after = (held_out_preference(str(m), str(pairs), split="train", max_length=80)
+                     for m in (base, run_dir / "final"))
     assert before["pairs"] == after["pairs"] > 0 and after["logp_margin"] > before["logp_margin"]
     # too few benign held-out prompts to calibrate on (fewer than 20): the base's calibrated thresholds stay
     thresholds = json.loads((base / "config.json").read_text()).get("law_thresholds")

@@ -61,8 +61,12 @@ def test_run_folder_layout_and_losses_fall(reference_run):
         assert key in train_lines[0]
     first = sum(x["lm_loss"] for x in train_lines[:5]) / 5
     last = sum(x["lm_loss"] for x in train_lines[-5:]) / 5
-    assert last < first - 0.15  # a 32-wide model, 40 steps: the loss falls, not by much
-    assert val_lines[-1]["lm_loss"] < val_lines[0]["lm_loss"]
+    # a 32-wide model, 40 steps: the loss falls, not by much. How far the first training batches
+    # sit above the last depends on which records they hold (1.37 or 0.14 nats as the banks changed,
+    # while the fixed validation batches fell 1.39 and 1.29), so the validation loss carries the margin
+    assert last < first
+    v0, v1 = val_lines[0]["lm_loss"], val_lines[-1]["lm_loss"]
+    assert v1 < v0 - 0.15, (v0, v1)
     assert (d / "final" / "model.safetensors").is_file() and (d / "final" / "tokenizer.json").is_file()
     assert sorted(os.listdir(d / "checkpoints")) == ["step-10", "step-20", "step-30"]  # keep 3, atomic names
 
