@@ -1,4 +1,4 @@
-"""One page's job on the shared engine worker: the lifecycle Chat, Evaluate, Models and Data share.
+"""One page's job on the shared engine worker: the lifecycle Chat, Evaluate, Models, Data and Train share.
 
 A page starts its job through :meth:`PageJob.start` and gets the job's own
 :class:`~kala_app.worker.JobHandle`; its callbacks are connected to that handle's signals only,

@@ -32,7 +32,7 @@ Pause/resume/cancel reach the job through its :class:`kala_engine.jobs.JobContro
 **Per-job signals.** :meth:`EngineWorker.start` returns a :class:`JobHandle` whose signals
 belong to that one job (superqt's worker names: started, progress, result, error, finished), so
 a page connects to its own job instead of filtering the worker-wide stream by owner. The
-worker-wide signals above stay for whoever watches every job (the main window, the Train page).
+worker-wide signals above stay for whoever watches every job (the main window, the base picker watching for a download).
 
 **Why not superqt's ``create_worker``** (measured on this machine, 100,000 token events, Python
 3.11, PySide6 6.12, the refcount guard of :mod:`kala_app.workarounds` applied): superqt emits
