@@ -9,7 +9,6 @@ resume, checkpoints and ``final/`` are ``kala train``'s (kala_engine.train.align
 from __future__ import annotations
 
 import json
-import sys
 
 from kala_engine.jobs import Failed, Finished, JobControl, TrainStep, Validation, run_job
 
@@ -73,10 +72,6 @@ def cmd_align(args) -> int:
     def emit(ev):
         if isinstance(ev, (Finished, Failed)):
             out["ev"] = ev
-        if isinstance(ev, Failed) and ev.traceback:  # align's own words for a bug (train's add a bug report)
-            print(ev.traceback, file=sys.stderr)
-            print(f"kala align: error: {ev.message}", file=sys.stderr, flush=True)
-            return
         printer(ev)
 
     run_job(_guarded(align_job(cfg)), emit, JobControl())

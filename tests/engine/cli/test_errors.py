@@ -219,6 +219,22 @@ def test_a_bug_inside_training_is_reported_as_a_bug(monkeypatch, fx, capsys):
     assert "Traceback" in err and "KeyError" in err and "this is a bug in KALA Studio" in err
 
 
+def test_a_bug_inside_alignment_is_reported_as_a_bug(monkeypatch, fx, capsys):
+    """kala align reports a bug as train and distill do (one printer): traceback, then the report line."""
+    from kala_engine.cli import main as cli
+    from kala_engine.train import align as align_mod
+
+    def broken(cfg, emit, control=None):
+        raise KeyError("internal")
+
+    monkeypatch.setattr(align_mod, "align", broken)
+    assert cli.main(["align", "--base", str(fx.root), "--data", str(fx.data),
+                     "--run-dir", str(fx.root / "bug-align")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError" in err
+    assert err.splitlines()[-1].startswith("kala align: ") and "this is a bug in KALA Studio" in err.splitlines()[-1]
+
+
 def test_disk_full_while_writing_is_one_line_and_leaves_nothing(monkeypatch, tmp_path):
     import errno
 
