@@ -176,9 +176,12 @@ class RunsPage(QWidget):
         self.lm_plot.add_points("lm_val", "validation", VAL_COLOR)
         self.ethics_plot = LivePlot("Ethics loss", "loss", legend_columns=2)
         self.ethics_plot.add_curve("ethics", "total", ETHICS_COLOR, width=2)
-        for k, title in enumerate(self.law_titles):
-            self.ethics_plot.add_curve(f"law{k}", title, LAW_COLORS[k % len(LAW_COLORS)])
-        self.ethics_plot.add_points("ethics_val", "validation", VAL_COLOR)
+        # the laws as L0..L4, as in the heatmap beside it (and named in the line above it): this
+        # plot is a third of the page, too narrow for "Law 3 Self-Preservation" in its legend
+        for k in range(len(self.law_titles)):
+            self.ethics_plot.add_curve(f"law{k}", f"L{k}", LAW_COLORS[k % len(LAW_COLORS)])
+        # the validation dots are named in the language-modeling plot's legend beside it
+        self.ethics_plot.add_points("ethics_val", "validation", VAL_COLOR, in_legend=False)
         # not x-linked: a linked view turns auto-range off, and with clip-to-view the curves then
         # stay clipped to the old range
         for p in (self.lm_plot, self.ethics_plot):

@@ -245,9 +245,11 @@ class LivePlot(pg.PlotWidget):
         self._register(key, item, smooth)
         return item
 
-    def add_points(self, key: str, label: str, color, size: float = 7, symbol: str = "o") -> pg.PlotDataItem:
+    def add_points(self, key: str, label: str, color, size: float = 7, symbol: str = "o",
+                   in_legend: bool = True) -> pg.PlotDataItem:
         item = self.plotItem.plot([], [], pen=None, symbol=symbol, symbolSize=size,
-                                  symbolBrush=pg.mkBrush(color), symbolPen=pg.mkPen("w"), name=label)
+                                  symbolBrush=pg.mkBrush(color), symbolPen=pg.mkPen("w"),
+                                  name=label if in_legend else None)
         self._register(key, item, smooth=False)
         return item
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPoint, Qt
 from PySide6.QtWidgets import (
     QAbstractButton,
     QAbstractSpinBox,
@@ -316,3 +316,39 @@ def test_train_settings_column_never_scrolls_sideways_at_1024(window):
     area = next(a for a in train.findChildren(QScrollArea) if a.widget() is not None
                 and a.widget().isAncestorOf(train.hp_form))
     assert not area.horizontalScrollBar().isVisible()
+
+
+def cut_plots(root: QWidget) -> list[str]:
+    """Plots under ``root`` cut by the room they were given: a legend wider than its plot's view
+    (pyqtgraph clips it at the view's edge, so its first column loses its words), or a plot that
+    reaches past the page's right edge."""
+    import pyqtgraph as pg
+
+    bad = []
+    for w in root.findChildren(pg.PlotWidget):
+        if not _shown(w):
+            continue
+        item = w.getPlotItem()
+        legend = item.legend
+        if legend is not None and legend.isVisible() and legend.items:
+            view = item.getViewBox().sceneBoundingRect()
+            box = legend.sceneBoundingRect()
+            if box.left() < view.left() - 1 or box.right() > view.right() + 1:
+                bad.append(f"legend of {item.titleLabel.text!r}: {box.width():.0f} px wide, its view "
+                           f"{view.width():.0f} px ({box.left():.0f}..{box.right():.0f} in {view.left():.0f}..{view.right():.0f})")
+        right = w.mapTo(root, QPoint(w.width(), 0)).x()
+        if right > root.width() + 1:
+            bad.append(f"plot {item.titleLabel.text!r} reaches {right} px on a page {root.width()} px wide")
+    return bad
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("page", ["train", "runs"])
+def test_no_plot_legend_or_heatmap_is_cut(window, page, size):
+    window.resize(*size)
+    shown = window.show_page(page)
+    if page == "runs":
+        shown.table.selectRow(0)
+    _wait(0.5)
+    bad = cut_plots(window.pages[page])
+    assert not bad, "\n".join(bad)
