@@ -191,6 +191,9 @@ class RunsPage(QWidget):
         plots.addWidget(self.ethics_plot)
         self.layer_map = LayerLawHeatmap(self.law_titles)  # issue 18: the learned layer x law weights, gates
         plots.addWidget(self.layer_map)
+        for i, share in enumerate((1, 1, 2)):  # the two heatmaps side by side get half the width
+            plots.setStretchFactor(i, share)
+        plots.setSizes([250, 250, 500])
 
         single = QWidget()
         bl = QVBoxLayout(single)

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 
-def _heatmap(title: str) -> tuple[pg.PlotWidget, pg.ImageItem]:
+def _heatmap() -> tuple[pg.PlotWidget, pg.ImageItem]:
     w = pg.PlotWidget()
     w.setBackground("w")
     w.setMinimumSize(160, 120)
     item = pg.ImageItem(axisOrder="row-major")
     w.addItem(item)
-    w.plotItem.setTitle(title, size="9pt")
     w.plotItem.invertY(True)  # layer 0 at the top
     w.plotItem.setMouseEnabled(x=False, y=False)
     w.plotItem.hideButtons()
@@ -41,19 +41,31 @@ class LayerLawHeatmap(QWidget):
         self.law_titles = law_titles
         self.note = QLabel("Select a finished run to see where its ethics live.")
         self.note.setWordWrap(True)
-        self.law_plot, self.law_image = _heatmap("Aggregator weight: layer × law")
-        self.gate_plot, self.gate_image = _heatmap("Attention gate: layer × head")
+        self.law_plot, self.law_image = _heatmap()
+        self.gate_plot, self.gate_image = _heatmap()
+        # the titles are labels above the plots, not pyqtgraph titles: a plot title as wide as the
+        # plot makes pyqtgraph lay the plot out wider than its widget and cut its right columns
+        self.law_title = QLabel("Aggregator weight: layer × law")
+        self.gate_title = QLabel("Attention gate: layer × head")
+        for label in (self.law_title, self.gate_title):
+            label.setWordWrap(True)
+            label.setAlignment(Qt.AlignmentFlag.AlignHCenter)
         self.law_image.setColorMap(pg.colormap.get("viridis"))
         self.gate_image.setColorMap(pg.colormap.get("magma"))
         self.labels: list[tuple[pg.PlotWidget, pg.TextItem]] = []
         row = QHBoxLayout()
-        row.addWidget(self.law_plot, 3)
-        row.addWidget(self.gate_plot, 2)
+        # as wide as each other: a model has more heads than laws (6 in kala-tiny, 12 in Pythia-160m)
+        for title, plot in ((self.law_title, self.law_plot), (self.gate_title, self.gate_plot)):
+            column = QVBoxLayout()
+            column.addWidget(title)
+            column.addWidget(plot, 1)
+            row.addLayout(column, 1)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.note)
         lay.addLayout(row, 1)
         self.data: dict | None = None
+        self._show_plots(False)
 
     def show_model(self, model_dir: str | Path | None) -> bool:
         """Draw ``model_dir``'s weights; False (and a note saying why) when there is nothing to draw."""
@@ -66,6 +78,7 @@ class LayerLawHeatmap(QWidget):
         for plot, t in self.labels:
             plot.removeItem(t)
         self.labels = []
+        self._show_plots(False)  # empty axes say nothing: the note says why there is nothing to draw
         if model_dir is None or not (Path(model_dir) / "model.safetensors").is_file():
             self.note.setText("No final model in this run yet (the heatmap shows a finished run's weights).")
             return False
@@ -75,6 +88,7 @@ class LayerLawHeatmap(QWidget):
             self.note.setText(f"Cannot read the layer weights: {e}")
             return False
         self.data = data
+        self._show_plots(True)
         laws = np.asarray(data["layer_law"], dtype=float)  # (L, K)
         gates = np.asarray(data["gates"], dtype=float)  # (L, H)
         self.law_image.setImage(laws, levels=(0.0, max(float(laws.max()), 1e-6)))
@@ -93,6 +107,10 @@ class LayerLawHeatmap(QWidget):
                                       for k, (t, i) in enumerate(zip(self.law_titles, top, strict=False)))
                           + f"; largest gate {gates.max():.2f}.")
         return True
+
+    def _show_plots(self, shown: bool) -> None:
+        for w in (self.law_plot, self.gate_plot, self.law_title, self.gate_title):
+            w.setVisible(shown)
 
     def _annotate(self, plot: pg.PlotWidget, values: np.ndarray) -> None:
         """Each cell's value written on it (few cells: a dozen layers at most on the Runs page)."""

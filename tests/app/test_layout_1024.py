@@ -57,6 +57,17 @@ def cut_widgets(root: QWidget) -> list[str]:
     return bad
 
 
+def _save_tiny_final(folder: Path) -> None:
+    """A randomly initialised model of kala-tiny's shape (4 layers, 6 heads), saved like a final one."""
+    import torch
+
+    from kala_engine.model.modeling_kala import KALAConfig, KALAForCausalLM
+
+    torch.manual_seed(0)
+    KALAForCausalLM(KALAConfig(hidden_size=48, num_attention_heads=6, num_hidden_layers=4, intermediate_size=96,
+                               vocab_size=64, max_position_embeddings=64)).save_pretrained(folder)
+
+
 @pytest.fixture(scope="module")
 def window(qapp, tmp_path_factory):
     """The main window with something on every page: a data set, a run, a chat, an evaluation."""
@@ -81,6 +92,7 @@ def window(qapp, tmp_path_factory):
     _wait(0.3)
     run = ctx.runs_dir / "20261130-010000-kala-tiny"
     write_synthetic_run(run, Path(data.path), steps=120)
+    _save_tiny_final(run / "final")  # so the Runs page draws its layer x law and gate heatmaps
     _show_finished_run(win.pages["train"], run)
     write_synthetic_run(ctx.runs_dir / "20261130-020000-kala-tiny-second", Path(data.path), steps=80)
     for name in ("scripted-a", "scripted-b"):
@@ -320,8 +332,8 @@ def test_train_settings_column_never_scrolls_sideways_at_1024(window):
 
 def cut_plots(root: QWidget) -> list[str]:
     """Plots under ``root`` cut by the room they were given: a legend wider than its plot's view
-    (pyqtgraph clips it at the view's edge, so its first column loses its words), or a plot that
-    reaches past the page's right edge."""
+    (pyqtgraph clips it at the view's edge, so its first column loses its words), a plot laid out
+    wider than its widget (its right columns cut), or a plot that reaches past the page's edge."""
     import pyqtgraph as pg
 
     bad = []
@@ -336,6 +348,10 @@ def cut_plots(root: QWidget) -> list[str]:
             if box.left() < view.left() - 1 or box.right() > view.right() + 1:
                 bad.append(f"legend of {item.titleLabel.text!r}: {box.width():.0f} px wide, its view "
                            f"{view.width():.0f} px ({box.left():.0f}..{box.right():.0f} in {view.left():.0f}..{view.right():.0f})")
+        laid_out = item.sceneBoundingRect()
+        if laid_out.right() > w.viewport().width() + 1:  # a title or axes wider than the widget
+            bad.append(f"plot {item.titleLabel.text!r} laid out {laid_out.right():.0f} px wide in a "
+                       f"widget {w.viewport().width()} px wide")
         right = w.mapTo(root, QPoint(w.width(), 0)).x()
         if right > root.width() + 1:
             bad.append(f"plot {item.titleLabel.text!r} reaches {right} px on a page {root.width()} px wide")
@@ -348,7 +364,9 @@ def test_no_plot_legend_or_heatmap_is_cut(window, page, size):
     window.resize(*size)
     shown = window.show_page(page)
     if page == "runs":
-        shown.table.selectRow(0)
+        assert shown.select_run("20261130-010000-kala-tiny")
+        shown.load_selected_curves()
+        assert shown.layer_map.law_plot.isVisible() and shown.layer_map.gate_plot.isVisible()
     _wait(0.5)
     bad = cut_plots(window.pages[page])
     assert not bad, "\n".join(bad)
