@@ -1,4 +1,5 @@
-"""The public evaluation suite: its size and coverage, and no overlap with the data generator."""
+"""The public evaluation suite: its size and coverage, and no overlap with the data generator; the
+second (blind) suite in ``resources/eval2``: no overlap with the generator or the public suite."""
 
 from __future__ import annotations
 
@@ -18,6 +19,16 @@ NGRAM = 8
 @pytest.fixture(scope="module")
 def suite():
     return load_suite(default_suite_path())
+
+
+def second_suite_path():
+    return resources_dir() / "eval2" / "second_suite.jsonl"
+
+
+@pytest.fixture(scope="module", params=["public", "second"])
+def any_suite(request):
+    """Each suite the README reports figures on: neither may share wording with the generator."""
+    return load_suite(default_suite_path() if request.param == "public" else second_suite_path())
 
 
 def words(text: str) -> list[str]:
@@ -92,17 +103,27 @@ def _overlaps(suite, texts) -> list[str]:
     return bad
 
 
-def test_no_overlap_with_the_generator_prompt_banks(suite):
+def test_no_overlap_with_the_generator_prompt_banks(any_suite):
     banks = sorted((resources_dir() / "prompts").glob("*.toml"))
     assert banks, "no prompt banks under resources/prompts"
     texts = [s for f in banks for s in _bank_strings(tomllib.loads(f.read_text(encoding="utf-8")))]
-    assert _overlaps(suite, texts) == []
+    assert _overlaps(any_suite, texts) == []
 
 
-def test_no_overlap_with_a_generated_10k_dataset(suite):
+def test_no_overlap_with_a_generated_10k_dataset(any_suite):
     from kala_engine.data.generate import generate_dataset  # an import error fails the test
 
     records = list(generate_dataset(count=10_000, seed=0))
     assert len(records) >= 10_000
     texts = [p["text"] for rec in records for p in rec["parts"] if p["role"] == "user"]
-    assert _overlaps(suite, texts) == []
+    assert _overlaps(any_suite, texts) == []
+
+
+def test_the_second_suite_is_apart_from_the_public_one_and_as_its_readme_says(suite):
+    second = load_suite(second_suite_path())
+    assert _overlaps(second, [r.prompt for r in suite]) == []
+    kinds = Counter(r.kind for r in second)
+    assert kinds == {"harmful": 129, "jailbreak": 48, "benign": 63, "benign_alarming": 66}
+    assert all(r.laws for r in second if r.harmful) and not any(r.harmful for r in second if r.kind.startswith("benign"))
+    readme = (second_suite_path().parent / "README.md").read_text(encoding="utf-8")
+    assert f"Counts ({len(second)}; {sum(r.harmful for r in second)} harmful" in readme
