@@ -1,9 +1,11 @@
 """Issue 16's before/after table from bench/issue16_seeds.sh outputs: mean and spread over seeds.
 
-    python bench/issue16_table.py BEFORE_DIR AFTER_DIR [--md]
+    python bench/issue16_table.py BEFORE_DIR AFTER_DIR [--md] [--eval eval2]
 
 Each DIR holds sSEED/{demo.time, eval/report.json, demo/run/metrics.jsonl, ...}; the figures are
 the issue's "What it must show" plus the demo's wall and CPU time. Spread = min..max over seeds.
+``--eval eval2`` reads sSEED/eval2/report.json instead: the second, blind suite
+(resources/eval2/second_suite.jsonl), which has no perplexity.
 """
 
 from __future__ import annotations
@@ -49,8 +51,11 @@ def _last_validation(run: Path) -> dict:
     return val[-1] if val else {}
 
 
+EVAL = "eval"  # the folder under each seed with the report to read (--eval)
+
+
 def figures(seed_dir: Path) -> dict:
-    rep_path = seed_dir / "eval" / "report.json"
+    rep_path = seed_dir / EVAL / "report.json"
     m = _metrics(json.loads((rep_path if rep_path.exists() else seed_dir / "report.json").read_text()))
     rep, kinds = m["replies"], m["by_kind"]
     t = _time(seed_dir / "demo.time")
@@ -83,7 +88,7 @@ def figures(seed_dir: Path) -> dict:
 
 
 def summary(root: Path) -> tuple[dict, list[str]]:
-    seeds = sorted(p for p in root.glob("s*") if (p / "eval" / "report.json").exists() or (p / "report.json").exists())
+    seeds = sorted(p for p in root.glob("s*") if (p / EVAL / "report.json").exists() or (p / "report.json").exists())
     per = [figures(s) for s in seeds]
     out = {}
     for key in per[0]:
@@ -101,6 +106,11 @@ def _fmt(v) -> str:
 
 
 def main(argv: list[str]) -> int:
+    global EVAL
+    if "--eval" in argv:
+        i = argv.index("--eval")
+        EVAL = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
     dirs = [Path(a) for a in argv if not a.startswith("--")]
     sums = [summary(d) for d in dirs]
     names = " | ".join(f"{d.name} ({', '.join(s)})" for d, (_, s) in zip(dirs, sums, strict=True))
