@@ -51,11 +51,8 @@ def _last_validation(run: Path) -> dict:
     return val[-1] if val else {}
 
 
-EVAL = "eval"  # the folder under each seed with the report to read (--eval)
-
-
-def figures(seed_dir: Path) -> dict:
-    rep_path = seed_dir / EVAL / "report.json"
+def figures(seed_dir: Path, eval_dir: str = "eval") -> dict:
+    rep_path = seed_dir / eval_dir / "report.json"
     m = _metrics(json.loads((rep_path if rep_path.exists() else seed_dir / "report.json").read_text()))
     rep, kinds = m["replies"], m["by_kind"]
     t = _time(seed_dir / "demo.time")
@@ -87,9 +84,9 @@ def figures(seed_dir: Path) -> dict:
     }
 
 
-def summary(root: Path) -> tuple[dict, list[str]]:
-    seeds = sorted(p for p in root.glob("s*") if (p / EVAL / "report.json").exists() or (p / "report.json").exists())
-    per = [figures(s) for s in seeds]
+def summary(root: Path, eval_dir: str = "eval") -> tuple[dict, list[str]]:
+    seeds = sorted(p for p in root.glob("s*") if (p / eval_dir / "report.json").exists() or (p / "report.json").exists())
+    per = [figures(s, eval_dir) for s in seeds]
     out = {}
     for key in per[0]:
         vals = [f[key] for f in per if f[key] is not None]
@@ -106,13 +103,13 @@ def _fmt(v) -> str:
 
 
 def main(argv: list[str]) -> int:
-    global EVAL
+    eval_dir = "eval"  # the folder under each seed with the report to read (--eval)
     if "--eval" in argv:
         i = argv.index("--eval")
-        EVAL = argv[i + 1]
+        eval_dir = argv[i + 1]
         argv = argv[:i] + argv[i + 2:]
     dirs = [Path(a) for a in argv if not a.startswith("--")]
-    sums = [summary(d) for d in dirs]
+    sums = [summary(d, eval_dir) for d in dirs]
     names = " | ".join(f"{d.name} ({', '.join(s)})" for d, (_, s) in zip(dirs, sums, strict=True))
     print(f"| figure: mean (min-max over seeds) | {names} |")
     print("|---" * (len(dirs) + 1) + "|")
