@@ -10,7 +10,10 @@ GPT-NeoX with their spread (interquartile range, min-max) and the A/A control's 
 ratio must beat to mean anything (goal: KALA <= 1.03 at every length).
 
     python bench/bench_train_step.py [--preset pythia-70m] [--batch 4] [--seqs 256,512,1024,2048]
-                                     [--reps 7] [--threads 2] [--json]
+                                     [--reps 7] [--threads 2] [--device cpu] [--json]
+
+On ``--device cuda`` each step ends with a ``torch.cuda.synchronize()`` before the clock is read
+(fp32 weights and math, as on the CPU).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seq", type=int, default=None, help="one length (the older form of --seqs)")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
@@ -54,16 +58,20 @@ def main(argv=None) -> dict:
     p = {k: v for k, v in p.items() if k not in ("name", "published_params")}
     p["max_position_embeddings"] = max(p.get("max_position_embeddings", 2048), max(seqs))
     torch.manual_seed(0)
-    neox = GPTNeoXForCausalLM(GPTNeoXConfig(**p)).train()
-    twin = GPTNeoXForCausalLM(GPTNeoXConfig(**p)).train()
-    kala = KALAForCausalLM(kala_config_from_gpt_neox(neox.config)).train()
-    batches = {t: (torch.randint(0, p["vocab_size"], (args.batch, t)), torch.rand(args.batch, t, 5)) for t in seqs}
+    dev = torch.device(args.device)
+    neox = GPTNeoXForCausalLM(GPTNeoXConfig(**p)).train().to(dev)
+    twin = GPTNeoXForCausalLM(GPTNeoXConfig(**p)).train().to(dev)
+    kala = KALAForCausalLM(kala_config_from_gpt_neox(neox.config)).train().to(dev)
+    batches = {t: (torch.randint(0, p["vocab_size"], (args.batch, t), device=dev),
+                   torch.rand(args.batch, t, 5, device=dev)) for t in seqs}
 
     def step(model, t):
         x, targets = batches[t]
         model.zero_grad(set_to_none=True)
         extra = {"law_targets": targets} if model is kala else {}
         model(x, labels=x, **extra).loss.backward()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     models = [("gpt_neox", neox), ("kala", kala), ("gpt_neox_twin", twin)]
     for t in seqs[:1]:  # warm-up
@@ -72,7 +80,7 @@ def main(argv=None) -> dict:
     times = {t: {n: [] for n, _ in models} for t in seqs}
     curve = []
     if not args.json:
-        print(f"{args.preset} train step (fwd+bwd), batch {args.batch}, {torch.get_num_threads()} threads, "
+        print(f"{args.preset} train step (fwd+bwd) on {args.device}, batch {args.batch}, {torch.get_num_threads()} threads, "
               f"{args.reps} interleaved repetitions; ratios: median [IQR] (min-max)")
         print(f"{'tokens':>7} {'NeoX ms':>9} {'KALA ms':>9}   KALA / NeoX                 A/A control (noise)")
     for t in seqs:  # one length at a time, its row printed as soon as it is measured
@@ -93,7 +101,7 @@ def main(argv=None) -> dict:
             print(f"{c['seq']:>7} {c['gpt_neox_ms']:>9.1f} {c['kala_ms']:>9.1f}   {r['median']:.3f} "
                   f"[{r['q1']:.3f}, {r['q3']:.3f}] ({r['min']:.2f}-{r['max']:.2f})   {a['median']:.3f} "
                   f"[{a['q1']:.3f}, {a['q3']:.3f}] ({a['min']:.2f}-{a['max']:.2f})", flush=True)
-    result = {"preset": args.preset, "batch": args.batch, "reps": args.reps, "threads": torch.get_num_threads(),
+    result = {"preset": args.preset, "device": args.device, "batch": args.batch, "reps": args.reps, "threads": torch.get_num_threads(),
               "torch": torch.__version__, "curve": curve}
     if args.json:
         print(json.dumps(result))

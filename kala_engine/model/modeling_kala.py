@@ -277,7 +277,10 @@ class ConstitutionalAttention(nn.Module):
         elif allowed is None and T == 1 and not eager:  # cached decoding: one new token sees every key
             # the bias as an additive mask on the plain head is the faster kernel here
             attn_bias = (k[..., self.head_size] * self.scaling)[:, :, None, :]  # (B, nh, 1, S)
-            out = F.scaled_dot_product_attention(q, k[..., : self.head_size], v,
+            keys = k[..., : self.head_size]  # a view whose rows are hs + 1 apart: CUDA's fused
+            if keys.is_cuda:  # kernels need aligned rows ("cutlassF: no kernel found to launch")
+                keys = keys.contiguous()
+            out = F.scaled_dot_product_attention(q, keys, v,
                                                  attn_mask=attn_bias, dropout_p=dropout, scale=self.scaling)
         else:
             q = torch.cat((q, torch.ones_like(q[..., :1])), dim=-1)  # [q, 1]: (B, nh, T, hs + 1)
@@ -669,8 +672,7 @@ class KALAForCausalLM(KALAPreTrainedModel, GenerationMixin):
 
     def constitutional_parameter_names(self) -> list[str]:
         """Names of the parameters KALA adds to the GPT-NeoX base."""
-        keys = ("value_head", "ethics_monitor", "constitutional_gate", "ethics_aggregator")
-        return [n for n, _ in self.named_parameters() if any(k in n for k in keys)]
+        return [n for n, _ in self.named_parameters() if any(k in n for k in CONSTITUTIONAL_KEYS)]
 
 
 def preset_config(name: str, **overrides):
@@ -695,7 +697,8 @@ class PythiaLoadError(JobError, ValueError):
     """The folder is not a loadable GPT-NeoX checkpoint; the message says why and what to do."""
 
 
-_CONSTITUTIONAL_KEYS = ("value_head", "ethics_monitor", "constitutional_gate", "ethics_aggregator")
+#: the names of the parts KALA adds to a GPT-NeoX layer (module or parameter names)
+CONSTITUTIONAL_KEYS = ("value_head", "ethics_monitor", "constitutional_gate", "ethics_aggregator")
 
 
 def kala_config_from_gpt_neox(base: GPTNeoXConfig | dict, **overrides) -> KALAConfig:
@@ -787,7 +790,7 @@ def load_from_pythia(path: str | Path, *, dtype: torch.dtype | str | None = None
         raise
     finally:
         hf_logging.set_verbosity(verbosity)
-    missing = [k for k in info.get("missing_keys", []) if not any(c in k for c in _CONSTITUTIONAL_KEYS)]
+    missing = [k for k in info.get("missing_keys", []) if not any(c in k for c in CONSTITUTIONAL_KEYS)]
     mismatched = info.get("mismatched_keys", [])
     if missing or mismatched:
         what = []

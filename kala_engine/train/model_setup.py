@@ -75,18 +75,19 @@ def build_model(cfg: TrainConfig, tokenizer, plan, emit: Emit):
         )
         return KALAForCausalLM(config)
     src = base_dir(cfg.base, cfg.revision)
-    kwargs: dict[str, Any] = {}
+    # fp32 master weights whatever the checkpoint's dtype: Pythia's are stored in fp16, and an fp16
+    # parameter takes AdamW's small updates as rounding error (and fp16 autocast refuses to unscale it)
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    model_type = json.loads((Path(src) / "config.json").read_text(encoding="utf-8")).get("model_type")
     if plan.mode == "nf4-lora":
         from transformers import BitsAndBytesConfig
 
         compute = torch.bfloat16 if plan.precision == "bf16" else torch.float16
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
-            bnb_4bit_use_double_quant=True,
-            llm_int8_skip_modules=["value_head", "ethics_monitor", "embed_out"],
+            bnb_4bit_use_double_quant=True, llm_int8_skip_modules=unquantized_modules(src, model_type),
         )
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}  # this process's GPU
-    model_type = json.loads((Path(src) / "config.json").read_text(encoding="utf-8")).get("model_type")
     if model_type == "kala":
         emit(LogLine(f"continuing from the KALA model in {src}"))
         model = KALAForCausalLM.from_pretrained(src, use_safetensors=True, **SAFE_KWARGS, **kwargs)
@@ -98,6 +99,30 @@ def build_model(cfg: TrainConfig, tokenizer, plan, emit: Emit):
     if len(tokenizer) > model.config.vocab_size:
         model.resize_token_embeddings(len(tokenizer))
     return model
+
+
+def unquantized_modules(src: str | Path, model_type: str | None) -> list[str]:
+    """The full names of the Linear layers an NF4 base keeps in full precision: every one of the
+    constitutional parts (trained in full, and new: no quantised weights to load) and the LM head.
+
+    Full names, because transformers matches these as name prefixes or suffixes
+    (``should_convert_module``): "value_head" alone matches neither "gpt_neox.layers.0.value_head.fc1"
+    nor its end, and the head would be made a 4-bit layer around weights never quantised."""
+    from transformers import GPTNeoXConfig
+
+    from kala_engine.model.modeling_kala import (
+        CONSTITUTIONAL_KEYS,
+        KALAConfig,
+        KALAForCausalLM,
+        kala_config_from_gpt_neox,
+    )
+
+    config = (KALAConfig.from_pretrained(str(src), **SAFE_KWARGS) if model_type == "kala"
+              else kala_config_from_gpt_neox(GPTNeoXConfig.from_pretrained(str(src), **SAFE_KWARGS)))
+    with torch.device("meta"):
+        model = KALAForCausalLM(config)
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+            and (n == "embed_out" or any(k in n.split(".") for k in CONSTITUTIONAL_KEYS))]
 
 
 def apply_lora(model, cfg: TrainConfig, quantized: bool):

@@ -198,8 +198,6 @@ def _load_data(cfg: TrainConfig, emit: Emit) -> tuple[list[dict], list[dict], li
 
 def _plan_and_accelerator(cfg: TrainConfig, emit: Emit):
     """(device, plan, Accelerator): what the doctor plans for this hardware; JobError if it will not fit."""
-    from accelerate import Accelerator
-
     from kala_engine.doctor import make_plan, probe_device
 
     dev = probe_device(cfg.device)
@@ -216,11 +214,23 @@ def _plan_and_accelerator(cfg: TrainConfig, emit: Emit):
     if cfg.gradient_checkpointing is None:
         cfg.gradient_checkpointing = plan.gradient_checkpointing
     mixed = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}[plan.precision]
-    accelerator = Accelerator(mixed_precision=mixed, cpu=plan.device_kind == "cpu")
+    accelerator = fresh_accelerator(mixed, cpu=plan.device_kind == "cpu")
     emit(LogLine(f"plan: {plan.mode} on {plan.device_kind} in {plan.precision}, "
                  f"gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'}, "
                  f"{accelerator.num_processes} process(es)"))
     return dev, plan, accelerator
+
+
+def fresh_accelerator(mixed_precision: str, cpu: bool):
+    """An Accelerator for this run's precision. accelerate keeps one AcceleratorState per process
+    and refuses a second Accelerator of another precision, so a run started in a process that ran
+    one before (the app, a test session: an fp16 run, then an NF4 one in bf16) resets it first.
+    Single-process runs only: a distributed run is a process of its own, started by torchrun."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # noqa: SLF001 - accelerate's own tests reset it the same way
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
 def _model_and_tokenizer(cfg: TrainConfig, folder: RunFolder, train_records: list[dict], plan, accelerator,
