@@ -22,7 +22,7 @@ needs CUDA devices (its CPU multi-process mode is DDP).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from kala_engine.doctor import (
     MEMORY_BUDGET,
@@ -33,7 +33,7 @@ from kala_engine.doctor import (
     make_plan,
     verdict_lines,
 )
-from kala_engine.model.presets import GiB, MemoryEstimate, count_parameters, estimate_memory
+from kala_engine.model.presets import GiB, MemoryEstimate, count_parameters, estimate_memory, with_overhead
 
 STRATEGIES = ("ddp", "fsdp", "fsdp-offload", "nf4-lora")
 #: the share of host RAM the offloaded state may take (the rest: the OS, data, the processes)
@@ -122,20 +122,19 @@ def _sharded(shape: dict, single: MemoryEstimate, world: int, precision: str, of
     unit_bytes = 4 if precision == "fp32" else 2
     gathered = (2 * V * h + 2 * layer) * unit_bytes
     if offload:
-        return MemoryEstimate(weights=gathered, gradients=layer * unit_bytes, optimizer=0,
-                              activations=single.activations, overhead=single.overhead)
-    return MemoryEstimate(weights=pc.total * 4 // world + gathered, gradients=pc.total * 4 // world + layer * unit_bytes,
-                          optimizer=pc.total * 8 // world, activations=single.activations, overhead=single.overhead)
+        return with_overhead(gathered, layer * unit_bytes, 0, single.activations)
+    return with_overhead(pc.total * 4 // world + gathered, pc.total * 4 // world + layer * unit_bytes,
+                         pc.total * 8 // world, single.activations)
 
 
 def _estimate(strategy: str, shape: dict, precision: str, world: int, b: int, seq_len: int, ckpt: bool
               ) -> MemoryEstimate:
     mode = "nf4-lora" if strategy == "nf4-lora" else precision
     single = estimate_memory(shape, mode, batch_size=b, seq_len=seq_len, gradient_checkpointing=ckpt)
-    if strategy == "ddp":
-        return replace(single, gradients=single.gradients * 2)  # + DDP's bucket copy
+    if strategy == "ddp" or (strategy == "nf4-lora" and world > 1):  # + DDP's bucket copy of the gradients
+        return with_overhead(single.weights, single.gradients * 2, single.optimizer, single.activations)
     if strategy == "nf4-lora":
-        return replace(single, gradients=single.gradients * 2) if world > 1 else single
+        return single
     return _sharded(shape, single, world, precision, offload=strategy == "fsdp-offload")
 
 

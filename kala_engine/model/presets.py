@@ -134,10 +134,23 @@ class MemoryEstimate:
 
 
 def lora_parameters(cfg, rank: int = 16) -> int:
-    """LoRA on the attention projections (query_key_value, dense) of every layer."""
+    """LoRA on the four projections of every layer (query_key_value, dense, dense_h_to_4h,
+    dense_4h_to_h: kala_engine.train.model_setup.apply_lora)."""
     s = _shape(cfg)
-    h, L = s["h"], s["L"]
-    return L * rank * ((h + 3 * h) + (h + h))
+    h, L, ff = s["h"], s["L"], s["ff"]
+    return L * rank * ((h + 3 * h) + (h + h) + (h + ff) + (ff + h))
+
+
+#: what a CUDA process holds before its first tensor (1.03 GiB measured on an H200 with CUDA 13,
+#: bench/results/gpu; older GPUs and CUDA releases take less): a conservative 1.1 GiB
+CUDA_CONTEXT = int(1.1 * GiB)
+#: the caching allocator's reserve over the allocated peak: 4-15 % in the seven GPU runs measured
+ALLOCATOR_SLACK = 0.15
+#: bytes kept for the backward pass per token and hidden unit of one layer (no checkpointing),
+#: fitted to the measured peaks (bench/results/gpu): 16-bit activations of a full fine-tune (about
+#: Korthikanti et al.'s 34 without the attention matrix, which the fused SDPA kernels never store),
+#: and NF4 + LoRA, whose prepared model runs its residual stream and norms in fp32 (56-62 measured)
+LAYER_BYTES = {"fp16": 34, "bf16": 34, "nf4-lora": 64}
 
 
 def estimate_memory(cfg, mode: str = "fp32", batch_size: int = 1, seq_len: int = 512,
@@ -146,13 +159,16 @@ def estimate_memory(cfg, mode: str = "fp32", batch_size: int = 1, seq_len: int =
     """Training memory for ``mode`` in {"fp32", "fp16", "bf16", "nf4-lora"} with AdamW.
 
     fp32: fp32 weights, grads and two Adam moments (16 B/param). fp16/bf16: mixed precision with
-    fp32 master weights (the accelerate/torch.autocast default: 16 B/param) and 16-bit
-    activations. nf4-lora: the base frozen in 4-bit NF4 (~0.53 B/param incl. quantisation
-    constants), embeddings and the output head in 16-bit, LoRA adapters and the constitutional
-    parts trained in fp32 (16 B/param). Activations follow Korthikanti et al. 2022
-    (s·b·h·(34 + 5·a·s/h) bytes per layer in 16-bit; doubled for fp32), with checkpointing
-    keeping one hidden state per layer plus one layer's worth; the logits (fp32, x3 for the loss
-    and its gradient) are added on top. Overhead: CUDA context and allocator slack (~0.8 GiB).
+    fp32 master weights (16 B/param) plus autocast's 16-bit copy of the weights (2 B/param).
+    nf4-lora: the base frozen in 4-bit NF4 (~0.53 B/param incl. quantisation constants), the
+    embeddings and the output head in fp32 (peft's prepare_model_for_kbit_training upcasts them),
+    LoRA adapters and the constitutional parts trained in fp32 (16 B/param). Activations per layer:
+    :data:`LAYER_BYTES` per token and hidden unit (fp32: twice the 16-bit figure, plus the
+    attention matrix, which the CPU's attention stores); gradient checkpointing keeps one hidden
+    state per layer plus one layer's worth. The logits (fp32, x3 for the loss and its gradient) come
+    on top. Overhead: the CUDA context (:data:`CUDA_CONTEXT`) and the allocator's reserve
+    (:data:`ALLOCATOR_SLACK`). Checked against the peaks measured on a GPU by
+    tests/engine/test_memory_estimate.py.
     """
     if mode not in ("fp32", "fp16", "bf16", "nf4-lora"):
         raise ValueError(f"mode must be fp32, fp16, bf16 or nf4-lora, got {mode!r}")
@@ -162,25 +178,38 @@ def estimate_memory(cfg, mode: str = "fp32", batch_size: int = 1, seq_len: int =
     pc = count_parameters(cfg)
     h, L, V, nh = s["h"], s["L"], s["V"], s["nh"]
     b, t = batch_size, seq_len
-    act_bytes = 4 if mode == "fp32" else 2
+    hidden_bytes = 2 if mode in ("fp16", "bf16") else 4  # what one kept hidden state costs per unit
     if mode == "nf4-lora":
         emb = V * h * (1 if s["tied"] else 2)
         quantised = pc.base - emb
         trainable = lora_parameters(cfg, lora_rank) + pc.constitutional
-        weights = int(quantised * 0.53) + emb * 2 + trainable * 4
+        weights = int(quantised * 0.53) + emb * 4 + trainable * 4
         grads = trainable * 4 if training else 0
         opt = trainable * 8 if training else 0
     else:
         trainable = pc.total
         weights = pc.total * 4 if training or mode == "fp32" else pc.total * 2
+        if training and mode in ("fp16", "bf16"):
+            weights += pc.total * 2  # autocast's 16-bit copies
         grads = trainable * 4 if training else 0
         opt = trainable * 8 if training else 0
-    per_layer = t * b * h * (34 + 5 * nh * t / h) * act_bytes / 2
-    if not training:
-        activations = int(2 * per_layer / L) + b * t * V * 4
-    elif gradient_checkpointing:
-        activations = int(L * b * t * h * act_bytes + per_layer) + 3 * b * t * V * 4
+    if mode == "fp32":
+        per_layer = t * b * h * 2 * LAYER_BYTES["fp16"] + 4 * b * nh * t * t
     else:
-        activations = int(L * per_layer) + 3 * b * t * V * 4
-    return MemoryEstimate(weights=weights, gradients=grads, optimizer=opt, activations=activations,
-                          overhead=int(0.8 * GiB))
+        per_layer = t * b * h * LAYER_BYTES[mode]
+    logits = b * t * V * 4
+    if not training:
+        activations = int(2 * t * b * h * hidden_bytes) + logits
+    elif gradient_checkpointing:
+        activations = int(L * b * t * h * hidden_bytes + per_layer) + 3 * logits
+    else:
+        activations = int(L * per_layer) + 3 * logits
+    return with_overhead(weights, grads, opt, activations)
+
+
+def with_overhead(weights: int, gradients: int, optimizer: int, activations: int) -> MemoryEstimate:
+    """A MemoryEstimate of these parts plus their overhead: the CUDA context and the allocator's
+    reserve over what they add up to (one process's; a sharded plan passes its per-card parts)."""
+    slack = int(ALLOCATOR_SLACK * (weights + gradients + optimizer + activations))
+    return MemoryEstimate(weights=weights, gradients=gradients, optimizer=optimizer, activations=activations,
+                          overhead=CUDA_CONTEXT + slack)
