@@ -154,3 +154,15 @@ def lr_at(step: int, total: int, cfg: TrainConfig, warmup: int) -> float:
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     floor = peak * cfg.min_lr_ratio
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
+
+
+def fresh_accelerator(mixed_precision: str, cpu: bool):
+    """An Accelerator for this run's precision. accelerate keeps one AcceleratorState per process
+    and refuses a second Accelerator of another precision, so a run started in a process that ran
+    one before (the app, a test session: an fp16 run, then an NF4 one in bf16) resets it first.
+    Single-process runs only: a distributed run is a process of its own, started by torchrun."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # noqa: SLF001 - accelerate's own tests reset it the same way
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)

@@ -52,7 +52,8 @@ from kala_engine.train.checkpoints import (
     save_checkpoint,
 )
 from kala_engine.train.config import TrainConfig
-from kala_engine.train.model_setup import apply_lora, base_dir, build_model, build_tokenizer, is_main, lr_at
+from kala_engine.train.model_setup import (apply_lora, base_dir, build_model, build_tokenizer, fresh_accelerator,
+                                           is_main, lr_at)
 from kala_engine.train.run_folder import RunFolder
 from kala_engine.train.run_info import step_timing, versions
 
@@ -219,18 +220,6 @@ def _plan_and_accelerator(cfg: TrainConfig, emit: Emit):
                  f"gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'}, "
                  f"{accelerator.num_processes} process(es)"))
     return dev, plan, accelerator
-
-
-def fresh_accelerator(mixed_precision: str, cpu: bool):
-    """An Accelerator for this run's precision. accelerate keeps one AcceleratorState per process
-    and refuses a second Accelerator of another precision, so a run started in a process that ran
-    one before (the app, a test session: an fp16 run, then an NF4 one in bf16) resets it first.
-    Single-process runs only: a distributed run is a process of its own, started by torchrun."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state()  # noqa: SLF001 - accelerate's own tests reset it the same way
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
 def _model_and_tokenizer(cfg: TrainConfig, folder: RunFolder, train_records: list[dict], plan, accelerator,

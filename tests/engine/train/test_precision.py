@@ -51,7 +51,7 @@ def test_an_fp16_checkpoint_trains_fp32_master_weights(dataset, tmp_path, fp16_p
 def test_one_process_runs_accelerators_of_different_precisions():
     """An fp32 run, then a bf16 one in the same process (the app; a test session): accelerate used
     to refuse the second ("AcceleratorState has already been initialized")."""
-    from kala_engine.train.trainer import fresh_accelerator
+    from kala_engine.train.model_setup import fresh_accelerator
 
     assert fresh_accelerator("no", cpu=True).mixed_precision == "no"
     assert fresh_accelerator("bf16", cpu=True).mixed_precision == "bf16"
@@ -64,7 +64,11 @@ def test_nf4_keeps_every_constitutional_linear_and_the_head_unquantised(kind, ma
     each constitutional Linear and the LM head are left alone, every base projection converted."""
     from transformers.quantizers.quantizers_utils import should_convert_module
 
-    from kala_engine.model.modeling_kala import CONSTITUTIONAL_KEYS, KALAForCausalLM, kala_config_from_gpt_neox
+    from kala_engine.model.modeling_kala import (
+        CONSTITUTIONAL_KEYS,
+        KALAForCausalLM,
+        kala_config_from_gpt_neox,
+    )
     from kala_engine.train.model_setup import unquantized_modules
 
     if kind == "pythia":
