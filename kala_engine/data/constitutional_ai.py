@@ -139,6 +139,7 @@ def cai_from_model_dir(model_dir: str, count: int, seed: int, max_new_tokens: in
     """Load a saved causal LM (KALA or any Hugging Face model) and its tokenizer from one folder."""
     import contextlib
 
+    import torch
     from transformers import AutoModelForCausalLM
 
     from kala_engine.data.tokenizer import load_tokenizer
@@ -152,7 +153,8 @@ def cai_from_model_dir(model_dir: str, count: int, seed: int, max_new_tokens: in
 
     check_folder(model_dir)  # no auto_map, safetensors only
     tokenizer = load_tokenizer(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True, **SAFE_KWARGS)
+    # fp32: it writes on the CPU, and a Pythia folder is stored in fp16, which transformers keeps
+    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True, dtype=torch.float32, **SAFE_KWARGS)
     model.eval()
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise ValueError(f"{model_dir}: the model's vocabulary is smaller than its tokenizer's; "
