@@ -77,6 +77,8 @@ def load_chat_model(path: str | Path, device: str | torch.device = "cpu", dtype:
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of a chat
     try:
+        if dtype is None and torch.device(device).type == "cpu":
+            dtype = torch.float32  # the CPU computes in fp32 (an NF4 run saves in its 16-bit compute dtype)
         model = KALAForCausalLM.from_pretrained(str(p), dtype=dtype, use_safetensors=True,
                                                 **SAFE_KWARGS).to(device).eval()
         tokenizer = _load_tokenizer(p)

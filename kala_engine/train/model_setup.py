@@ -166,3 +166,62 @@ def fresh_accelerator(mixed_precision: str, cpu: bool):
 
     AcceleratorState._reset_state()  # noqa: SLF001 - accelerate's own tests reset it the same way
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
+def merged_model(model):
+    """The model a run saves: LoRA adapters merged into a plain KALA model.
+
+    An NF4 base is dequantized layer by layer and each adapter's update added in fp32, into a new
+    model in the run's compute dtype on the CPU. peft's own merge into a 4-bit layer re-quantizes
+    W + update, which rounds a small LoRA update away, and a 4-bit folder loads only where
+    bitsandbytes runs (tests/engine/train/test_precision.py).
+    """
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    base = model.get_base_model()
+    if getattr(base.config, "quantization_config", None) is None:
+        return model.merge_and_unload()
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.integrations import dequantize_bnb_weight
+    from transformers.initialization import no_init_weights
+
+    from kala_engine.model.modeling_kala import KALAConfig, KALAForCausalLM
+
+    dtype = _compute_dtype(base.config.quantization_config)
+    config = KALAConfig.from_dict({k: v for k, v in base.config.to_dict().items() if k != "quantization_config"})
+    with no_init_weights():
+        plain = KALAForCausalLM._from_config(config, dtype=dtype)  # empty tensors: every one is filled below
+    filled: set[str] = set()
+
+    def put(name: str, tensor: torch.Tensor) -> None:
+        plain.get_parameter(name).data.copy_(tensor.detach().to(device="cpu", dtype=dtype))
+        filled.add(name)
+
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            layer = module.get_base_layer() if isinstance(module, LoraLayer) else module
+            if module is not layer or (type(module).__name__ == "Linear4bit" and ".base_layer" not in name):
+                w = layer.weight
+                full = dequantize_bnb_weight(w, state=w.quant_state).float() if hasattr(w, "quant_state") else w.float()
+                for adapter in (module.active_adapters if module is not layer else ()):
+                    if adapter in module.lora_A:
+                        full = full + module.get_delta_weight(adapter).float()
+                put(f"{name}.weight", full)
+                if layer.bias is not None:
+                    put(f"{name}.bias", layer.bias)
+        for name, p in base.named_parameters():
+            plain_name = name.replace(".base_layer.", ".")
+            if "lora_" not in name and plain_name not in filled:
+                put(plain_name, p)
+    missing = {n for n, _ in plain.named_parameters()} - filled
+    if missing:
+        raise RuntimeError(f"merging the NF4 run left parameters unset: {sorted(missing)[:5]}")
+    plain.generation_config = base.generation_config
+    return plain
+
+
+def _compute_dtype(quantization_config) -> torch.dtype:
+    """The compute dtype of a bitsandbytes config (an object, or its dict in a saved config)."""
+    d = (quantization_config if isinstance(quantization_config, dict) else quantization_config.to_dict()).get(
+        "bnb_4bit_compute_dtype", "float32")
+    return d if isinstance(d, torch.dtype) else getattr(torch, str(d).removeprefix("torch."))

@@ -53,7 +53,7 @@ from kala_engine.train.checkpoints import (
 )
 from kala_engine.train.config import TrainConfig
 from kala_engine.train.model_setup import (apply_lora, base_dir, build_model, build_tokenizer, fresh_accelerator,
-                                           is_main, lr_at)
+                                           is_main, lr_at, merged_model)
 from kala_engine.train.run_folder import RunFolder
 from kala_engine.train.run_info import step_timing, versions
 
@@ -577,8 +577,7 @@ def save_final(model, tokenizer, folder: RunFolder, mode: str, law_thresholds: l
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no tqdm bar in logs and the app's console
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    model = merged_model(model)  # LoRA merged; an NF4 base dequantized first
     if law_thresholds is not None and any(t is not None for t in law_thresholds):
         model.config.law_thresholds = list(law_thresholds)
     if reply_thresholds is not None and any(t is not None for t in reply_thresholds):

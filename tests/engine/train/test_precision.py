@@ -84,3 +84,70 @@ def test_nf4_keeps_every_constitutional_linear_and_the_head_unquantised(kind, ma
     assert len(constitutional) == 4 * model.config.num_hidden_layers  # fc1 and fc2 of the head and the monitor
     assert sorted(kept) == sorted([*constitutional, "embed_out"])
     assert any(n.endswith("query_key_value") for n in linears if n not in kept)
+
+
+def test_an_nf4_run_saves_a_plain_model_with_every_lora_update_added_in_full(make_neox_dir, tmp_path):
+    """peft's merge into a 4-bit layer re-quantizes W + update (a small LoRA update rounds away)
+    and leaves a folder only bitsandbytes can load: the final model is the dequantized base plus
+    each update, plain Linear layers, no quantization_config. bitsandbytes quantizes on the CPU
+    too, so this runs without a GPU."""
+    pytest.importorskip("bitsandbytes")
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.integrations import dequantize_bnb_weight
+    from transformers import BitsAndBytesConfig
+
+    from kala_engine.data.tokenizer import train_tokenizer
+    from kala_engine.generate.session import load_chat_model
+    from kala_engine.model.modeling_kala import load_from_pythia
+    from kala_engine.train.config import TrainConfig
+    from kala_engine.train.model_setup import apply_lora, unquantized_modules
+    from kala_engine.train.run_folder import RunFolder
+    from kala_engine.train.trainer import save_final
+
+    _, base = make_neox_dir("nf4", vocab_size=320)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
+                               bnb_4bit_use_double_quant=True,
+                               llm_int8_skip_modules=unquantized_modules(base, "gpt_neox"))
+    model = load_from_pythia(base, quantization_config=quant, device_map={"": "cpu"}, dtype=torch.float32)
+    cfg = TrainConfig(data="unused", run_dir=str(tmp_path / "run"), base=str(base), mode="nf4-lora",
+                      gradient_checkpointing=False)
+    peft_model = apply_lora(model, cfg, quantized=True)
+    torch.manual_seed(1)
+    with torch.no_grad():  # a trained-looking, small update (lora_B starts at 0)
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 1e-3)
+    expected, lora_layers = {}, 0
+    for name, m in peft_model.get_base_model().named_modules():
+        if isinstance(m, LoraLayer):
+            w = m.get_base_layer().weight
+            expected[name] = dequantize_bnb_weight(w, state=w.quant_state).float() + m.get_delta_weight("default")
+            lora_layers += 1
+    assert lora_layers == 4 * model.config.num_hidden_layers
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir(parents=True)
+    save_final(peft_model, train_tokenizer(["hello world"] * 10, vocab_size=300), folder, "nf4-lora")
+    assert "quantization_config" not in json.loads((folder.final_dir / "config.json").read_text())
+    saved, _ = load_chat_model(folder.final_dir)
+    for name, w in expected.items():
+        layer = saved.get_submodule(name)
+        assert type(layer) is torch.nn.Linear
+        torch.testing.assert_close(layer.weight, w, atol=1e-6, rtol=0)
+    gate = "gpt_neox.layers.0.attention.constitutional_gate"
+    torch.testing.assert_close(saved.get_parameter(gate), peft_model.get_base_model().get_parameter(gate).float())
+
+
+def test_a_16_bit_model_chats_in_fp32_on_the_cpu(tmp_path):
+    """An NF4 run saves in its compute dtype (fp16 on a P100); the CPU computes in fp32."""
+    from kala_engine.data.tokenizer import train_tokenizer
+    from kala_engine.generate.session import load_chat_model
+    from kala_engine.model.modeling_kala import KALAConfig, KALAForCausalLM
+
+    config = KALAConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=1, intermediate_size=64,
+                        vocab_size=320, max_position_embeddings=64)
+    KALAForCausalLM(config).half().save_pretrained(tmp_path / "m")
+    train_tokenizer(["hello world"] * 10, vocab_size=300).save_pretrained(tmp_path / "m")
+    model, _ = load_chat_model(tmp_path / "m")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    half, _ = load_chat_model(tmp_path / "m", dtype=torch.float16)  # asked for: kept
+    assert {p.dtype for p in half.parameters()} == {torch.float16}
