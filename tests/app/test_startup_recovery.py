@@ -100,7 +100,7 @@ def test_the_real_entry_point_starts_on_a_corrupt_chat_database(tmp_path):
     env = dict(os.environ, KALA_STUDIO_HOME=str(home), QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stdout}{proc.stderr}"
     assert "BANNER: True" in proc.stdout
     assert "Traceback" not in proc.stderr, proc.stderr
     kept = list(chats_file(home).parent.glob("chats.corrupt-*.sqlite3"))
