@@ -163,8 +163,8 @@ def estimate_memory(cfg, mode: str = "fp32", batch_size: int = 1, seq_len: int =
     nf4-lora: the base frozen in 4-bit NF4 (~0.53 B/param incl. quantisation constants), the
     embeddings and the output head in fp32 (peft's prepare_model_for_kbit_training upcasts them),
     LoRA adapters and the constitutional parts trained in fp32 (16 B/param). Activations per layer:
-    :data:`LAYER_BYTES` per token and hidden unit (fp32: twice the 16-bit figure, plus the
-    attention matrix, which the CPU's attention stores); gradient checkpointing keeps one hidden
+    :data:`LAYER_BYTES` per token and hidden unit (fp32, the CPU's mode: Korthikanti et al. 2022's
+    s·b·h·(34 + 5·a·s/h) doubled, the attention matrix included); gradient checkpointing keeps one hidden
     state per layer plus one layer's worth. The logits (fp32, x3 for the loss and its gradient) come
     on top. Overhead: the CUDA context (:data:`CUDA_CONTEXT`) and the allocator's reserve
     (:data:`ALLOCATOR_SLACK`). Checked against the peaks measured on a GPU by
@@ -193,8 +193,8 @@ def estimate_memory(cfg, mode: str = "fp32", batch_size: int = 1, seq_len: int =
             weights += pc.total * 2  # autocast's 16-bit copies
         grads = trainable * 4 if training else 0
         opt = trainable * 8 if training else 0
-    if mode == "fp32":
-        per_layer = t * b * h * 2 * LAYER_BYTES["fp16"] + 4 * b * nh * t * t
+    if mode == "fp32":  # Korthikanti et al.'s count with the attention matrix, doubled (not measured)
+        per_layer = t * b * h * (34 + 5 * nh * t / h) * 2
     else:
         per_layer = t * b * h * LAYER_BYTES[mode]
     logits = b * t * V * 4
