@@ -426,8 +426,22 @@ def make_train_config(**kwargs) -> Any:
 
 
 def train_job(config: Any) -> Callable:
-    """The engine's training job for ``config``: several GPUs, the launcher's (see
-    kala_engine.train.distributed.launch_job); a preference method, ``kala align``'s."""
+    """The engine's training job for ``config`` (:func:`_engine_train_job`), which first takes the
+    Chat page's cached model off the GPU: the run needs the card's memory."""
+    job = _engine_train_job(config)
+
+    def run(emit: Emit, control: JobControl) -> Any:
+        from kala_engine.generate.session import release_cached_models
+
+        release_cached_models()
+        return job(emit, control)
+
+    return run
+
+
+def _engine_train_job(config: Any) -> Callable:
+    """Several GPUs: the launcher's job (see kala_engine.train.distributed.launch_job); a
+    preference method: ``kala align``'s; else ``kala train``'s."""
     if config.gpus * config.nodes > 1:
         from kala_engine.train.distributed import launch_job
 

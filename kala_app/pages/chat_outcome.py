@@ -42,6 +42,7 @@ def generation_job(model_dir: str, messages: list[dict[str, str]], settings: dic
         max_new_tokens=int(settings.get("max_tokens", DEFAULT_SETTINGS["max_tokens"])),
         output_layer_scores=True,
         seed=settings.get("seed"),  # None: a fresh sampling seed (the result reports it)
+        device="auto",  # the GPU when this PyTorch can use it; a model too big for it falls back to the CPU
     )
 
     def job(emit: Any, control: Any) -> Any:

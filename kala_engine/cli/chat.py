@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, metavar="S", help="sampling seed (same seed, same reply)")
     p.add_argument("--system", default=None, metavar="TEXT", help="a system message opening the conversation")
     p.add_argument("--layer-scores", action="store_true", help="with --json: per-layer monitor scores per token")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="auto",
+                   help="torch device (default auto: the GPU when this PyTorch has kernels for it, else cpu)")
     p.add_argument("--json", action="store_true", help="one JSON object per token, then the assessment and stop")
     p.set_defaults(func=run)
 
@@ -188,11 +189,12 @@ def run(args: argparse.Namespace) -> int:
     thresholds = parse_threshold(args.threshold)
     check_text(args.prompt, "--prompt")
     check_text(args.system, "--system")
-    check_device(args.device)
+    if args.device != "auto":
+        check_device(args.device)
     if args.prompt is not None and not args.prompt.strip():
         raise ValueError("--prompt is empty: give the message to answer, or leave --prompt out to chat interactively")
     from kala_engine.generate.generation import GenerationSettings
-    from kala_engine.generate.session import ChatSession, load_chat_model
+    from kala_engine.generate.session import ChatSession, chat_device, load_chat_model
 
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens, thresholds=thresholds, temperature=args.temperature, top_k=args.top_k,
@@ -201,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     )
     settings.check()  # bad settings fail before the model is loaded
     check_model_folder(args.model, "--model", tokenizer=True)
-    model, tokenizer = load_chat_model(args.model, device=args.device)
+    model, tokenizer = load_chat_model(args.model, device=chat_device(args.device))
     session = ChatSession(model, tokenizer, system=args.system, settings=settings)
 
     if args.prompt is not None:

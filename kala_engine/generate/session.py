@@ -19,7 +19,7 @@ from kala_engine.generate.generation import (
     encode_prompt,
     generate_with_ethics_events,
 )
-from kala_engine.jobs import Emit, JobControl, TokenEvent
+from kala_engine.jobs import Emit, JobControl, LogLine, TokenEvent
 
 # ----------------------------------------------------------------------------- loading a chat model
 
@@ -231,10 +231,46 @@ def _cached_load(model_dir: str | Path, device: str):
     hit = _LOADED.get(key)
     if hit is not None and hit[0] == stamp and stamp >= 0:
         return hit[1], hit[2]
+    release_cached_models()  # one model at a time, the old one gone first: a 16 GB card holds one
     model, tokenizer = load_chat_model(p, device=device)
-    _LOADED.clear()  # one model at a time: memory matters more than a second cache entry
     _LOADED[key] = (stamp, model, tokenizer)
     return model, tokenizer
+
+
+def release_cached_models() -> None:
+    """Forget the model kept for the next reply and hand its GPU memory back (the app calls this
+    before a training run, which needs the card)."""
+    _LOADED.clear()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def chat_device(device: str = "auto") -> str:
+    """Where a chat runs: ``auto`` is the GPU when this PyTorch has kernels for it (the doctor's
+    check: a P100 under a build without sm_60 chats on the CPU), else the CPU; anything else as given."""
+    if device != "auto":
+        return device
+    from kala_engine.doctor import probe_device
+
+    dev = probe_device("auto")
+    return "cuda" if dev.kind == "cuda" and dev.kernels_present else "cpu"
+
+
+def _load_for_chat(model_dir: str | Path, device: str, emit: Emit):
+    """The chat model on ``device`` ("auto": :func:`chat_device`); a model too big for the GPU's
+    free memory chats on the CPU instead, with a warning."""
+    where = chat_device(device)
+    try:
+        return _cached_load(model_dir, where)
+    except torch.OutOfMemoryError:
+        if device != "auto" or where == "cpu":
+            raise
+        release_cached_models()
+        emit(LogLine("the model does not fit the GPU's free memory: this chat runs on the CPU", level="warning"))
+        return _cached_load(model_dir, "cpu")
 
 
 def chat_job(
@@ -244,7 +280,7 @@ def chat_job(
     *,
     session: ChatSession | None = None,
     model_dir: str | Path | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     max_new_tokens: int = 128,
     thresholds: float | Sequence[float] | None = None,
     temperature: float = 0.0,
@@ -258,8 +294,8 @@ def chat_job(
     """A :mod:`kala_engine.jobs` job that emits one TokenEvent per token and returns the GenerationResult.
 
     ``model`` is a loaded KALA model (with ``tokenizer``) or a model folder (loaded in the job
-    with :func:`load_chat_model` and kept for the next job on the same folder; ``model_dir`` is
-    an alias). ``prompt`` is a user message, or the whole conversation as chat messages: it is
+    with :func:`load_chat_model` on ``device`` - "auto": the GPU when usable, :func:`chat_device` -
+    and kept for the next job on the same folder; ``model_dir`` is an alias). ``prompt`` is a user message, or the whole conversation as chat messages: it is
     fitted into the context by dropping its oldest turns (the result's ``dropped_turns``). With ``session`` the prompt is the
     next user message of that conversation and the reply joins its transcript (``stop_token_ids``
     applies without a session: None = the chat template's end tokens). A cancel ends
@@ -280,7 +316,7 @@ def chat_job(
         if session is not None:
             stream = session.stream(prompt, control=control, **settings.__dict__)  # type: ignore[arg-type]
         else:
-            m, tok = (model, tokenizer) if model is not None else _cached_load(model_dir, device)
+            m, tok = (model, tokenizer) if model is not None else _load_for_chat(model_dir, device, emit)
             dropped = 0
             ids: Prompt = prompt
             if not isinstance(prompt, (str, torch.Tensor)) and prompt and isinstance(prompt[0], Mapping):

@@ -312,8 +312,9 @@ def test_model_default_thresholds_come_from_config_json(qtbot, chat_page, ctx) -
 
     import kala_engine.generate.session as generation
 
-    def fake_chat_job(model, prompt, thresholds, temperature, top_p, max_new_tokens, output_layer_scores, seed):
-        seen["thresholds"] = thresholds
+    def fake_chat_job(model, prompt, thresholds, temperature, top_p, max_new_tokens, output_layer_scores, seed,
+                      device):
+        seen["thresholds"], seen["device"] = thresholds, device
         return lambda emit, control: {"text": ""}
 
     real = generation.chat_job
@@ -323,6 +324,7 @@ def test_model_default_thresholds_come_from_config_json(qtbot, chat_page, ctx) -
     finally:
         generation.chat_job = real
     assert seen["thresholds"] is None
+    assert seen["device"] == "auto"  # the GPU when this PyTorch can use it (kala_engine.generate.session.chat_device)
 
     assert page.send("Hello")
     _wait_reply(qtbot, page)

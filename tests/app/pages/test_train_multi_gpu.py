@@ -72,5 +72,5 @@ def test_the_app_starts_a_multi_gpu_run_through_the_launcher_job(tmp_path):
 
     one = TrainConfig(data="d.jsonl", run_dir=str(tmp_path / "a"))
     two = TrainConfig(data="d.jsonl", run_dir=str(tmp_path / "b"), gpus=2)
-    assert engine_api.train_job(one).__qualname__.startswith("train_job")
-    assert engine_api.train_job(two).__qualname__.startswith("launch_job")
+    assert engine_api._engine_train_job(one).__qualname__.startswith("train_job")
+    assert engine_api._engine_train_job(two).__qualname__.startswith("launch_job")
