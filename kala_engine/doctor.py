@@ -50,6 +50,11 @@ class DeviceInfo:
     def sm(self) -> str | None:
         return f"sm_{self.compute_capability[0]}{self.compute_capability[1]}" if self.compute_capability else None
 
+    @property
+    def runs_cuda(self) -> bool:
+        """A CUDA GPU this PyTorch build has kernels for: where training, chat and plans run on it."""
+        return self.kind == "cuda" and bool(self.kernels_present)
+
 
 def _cpu_memory() -> tuple[int, int]:
     total = avail = 0
@@ -256,7 +261,7 @@ def base_shape(base: str) -> dict:
 
 
 def choose_precision(dev: DeviceInfo) -> str:
-    if dev.kind != "cuda" or not dev.kernels_present:
+    if not dev.runs_cuda:
         return "fp32"
     if dev.bf16:
         return "bf16"
@@ -275,7 +280,7 @@ def make_plan(base: str = "kala-tiny", device: DeviceInfo | None = None, *, batc
         raise ValueError("batch_size and seq_len must be >= 1")
     dev = device or probe_device()
     shape = base_shape(base)
-    use_cuda = dev.kind == "cuda" and bool(dev.kernels_present)
+    use_cuda = dev.runs_cuda
     device_kind = "cuda" if use_cuda else "cpu"
     prec = choose_precision(dev) if precision == "auto" else precision
     notes: list[str] = []

@@ -3,6 +3,7 @@ app's worker runs for one reply (its own model cache)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -253,10 +254,15 @@ def chat_device(device: str = "auto") -> str:
     check: a P100 under a build without sm_60 chats on the CPU), else the CPU; anything else as given."""
     if device != "auto":
         return device
+    return "cuda" if _runs_cuda() else "cpu"
+
+
+@functools.cache
+def _runs_cuda() -> bool:
+    """The doctor's probe, once per process (a reply does not probe the hardware again)."""
     from kala_engine.doctor import probe_device
 
-    dev = probe_device("auto")
-    return "cuda" if dev.kind == "cuda" and dev.kernels_present else "cpu"
+    return probe_device("auto").runs_cuda
 
 
 def _load_for_chat(model_dir: str | Path, device: str, emit: Emit):

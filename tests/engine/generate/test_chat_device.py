@@ -22,12 +22,16 @@ def test_auto_is_the_gpu_only_when_this_pytorch_has_kernels_for_it(monkeypatch):
     import kala_engine.doctor as doctor
 
     assert session.chat_device("cpu") == "cpu" and session.chat_device("cuda:1") == "cuda:1"
+    session._runs_cuda.cache_clear()
     if not torch.cuda.is_available():
         assert session.chat_device("auto") == "cpu"
-    monkeypatch.setattr(doctor, "probe_device", lambda device="auto": card(True))
-    assert session.chat_device("auto") == "cuda"
-    monkeypatch.setattr(doctor, "probe_device", lambda device="auto": card(False))  # a P100 under a new build
-    assert session.chat_device("auto") == "cpu"
+    calls = []
+    for kernels, where in ((True, "cuda"), (False, "cpu")):  # False: a P100 under a build without sm_60
+        session._runs_cuda.cache_clear()
+        monkeypatch.setattr(doctor, "probe_device", lambda device="auto", k=kernels: calls.append(k) or card(k))
+        assert session.chat_device("auto") == where and session.chat_device("auto") == where
+    assert calls == [True, False]  # probed once per process, not per reply
+    session._runs_cuda.cache_clear()
 
 
 def test_a_model_too_big_for_the_gpu_chats_on_the_cpu_with_a_warning(monkeypatch):
