@@ -230,6 +230,7 @@ class ConstitutionalAttention(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
         #: one learned gate per head; exactly 0 at start (Pythia parity), trained by the losses.
         self.constitutional_gate = nn.Parameter(torch.zeros(config.num_attention_heads))
+        self._channel_scale: tuple | None = None  # (gate's version key, scale, -scale) while gradients are off
 
     def gate(self) -> torch.Tensor:
         """Effective per-head gate, GATE_LIMIT * tanh(max(g, 0) / GATE_LIMIT), in [0, GATE_LIMIT).
@@ -241,6 +242,22 @@ class ConstitutionalAttention(nn.Module):
         and would never leave 0).
         """
         return GATE_LIMIT * torch.tanh(_ClampUpGrad.apply(self.constitutional_gate.float()) / GATE_LIMIT)
+
+    def channel_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s, -s) with s = gate / scaling (scaling = 1 / sqrt(hs)), each (1, nh, 1): the bias channel
+        of a key with score c is ``-s + s * c`` (one fused ``addcmul``). While gradients are off (generation, validation)
+        both are kept between calls, keyed by the gate's version, storage, device and dtype, so an
+        optimizer step, a load or a move makes them anew: cached decoding then spends no kernel on
+        the gate (on a GPU at batch 1 every kernel launch counts)."""
+        p = self.constitutional_gate
+        if torch.is_grad_enabled():
+            s = (self.gate() / self.scaling).view(1, -1, 1)
+            return s, -s
+        key = (p._version, p.data_ptr(), p.device, p.dtype)
+        if self._channel_scale is None or self._channel_scale[0] != key:
+            s = (self.gate() / self.scaling).view(1, -1, 1)
+            self._channel_scale = (key, s, -s)
+        return self._channel_scale[1], self._channel_scale[2]
 
     def forward(
         self,
@@ -258,8 +275,9 @@ class ConstitutionalAttention(nn.Module):
         # The per-key bias joins the dot product as one extra channel:
         #   [q, 1] . [k, bias/scale] * scale = q.k * scale + bias,
         # so the biased keys (B, nh, T, hs + 1) are what the KV cache keeps for past tokens.
-        bias = self.gate().view(1, -1, 1) * (key_scores[:, None, :] - 1.0)  # (B, nh, T)
-        k = torch.cat((k, (bias / self.scaling).to(k.dtype).unsqueeze(-1)), dim=-1)
+        scale, neg_scale = self.channel_scale()
+        channel = torch.addcmul(neg_scale, scale, key_scores[:, None, :])  # gate (c - 1) / scaling: (B, nh, T)
+        k = torch.cat((k, channel.to(k.dtype).unsqueeze(-1)), dim=-1)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # (B, nh, S, hs + 1), (B, nh, S, hs)
         S = k.shape[2]
@@ -335,7 +353,10 @@ class ConstitutionalLayer(GradientCheckpointingLayer):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         law_weights: torch.Tensor,  # (K,) normalised priority weights
         cache: Cache | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        monitor: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(output, value-head scores, monitor scores; None when ``monitor`` is off: the caller
+        runs every layer's monitor at once, :func:`stacked_monitor_scores`)."""
         normed = self.input_layernorm(hidden_states)
         value_scores = self.value_head(normed)  # (B, T, K)
         key_scores = value_scores @ law_weights  # (B, T)
@@ -348,8 +369,39 @@ class ConstitutionalLayer(GradientCheckpointingLayer):
             attn_output = attn_output + hidden_states
             mlp_output = self.post_mlp_dropout(self.mlp(self.post_attention_layernorm(attn_output)))
             hidden_states = mlp_output + attn_output
-        monitor_scores = self.ethics_monitor(hidden_states)  # (B, T, K)
+        monitor_scores = self.ethics_monitor(hidden_states) if monitor else None  # (B, T, K)
         return hidden_states, value_scores, monitor_scores
+
+
+def _plain_monitor(layer: nn.Module) -> bool:
+    """The layer and its monitor are this file's own modules, unwrapped: no FSDP (which renames the
+    class and holds the weights only inside the layer's forward), no peft or bitsandbytes layer."""
+    m = getattr(layer, "ethics_monitor", None)
+    return (type(layer) is ConstitutionalLayer and type(m) is EthicsValueHead and type(m.norm) is nn.LayerNorm
+            and type(m.fc1) is nn.Linear and type(m.fc2) is ScoreProjection)
+
+
+def stacked_monitor_scores(layers, hidden: list[torch.Tensor], cache_on: nn.Module) -> torch.Tensor:
+    """Every layer's ethics monitor in one batch: (L, B, T, K), the same as calling each layer's
+    ``ethics_monitor`` on its output (to float rounding). Seven kernels whatever L is, instead of
+    five a layer: cached decoding at batch 1 is launch-bound on a GPU. For gradient-free forwards
+    only; the stacked weights are kept on ``cache_on`` between calls, keyed by every weight's
+    version and storage, so a training step, a load or a move stacks them anew."""
+    mons = [layer.ethics_monitor for layer in layers]
+    params = [p for m in mons for p in (m.norm.weight, m.norm.bias, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias)]
+    key = tuple((p._version, p.data_ptr(), p.dtype) for p in params)
+    kept = getattr(cache_on, "_stacked_monitors", None)
+    if kept is None or kept[0] != key:
+        kept = (key, torch.stack([m.norm.weight for m in mons])[:, None], torch.stack([m.norm.bias for m in mons])[:, None],
+                torch.stack([m.fc1.weight.t() for m in mons]), torch.stack([m.fc1.bias for m in mons])[:, None],
+                torch.stack([m.fc2.weight.t() for m in mons]), torch.stack([m.fc2.bias for m in mons])[:, None])
+        cache_on._stacked_monitors = kept
+    ln_w, ln_b, w1, b1, w2, b2 = kept[1:]
+    x = torch.stack(hidden)  # (L, B, T, C)
+    L, B, T, C = x.shape
+    x = F.layer_norm(x, (C,), eps=mons[0].norm.eps).view(L, B * T, C)
+    h = F.gelu(torch.baddbmm(b1, torch.addcmul(ln_b, x, ln_w), w1))  # (L, BT, H)
+    return torch.sigmoid(torch.baddbmm(b2, h, w2).float()).view(L, B, T, -1)  # scores in fp32
 
 
 # --------------------------------------------------------------------------- ethics aggregator
@@ -516,17 +568,23 @@ class KALAModel(KALAPreTrainedModel):
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
         law_weights = normalized_law_weights(self.config, hidden_states.device)
         all_hidden = [hidden_states] if output_hidden_states else None
-        value_scores, monitor_scores = [], []
+        value_scores, monitor_scores, outputs = [], [], []
+        # without gradients, every layer's monitor runs at once after the loop (fewer kernels)
+        stacked = not torch.is_grad_enabled() and all(_plain_monitor(layer) for layer in self.layers)
         for layer in self.layers:
             hidden_states, v_scores, m_scores = layer(
-                hidden_states, allowed, position_embeddings, law_weights, cache=cache
+                hidden_states, allowed, position_embeddings, law_weights, cache=cache, monitor=not stacked
             )
             value_scores.append(v_scores)
             monitor_scores.append(m_scores)
+            outputs.append(hidden_states)
             if all_hidden is not None:
                 all_hidden.append(hidden_states)
+        if stacked:
+            layer_scores = stacked_monitor_scores(self.layers, outputs, cache_on=self)
+        else:
+            layer_scores = torch.stack(monitor_scores)  # (L, B, T, K)
         hidden_states = self.final_layer_norm(hidden_states)
-        layer_scores = torch.stack(monitor_scores)  # (L, B, T, K)
         return KALAModelOutput(
             last_hidden_state=hidden_states,
             cache=cache,
