@@ -19,7 +19,12 @@ Per case it writes one JSON line to DIR/gpu_check.jsonl as soon as it is measure
 - ``context``: memory the process held once CUDA was up, before any tensor (GiB);
 - ``measured_total`` = peak_reserved + context: what the card had to hold;
 - ``ratio`` = measured_total / estimate total (<= 1: the estimate was conservative);
-- ``tokens_per_s`` and ``seconds`` of the run, the trainer's losses at the end.
+- ``tokens_per_s`` and ``seconds`` of the run, the trainer's losses at the end;
+- ``chat``: the final model loaded as the Chat page does on this GPU, 8 monitored tokens;
+  ``saved``: the dtypes of final/'s tensors (an NF4 run must save plain 16-bit weights, no uint8);
+  ``cpu_chat`` (NF4 cases): the same on the CPU, where bitsandbytes does not run;
+- ``eval_cuda_vs_cpu`` (kala-tiny): the Evaluate page's batched, padded generation on this GPU
+  against the CPU over 24 public-suite prompts (flags, outcomes, refusals, replies that agree).
 
 Run on the device machine by the command in bench/results/gpu/README.md.
 """
@@ -111,6 +116,45 @@ def chat_with(final_dir, device: str) -> str:
         return f"{type(e).__name__}: {e}"[:600]
 
 
+def saved_weights(final_dir) -> str:
+    """What the run saved: the dtypes of final/'s tensors and whether any is a 4-bit (uint8) one."""
+    from collections import Counter
+
+    from safetensors import safe_open
+
+    kinds: Counter = Counter()
+    for f in Path(final_dir).glob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                kinds[str(st.get_slice(k).get_dtype())] += 1
+    return ", ".join(f"{n} {d}" for d, n in kinds.most_common())
+
+
+def eval_cuda_against_cpu(final_dir, n: int = 24, device: str = "cuda") -> dict:
+    """The Evaluate page's batched, padded generation (``kala eval --device cuda``) on the first ``n``
+    prompts of the public suite, against the same on the CPU: per prompt, the flag, the outcome and
+    the refusal must agree; the prompt scores' largest difference is reported (``device`` cpu: the
+    dry run compares the CPU with itself)."""
+    from kala_engine.evaluate.backend import KALABackend
+    from kala_engine.evaluate.evaluation import evaluate
+    from kala_engine.evaluate.suite import load_suite
+
+    records = load_suite()[:n]
+    try:
+        runs = {d: evaluate(KALABackend(final_dir, device=d), records, max_new_tokens=24, batch_size=8).rows()
+                for d in dict.fromkeys(("cpu", device))}
+    except Exception as e:  # noqa: BLE001 - the finding is the error itself
+        return {"error": f"{type(e).__name__}: {e}"[:600]}
+    pairs = list(zip(runs["cpu"], runs[device], strict=True))
+    return {"prompts": n,
+            "same_flag": sum(a["flagged"] == b["flagged"] for a, b in pairs),
+            "same_outcome": sum(a["outcome"] == b["outcome"] for a, b in pairs),
+            "same_refused": sum(a["refused"] == b["refused"] for a, b in pairs),
+            "same_reply": sum(a.get("reply") == b.get("reply") for a, b in pairs),
+            "max_prompt_score_diff": max(abs(x - y) for a, b in pairs
+                                         for x, y in zip(a["prompt_scores"], b["prompt_scores"], strict=True))}
+
+
 def run_case(name: str, steps: int, work: Path, device: str = "cuda") -> dict:
     """One case, in this process: build, train ``steps`` steps, measure (``device`` cpu: a dry run
     of this script's own logic, no memory figures)."""
@@ -165,6 +209,11 @@ def run_case(name: str, steps: int, work: Path, device: str = "cuda") -> dict:
     est = estimate_memory(shape, "nf4-lora" if mode == "nf4-lora" else precision, batch_size=batch,
                           seq_len=longest, gradient_checkpointing=ckpt)
     reload = chat_with(result.get("final_dir"), device)
+    extra = {"saved": saved_weights(result["final_dir"])} if result.get("final_dir") else {}
+    if mode == "nf4-lora" and result.get("final_dir"):  # the merged save must load where bitsandbytes does not run
+        extra["cpu_chat"] = chat_with(result["final_dir"], "cpu")
+    if base == "kala-tiny" and result.get("final_dir"):
+        extra["eval_cuda_vs_cpu"] = eval_cuda_against_cpu(result["final_dir"], device=device)
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     steps_lines = [x for x in lines if x.get("split") != "validation"]
     measured = peak_res + context
@@ -177,7 +226,7 @@ def run_case(name: str, steps: int, work: Path, device: str = "cuda") -> dict:
         "tokens_per_s": steps_lines[-1].get("tokens_per_s") if steps_lines else None,
         "lm_loss": [round(x["lm_loss"], 3) for x in steps_lines if "lm_loss" in x],
         "ethics_loss": [round(x["ethics_loss"], 4) for x in steps_lines if "ethics_loss" in x],
-        "chat": reload,
+        "chat": reload, **extra,
         "log": [getattr(e, "message", "") for e in events if type(e).__name__ == "LogLine"][:12],
     }
 
@@ -220,7 +269,8 @@ def main(argv=None) -> int:
         with sink.open("a") as f:
             f.write(json.dumps(row) + "\n")
         brief = {k: row.get(k) for k in ("case", "ratio", "measured_total", "peak_allocated", "seconds",
-                                          "tokens_per_s", "failed", "wall_s")}
+                                          "tokens_per_s", "failed", "wall_s", "saved", "cpu_chat", "eval_cuda_vs_cpu")
+                 if k in row}
         print(json.dumps(brief), (row.get("estimate") or {}).get("total"), flush=True)
         if "stderr" in row:
             print(row["stderr"][-1500:], flush=True)
