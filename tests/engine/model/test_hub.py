@@ -305,7 +305,9 @@ def test_ctrl_c_keeps_what_arrived_and_the_same_command_resumes(hf, tmp_path):
         go_on.wait(30)
 
     hf.server.pause_at["model.safetensors"] = (len(weights) * 3 // 4, hold)
-    env = dict(hf.env)
+    # the client must still be waiting when the signal comes: with huggingface_hub's 10 s read
+    # timeout a loaded machine saw it time out during the hold, resume and finish (exit 0)
+    env = {**hf.env, "HF_HUB_DOWNLOAD_TIMEOUT": "60"}
     proc = subprocess.Popen([sys.executable, "-m", "kala_engine.cli.main", "models", "download", "kala-test/bigger-neox"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
