@@ -195,6 +195,18 @@ class EthicsValueHead(nn.Module):
 # --------------------------------------------------------------------------- constitutional attention
 
 
+def _kept(owner: nn.Module, name: str, params, make):
+    """``make()``'s result, kept on ``owner`` as attribute ``name`` and made anew only when one of
+    ``params`` changed: its version counter (an optimizer step, ``load_state_dict``, any in-place
+    write), storage, device or dtype (``.to()``, a cast). For gradient-free forwards only."""
+    key = tuple((p._version, p.data_ptr(), p.device, p.dtype) for p in params)
+    kept = getattr(owner, name, None)
+    if kept is None or kept[0] != key:
+        kept = (key, make())
+        setattr(owner, name, kept)
+    return kept[1]
+
+
 class _ClampUpGrad(torch.autograd.Function):
     """max(g, 0) whose backward passes a gradient where g > 0, and at g <= 0 only the gradients
     that would raise g under gradient descent (grad < 0); those pushing it further down are
@@ -230,7 +242,7 @@ class ConstitutionalAttention(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
         #: one learned gate per head; exactly 0 at start (Pythia parity), trained by the losses.
         self.constitutional_gate = nn.Parameter(torch.zeros(config.num_attention_heads))
-        self._channel_scale: tuple | None = None  # (gate's version key, scale, -scale) while gradients are off
+        self._channel_scale: tuple | None = None  # (the gate's key, (scale, -scale)), see _kept
 
     def gate(self) -> torch.Tensor:
         """Effective per-head gate, GATE_LIMIT * tanh(max(g, 0) / GATE_LIMIT), in [0, GATE_LIMIT).
@@ -246,18 +258,14 @@ class ConstitutionalAttention(nn.Module):
     def channel_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(s, -s) with s = gate / scaling (scaling = 1 / sqrt(hs)), each (1, nh, 1): the bias channel
         of a key with score c is ``-s + s * c`` (one fused ``addcmul``). While gradients are off (generation, validation)
-        both are kept between calls, keyed by the gate's version, storage, device and dtype, so an
-        optimizer step, a load or a move makes them anew: cached decoding then spends no kernel on
+        both are kept between calls (:func:`_kept`), so an optimizer step, a load or a move makes
+        them anew: cached decoding then spends no kernel on
         the gate (on a GPU at batch 1 every kernel launch counts)."""
-        p = self.constitutional_gate
-        if torch.is_grad_enabled():
+        def make():
             s = (self.gate() / self.scaling).view(1, -1, 1)
             return s, -s
-        key = (p._version, p.data_ptr(), p.device, p.dtype)
-        if self._channel_scale is None or self._channel_scale[0] != key:
-            s = (self.gate() / self.scaling).view(1, -1, 1)
-            self._channel_scale = (key, s, -s)
-        return self._channel_scale[1], self._channel_scale[2]
+
+        return make() if torch.is_grad_enabled() else _kept(self, "_channel_scale", [self.constitutional_gate], make)
 
     def forward(
         self,
@@ -385,18 +393,14 @@ def stacked_monitor_scores(layers, hidden: list[torch.Tensor], cache_on: nn.Modu
     """Every layer's ethics monitor in one batch: (L, B, T, K), the same as calling each layer's
     ``ethics_monitor`` on its output (to float rounding). Seven kernels whatever L is, instead of
     five a layer: cached decoding at batch 1 is launch-bound on a GPU. For gradient-free forwards
-    only; the stacked weights are kept on ``cache_on`` between calls, keyed by every weight's
-    version and storage, so a training step, a load or a move stacks them anew."""
+    only; the stacked weights are kept on ``cache_on`` between calls (:func:`_kept`), so a training
+    step, a load or a move stacks them anew."""
     mons = [layer.ethics_monitor for layer in layers]
     params = [p for m in mons for p in (m.norm.weight, m.norm.bias, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias)]
-    key = tuple((p._version, p.data_ptr(), p.dtype) for p in params)
-    kept = getattr(cache_on, "_stacked_monitors", None)
-    if kept is None or kept[0] != key:
-        kept = (key, torch.stack([m.norm.weight for m in mons])[:, None], torch.stack([m.norm.bias for m in mons])[:, None],
-                torch.stack([m.fc1.weight.t() for m in mons]), torch.stack([m.fc1.bias for m in mons])[:, None],
-                torch.stack([m.fc2.weight.t() for m in mons]), torch.stack([m.fc2.bias for m in mons])[:, None])
-        cache_on._stacked_monitors = kept
-    ln_w, ln_b, w1, b1, w2, b2 = kept[1:]
+    ln_w, ln_b, w1, b1, w2, b2 = _kept(cache_on, "_stacked_monitors", params, lambda: (
+        torch.stack([m.norm.weight for m in mons])[:, None], torch.stack([m.norm.bias for m in mons])[:, None],
+        torch.stack([m.fc1.weight.t() for m in mons]), torch.stack([m.fc1.bias for m in mons])[:, None],
+        torch.stack([m.fc2.weight.t() for m in mons]), torch.stack([m.fc2.bias for m in mons])[:, None]))
     x = torch.stack(hidden)  # (L, B, T, C)
     L, B, T, C = x.shape
     x = F.layer_norm(x, (C,), eps=mons[0].norm.eps).view(L, B * T, C)
